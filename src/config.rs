@@ -1,0 +1,676 @@
+//! Typed settings, loaded in layers.
+//!
+//! Order, later wins: the built-in defaults (this repository's
+//! `config/default.toml`, compiled in), `config/default.toml` on disk,
+//! `config/$USER_SYNC_ENV.toml` when that variable is set (it must exist then),
+//! the conventional `DATABASE_URL`, `REDIS_URL` and `EMBEDDED_API_KEY`, and
+//! last `USER_SYNC__SECTION__KEY` variables. The folder is `config/` under the
+//! working directory unless `USER_SYNC_CONFIG_DIR` names another.
+//!
+//! Values are checked once, here. A bad value fails at start with one line that
+//! names its key; secrets (the API key, and the database and Redis URLs, which
+//! may carry passwords) are `secrecy` types that never print.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+/// The compiled-in defaults: a binary copied alone still starts.
+const BUILT_IN_DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The API versions this worker can speak.
+pub const SUPPORTED_API_VERSIONS: &[&str] = &["2025-09"];
+
+/// A configuration problem, said in one line that names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key} is empty: set {hint}")]
+    Missing {
+        key: &'static str,
+        hint: &'static str,
+    },
+    #[error("{key} is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("configuration: {0}")]
+    Load(String),
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Everything the worker can be told.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub embedded: EmbeddedSettings,
+    pub worker: WorkerSettings,
+    pub dispatcher: DispatcherSettings,
+    pub sweeper: SweeperSettings,
+    pub rate_limit: RateLimitSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `None` when unset; commands that need a database ask [`Self::url`].
+    url: Option<SecretString>,
+    pub max_connections: u32,
+}
+
+/// Which database a URL names; it decides the storage and queue backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Postgres,
+    Sqlite,
+}
+
+impl DatabaseSettings {
+    pub fn url(&self) -> Result<&SecretString, ConfigError> {
+        self.url.as_ref().ok_or(ConfigError::Missing {
+            key: "database.url",
+            hint: "DATABASE_URL",
+        })
+    }
+
+    pub fn kind(&self) -> Result<DatabaseKind, ConfigError> {
+        Ok(database_kind(self.url()?.expose_secret()).unwrap_or(DatabaseKind::Postgres))
+    }
+
+    /// A copy pointing at another database, for commands that are handed one.
+    pub fn with_url(&self, url: SecretString) -> Self {
+        Self {
+            url: Some(url),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
+fn database_kind(url: &str) -> Option<DatabaseKind> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Some(DatabaseKind::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Some(DatabaseKind::Sqlite)
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    url: SecretString,
+    /// Prefix of every key the worker writes.
+    pub namespace: String,
+}
+
+impl RedisSettings {
+    pub fn url(&self) -> &SecretString {
+        &self.url
+    }
+
+    pub fn new(url: SecretString, namespace: String) -> Self {
+        Self { url, namespace }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedSettings {
+    pub base_url: Url,
+    pub api_version: String,
+    /// `None` when unset; commands that call the API ask [`Self::api_key`].
+    api_key: Option<SecretString>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl EmbeddedSettings {
+    pub fn api_key(&self) -> Result<&SecretString, ConfigError> {
+        self.api_key.as_ref().ok_or(ConfigError::Missing {
+            key: "embedded.api_key",
+            hint: "EMBEDDED_API_KEY",
+        })
+    }
+
+    /// Settings for a client of a local API (the sandbox, tests).
+    pub fn local(base_url: Url, api_key: SecretString) -> Self {
+        Self {
+            base_url,
+            api_version: SUPPORTED_API_VERSIONS[0].to_owned(),
+            api_key: Some(api_key),
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub auth_retry_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    pub batch_size: u32,
+    pub poll_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweeperSettings {
+    pub interval: Duration,
+    pub redispatch_after: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitScope {
+    Process,
+    Global,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub scope: RateLimitScope,
+    pub adaptive: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+// What the files and variables hold before it is checked.
+#[derive(Deserialize)]
+struct Raw {
+    database: RawDatabase,
+    redis: RawRedis,
+    embedded: RawEmbedded,
+    worker: RawWorker,
+    dispatcher: RawDispatcher,
+    sweeper: RawSweeper,
+    rate_limit: RawRateLimit,
+    http: RawHttp,
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+struct RawDatabase {
+    url: SecretString,
+    max_connections: u32,
+}
+
+#[derive(Deserialize)]
+struct RawRedis {
+    url: SecretString,
+    namespace: String,
+}
+
+#[derive(Deserialize)]
+struct RawEmbedded {
+    base_url: String,
+    api_version: String,
+    api_key: SecretString,
+    timeout_ms: u64,
+    connect_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct RawWorker {
+    concurrency: usize,
+    max_attempts: u32,
+    backoff_base_ms: u64,
+    backoff_cap_ms: u64,
+    auth_retry_interval_ms: u64,
+    shutdown_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct RawDispatcher {
+    batch_size: u32,
+    poll_interval_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct RawSweeper {
+    interval_ms: u64,
+    redispatch_after_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct RawRateLimit {
+    requests_per_second: u32,
+    burst: u32,
+    scope: RateLimitScope,
+    adaptive: bool,
+}
+
+#[derive(Deserialize)]
+struct RawHttp {
+    bind: String,
+}
+
+#[derive(Deserialize)]
+struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+impl Settings {
+    /// Loads from the process environment and the working directory.
+    pub fn load() -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let dir = env
+            .get("USER_SYNC_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        Self::load_from(&dir, &env)
+    }
+
+    /// Loads from a given folder and a given set of variables (tests use this
+    /// so that they never touch the process environment).
+    pub fn load_from(dir: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let mut builder = Config::builder()
+            .add_source(File::from_str(BUILT_IN_DEFAULTS, FileFormat::Toml))
+            .add_source(File::from(dir.join("default.toml")).required(false));
+        if let Some(name) = env.get("USER_SYNC_ENV").filter(|n| !n.is_empty()) {
+            let path = dir.join(format!("{name}.toml"));
+            if !path.is_file() {
+                return Err(invalid(
+                    "USER_SYNC_ENV",
+                    format!("no configuration file {}", path.display()),
+                ));
+            }
+            builder = builder.add_source(File::from(path));
+        }
+
+        // The conventional variables, renamed to their keys.
+        let conventional: HashMap<String, String> = [
+            ("DATABASE_URL", "DATABASE__URL"),
+            ("REDIS_URL", "REDIS__URL"),
+            ("EMBEDDED_API_KEY", "EMBEDDED__API_KEY"),
+        ]
+        .into_iter()
+        .filter_map(|(var, key)| env.get(var).map(|v| (key.to_owned(), v.clone())))
+        .collect();
+        builder = builder.add_source(
+            Environment::default()
+                .separator("__")
+                .source(Some(conventional)),
+        );
+        let prefixed: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("USER_SYNC__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("USER_SYNC")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(prefixed)),
+        );
+
+        let raw: Raw = builder
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|e| ConfigError::Load(one_line(&e.to_string())))?;
+        Self::check(raw)
+    }
+
+    fn check(raw: Raw) -> Result<Self, ConfigError> {
+        let database_url = non_empty(raw.database.url);
+        if let Some(url) = &database_url
+            && database_kind(url.expose_secret()).is_none()
+        {
+            return Err(invalid(
+                "database.url",
+                "expected a postgres://, postgresql:// or sqlite: URL",
+            ));
+        }
+        positive(
+            "database.max_connections",
+            u64::from(raw.database.max_connections),
+        )?;
+
+        let redis_url = raw.redis.url;
+        if !(redis_url.expose_secret().starts_with("redis://")
+            || redis_url.expose_secret().starts_with("rediss://"))
+        {
+            return Err(invalid("redis.url", "expected a redis:// or rediss:// URL"));
+        }
+        let namespace_ok = !raw.redis.namespace.is_empty()
+            && raw
+                .redis
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !namespace_ok {
+            // The queue's wake-up channel is split on ':', so no ':' here.
+            return Err(invalid(
+                "redis.namespace",
+                "use only letters, digits, '-', '_' and '.'",
+            ));
+        }
+
+        let base_url = Url::parse(raw.embedded.base_url.trim())
+            .map_err(|e| invalid("embedded.base_url", format!("not a URL ({e})")))?;
+        if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() {
+            return Err(invalid(
+                "embedded.base_url",
+                "expected an http:// or https:// URL",
+            ));
+        }
+        if !SUPPORTED_API_VERSIONS.contains(&raw.embedded.api_version.as_str()) {
+            return Err(invalid(
+                "embedded.api_version",
+                format!("supported versions: {}", SUPPORTED_API_VERSIONS.join(", ")),
+            ));
+        }
+        let timeout = millis("embedded.timeout_ms", raw.embedded.timeout_ms)?;
+        let connect_timeout = millis(
+            "embedded.connect_timeout_ms",
+            raw.embedded.connect_timeout_ms,
+        )?;
+
+        positive("worker.concurrency", raw.worker.concurrency as u64)?;
+        positive("worker.max_attempts", u64::from(raw.worker.max_attempts))?;
+        let backoff_base = millis("worker.backoff_base_ms", raw.worker.backoff_base_ms)?;
+        let backoff_cap = millis("worker.backoff_cap_ms", raw.worker.backoff_cap_ms)?;
+        if backoff_cap < backoff_base {
+            return Err(invalid(
+                "worker.backoff_cap_ms",
+                "must not be below worker.backoff_base_ms",
+            ));
+        }
+        positive(
+            "dispatcher.batch_size",
+            u64::from(raw.dispatcher.batch_size),
+        )?;
+        positive(
+            "rate_limit.requests_per_second",
+            u64::from(raw.rate_limit.requests_per_second),
+        )?;
+        positive("rate_limit.burst", u64::from(raw.rate_limit.burst))?;
+        let bind = raw
+            .http
+            .bind
+            .parse()
+            .map_err(|_| invalid("http.bind", "expected an address such as 127.0.0.1:9090"))?;
+        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                "expected a level such as info or debug",
+            ));
+        }
+
+        Ok(Self {
+            database: DatabaseSettings {
+                url: database_url,
+                max_connections: raw.database.max_connections,
+            },
+            redis: RedisSettings {
+                url: redis_url,
+                namespace: raw.redis.namespace,
+            },
+            embedded: EmbeddedSettings {
+                base_url,
+                api_version: raw.embedded.api_version,
+                api_key: non_empty(raw.embedded.api_key),
+                timeout,
+                connect_timeout,
+            },
+            worker: WorkerSettings {
+                concurrency: raw.worker.concurrency,
+                max_attempts: raw.worker.max_attempts,
+                backoff_base,
+                backoff_cap,
+                auth_retry_interval: millis(
+                    "worker.auth_retry_interval_ms",
+                    raw.worker.auth_retry_interval_ms,
+                )?,
+                shutdown_timeout: millis(
+                    "worker.shutdown_timeout_ms",
+                    raw.worker.shutdown_timeout_ms,
+                )?,
+            },
+            dispatcher: DispatcherSettings {
+                batch_size: raw.dispatcher.batch_size,
+                poll_interval: millis(
+                    "dispatcher.poll_interval_ms",
+                    raw.dispatcher.poll_interval_ms,
+                )?,
+            },
+            sweeper: SweeperSettings {
+                interval: millis("sweeper.interval_ms", raw.sweeper.interval_ms)?,
+                redispatch_after: millis(
+                    "sweeper.redispatch_after_ms",
+                    raw.sweeper.redispatch_after_ms,
+                )?,
+            },
+            rate_limit: RateLimitSettings {
+                requests_per_second: raw.rate_limit.requests_per_second,
+                burst: raw.rate_limit.burst,
+                scope: raw.rate_limit.scope,
+                adaptive: raw.rate_limit.adaptive,
+            },
+            http: HttpSettings { bind },
+            log: LogSettings {
+                format: raw.log.format,
+                level: raw.log.level,
+            },
+        })
+    }
+}
+
+fn non_empty(secret: SecretString) -> Option<SecretString> {
+    (!secret.expose_secret().trim().is_empty()).then_some(secret)
+}
+
+fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn millis(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
+    positive(key, value)?;
+    Ok(Duration::from_millis(value))
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn empty_dir() -> tempfile::TempDir {
+        tempfile::tempdir().expect("temp dir")
+    }
+
+    #[test]
+    fn built_in_defaults_load_without_any_file() {
+        let dir = empty_dir();
+        let s = Settings::load_from(dir.path(), &env(&[])).unwrap();
+        assert_eq!(s.worker.concurrency, 16);
+        assert_eq!(s.rate_limit.scope, RateLimitScope::Process);
+        assert_eq!(s.embedded.api_version, "2025-09");
+    }
+
+    #[test]
+    fn file_then_env_file_then_variables() {
+        let dir = empty_dir();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[worker]\nconcurrency = 2\nmax_attempts = 3\n[dispatcher]\nbatch_size = 7\n[rate_limit]\nburst = 5\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("staging.toml"),
+            "[worker]\nconcurrency = 4\n[dispatcher]\nbatch_size = 8\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            dir.path(),
+            &env(&[
+                ("USER_SYNC_ENV", "staging"),
+                ("USER_SYNC__WORKER__CONCURRENCY", "9"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.concurrency, 9, "variable beats both files");
+        assert_eq!(s.dispatcher.batch_size, 8, "env file beats default file");
+        assert_eq!(s.worker.max_attempts, 3, "default file beats built-in");
+        assert_eq!(s.rate_limit.burst, 5);
+    }
+
+    #[test]
+    fn conventional_variables_set_the_secrets_and_prefixed_ones_win() {
+        let dir = empty_dir();
+        let s = Settings::load_from(
+            dir.path(),
+            &env(&[
+                ("DATABASE_URL", "postgres://a@localhost/db"),
+                ("EMBEDDED_API_KEY", "k-123"),
+                ("REDIS_URL", "redis://127.0.0.1:6380"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.database.url().unwrap().expose_secret(),
+            "postgres://a@localhost/db"
+        );
+        assert_eq!(s.embedded.api_key().unwrap().expose_secret(), "k-123");
+        assert_eq!(s.redis.url().expose_secret(), "redis://127.0.0.1:6380");
+        assert_eq!(s.database.kind().unwrap(), DatabaseKind::Postgres);
+
+        let s = Settings::load_from(
+            dir.path(),
+            &env(&[
+                ("DATABASE_URL", "postgres://a@localhost/db"),
+                ("USER_SYNC__DATABASE__URL", "sqlite:x.db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.database.kind().unwrap(), DatabaseKind::Sqlite);
+    }
+
+    #[test]
+    fn missing_required_keys_name_the_key_and_the_variable() {
+        let dir = empty_dir();
+        let s = Settings::load_from(dir.path(), &env(&[])).unwrap();
+        assert_eq!(
+            s.embedded.api_key().unwrap_err().to_string(),
+            "embedded.api_key is empty: set EMBEDDED_API_KEY"
+        );
+        assert_eq!(
+            s.database.url().unwrap_err().to_string(),
+            "database.url is empty: set DATABASE_URL"
+        );
+        let s = Settings::load_from(dir.path(), &env(&[("EMBEDDED_API_KEY", "  ")])).unwrap();
+        assert!(s.embedded.api_key().is_err(), "blank is as good as missing");
+    }
+
+    #[test]
+    fn invalid_values_fail_with_one_line_naming_the_key() {
+        let dir = empty_dir();
+        let cases = [
+            ("USER_SYNC__WORKER__CONCURRENCY", "0", "worker.concurrency"),
+            (
+                "USER_SYNC__WORKER__CONCURRENCY",
+                "many",
+                "worker.concurrency",
+            ),
+            (
+                "USER_SYNC__EMBEDDED__BASE_URL",
+                "not a url",
+                "embedded.base_url",
+            ),
+            (
+                "USER_SYNC__EMBEDDED__BASE_URL",
+                "ftp://x",
+                "embedded.base_url",
+            ),
+            (
+                "USER_SYNC__EMBEDDED__API_VERSION",
+                "2024-03",
+                "embedded.api_version",
+            ),
+            (
+                "USER_SYNC__RATE_LIMIT__SCOPE",
+                "cluster",
+                "rate_limit.scope",
+            ),
+            ("USER_SYNC__HTTP__BIND", "nowhere", "http.bind"),
+            ("USER_SYNC__LOG__FORMAT", "xml", "log.format"),
+            ("DATABASE_URL", "mysql://x", "database.url"),
+            ("REDIS_URL", "localhost:6379", "redis.url"),
+            ("USER_SYNC_ENV", "nope", "USER_SYNC_ENV"),
+        ];
+        for (var, value, key) in cases {
+            let err = Settings::load_from(dir.path(), &env(&[(var, value)])).unwrap_err();
+            let line = err.to_string();
+            assert!(line.contains(key), "{var}={value}: {line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let dir = empty_dir();
+        let s = Settings::load_from(
+            dir.path(),
+            &env(&[
+                ("EMBEDDED_API_KEY", "super-secret-key"),
+                ("DATABASE_URL", "postgres://u:db-password@h/db"),
+                ("REDIS_URL", "redis://:redis-password@h:6379"),
+            ]),
+        )
+        .unwrap();
+        let printed = format!("{s:?}");
+        for secret in ["super-secret-key", "db-password", "redis-password"] {
+            assert!(!printed.contains(secret), "{secret} printed");
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The worker's vocabulary, parsed at the edge.
+//!
+//! Every value that enters from the outbox, the host's users table or the
+//! Embedded API is turned into one of these types once; past that point a
+//! value of the type is valid by construction. Types that carry personal data
+//! (`Username`, `FullName`) never print their content through `Debug`, so a
+//! stray `{:?}` in a log line or an error cannot leak an email or a name.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Longest username the worker sends. The API documents no limit; 254 is the
+/// longest valid email address, and the username is the email.
+pub const MAX_USERNAME_LEN: usize = 254;
+/// Longest full name the worker sends. The API documents no limit; anything
+/// longer is almost certainly bad data, and is rejected as a permanent error.
+pub const MAX_FULL_NAME_LEN: usize = 255;
+/// Longest host user id accepted from the outbox.
+pub const MAX_HOST_USER_ID_LEN: usize = 255;
+
+/// Why a value from outside was refused. Messages never repeat the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidValue {
+    #[error("host_user_id is missing")]
+    MissingHostUserId,
+    #[error("host_user_id is longer than {MAX_HOST_USER_ID_LEN} characters")]
+    HostUserIdTooLong,
+    #[error("host_user_id contains control characters")]
+    HostUserIdControl,
+    #[error("email is missing")]
+    MissingEmail,
+    #[error("email is not an email address")]
+    EmailMalformed,
+    #[error("email is longer than {MAX_USERNAME_LEN} characters")]
+    EmailTooLong,
+    #[error("email contains control characters or white space")]
+    EmailControl,
+    #[error("full_name is longer than {MAX_FULL_NAME_LEN} characters")]
+    FullNameTooLong,
+    #[error("full_name contains control characters")]
+    FullNameControl,
+    #[error("embedded user id is empty")]
+    EmptyEmbeddedUserId,
+}
+
+/// The host product's id for one of its users, as written into the outbox.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostUserId(String);
+
+impl HostUserId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(InvalidValue::MissingHostUserId);
+        }
+        if trimmed.chars().count() > MAX_HOST_USER_ID_LEN {
+            return Err(InvalidValue::HostUserIdTooLong);
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(InvalidValue::HostUserIdControl);
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HostUserId {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<HostUserId> for String {
+    fn from(value: HostUserId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Debug for HostUserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HostUserId({})", self.0)
+    }
+}
+
+impl fmt::Display for HostUserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An Embedded username: the user's email, trimmed and lower-cased.
+///
+/// Personal data: `Debug` prints a fingerprint, and there is no `Display`.
+/// Use [`Username::as_str`] only where the value must leave the process for
+/// the API or the worker's own tables.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Username(String);
+
+impl Username {
+    /// Normalises an email into a username and checks that it is an email.
+    pub fn from_email(raw: &str) -> Result<Self, InvalidValue> {
+        let normalised = raw.trim().to_lowercase();
+        if normalised.is_empty() {
+            return Err(InvalidValue::MissingEmail);
+        }
+        if normalised.chars().count() > MAX_USERNAME_LEN {
+            return Err(InvalidValue::EmailTooLong);
+        }
+        if normalised
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(InvalidValue::EmailControl);
+        }
+        let Some((local, domain)) = normalised.rsplit_once('@') else {
+            return Err(InvalidValue::EmailMalformed);
+        };
+        let domain_ok = !domain.is_empty()
+            && !domain.contains('@')
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..");
+        if local.is_empty() || local.contains('@') || !domain_ok {
+            return Err(InvalidValue::EmailMalformed);
+        }
+        Ok(Self(normalised))
+    }
+
+    /// Wraps a username the API returned. It is stored as the API spells it,
+    /// lower-cased for comparison, without the email check: users created
+    /// outside the worker may hold any username.
+    pub fn from_api(raw: &str) -> Self {
+        Self(raw.trim().to_lowercase())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A short, stable, non-reversible tag for correlating log lines.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.0)
+    }
+
+    /// The username with most of each part hidden (`j***@e***.com`), for
+    /// summaries shown to an operator.
+    pub fn masked(&self) -> String {
+        mask_email(&self.0)
+    }
+}
+
+impl fmt::Debug for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Username(#{})", self.fingerprint())
+    }
+}
+
+/// The user's display name, optional in the API.
+///
+/// Personal data: `Debug` hides it and there is no `Display`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct FullName(String);
+
+impl FullName {
+    /// Parses an optional name: blank becomes `None`.
+    pub fn parse_optional(raw: Option<&str>) -> Result<Option<Self>, InvalidValue> {
+        let Some(raw) = raw else { return Ok(None) };
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        if trimmed.chars().count() > MAX_FULL_NAME_LEN {
+            return Err(InvalidValue::FullNameTooLong);
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(InvalidValue::FullNameControl);
+        }
+        Ok(Some(Self(trimmed.to_owned())))
+    }
+
+    /// Wraps a name the API returned, as it is.
+    pub fn from_api(raw: &str) -> Self {
+        Self(raw.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for FullName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FullName(<redacted>)")
+    }
+}
+
+/// The opaque id the Embedded API assigns to a user.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EmbeddedUserId(String);
+
+impl EmbeddedUserId {
+    pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
+        if raw.trim().is_empty() {
+            return Err(InvalidValue::EmptyEmbeddedUserId);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EmbeddedUserId {
+    type Error = InvalidValue;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<EmbeddedUserId> for String {
+    fn from(value: EmbeddedUserId) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Debug for EmbeddedUserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EmbeddedUserId({})", self.0)
+    }
+}
+
+impl fmt::Display for EmbeddedUserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A short hex tag of a SHA-256 digest: enough to correlate, too short and
+/// too one-way to recover the input.
+pub fn fingerprint(value: &str) -> String {
+    let digest = Sha256::digest(value.as_bytes());
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hides most of an email: the first character of the local part and of the
+/// domain stay, and the top-level domain.
+pub fn mask_email(value: &str) -> String {
+    let first = |s: &str| s.chars().next().map(String::from).unwrap_or_default();
+    match value.rsplit_once('@') {
+        Some((local, domain)) => {
+            let tld = domain.rsplit_once('.').map(|(_, t)| t).unwrap_or("");
+            format!("{}***@{}***.{}", first(local), first(domain), tld)
+        }
+        None => format!("{}***", first(value)),
+    }
+}
+
+/// Replaces everything that looks like an email in free text (an API error
+/// message that may echo a username) with its masked form.
+pub fn redact_emails(text: &str) -> String {
+    text.split_inclusive(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+        .map(|piece| {
+            let trimmed =
+                piece.trim_end_matches(|c: char| c.is_whitespace() || c == '"' || c == '\'');
+            if trimmed.contains('@') {
+                let tail = &piece[trimmed.len()..];
+                format!("{}{}", mask_email(trimmed), tail)
+            } else {
+                piece.to_owned()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_is_trimmed_and_lower_cased() {
+        let u = Username::from_email("  Ada.Lovelace@Example.COM ").unwrap();
+        assert_eq!(u.as_str(), "ada.lovelace@example.com");
+    }
+
+    #[test]
+    fn username_refuses_what_is_not_an_email() {
+        for bad in [
+            "",
+            "   ",
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "ada@.com",
+            "ada@example.",
+            "a b@example.com",
+            "ada@exa\u{7}mple.com",
+            "ada@@example.com",
+            "ada@example..com",
+        ] {
+            assert!(Username::from_email(bad).is_err(), "accepted {bad:?}");
+        }
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert_eq!(Username::from_email(&long), Err(InvalidValue::EmailTooLong));
+    }
+
+    #[test]
+    fn personal_data_never_prints_through_debug() {
+        let u = Username::from_email("ada@example.com").unwrap();
+        let n = FullName::parse_optional(Some("Ada Lovelace"))
+            .unwrap()
+            .unwrap();
+        let printed = format!("{u:?} {n:?}");
+        assert!(!printed.contains("ada"), "{printed}");
+        assert!(!printed.contains("Ada"), "{printed}");
+    }
+
+    #[test]
+    fn full_name_rules() {
+        assert_eq!(FullName::parse_optional(None), Ok(None));
+        assert_eq!(FullName::parse_optional(Some("  ")), Ok(None));
+        assert_eq!(
+            FullName::parse_optional(Some("a\u{0}b")),
+            Err(InvalidValue::FullNameControl)
+        );
+        assert_eq!(
+            FullName::parse_optional(Some(&"x".repeat(256))),
+            Err(InvalidValue::FullNameTooLong)
+        );
+        assert_eq!(
+            FullName::parse_optional(Some(" Ada "))
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "Ada"
+        );
+    }
+
+    #[test]
+    fn host_user_id_rules() {
+        assert_eq!(HostUserId::parse(" "), Err(InvalidValue::MissingHostUserId));
+        assert_eq!(
+            HostUserId::parse("a\nb"),
+            Err(InvalidValue::HostUserIdControl)
+        );
+        assert_eq!(HostUserId::parse(" 42 ").unwrap().as_str(), "42");
+    }
+
+    #[test]
+    fn masking_and_redaction_hide_emails() {
+        assert_eq!(mask_email("ada@example.com"), "a***@e***.com");
+        let text = "username \"ada@example.com\" already exists";
+        let redacted = redact_emails(text);
+        assert!(!redacted.contains("ada@example.com"), "{redacted}");
+        assert!(redacted.contains("already exists"));
+        assert_eq!(fingerprint("x").len(), 12);
+    }
+}
