@@ -4,8 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Worker;
 use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::embedded::sandbox::{self, SandboxArgs};
+use crate::ops::status::{self, ConflictFormat, Status};
+use crate::store;
 use crate::telemetry;
 
 /// Keeps a host product's users in step with its Embedded iPaaS account.
@@ -22,6 +27,35 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create or upgrade schema `user_sync` in the host database.
+    ///
+    /// Idempotent and safe on every deploy: applied migrations are skipped,
+    /// concurrent runs wait for each other, and the bookkeeping lives in
+    /// `user_sync._sqlx_migrations`, apart from the host app's own.
+    Migrate,
+    /// Run the worker: dispatcher, sweeper, sync jobs and the ops server.
+    ///
+    /// Needs DATABASE_URL, REDIS_URL and EMBEDDED_API_KEY (or their
+    /// configuration keys) and a migrated database. Serves /healthz, /readyz
+    /// and /metrics on http.bind. Start as many processes as you like on one
+    /// database and one Redis. SIGTERM or Ctrl-C stops taking work and lets
+    /// running jobs finish (at most worker.shutdown_timeout_ms).
+    Run,
+    /// Print pending, failed and invalid events, synced users, open
+    /// conflicts, erasures and the outbox lag.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List open username conflicts for reconciliation.
+    ///
+    /// Each row names the host user, the username (in clear: this report is
+    /// for the people who resolve conflicts) and who holds it.
+    Conflicts {
+        #[arg(long, value_enum, default_value_t = ConflictFormat::Table)]
+        format: ConflictFormat,
+    },
     /// Serve a local, in-memory simulator of the Embedded Users API, with
     /// injectable faults (rate limits, 5xx, cut connections, latency).
     ///
@@ -67,11 +101,70 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sandbox::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate => {
+            let settings = load_settings()?;
+            let pool = store::connect(&settings.database, 1).await?;
+            let applied = store::migrate::run(&pool).await?;
+            println!("migrations applied: {applied} (schema user_sync is up to date)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let settings = load_settings()?;
+            let shutdown = CancellationToken::new();
+            let worker = Worker::start(&settings, shutdown.clone()).await?;
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown requested: no new work is taken");
+                shutdown.cancel();
+            });
+            worker.stopped().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let settings = load_settings()?;
+            let pool = store::connect(&settings.database, 1).await?;
+            let status = Status::load(&pool).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", status.table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Conflicts { format } => {
+            let settings = load_settings()?;
+            let pool = store::connect(&settings.database, 1).await?;
+            let rows = status::open_conflicts(&pool).await?;
+            print!("{}", status::render_conflicts(&rows, format)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// SIGTERM (what orchestrators send) or Ctrl-C.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
 /// Loads the settings and starts logging as they say.
-#[allow(dead_code)]
 fn load_settings() -> anyhow::Result<Settings> {
     let settings = Settings::load()?;
     telemetry::init(&settings.log);

@@ -3,16 +3,38 @@
 //!
 //! # Layout
 //!
+//! The folders follow the data flow: the host writes events into the outbox
+//! (`store`), the `source` dispatches them into the `queue`, `sync` jobs
+//! carry them out against the `embedded` API through the `ratelimit` gate,
+//! and `ops` lets operators see it all.
+//!
 //! - [`config`]: typed settings loaded in layers; secrets never print.
 //! - [`telemetry`]: tracing set-up (JSON in production, readable on a terminal).
 //! - [`domain`]: the vocabulary (`HostUserId`, `Username`, `EmbeddedUserId`, ...),
 //!   parsed once at the edge.
 //! - [`embedded`]: the Embedded Users API: a typed client whose every answer is
 //!   an outcome the caller can act on, and `sandbox`, a faithful local simulator.
+//! - [`store`]: the worker's tables in the host database (outbox, users,
+//!   conflicts, erasures) and their migrations.
+//! - [`source`]: the dispatcher (outbox → queue, woken by NOTIFY) and the
+//!   sweeper (re-dispatches what the queue lost).
+//! - [`queue`]: the apalis job queue on Redis; jobs carry ids only.
+//! - [`sync`]: the pure `plan` and the job that carries it out.
+//! - [`ratelimit`]: the gate every API call passes (rate limit, 429 and
+//!   401 pauses, backoff).
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, `status` and `conflicts`.
+//! - [`app`]: one `user-sync run` process, assembled from the parts above.
 //! - [`cli`]: the `user-sync` command line; `main.rs` only calls it.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod embedded;
+pub mod ops;
+pub mod queue;
+pub mod ratelimit;
+pub mod source;
+pub mod store;
+pub mod sync;
 pub mod telemetry;

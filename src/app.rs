@@ -1,0 +1,161 @@
+//! `user-sync run`: one worker process, assembled.
+//!
+//! A process runs the dispatcher, the sweeper, `worker.concurrency` sync
+//! jobs at a time, the auth probe and the ops HTTP server, until its
+//! shutdown token is cancelled (SIGTERM or Ctrl-C from the command line).
+//! Shutdown stops taking work first, then gives the running jobs
+//! `worker.shutdown_timeout` to finish. Any number of processes may share
+//! one database and one Redis.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RateLimitScope, Settings};
+use crate::domain::EmbeddedUserId;
+use crate::embedded::{ApiError, EmbeddedClient, UserRef};
+use crate::ops::http::{self, OpsState};
+use crate::queue::{self, JobQueue, RedisQueue};
+use crate::ratelimit::ApiGate;
+use crate::source::dispatcher::Dispatcher;
+use crate::source::sweeper;
+use crate::store;
+use crate::sync::job::SyncContext;
+
+/// A started worker process.
+pub struct Worker {
+    /// Where the ops server listens (useful when `http.bind` asked for port 0).
+    pub ops_addr: SocketAddr,
+    /// The name the process's queue worker registered under.
+    pub name: String,
+    tasks: JoinSet<()>,
+}
+
+impl Worker {
+    /// Connects to everything and starts every part; fails fast, with the
+    /// key to fix, when a setting or a connection is wrong.
+    pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let _ = crate::ops::metrics::recorder();
+        anyhow::ensure!(
+            settings.rate_limit.scope == RateLimitScope::Process && !settings.rate_limit.adaptive,
+            "rate_limit.scope = \"global\" and rate_limit.adaptive = true are not available yet: use scope = \"process\" and adaptive = false"
+        );
+        // Settings first: a missing key fails before any connection.
+        let api = EmbeddedClient::new(&settings.embedded)?;
+        let pool = store::connect(&settings.database, pool_size(settings)).await?;
+        store::migrate::check_current(&pool).await?;
+        let redis = RedisQueue::connect(&settings.redis).await?;
+        let gate = Arc::new(ApiGate::new(&settings.rate_limit));
+        let queue: Arc<dyn JobQueue> = queue::shared(redis.clone());
+
+        let ops_addr = http::serve(
+            settings.http.bind,
+            OpsState {
+                pool: pool.clone(),
+                queue: queue.clone(),
+                gate: gate.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+
+        let name = queue::worker_name();
+        // Work stops being taken at once on shutdown; running jobs get the
+        // grace period.
+        let mut tasks = JoinSet::new();
+        let dispatcher = Dispatcher::new(pool.clone(), queue.clone(), settings.dispatcher.clone());
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(error) = dispatcher.run(stop).await {
+                tracing::error!(error = %format!("{error:#}"), "the dispatcher stopped");
+            }
+        });
+        tasks.spawn(sweeper::run(
+            pool.clone(),
+            queue.clone(),
+            settings.sweeper.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(probe_auth(
+            api.clone(),
+            gate.clone(),
+            settings.worker.auth_retry_interval,
+            shutdown.clone(),
+        ));
+        let ctx = SyncContext {
+            pool,
+            api,
+            gate,
+            worker: settings.worker.clone(),
+        };
+        let concurrency = settings.worker.concurrency;
+        let grace = settings.worker.shutdown_timeout;
+        let worker_name = name.clone();
+        tasks.spawn(async move {
+            redis
+                .run_workers(worker_name, ctx, concurrency, shutdown, grace)
+                .await;
+        });
+        tracing::info!(%ops_addr, worker = %name, concurrency, "user-sync is running");
+        Ok(Self {
+            ops_addr,
+            name,
+            tasks,
+        })
+    }
+
+    /// Waits until every part has stopped (after the shutdown token).
+    pub async fn stopped(mut self) {
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(error) = joined
+                && error.is_panic()
+            {
+                tracing::error!(%error, "a worker task panicked");
+            }
+        }
+        tracing::info!(worker = %self.name, "user-sync stopped");
+    }
+}
+
+/// Connections: one per job slot, plus the dispatcher, its listener, the
+/// sweeper and the ops server.
+fn pool_size(settings: &Settings) -> u32 {
+    u32::try_from(settings.worker.concurrency)
+        .unwrap_or(u32::MAX)
+        .saturating_add(4)
+}
+
+/// While the API refuses the key, asks again every `interval` with a
+/// harmless read; calls resume when the key is accepted.
+async fn probe_auth(
+    api: EmbeddedClient,
+    gate: Arc<ApiGate>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    // An id no user has: a `404` proves the key is accepted.
+    let probe = EmbeddedUserId::parse("user-sync-auth-probe").expect("a non-empty id");
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        if !gate.auth_paused() {
+            continue;
+        }
+        match api.get_user(UserRef::Id(&probe)).await {
+            Ok(_) | Err(ApiError::NotFound) => gate.resume_auth(),
+            Err(ApiError::Unauthorized { status }) => {
+                tracing::error!(
+                    alert = "embedded_api_key_refused",
+                    status,
+                    "the Embedded API still refuses the API key"
+                );
+            }
+            Err(error) => tracing::warn!(%error, "auth probe inconclusive; it tries again"),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `/healthz`, `/readyz` and `/metrics` of `user-sync run`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::JobQueue;
+use crate::ratelimit::ApiGate;
+
+/// What the endpoints look at.
+#[derive(Clone)]
+pub struct OpsState {
+    pub pool: PgPool,
+    pub queue: Arc<dyn JobQueue>,
+    pub gate: Arc<ApiGate>,
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    database: bool,
+    queue: bool,
+    api_key: bool,
+}
+
+pub fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    bind: SocketAddr,
+    state: OpsState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on http.bind {bind}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "ops HTTP server stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
+    let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let queue = state.queue.ping().await.is_ok();
+    let api_key = !state.gate.auth_paused();
+    let status = if database && queue && api_key {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(Readiness {
+            database,
+            queue,
+            api_key,
+        }),
+    )
+}
+
+async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
+    // Gauges of the tables and the queue are read at scrape time: an idle
+    // worker then costs no queries between scrapes.
+    if let Ok(status) = super::status::Status::load(&state.pool).await {
+        metrics::gauge!("user_sync_pending_events").set(status.pending_events as f64);
+        metrics::gauge!("user_sync_outbox_lag_seconds").set(status.outbox_lag_seconds);
+        metrics::gauge!("user_sync_open_conflicts").set(status.open_conflicts as f64);
+        metrics::gauge!("user_sync_failed_events").set(status.failed_events as f64);
+    }
+    if let Ok(depth) = state.queue.depth().await {
+        metrics::gauge!("user_sync_queue_depth").set(depth as f64);
+    }
+    match super::metrics::recorder() {
+        Some(handle) => (StatusCode::OK, handle.render()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable\n".to_owned(),
+        ),
+    }
+}

@@ -1,0 +1,221 @@
+//! The gate every API call passes: the process's rate limit (governor), a
+//! process-wide pause after a `429`, and the auth pause after a `401`/`403`.
+//!
+//! A task never waits long at the gate: when the wait would be long it is
+//! told so, and snoozes its event instead of holding a worker slot.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::config::RateLimitSettings;
+use crate::embedded::ApiError;
+
+/// The longest a task waits at the gate before it gives its slot back.
+pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(2);
+/// The pause after a `429` that gave no `Retry-After`.
+pub const DEFAULT_429_PAUSE: Duration = Duration::from_secs(1);
+
+/// Why the gate did not let a call through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateRefusal {
+    /// The API refused the key; calls resume when a probe succeeds.
+    AuthPaused,
+    /// Come back after this long.
+    Backoff(Duration),
+}
+
+pub struct ApiGate {
+    limiter: DefaultDirectRateLimiter,
+    /// No call before this instant: set by a `429`, for every task.
+    paused_until: Mutex<Option<Instant>>,
+    /// Set by a `401`/`403`; cleared by a successful auth probe.
+    auth_paused: AtomicBool,
+}
+
+impl std::fmt::Debug for ApiGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiGate")
+            .field("auth_paused", &self.auth_paused())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiGate {
+    pub fn new(settings: &RateLimitSettings) -> Self {
+        let rate = NonZeroU32::new(settings.requests_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
+        metrics::gauge!("user_sync_rate_limit_allowed_rps").set(f64::from(rate.get()));
+        Self {
+            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            paused_until: Mutex::new(None),
+            auth_paused: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits for the right to make one call, or says why not now.
+    pub async fn acquire(&self) -> Result<(), GateRefusal> {
+        if self.auth_paused() {
+            return Err(GateRefusal::AuthPaused);
+        }
+        let pause = self.pause_remaining();
+        if pause > MAX_INLINE_WAIT {
+            return Err(GateRefusal::Backoff(pause));
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        match self.limiter.check() {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                metrics::counter!("user_sync_rate_limit_waits_total").increment(1);
+                if wait > MAX_INLINE_WAIT {
+                    return Err(GateRefusal::Backoff(wait));
+                }
+                self.limiter.until_ready().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Learns from an answer: a `429` pauses every task of the process, a
+    /// `401`/`403` pauses all calls until the key works again.
+    pub fn observe(&self, error: &ApiError) {
+        match error {
+            ApiError::RateLimited { retry_after } => {
+                metrics::counter!("user_sync_api_rate_limited_total").increment(1);
+                self.pause_for(retry_after.unwrap_or(DEFAULT_429_PAUSE));
+            }
+            ApiError::Unauthorized { status } => self.pause_auth(*status),
+            _ => {}
+        }
+    }
+
+    fn pause_auth(&self, status: u16) {
+        if !self.auth_paused.swap(true, Ordering::SeqCst) {
+            metrics::gauge!("user_sync_api_auth_paused").set(1.0);
+            tracing::error!(
+                alert = "embedded_api_key_refused",
+                status,
+                "the Embedded API refused the API key: all calls are paused until it is accepted again"
+            );
+        }
+    }
+
+    pub fn auth_paused(&self) -> bool {
+        self.auth_paused.load(Ordering::SeqCst)
+    }
+
+    /// Resumes calls after a successful auth probe.
+    pub fn resume_auth(&self) {
+        if self.auth_paused.swap(false, Ordering::SeqCst) {
+            metrics::gauge!("user_sync_api_auth_paused").set(0.0);
+            tracing::warn!("the Embedded API accepts the API key again: calls resume");
+        }
+    }
+
+    fn pause_for(&self, duration: Duration) {
+        let until = Instant::now() + duration;
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        if paused.is_none_or(|current| current < until) {
+            *paused = Some(until);
+        }
+    }
+
+    fn pause_remaining(&self) -> Duration {
+        let paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        paused
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+    }
+}
+
+/// Full-jitter exponential backoff: a random wait in
+/// `[0, min(cap, base * 2^attempt))`, never below one millisecond.
+pub fn full_jitter(attempt: u32, base: Duration, cap: Duration, rng: &mut impl Rng) -> Duration {
+    let ceiling = backoff_ceiling(attempt, base, cap);
+    let millis = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(rng.random_range(1..=millis))
+}
+
+/// The upper bound of the jittered wait after `attempt` failures.
+pub fn backoff_ceiling(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.min(31));
+    base.saturating_mul(factor).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn settings(rps: u32, burst: u32) -> RateLimitSettings {
+        RateLimitSettings {
+            requests_per_second: rps,
+            burst,
+            scope: crate::config::RateLimitScope::Process,
+            adaptive: false,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        let base = Duration::from_millis(500);
+        let cap = Duration::from_secs(10);
+        let ceilings: Vec<u64> = (0..8)
+            .map(|a| backoff_ceiling(a, base, cap).as_millis() as u64)
+            .collect();
+        assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]);
+        assert_eq!(backoff_ceiling(200, base, cap), cap);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for attempt in 0..20 {
+            let wait = full_jitter(attempt, base, cap, &mut rng);
+            assert!(wait >= Duration::from_millis(1));
+            assert!(wait <= backoff_ceiling(attempt, base, cap));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pauses_every_caller() {
+        let gate = ApiGate::new(&settings(1000, 1000));
+        gate.observe(&ApiError::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+        });
+        assert_eq!(
+            gate.acquire().await,
+            Err(GateRefusal::Backoff(Duration::from_secs(30)))
+        );
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let started = Instant::now();
+        assert_eq!(gate.acquire().await, Ok(()));
+        assert!(started.elapsed() >= Duration::from_millis(999));
+    }
+
+    #[tokio::test]
+    async fn auth_failure_pauses_until_resumed() {
+        let gate = ApiGate::new(&settings(10, 10));
+        gate.observe(&ApiError::Unauthorized { status: 401 });
+        assert_eq!(gate.acquire().await, Err(GateRefusal::AuthPaused));
+        gate.resume_auth();
+        assert_eq!(gate.acquire().await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_short_rate_limit_wait_is_waited_inline() {
+        let gate = ApiGate::new(&settings(1, 1));
+        assert_eq!(gate.acquire().await, Ok(()));
+        // The next slot is a second away, under MAX_INLINE_WAIT: waited.
+        let started = std::time::Instant::now();
+        assert_eq!(gate.acquire().await, Ok(()));
+        assert!(started.elapsed() >= Duration::from_millis(900));
+    }
+}

@@ -1,0 +1,217 @@
+//! The outbox, `user_sync.events`: what the dispatcher claims, what a job
+//! reads, and how an event ends.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use crate::domain::{FullName, HostUserId, Username};
+use crate::sync::plan::{Desired, Profile};
+
+/// The three kinds of the outbox contract.
+pub const KINDS: [&str; 3] = ["signup", "profile_change", "account_closure"];
+
+/// How an event ended. Each has one row state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventState {
+    /// Carried out (or nothing needed doing).
+    Applied,
+    /// A newer event of the same user was applied instead.
+    Superseded,
+    /// Ended in a reported conflict.
+    Conflict,
+    /// Refused by the API as invalid, or out of attempts.
+    Failed,
+    /// Refused before any call: bad kind, id, email or name.
+    Invalid,
+}
+
+impl EventState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Superseded => "superseded",
+            Self::Conflict => "conflict",
+            Self::Failed => "failed",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+/// An event as the host wrote it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub host_user_id: Option<String>,
+    pub kind: Option<String>,
+    pub email: Option<String>,
+    pub full_name: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub attempts: i32,
+    pub available_at: DateTime<Utc>,
+}
+
+impl OutboxEvent {
+    /// What the event asks for, or why it cannot be applied (a reason that
+    /// never repeats the offending value).
+    pub fn desired(&self) -> Result<Desired, String> {
+        match self.kind.as_deref().map(str::trim) {
+            Some("account_closure") => Ok(Desired::Absent),
+            Some("signup" | "profile_change") => {
+                let username = Username::from_email(self.email.as_deref().unwrap_or(""))
+                    .map_err(|e| e.to_string())?;
+                let full_name = FullName::parse_optional(self.full_name.as_deref())
+                    .map_err(|e| e.to_string())?;
+                Ok(Desired::Present(Profile {
+                    username,
+                    full_name,
+                }))
+            }
+            Some(_) => Err(format!(
+                "unknown kind: expected one of {}",
+                KINDS.join(", ")
+            )),
+            None => Err("kind is missing".into()),
+        }
+    }
+}
+
+/// An event claimed for dispatch.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: i64,
+    pub host_user_id: Option<String>,
+}
+
+/// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay
+/// locked (and skipped by other dispatchers) until the caller commits, which
+/// it does only once the jobs are in the queue. A crash before the commit
+/// leaves the events to dispatch again; nothing is lost.
+pub async fn claim_due(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: u32,
+) -> sqlx::Result<Vec<Claimed>> {
+    sqlx::query_as(
+        "UPDATE user_sync.events e SET dispatched_at = now()
+         FROM (SELECT id FROM user_sync.events
+               WHERE state = 'pending' AND dispatched_at IS NULL AND available_at <= now()
+               ORDER BY id LIMIT $1
+               FOR UPDATE SKIP LOCKED) due
+         WHERE e.id = due.id
+         RETURNING e.id, e.host_user_id",
+    )
+    .bind(i64::from(limit))
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// How long until the next snoozed event is due, if any is waiting.
+pub async fn next_due_in(pool: &PgPool) -> sqlx::Result<Option<Duration>> {
+    let seconds: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (min(available_at) - now()))::float8
+         FROM user_sync.events WHERE state = 'pending' AND dispatched_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
+/// Events dispatched more than `after` ago and still pending go back to be
+/// dispatched: their job was lost (Redis flushed or restarted, a worker
+/// killed). Returns how many.
+pub async fn sweep_stale(pool: &PgPool, after: Duration) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE user_sync.events SET dispatched_at = NULL
+         WHERE state = 'pending' AND dispatched_at IS NOT NULL
+           AND dispatched_at < now() - make_interval(secs => $1)",
+    )
+    .bind(after.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// The newest pending event of a user.
+pub async fn newest_pending(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+) -> sqlx::Result<Option<OutboxEvent>> {
+    sqlx::query_as(
+        "SELECT id, host_user_id, kind, email, full_name, occurred_at, attempts, available_at
+         FROM user_sync.events
+         WHERE host_user_id = $1 AND state = 'pending'
+         ORDER BY id DESC LIMIT 1",
+    )
+    .bind(host.as_str())
+    .fetch_optional(conn)
+    .await
+}
+
+/// Ends one event.
+pub async fn finish(
+    conn: &mut PgConnection,
+    id: i64,
+    state: EventState,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE user_sync.events SET state = $2, reason = $3, finished_at = now()
+         WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(state.as_str())
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends every pending event of `host` older than `newest`: latest wins.
+pub async fn supersede_older(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    newest: i64,
+) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "UPDATE user_sync.events SET state = 'superseded', finished_at = now()
+         WHERE host_user_id = $1 AND state = 'pending' AND id < $2",
+    )
+    .bind(host.as_str())
+    .bind(newest)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Puts an event back to be dispatched after `delay`. `failed` counts it as
+/// a failed attempt (rate limits and auth pauses do not).
+pub async fn snooze(
+    conn: &mut PgConnection,
+    id: i64,
+    delay: Duration,
+    failed: bool,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE user_sync.events
+         SET dispatched_at = NULL,
+             available_at = now() + make_interval(secs => $2),
+             attempts = attempts + $3,
+             reason = COALESCE($4, reason)
+         WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(delay.as_secs_f64())
+    .bind(i32::from(failed))
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks an event invalid outright (no host user to serialise on).
+pub async fn mark_invalid(pool: &PgPool, id: i64, reason: &str) -> sqlx::Result<()> {
+    let mut conn = pool.acquire().await?;
+    finish(&mut conn, id, EventState::Invalid, Some(reason)).await
+}

@@ -1,0 +1,360 @@
+//! `user_sync.users` (host id ↔ Embedded userId and the last synced state),
+//! `user_sync.conflicts` and `user_sync.erasures`, and the per-user lock.
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+
+use crate::domain::{EmbeddedUserId, FullName, HostUserId, Username};
+use crate::sync::plan::{Profile, Synced};
+
+/// Exclusive right to act on one host user, across every process.
+///
+/// A session-level advisory lock held on a connection taken out of the
+/// pool. Released explicitly on the normal path; if the holder is cancelled
+/// or crashes, the connection is closed instead of going back to the pool,
+/// and PostgreSQL releases the lock with the session.
+pub struct UserLock {
+    conn: Option<PoolConnection<Postgres>>,
+    key: i64,
+}
+
+impl UserLock {
+    /// Takes the lock if nobody holds it.
+    pub async fn try_acquire(pool: &PgPool, host: &HostUserId) -> sqlx::Result<Option<Self>> {
+        let mut conn = pool.acquire().await?;
+        let key: i64 = sqlx::query_scalar("SELECT hashtextextended('user_sync:' || $1, 0)")
+            .bind(host.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(got.then_some(Self {
+            conn: Some(conn),
+            key,
+        }))
+    }
+
+    /// The locked connection, for the holder's reads and writes. Each
+    /// statement commits on its own: an intent written here is durable
+    /// before the API call it announces.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        match self.conn.as_mut() {
+            Some(conn) => conn,
+            // `conn` is only taken by `release` and `drop`, which consume
+            // or end the lock.
+            None => unreachable!("a released lock is never used"),
+        }
+    }
+
+    pub async fn release(mut self) -> sqlx::Result<()> {
+        if let Some(mut conn) = self.conn.take() {
+            let result = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if result.is_err() {
+                // Unknown state: never hand a possibly locked session back.
+                drop(conn.detach());
+            }
+            result?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UserLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // Closing the session releases the lock.
+            drop(conn.detach());
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    embedded_user_id: Option<String>,
+    username: Option<String>,
+    full_name: Option<String>,
+    state: String,
+}
+
+/// What the worker last knew of this host user's Embedded user.
+pub async fn synced(conn: &mut PgConnection, host: &HostUserId) -> sqlx::Result<Synced> {
+    let row: Option<UserRow> = sqlx::query_as(
+        "SELECT embedded_user_id, username, full_name, state FROM user_sync.users
+         WHERE host_user_id = $1",
+    )
+    .bind(host.as_str())
+    .fetch_optional(conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Synced::Nothing);
+    };
+    Ok(
+        match (row.state.as_str(), row.embedded_user_id, row.username) {
+            ("creating", _, Some(username)) => Synced::Unconfirmed {
+                username: Username::from_api(&username),
+            },
+            ("synced", Some(id), Some(username)) => match EmbeddedUserId::parse(&id) {
+                Ok(id) => Synced::Present {
+                    id,
+                    profile: Profile {
+                        username: Username::from_api(&username),
+                        full_name: row.full_name.as_deref().map(FullName::from_api),
+                    },
+                },
+                Err(_) => Synced::Nothing,
+            },
+            _ => Synced::Nothing,
+        },
+    )
+}
+
+/// Why a username claim failed.
+pub enum Claim {
+    Claimed,
+    /// Another host user holds or is claiming the username.
+    TakenBy(HostUserId),
+}
+
+/// Records the intent to create `username` for `host`, durably, before the
+/// create is sent. The unique index on claimed usernames makes two host
+/// users with one username a conflict caught here, before any call.
+pub async fn claim_for_create(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    profile: &Profile,
+    event_id: i64,
+) -> sqlx::Result<Claim> {
+    let result = sqlx::query(
+        "INSERT INTO user_sync.users (host_user_id, username, full_name, state, last_event_id)
+         VALUES ($1, $2, $3, 'creating', $4)
+         ON CONFLICT (host_user_id) DO UPDATE
+         SET username = EXCLUDED.username, full_name = EXCLUDED.full_name,
+             embedded_user_id = NULL, state = 'creating',
+             last_event_id = EXCLUDED.last_event_id, updated_at = now()",
+    )
+    .bind(host.as_str())
+    .bind(profile.username.as_str())
+    .bind(profile.full_name.as_ref().map(FullName::as_str))
+    .bind(event_id)
+    .execute(&mut *conn)
+    .await;
+    match result {
+        Ok(_) => Ok(Claim::Claimed),
+        Err(e) if super::is_unique_violation(&e) => {
+            let holder = holder_of(conn, &profile.username, host).await?;
+            Ok(Claim::TakenBy(holder.unwrap_or_else(|| host.clone())))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The other host user holding or claiming a username, if any.
+pub async fn holder_of(
+    conn: &mut PgConnection,
+    username: &Username,
+    except: &HostUserId,
+) -> sqlx::Result<Option<HostUserId>> {
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT host_user_id FROM user_sync.users
+         WHERE username = $1 AND state IN ('creating', 'synced') AND host_user_id <> $2
+         LIMIT 1",
+    )
+    .bind(username.as_str())
+    .bind(except.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(holder.and_then(|h| HostUserId::parse(&h).ok()))
+}
+
+/// Records that `host` now has Embedded user `id` with `profile`, and closes
+/// the host user's open conflicts: they are resolved.
+pub async fn mark_synced(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    id: &EmbeddedUserId,
+    profile: &Profile,
+    event_id: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO user_sync.users
+             (host_user_id, embedded_user_id, username, full_name, state, last_event_id)
+         VALUES ($1, $2, $3, $4, 'synced', $5)
+         ON CONFLICT (host_user_id) DO UPDATE
+         SET embedded_user_id = EXCLUDED.embedded_user_id, username = EXCLUDED.username,
+             full_name = EXCLUDED.full_name, state = 'synced',
+             last_event_id = EXCLUDED.last_event_id, updated_at = now()",
+    )
+    .bind(host.as_str())
+    .bind(id.as_str())
+    .bind(profile.username.as_str())
+    .bind(profile.full_name.as_ref().map(FullName::as_str))
+    .bind(event_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE user_sync.conflicts SET status = 'resolved', resolved_at = now()
+         WHERE host_user_id = $1 AND status = 'open' AND username <> $2",
+    )
+    .bind(host.as_str())
+    .bind(profile.username.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that `host` has no Embedded user (a refused create, or one
+/// deleted outside the worker), releasing any username claim.
+pub async fn mark_without_user(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    state: &str,
+    event_id: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO user_sync.users (host_user_id, state, last_event_id)
+         VALUES ($1, $2, $3)
+         ON CONFLICT (host_user_id) DO UPDATE
+         SET embedded_user_id = NULL, state = EXCLUDED.state,
+             last_event_id = EXCLUDED.last_event_id, updated_at = now()",
+    )
+    .bind(host.as_str())
+    .bind(state)
+    .bind(event_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Why a username could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictReason {
+    /// Another host user holds the username.
+    TakenByHostUser,
+    /// An Embedded user the worker did not create holds it.
+    TakenInEmbedded,
+    /// The API refused to change the username.
+    RenameRefused,
+}
+
+impl ConflictReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TakenByHostUser => "taken_by_host_user",
+            Self::TakenInEmbedded => "taken_in_embedded",
+            Self::RenameRefused => "rename_refused",
+        }
+    }
+}
+
+/// A conflict to report.
+pub struct NewConflict<'a> {
+    pub host: &'a HostUserId,
+    pub username: &'a Username,
+    pub reason: ConflictReason,
+    pub holder_host_user_id: Option<&'a HostUserId>,
+    pub holder_embedded_user_id: Option<&'a EmbeddedUserId>,
+    pub event_id: i64,
+}
+
+/// Reports a conflict once: an open one for the same host user, username
+/// and reason is left as it is. Returns whether a row was added.
+pub async fn report_conflict(conn: &mut PgConnection, c: &NewConflict<'_>) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "INSERT INTO user_sync.conflicts
+             (host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id, event_id)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (host_user_id, username, reason) WHERE status = 'open' DO NOTHING",
+    )
+    .bind(c.host.as_str())
+    .bind(c.username.as_str())
+    .bind(c.reason.as_str())
+    .bind(c.holder_host_user_id.map(HostUserId::as_str))
+    .bind(c.holder_embedded_user_id.map(EmbeddedUserId::as_str))
+    .bind(c.event_id)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// How an erasure ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErasureOutcome {
+    Deleted,
+    /// The API answered 404: someone deleted it already.
+    AlreadyAbsent,
+    /// No Embedded user was ever created (closure before the first sync).
+    NeverCreated,
+}
+
+impl ErasureOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deleted => "deleted",
+            Self::AlreadyAbsent => "already_absent",
+            Self::NeverCreated => "never_created",
+        }
+    }
+}
+
+/// Completes a closure: in one transaction, removes every email and name of
+/// `host` from the worker's tables (its user row, its outbox rows up to the
+/// closure, its conflicts), records the erasure with ids and times only, and
+/// ends the closure event.
+pub async fn erase(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    embedded_user_id: Option<&EmbeddedUserId>,
+    closure_event_id: i64,
+    outcome: ErasureOutcome,
+) -> sqlx::Result<()> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO user_sync.users (host_user_id, state, last_event_id)
+         VALUES ($1, 'erased', $2)
+         ON CONFLICT (host_user_id) DO UPDATE
+         SET embedded_user_id = NULL, username = NULL, full_name = NULL, state = 'erased',
+             last_event_id = EXCLUDED.last_event_id, updated_at = now()",
+    )
+    .bind(host.as_str())
+    .bind(closure_event_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE user_sync.events SET email = NULL, full_name = NULL
+         WHERE host_user_id = $1 AND id <= $2 AND (email IS NOT NULL OR full_name IS NOT NULL)",
+    )
+    .bind(host.as_str())
+    .bind(closure_event_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM user_sync.conflicts WHERE host_user_id = $1")
+        .bind(host.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO user_sync.erasures
+             (host_user_id, embedded_user_id, event_id, outcome, requested_at)
+         SELECT $1, $2, id, $3, occurred_at FROM user_sync.events WHERE id = $4
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(host.as_str())
+    .bind(embedded_user_id.map(EmbeddedUserId::as_str))
+    .bind(outcome.as_str())
+    .bind(closure_event_id)
+    .execute(&mut *tx)
+    .await?;
+    super::events::finish(
+        &mut tx,
+        closure_event_id,
+        super::events::EventState::Applied,
+        None,
+    )
+    .await?;
+    tx.commit().await
+}

@@ -1,0 +1,469 @@
+//! The sync job: serialise on the host user, take its newest pending event,
+//! plan, carry the plan out through the gate and the client, record what
+//! happened.
+//!
+//! Every way a job ends has one place here: applied, superseded, conflict,
+//! failed (permanent), invalid, or snoozed (retry later, with the event back
+//! in the outbox to dispatch). A snoozed job holds no worker slot while it
+//! waits: the wait is a time in the outbox, not a sleep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+
+use crate::config::WorkerSettings;
+use crate::domain::{EmbeddedUserId, HostUserId, Username};
+use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser, UserRef, UserUpdate};
+use crate::ratelimit::{ApiGate, GateRefusal, full_jitter};
+use crate::store::events::{self, EventState, OutboxEvent};
+use crate::store::users::{self, Claim, ConflictReason, ErasureOutcome, NewConflict, UserLock};
+use crate::sync::plan::{Desired, Profile, SyncPlan, Synced, plan};
+
+/// What travels through the queue: ids only, never an email or a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncJob {
+    pub event_id: i64,
+    /// `None` when the outbox row had no host user id; the job then only
+    /// records the event as invalid.
+    pub host_user_id: Option<String>,
+}
+
+/// Everything a job needs, shared by all jobs of a process.
+#[derive(Debug, Clone)]
+pub struct SyncContext {
+    pub pool: PgPool,
+    pub api: EmbeddedClient,
+    pub gate: Arc<ApiGate>,
+    pub worker: WorkerSettings,
+}
+
+/// How long a job whose user is busy waits before its event is dispatched
+/// again.
+const BUSY_RETRY: Duration = Duration::from_millis(200);
+/// Events one job applies for its user before it lets others run.
+const MAX_EVENTS_PER_JOB: usize = 16;
+
+/// Why an API step could not finish now.
+enum Stop {
+    Api(ApiError),
+    Gate(GateRefusal),
+}
+
+/// How one event ended inside the job.
+enum Step {
+    Done,
+    Snoozed,
+}
+
+/// Runs one job. An `Err` is an infrastructure failure (the database); the
+/// event stays pending and is dispatched again.
+pub async fn run(ctx: &SyncContext, job: &SyncJob) -> anyhow::Result<()> {
+    let host = match job.host_user_id.as_deref().map(HostUserId::parse) {
+        Some(Ok(host)) => host,
+        Some(Err(reason)) => {
+            events::mark_invalid(&ctx.pool, job.event_id, &reason.to_string()).await?;
+            count_event("unknown", "invalid");
+            return Ok(());
+        }
+        None => {
+            events::mark_invalid(&ctx.pool, job.event_id, "host_user_id is missing").await?;
+            count_event("unknown", "invalid");
+            return Ok(());
+        }
+    };
+    let Some(mut lock) = UserLock::try_acquire(&ctx.pool, &host).await? else {
+        // Another job is applying this user's events; it may have read them
+        // before this one arrived, so this event comes back shortly.
+        let mut conn = ctx.pool.acquire().await?;
+        events::snooze(&mut conn, job.event_id, BUSY_RETRY, false, None).await?;
+        return Ok(());
+    };
+    let result = apply_pending(ctx, &host, lock.conn()).await;
+    lock.release().await?;
+    result
+}
+
+async fn apply_pending(
+    ctx: &SyncContext,
+    host: &HostUserId,
+    conn: &mut PgConnection,
+) -> anyhow::Result<()> {
+    for _ in 0..MAX_EVENTS_PER_JOB {
+        let Some(event) = events::newest_pending(conn, host).await? else {
+            return Ok(());
+        };
+        if event.available_at > chrono::Utc::now() {
+            // Snoozed: the dispatcher brings it back when it is due.
+            return Ok(());
+        }
+        let desired = match event.desired() {
+            Ok(desired) => desired,
+            Err(reason) => {
+                events::finish(conn, event.id, EventState::Invalid, Some(&reason)).await?;
+                count_event(kind_label(&event), "invalid");
+                tracing::warn!(event_id = event.id, host_user_id = %host, %reason, "invalid event");
+                continue;
+            }
+        };
+        let superseded = events::supersede_older(conn, host, event.id).await?;
+        if superseded > 0 {
+            metrics::counter!("user_sync_events_total", "kind" => "any", "outcome" => "superseded")
+                .increment(superseded);
+        }
+        match apply_event(ctx, conn, host, &event, &desired).await? {
+            Step::Done => continue,
+            Step::Snoozed => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Carries out the newest event of `host`.
+async fn apply_event(
+    ctx: &SyncContext,
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    event: &OutboxEvent,
+    desired: &Desired,
+) -> anyhow::Result<Step> {
+    let mut synced = users::synced(conn, host).await?;
+    // At most: confirm an unconfirmed create, find a user deleted outside,
+    // then act. Each round learns something, so three rounds end it.
+    for _ in 0..3 {
+        let step = match plan(desired, &synced) {
+            SyncPlan::Nothing => {
+                finish(conn, event, EventState::Applied, None).await?;
+                Step::Done
+            }
+            SyncPlan::Confirm { username } => {
+                match call(ctx, || ctx.api.get_user(UserRef::Username(&username))).await {
+                    Ok(found) => {
+                        // The lost create happened: adopt its user.
+                        let profile = profile_of(&found);
+                        users::mark_synced(conn, host, &found.user_id, &profile, event.id).await?;
+                        tracing::info!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, "adopted the user of an unconfirmed create");
+                        synced = Synced::Present {
+                            id: found.user_id,
+                            profile,
+                        };
+                        continue;
+                    }
+                    Err(Stop::Api(ApiError::NotFound)) => {
+                        synced = Synced::Nothing;
+                        continue;
+                    }
+                    Err(stop) => return stopped(ctx, conn, event, stop).await,
+                }
+            }
+            SyncPlan::Create(new_user) => {
+                let profile = Profile {
+                    username: new_user.username.clone(),
+                    full_name: new_user.full_name.clone(),
+                };
+                if let Claim::TakenBy(holder) =
+                    users::claim_for_create(conn, host, &profile, event.id).await?
+                {
+                    return taken_by_host_user(conn, host, &profile.username, &holder, event).await;
+                }
+                match call(ctx, || ctx.api.create_user(&new_user)).await {
+                    Ok(id) => {
+                        users::mark_synced(conn, host, &id, &profile, event.id).await?;
+                        finish(conn, event, EventState::Applied, None).await?;
+                        Step::Done
+                    }
+                    Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
+                        // A definite refusal: nothing was created. Release
+                        // the claim before looking for who holds the name.
+                        users::mark_without_user(conn, host, "failed", event.id).await?;
+                        refused_create(ctx, conn, host, &profile.username, event, &refused).await?
+                    }
+                    // The row stays `creating`: the next attempt confirms.
+                    Err(stop) => return stopped(ctx, conn, event, stop).await,
+                }
+            }
+            SyncPlan::Update { id, update } => {
+                let Desired::Present(want) = desired else {
+                    unreachable!("plan updates only a present user")
+                };
+                match update_user(ctx, conn, host, event, &id, update, want).await? {
+                    Some(step) => step,
+                    None => {
+                        // Deleted outside the worker: create it again.
+                        synced = Synced::Nothing;
+                        continue;
+                    }
+                }
+            }
+            SyncPlan::Erase { id } => {
+                let outcome = match &id {
+                    None => ErasureOutcome::NeverCreated,
+                    Some(user) => match call(ctx, || ctx.api.delete_user(user)).await {
+                        Ok(()) => ErasureOutcome::Deleted,
+                        Err(Stop::Api(ApiError::NotFound)) => ErasureOutcome::AlreadyAbsent,
+                        Err(stop) => return stopped(ctx, conn, event, stop).await,
+                    },
+                };
+                users::erase(conn, host, id.as_ref(), event.id, outcome).await?;
+                count_event(kind_label(event), "applied");
+                metrics::counter!("user_sync_erasures_total", "outcome" => outcome.as_str())
+                    .increment(1);
+                tracing::info!(event_id = event.id, host_user_id = %host, outcome = outcome.as_str(), "erasure complete");
+                Step::Done
+            }
+        };
+        return Ok(step);
+    }
+    // Only a user deleted outside twice in one job gets here.
+    stopped(
+        ctx,
+        conn,
+        event,
+        Stop::Gate(GateRefusal::Backoff(ctx.worker.backoff_base)),
+    )
+    .await
+}
+
+/// A create refused by the API: a conflict if someone holds the username,
+/// a permanent failure otherwise.
+async fn refused_create(
+    ctx: &SyncContext,
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    username: &Username,
+    event: &OutboxEvent,
+    refusal: &ApiError,
+) -> anyhow::Result<Step> {
+    match call(ctx, || ctx.api.get_user(UserRef::Username(username))).await {
+        Ok(holder) => {
+            users::mark_without_user(conn, host, "conflict", event.id).await?;
+            let conflict = NewConflict {
+                host,
+                username,
+                reason: ConflictReason::TakenInEmbedded,
+                holder_host_user_id: None,
+                holder_embedded_user_id: Some(&holder.user_id),
+                event_id: event.id,
+            };
+            end_in_conflict(conn, event, &conflict).await
+        }
+        Err(Stop::Api(ApiError::NotFound)) => {
+            finish(conn, event, EventState::Failed, Some(&refusal.to_string())).await?;
+            Ok(Step::Done)
+        }
+        Err(stop) => stopped(ctx, conn, event, stop).await,
+    }
+}
+
+/// Sends an update. `None` when the user no longer exists in Embedded.
+async fn update_user(
+    ctx: &SyncContext,
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    event: &OutboxEvent,
+    id: &EmbeddedUserId,
+    update: UserUpdate,
+    want: &Profile,
+) -> anyhow::Result<Option<Step>> {
+    if let Some(new_username) = &update.username
+        && let Some(holder) = users::holder_of(conn, new_username, host).await?
+    {
+        return taken_by_host_user(conn, host, new_username, &holder, event)
+            .await
+            .map(Some);
+    }
+    match call(ctx, || ctx.api.update_user(id, &update)).await {
+        Ok(_) => {
+            users::mark_synced(conn, host, id, want, event.id).await?;
+            finish(conn, event, EventState::Applied, None).await?;
+            Ok(Some(Step::Done))
+        }
+        Err(Stop::Api(ApiError::NotFound)) => {
+            users::mark_without_user(conn, host, "failed", event.id).await?;
+            Ok(None)
+        }
+        Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
+            let Some(new_username) = &update.username else {
+                finish(conn, event, EventState::Failed, Some(&refused.to_string())).await?;
+                return Ok(Some(Step::Done));
+            };
+            // Who refused the rename: a holder of the new name, or the API
+            // itself (the docs disagree on whether renames are allowed).
+            let holder = match call(ctx, || ctx.api.get_user(UserRef::Username(new_username))).await
+            {
+                Ok(found) if &found.user_id != id => Some(found.user_id),
+                Ok(_) | Err(Stop::Api(ApiError::NotFound)) => None,
+                Err(stop) => return stopped(ctx, conn, event, stop).await.map(Some),
+            };
+            let reason = if holder.is_some() {
+                ConflictReason::TakenInEmbedded
+            } else {
+                ConflictReason::RenameRefused
+            };
+            let conflict = NewConflict {
+                host,
+                username: new_username,
+                reason,
+                holder_host_user_id: None,
+                holder_embedded_user_id: holder.as_ref(),
+                event_id: event.id,
+            };
+            end_in_conflict(conn, event, &conflict).await.map(Some)
+        }
+        Err(stop) => stopped(ctx, conn, event, stop).await.map(Some),
+    }
+}
+
+async fn taken_by_host_user(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    username: &Username,
+    holder: &HostUserId,
+    event: &OutboxEvent,
+) -> anyhow::Result<Step> {
+    let conflict = NewConflict {
+        host,
+        username,
+        reason: ConflictReason::TakenByHostUser,
+        holder_host_user_id: Some(holder),
+        holder_embedded_user_id: None,
+        event_id: event.id,
+    };
+    end_in_conflict(conn, event, &conflict).await
+}
+
+/// Reports `conflict` (once) and ends `event` in it.
+async fn end_in_conflict(
+    conn: &mut PgConnection,
+    event: &OutboxEvent,
+    conflict: &NewConflict<'_>,
+) -> anyhow::Result<Step> {
+    report(conn, conflict).await?;
+    finish(
+        conn,
+        event,
+        EventState::Conflict,
+        Some(conflict.reason.as_str()),
+    )
+    .await?;
+    Ok(Step::Done)
+}
+
+async fn report(conn: &mut PgConnection, conflict: &NewConflict<'_>) -> anyhow::Result<()> {
+    if users::report_conflict(conn, conflict).await? {
+        metrics::counter!("user_sync_conflicts_total", "reason" => conflict.reason.as_str())
+            .increment(1);
+        tracing::warn!(
+            host_user_id = %conflict.host,
+            username_fingerprint = %conflict.username.fingerprint(),
+            reason = conflict.reason.as_str(),
+            holder_host_user_id = conflict.holder_host_user_id.map(HostUserId::as_str),
+            holder_embedded_user_id = conflict.holder_embedded_user_id.map(EmbeddedUserId::as_str),
+            "username conflict reported"
+        );
+    }
+    Ok(())
+}
+
+/// One API call through the gate; the gate learns from the answer.
+async fn call<T, F, Fut>(ctx: &SyncContext, make: F) -> Result<T, Stop>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    ctx.gate.acquire().await.map_err(Stop::Gate)?;
+    make().await.map_err(|error| {
+        ctx.gate.observe(&error);
+        Stop::Api(error)
+    })
+}
+
+/// The event cannot finish now: snooze it, or give up on it for good.
+async fn stopped(
+    ctx: &SyncContext,
+    conn: &mut PgConnection,
+    event: &OutboxEvent,
+    stop: Stop,
+) -> anyhow::Result<Step> {
+    let attempts = u32::try_from(event.attempts).unwrap_or(0);
+    let backoff = || {
+        full_jitter(
+            attempts,
+            ctx.worker.backoff_base,
+            ctx.worker.backoff_cap,
+            &mut rand::rng(),
+        )
+    };
+    let (delay, failed, reason) = match stop {
+        Stop::Gate(GateRefusal::AuthPaused) => (
+            ctx.worker.auth_retry_interval,
+            false,
+            "paused: the Embedded API refused the API key".to_owned(),
+        ),
+        Stop::Gate(GateRefusal::Backoff(wait)) => {
+            (wait, false, "waiting for the rate limit".into())
+        }
+        Stop::Api(ApiError::RateLimited { retry_after }) => (
+            retry_after.unwrap_or_else(backoff),
+            false,
+            "rate limited by the Embedded API".into(),
+        ),
+        Stop::Api(ApiError::Unauthorized { status }) => (
+            ctx.worker.auth_retry_interval,
+            false,
+            format!("paused: the Embedded API refused the API key (status {status})"),
+        ),
+        Stop::Api(error @ ApiError::Unavailable { .. }) => {
+            if attempts + 1 >= ctx.worker.max_attempts {
+                let reason = format!("gave up after {} attempts: {error}", attempts + 1);
+                finish(conn, event, EventState::Failed, Some(&reason)).await?;
+                return Ok(Step::Done);
+            }
+            (backoff(), true, error.to_string())
+        }
+        Stop::Api(error) => {
+            // NotFound or a refusal where none was expected: permanent.
+            finish(conn, event, EventState::Failed, Some(&error.to_string())).await?;
+            return Ok(Step::Done);
+        }
+    };
+    events::snooze(conn, event.id, delay, failed, Some(&reason)).await?;
+    metrics::counter!("user_sync_events_snoozed_total").increment(1);
+    tracing::debug!(event_id = event.id, delay_ms = delay.as_millis() as u64, %reason, "event snoozed");
+    Ok(Step::Snoozed)
+}
+
+async fn finish(
+    conn: &mut PgConnection,
+    event: &OutboxEvent,
+    state: EventState,
+    reason: Option<&str>,
+) -> anyhow::Result<()> {
+    events::finish(conn, event.id, state, reason).await?;
+    count_event(kind_label(event), state.as_str());
+    if state == EventState::Failed {
+        tracing::warn!(event_id = event.id, reason, "event failed");
+    }
+    Ok(())
+}
+
+fn profile_of(user: &EmbeddedUser) -> Profile {
+    Profile {
+        username: user.username.clone(),
+        full_name: user.full_name.clone(),
+    }
+}
+
+fn kind_label(event: &OutboxEvent) -> &'static str {
+    match event.kind.as_deref().map(str::trim) {
+        Some("signup") => "signup",
+        Some("profile_change") => "profile_change",
+        Some("account_closure") => "account_closure",
+        _ => "unknown",
+    }
+}
+
+fn count_event(kind: &'static str, outcome: &'static str) {
+    metrics::counter!("user_sync_events_total", "kind" => kind, "outcome" => outcome).increment(1);
+}

@@ -1,0 +1,243 @@
+//! The decision, as a pure function: what to do to bring the Embedded user of
+//! one host user from its last synced state to the desired one.
+//!
+//! No I/O here. The job around it loads both states, carries out the plan and
+//! records the result; everything it must decide is decided here and tested
+//! exhaustively below.
+
+use crate::domain::{EmbeddedUserId, FullName, Username};
+use crate::embedded::{NewUser, UserUpdate};
+
+/// What an Embedded user should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub username: Username,
+    pub full_name: Option<FullName>,
+}
+
+impl Profile {
+    pub fn new_user(&self) -> NewUser {
+        NewUser {
+            username: self.username.clone(),
+            full_name: self.full_name.clone(),
+        }
+    }
+}
+
+/// The state the newest event asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Desired {
+    /// Signup or profile change: the user exists with this profile.
+    Present(Profile),
+    /// Account closure: the user is deleted.
+    Absent,
+}
+
+/// What the worker last knew of the Embedded user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Synced {
+    /// No Embedded user: never created, erased, or never obtained (conflict).
+    Nothing,
+    /// A create of this username was sent and its answer never arrived: the
+    /// user may or may not exist.
+    Unconfirmed { username: Username },
+    /// The Embedded user exists, as last synced.
+    Present {
+        id: EmbeddedUserId,
+        profile: Profile,
+    },
+}
+
+/// What to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncPlan {
+    /// Nothing the API holds would change: no call.
+    Nothing,
+    /// Create the user.
+    Create(NewUser),
+    /// Look the username up first, to learn whether an unconfirmed create
+    /// happened; then plan again with what was found.
+    Confirm { username: Username },
+    /// Change what differs, and only that.
+    Update {
+        id: EmbeddedUserId,
+        update: UserUpdate,
+    },
+    /// Erase the user: delete it when there is one, and record the erasure
+    /// either way.
+    Erase { id: Option<EmbeddedUserId> },
+}
+
+pub fn plan(desired: &Desired, synced: &Synced) -> SyncPlan {
+    match (desired, synced) {
+        (_, Synced::Unconfirmed { username }) => SyncPlan::Confirm {
+            username: username.clone(),
+        },
+        (Desired::Absent, Synced::Nothing) => SyncPlan::Erase { id: None },
+        (Desired::Absent, Synced::Present { id, .. }) => SyncPlan::Erase {
+            id: Some(id.clone()),
+        },
+        (Desired::Present(profile), Synced::Nothing) => SyncPlan::Create(profile.new_user()),
+        (Desired::Present(want), Synced::Present { id, profile: have }) => {
+            let update = UserUpdate {
+                username: (want.username != have.username).then(|| want.username.clone()),
+                // A name removed on the host side is left as it is: the API
+                // has no documented way to clear it.
+                full_name: match &want.full_name {
+                    Some(name) if have.full_name.as_ref() != Some(name) => Some(name.clone()),
+                    _ => None,
+                },
+            };
+            if update == UserUpdate::default() {
+                SyncPlan::Nothing
+            } else {
+                SyncPlan::Update {
+                    id: id.clone(),
+                    update,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(email: &str, name: Option<&str>) -> Profile {
+        Profile {
+            username: Username::from_email(email).unwrap(),
+            full_name: FullName::parse_optional(name).unwrap(),
+        }
+    }
+
+    fn id(s: &str) -> EmbeddedUserId {
+        EmbeddedUserId::parse(s).unwrap()
+    }
+
+    fn present(email: &str, name: Option<&str>) -> Synced {
+        Synced::Present {
+            id: id("u1"),
+            profile: profile(email, name),
+        }
+    }
+
+    #[test]
+    fn a_new_user_is_created() {
+        let want = profile("a@x.io", Some("A"));
+        assert_eq!(
+            plan(&Desired::Present(want.clone()), &Synced::Nothing),
+            SyncPlan::Create(want.new_user())
+        );
+    }
+
+    #[test]
+    fn an_unconfirmed_create_is_looked_up_whatever_is_desired() {
+        let synced = Synced::Unconfirmed {
+            username: Username::from_email("a@x.io").unwrap(),
+        };
+        let confirm = SyncPlan::Confirm {
+            username: Username::from_email("a@x.io").unwrap(),
+        };
+        for desired in [
+            Desired::Absent,
+            Desired::Present(profile("a@x.io", None)),
+            Desired::Present(profile("b@x.io", Some("B"))),
+        ] {
+            assert_eq!(plan(&desired, &synced), confirm);
+        }
+    }
+
+    #[test]
+    fn nothing_changed_costs_no_call() {
+        let cases = [
+            (profile("a@x.io", Some("A")), present("a@x.io", Some("A"))),
+            (profile("A@X.io", Some("A")), present("a@x.io", Some("A"))),
+            (profile("a@x.io", None), present("a@x.io", None)),
+            // A name cleared on the host is not sent (no way to clear it).
+            (profile("a@x.io", None), present("a@x.io", Some("A"))),
+        ];
+        for (want, have) in cases {
+            assert_eq!(plan(&Desired::Present(want), &have), SyncPlan::Nothing);
+        }
+    }
+
+    #[test]
+    fn only_what_differs_is_updated() {
+        let rename = plan(
+            &Desired::Present(profile("b@x.io", Some("A"))),
+            &present("a@x.io", Some("A")),
+        );
+        assert_eq!(
+            rename,
+            SyncPlan::Update {
+                id: id("u1"),
+                update: UserUpdate {
+                    username: Some(Username::from_email("b@x.io").unwrap()),
+                    full_name: None,
+                },
+            }
+        );
+        let rename_and_name = plan(
+            &Desired::Present(profile("b@x.io", Some("B"))),
+            &present("a@x.io", None),
+        );
+        assert_eq!(
+            rename_and_name,
+            SyncPlan::Update {
+                id: id("u1"),
+                update: UserUpdate {
+                    username: Some(Username::from_email("b@x.io").unwrap()),
+                    full_name: FullName::parse_optional(Some("B")).unwrap(),
+                },
+            }
+        );
+        let name_only = plan(
+            &Desired::Present(profile("a@x.io", Some("B"))),
+            &present("a@x.io", Some("A")),
+        );
+        assert_eq!(
+            name_only,
+            SyncPlan::Update {
+                id: id("u1"),
+                update: UserUpdate {
+                    username: None,
+                    full_name: FullName::parse_optional(Some("B")).unwrap(),
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn a_closure_erases_with_or_without_a_user() {
+        assert_eq!(
+            plan(&Desired::Absent, &Synced::Nothing),
+            SyncPlan::Erase { id: None }
+        );
+        assert_eq!(
+            plan(&Desired::Absent, &present("a@x.io", Some("A"))),
+            SyncPlan::Erase { id: Some(id("u1")) }
+        );
+    }
+
+    #[test]
+    fn only_a_closure_ever_deletes() {
+        let desired = [
+            Desired::Present(profile("a@x.io", None)),
+            Desired::Present(profile("b@x.io", Some("B"))),
+        ];
+        let synced = [
+            Synced::Nothing,
+            Synced::Unconfirmed {
+                username: Username::from_email("a@x.io").unwrap(),
+            },
+            present("a@x.io", None),
+            present("c@x.io", Some("C")),
+        ];
+        for d in &desired {
+            for s in &synced {
+                assert!(!matches!(plan(d, s), SyncPlan::Erase { .. }), "{d:?} {s:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! The continuous pipeline end to end: outbox rows in a real PostgreSQL,
+//! jobs through a real Redis, calls to the sandbox over real HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Env, KEY};
+use tokio_util::sync::CancellationToken;
+use user_sync::app::Worker;
+use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions, SandboxUser};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+struct Running {
+    worker: Worker,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    async fn start(env: &Env) -> Self {
+        Self::with(env, &[]).await
+    }
+
+    async fn with(env: &Env, extra: &[(&str, &str)]) -> Self {
+        let shutdown = CancellationToken::new();
+        let worker = Worker::start(&env.settings_with(extra), shutdown.clone())
+            .await
+            .expect("worker starts");
+        Self { worker, shutdown }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.worker.stopped())
+            .await
+            .expect("worker stops within its shutdown timeout");
+    }
+}
+
+fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
+    users
+        .iter()
+        .filter(|u| u.username.eq_ignore_ascii_case(username))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signup_change_and_closure_reach_the_api_and_erase_personal_data() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+
+    env.signup("u1", " Ada@Example.com ", Some("Ada Lovelace"))
+        .await;
+    env.settle(SETTLE).await;
+    let id = env.embedded_id("u1").await.expect("u1 synced");
+    let users = env.sandbox.users();
+    let ada = find(&users, "ada@example.com");
+    assert_eq!(ada.len(), 1);
+    assert_eq!(ada[0].user_id, id);
+    assert_eq!(ada[0].full_name.as_deref(), Some("Ada Lovelace"));
+
+    // A change of name and email is one update of the same user.
+    env.event(
+        Some("u1"),
+        "profile_change",
+        Some("ada@lovelace.org"),
+        Some("Ada King"),
+    )
+    .await;
+    env.settle(SETTLE).await;
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].user_id, id);
+    assert_eq!(users[0].username, "ada@lovelace.org");
+    assert_eq!(users[0].full_name.as_deref(), Some("Ada King"));
+    assert_eq!(env.sandbox.stats().count("PUT /users/{id}", 200), 1);
+
+    // The same profile again costs no call.
+    let before = env.sandbox.stats().total_requests;
+    let same = env
+        .event(
+            Some("u1"),
+            "profile_change",
+            Some("ADA@lovelace.org"),
+            Some("Ada King"),
+        )
+        .await;
+    env.settle(SETTLE).await;
+    assert_eq!(env.event_state(same).await.0, "applied");
+    assert_eq!(env.sandbox.stats().total_requests, before);
+
+    // Closure: the user is deleted and every trace of the email and name goes.
+    let closure = env.event(Some("u1"), "account_closure", None, None).await;
+    env.settle(SETTLE).await;
+    assert!(env.sandbox.users().is_empty());
+    assert_eq!(env.event_state(closure).await.0, "applied");
+    let (embedded, outcome): (Option<String>, String) = sqlx::query_as(
+        "SELECT embedded_user_id, outcome FROM user_sync.erasures WHERE host_user_id = 'u1'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("an erasure row");
+    assert_eq!(embedded.as_deref(), Some(id.as_str()));
+    assert_eq!(outcome, "deleted");
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM user_sync.events
+                  WHERE host_user_id = 'u1' AND (email IS NOT NULL OR full_name IS NOT NULL))
+              + (SELECT count(*) FROM user_sync.users
+                  WHERE host_user_id = 'u1' AND (username IS NOT NULL OR full_name IS NOT NULL))",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("count leftovers");
+    assert_eq!(
+        leftovers, 0,
+        "the closed user's email or name is still stored"
+    );
+    let dump = env.redis_dump().await;
+    for secret in ["ada@", "Ada", "lovelace", KEY] {
+        assert!(!dump.contains(secret), "Redis holds {secret:?}");
+    }
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_event_wins_and_older_ones_are_superseded() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let first = env.signup("u1", "old@example.com", Some("Old")).await;
+    let second = env
+        .event(
+            Some("u1"),
+            "profile_change",
+            Some("mid@example.com"),
+            Some("Mid"),
+        )
+        .await;
+    let last = env
+        .event(
+            Some("u1"),
+            "profile_change",
+            Some("new@example.com"),
+            Some("New"),
+        )
+        .await;
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.creates, 1);
+    assert_eq!(
+        stats.route_total("PUT /users/{id}"),
+        0,
+        "no update was needed"
+    );
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].username, "new@example.com");
+    assert_eq!(env.event_state(first).await.0, "superseded");
+    assert_eq!(env.event_state(second).await.0, "superseded");
+    assert_eq!(env.event_state(last).await.0, "applied");
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated() {
+    let env = Env::start(SandboxOptions {
+        drop_rate: 1.0,
+        ..SandboxOptions::default()
+    })
+    .await;
+    let run = Running::start(&env).await;
+    let event = env
+        .signup("u1", "lost@example.com", Some("Lost Answer"))
+        .await;
+
+    // Every mutating answer is lost; wait until the create happened, then
+    // let answers through so that the worker can confirm.
+    let deadline = std::time::Instant::now() + SETTLE;
+    while env.sandbox.stats().creates == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the create never reached the API"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.sandbox.update_faults(FaultUpdate {
+        drop_rate: Some(0.0),
+        ..FaultUpdate::default()
+    });
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.event_state(event).await.0, "applied");
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1, "exactly one Embedded user");
+    assert_eq!(
+        env.embedded_id("u1").await.as_deref(),
+        Some(users[0].user_id.as_str())
+    );
+    assert!(
+        env.open_conflicts().await.is_empty(),
+        "a lost answer is no conflict"
+    );
+    assert!(env.sandbox.stats().dropped >= 1);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_username_held_in_embedded_is_one_open_conflict() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let holder = env
+        .sandbox
+        .insert_user("taken@example.com", Some("Someone Else"));
+    let run = Running::start(&env).await;
+    let event = env.signup("u1", "Taken@Example.com", None).await;
+    env.settle(SETTLE).await;
+    // The same signup again must not report a second conflict.
+    env.signup("u1", "taken@example.com", None).await;
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.event_state(event).await.0, "conflict");
+    let conflicts = env.open_conflicts().await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let (host, username, reason, holder_host, holder_embedded) = &conflicts[0];
+    assert_eq!(host, "u1");
+    assert_eq!(username, "taken@example.com");
+    assert_eq!(reason, "taken_in_embedded");
+    assert_eq!(holder_host, &None);
+    assert_eq!(holder_embedded.as_deref(), Some(holder.as_str()));
+    assert_eq!(env.sandbox.users().len(), 1, "nothing created");
+    assert_eq!(env.embedded_id("u1").await, None);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_host_users_with_one_username_conflict_before_any_call() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("first", "same@example.com", None).await;
+    env.settle(SETTLE).await;
+    let creates_before = env.sandbox.stats().route_total("POST /users/");
+    env.signup("second", "SAME@example.com ", None).await;
+    env.settle(SETTLE).await;
+
+    assert_eq!(
+        env.sandbox.stats().route_total("POST /users/"),
+        creates_before,
+        "the duplicate was caught before any call"
+    );
+    let conflicts = env.open_conflicts().await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].0, "second");
+    assert_eq!(conflicts[0].2, "taken_by_host_user");
+    assert_eq!(conflicts[0].3.as_deref(), Some("first"));
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_rename_is_a_conflict_never_a_delete() {
+    let env = Env::start(SandboxOptions {
+        refuse_rename: true,
+        ..SandboxOptions::default()
+    })
+    .await;
+    let run = Running::start(&env).await;
+    env.signup("u1", "before@example.com", Some("Name")).await;
+    env.settle(SETTLE).await;
+    let id = env.embedded_id("u1").await.expect("synced");
+    let change = env
+        .event(
+            Some("u1"),
+            "profile_change",
+            Some("after@example.com"),
+            Some("Name"),
+        )
+        .await;
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.event_state(change).await.0, "conflict");
+    let conflicts = env.open_conflicts().await;
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].2, "rename_refused");
+    assert_eq!(env.sandbox.stats().route_total("DELETE /users/{id}"), 0);
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].user_id, id);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_user_deleted_outside_is_success() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("u1", "gone@example.com", None).await;
+    env.settle(SETTLE).await;
+    let id = env.embedded_id("u1").await.expect("synced");
+    // Someone deletes the user in Embedded directly.
+    let api = user_sync::embedded::EmbeddedClient::new(&env.settings().embedded).expect("client");
+    api.delete_user(&user_sync::domain::EmbeddedUserId::parse(&id).expect("id"))
+        .await
+        .expect("deleted outside");
+    let closure = env.event(Some("u1"), "account_closure", None, None).await;
+    // A closure of a user never seen is fine too.
+    let never = env
+        .event(Some("nobody"), "account_closure", None, None)
+        .await;
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.event_state(closure).await.0, "applied");
+    assert_eq!(env.event_state(never).await.0, "applied");
+    let outcomes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT host_user_id, outcome FROM user_sync.erasures ORDER BY host_user_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("erasures");
+    assert_eq!(
+        outcomes,
+        vec![
+            ("nobody".to_owned(), "never_created".to_owned()),
+            ("u1".to_owned(), "already_absent".to_owned())
+        ]
+    );
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_get_a_reason_and_block_nothing() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let unknown = env
+        .event(Some("b1"), "upgrade", Some("b1@example.com"), None)
+        .await;
+    let no_host = env
+        .event(None, "signup", Some("b2@example.com"), None)
+        .await;
+    let not_email = env
+        .event(Some("b3"), "signup", Some("not an email"), None)
+        .await;
+    let control = env
+        .event(
+            Some("b4"),
+            "signup",
+            Some("b4@example.com"),
+            Some("Bad\u{7}Name"),
+        )
+        .await;
+    let long_name = "x".repeat(10_000);
+    let too_long = env
+        .event(
+            Some("b5"),
+            "signup",
+            Some("b5@example.com"),
+            Some(&long_name),
+        )
+        .await;
+    let good = env.signup("ok", "ok@example.com", None).await;
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+
+    for id in [unknown, no_host, not_email, control, too_long] {
+        let (state, reason) = env.event_state(id).await;
+        assert_eq!(state, "invalid", "event {id}");
+        let reason = reason.expect("a reason");
+        assert!(!reason.is_empty());
+        assert!(
+            !reason.contains("example.com"),
+            "the reason repeats the value: {reason}"
+        );
+    }
+    assert_eq!(env.event_state(good).await.0, "applied");
+    assert_eq!(env.sandbox.users().len(), 1);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_429_storms_are_retried_to_completion() {
+    let env = Env::start(SandboxOptions {
+        fail_rate: 0.3,
+        rate_limit: Some(20),
+        seed: Some(7),
+        ..SandboxOptions::default()
+    })
+    .await;
+    for i in 0..60 {
+        env.signup(&format!("u{i}"), &format!("user{i}@example.com"), None)
+            .await;
+    }
+    let run = Running::with(&env, &[("USER_SYNC__WORKER__MAX_ATTEMPTS", "50")]).await;
+    env.settle(Duration::from_secs(60)).await;
+
+    let stats = env.sandbox.stats();
+    assert_eq!(env.sandbox.users().len(), 60);
+    assert_eq!(stats.creates, 60, "no duplicate create");
+    assert!(stats.failed > 0, "faults were injected");
+    assert!(stats.max_admitted_per_second <= 20);
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE state <> 'applied'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("count");
+    assert_eq!(failed, 0);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_pauses_everything_and_fails_nothing() {
+    let env = Env::start(SandboxOptions::default()).await;
+    env.sandbox.update_faults(FaultUpdate {
+        api_key: Some("rotated-key".into()),
+        ..FaultUpdate::default()
+    });
+    let run = Running::start(&env).await;
+    for i in 0..5 {
+        env.signup(&format!("u{i}"), &format!("k{i}@example.com"), None)
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let states: Vec<String> = sqlx::query_scalar("SELECT DISTINCT state FROM user_sync.events")
+        .fetch_all(&env.pool)
+        .await
+        .expect("states");
+    assert_eq!(
+        states,
+        vec!["pending".to_owned()],
+        "nothing is marked failed"
+    );
+    let unauthorized = env.sandbox.stats().total_requests;
+    // The probe tries the key every 200 ms: only a handful of calls.
+    assert!(unauthorized < 40, "{unauthorized} calls while paused");
+
+    // The key is accepted again: everything proceeds.
+    env.sandbox.update_faults(FaultUpdate {
+        api_key: Some(KEY.into()),
+        ..FaultUpdate::default()
+    });
+    env.settle(SETTLE).await;
+    assert_eq!(env.sandbox.users().len(), 5);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_queue_loses_nothing() {
+    let env = Env::start(SandboxOptions::default()).await;
+    // Dispatch with no worker to take the jobs, then lose them.
+    let queue = user_sync::queue::RedisQueue::connect(&env.settings().redis)
+        .await
+        .expect("redis");
+    let dispatcher = user_sync::source::dispatcher::Dispatcher::new(
+        env.pool.clone(),
+        user_sync::queue::shared(queue),
+        env.settings().dispatcher,
+    );
+    for i in 0..20 {
+        env.signup(&format!("u{i}"), &format!("f{i}@example.com"), None)
+            .await;
+    }
+    assert_eq!(dispatcher.dispatch_once().await.expect("dispatch"), 20);
+    env.flush_namespace().await;
+
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+    assert_eq!(env.sandbox.users().len(), 20);
+    assert_eq!(env.sandbox.stats().creates, 20);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_processes_create_each_user_exactly_once() {
+    let env = Env::start(SandboxOptions {
+        latency: Duration::from_millis(5),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let a = Running::start(&env).await;
+    let b = Running::start(&env).await;
+    let c = Running::start(&env).await;
+    for i in 0..150 {
+        env.signup(&format!("u{i}"), &format!("m{i}@example.com"), None)
+            .await;
+        if i % 3 == 0 {
+            env.event(
+                Some(&format!("u{i}")),
+                "profile_change",
+                Some(&format!("m{i}@example.com")),
+                Some("Renamed"),
+            )
+            .await;
+        }
+    }
+    env.settle(SETTLE).await;
+
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.creates, 150);
+    assert_eq!(stats.duplicate_attempts, 0);
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 150);
+    let renamed = users
+        .iter()
+        .filter(|u| u.full_name.as_deref() == Some("Renamed"))
+        .count();
+    assert_eq!(renamed, 50);
+
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_running_jobs_finish() {
+    let env = Env::start(SandboxOptions {
+        latency: Duration::from_millis(800),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let run = Running::start(&env).await;
+    for i in 0..4 {
+        env.signup(&format!("u{i}"), &format!("s{i}@example.com"), None)
+            .await;
+    }
+    // Wait until the jobs are in flight, then stop.
+    let deadline = std::time::Instant::now() + SETTLE;
+    while env.sandbox.stats().total_requests < 4 {
+        assert!(std::time::Instant::now() < deadline, "jobs never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run.stop().await;
+
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE state = 'applied'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("count");
+    assert_eq!(
+        applied, 4,
+        "in-flight jobs finished before the process stopped"
+    );
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_is_quiet() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let run = Running::with(
+        &env,
+        &[
+            ("USER_SYNC__DISPATCHER__POLL_INTERVAL_MS", "5000"),
+            ("USER_SYNC__SWEEPER__INTERVAL_MS", "60000"),
+        ],
+    )
+    .await;
+    // Every worker query reads the outbox; count the reads of its table.
+    // Backends publish their statistics up to ~10 s late, so measure long.
+    let reads = |pool: sqlx::PgPool| async move {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (seq_scan + COALESCE(idx_scan, 0))::int8 FROM pg_stat_user_tables
+             WHERE relid = 'user_sync.events'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("table statistics");
+        n
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = reads(env.pool.clone()).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = reads(env.pool.clone()).await;
+    let per_second = (after - before) as f64 / 20.0;
+    assert!(
+        per_second <= 1.0,
+        "{per_second} outbox reads per second while idle"
+    );
+    assert!(after > before, "the dispatcher's safety-net poll is alive");
+    assert_eq!(env.sandbox.stats().total_requests, 0);
+
+    run.stop().await;
+    env.finish().await;
+}
