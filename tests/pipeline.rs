@@ -598,3 +598,123 @@ async fn an_idle_worker_is_quiet() {
     run.stop().await;
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_closed_before_the_first_sync_costs_no_call() {
+    let env = Env::start(SandboxOptions::default()).await;
+    env.signup("u1", "brief@example.com", Some("Brief")).await;
+    env.event(
+        Some("u1"),
+        "profile_change",
+        Some("brief2@example.com"),
+        None,
+    )
+    .await;
+    let closure = env.event(Some("u1"), "account_closure", None, None).await;
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.sandbox.stats().total_requests, 0);
+    assert_eq!(env.event_state(closure).await.0, "applied");
+    let outcome: String =
+        sqlx::query_scalar("SELECT outcome FROM user_sync.erasures WHERE host_user_id = 'u1'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("an erasure row");
+    assert_eq!(outcome, "never_created");
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM user_sync.events WHERE email IS NOT NULL OR full_name IS NOT NULL",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("count");
+    assert_eq!(leftovers, 0);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_late_never_overwrites_a_newer_one() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("u1", "a@example.com", Some("First")).await;
+    env.settle(SETTLE).await;
+
+    // Two host transactions: the older change takes its id first but
+    // commits after the newer one has been applied.
+    let mut late = env.pool.begin().await.expect("begin");
+    let older: i64 = sqlx::query_scalar(
+        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+         VALUES ('u1', 'profile_change', 'a@example.com', 'Older') RETURNING id",
+    )
+    .fetch_one(&mut *late)
+    .await
+    .expect("insert the older change");
+    let newer = env
+        .event(
+            Some("u1"),
+            "profile_change",
+            Some("a@example.com"),
+            Some("Newer"),
+        )
+        .await;
+    env.settle(SETTLE).await;
+    late.commit().await.expect("commit the older change");
+    env.settle(SETTLE).await;
+
+    assert!(older < newer);
+    assert_eq!(env.event_state(newer).await.0, "applied");
+    assert_eq!(env.event_state(older).await.0, "superseded");
+    assert_eq!(env.sandbox.users()[0].full_name.as_deref(), Some("Newer"));
+    // The same event twice is harmless.
+    let again = env
+        .event(
+            Some("u1"),
+            "profile_change",
+            Some("a@example.com"),
+            Some("Newer"),
+        )
+        .await;
+    env.settle(SETTLE).await;
+    assert_eq!(env.event_state(again).await.0, "applied");
+    assert_eq!(env.sandbox.stats().route_total("PUT /users/{id}"), 1);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_one_user_never_overlap_across_processes() {
+    let env = Env::start(SandboxOptions {
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let a = Running::start(&env).await;
+    let b = Running::start(&env).await;
+    env.signup("u1", "busy@example.com", Some("Name 0")).await;
+    for round in 1..=40 {
+        env.event(
+            Some("u1"),
+            "profile_change",
+            Some("busy@example.com"),
+            Some(&format!("Name {round}")),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    env.settle(SETTLE).await;
+
+    let stats = env.sandbox.stats();
+    assert!(stats.route_total("PUT /users/{id}") >= 1);
+    assert_eq!(stats.overlapping_user_requests, 0);
+    assert_eq!(stats.creates, 1);
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].full_name.as_deref(), Some("Name 40"));
+
+    a.stop().await;
+    b.stop().await;
+    env.finish().await;
+}

@@ -255,6 +255,11 @@ pub struct SandboxStats {
     /// The most requests received (429s included) within any one-second
     /// sliding window.
     pub max_received_per_second: u64,
+    /// Requests naming a user in their path (by id or username) that arrived
+    /// while another request for the same user was still in flight: a
+    /// client that serialises per user keeps this at 0.
+    #[serde(default)]
+    pub overlapping_user_requests: u64,
 }
 
 impl SandboxStats {
@@ -572,6 +577,8 @@ struct SandboxState {
     /// Doubles as the rate limiter: a request is admitted while this window
     /// holds fewer than `rate_limit` instants.
     admitted: Window,
+    /// Requests in flight per user named in the path (lower-cased).
+    in_flight: HashMap<String, u32>,
 }
 
 impl SandboxState {
@@ -591,6 +598,7 @@ impl SandboxState {
             stats: SandboxStats::default(),
             received: Window::default(),
             admitted: Window::default(),
+            in_flight: HashMap::new(),
         }
     }
 
@@ -998,6 +1006,7 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
+    let _in_flight = InFlight::enter(&shared, request.uri().path());
     let latency = shared.latency.load(Ordering::Relaxed);
     if latency > 0 {
         tokio::time::sleep(Duration::from_nanos(latency)).await;
@@ -1019,6 +1028,49 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
         return std::future::pending().await;
     }
     response
+}
+
+/// Marks a request for one user as in flight until it is answered or its
+/// connection is cut (the future is dropped either way).
+struct InFlight {
+    shared: Arc<Shared>,
+    user: Option<String>,
+}
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>, path: &str) -> Self {
+        let user = path
+            .strip_prefix("/users/")
+            .and_then(|rest| rest.split('/').next())
+            .filter(|user| !user.is_empty() && *user != "batch")
+            .map(str::to_ascii_lowercase);
+        if let Some(user) = &user {
+            let mut state = shared.lock();
+            let count = state.in_flight.entry(user.clone()).or_default();
+            *count += 1;
+            if *count > 1 {
+                state.stats.overlapping_user_requests += 1;
+            }
+        }
+        Self {
+            shared: shared.clone(),
+            user,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(user) = self.user.take() {
+            let mut state = self.shared.lock();
+            if let Some(count) = state.in_flight.get_mut(&user) {
+                *count -= 1;
+                if *count == 0 {
+                    state.in_flight.remove(&user);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]

@@ -81,6 +81,19 @@ struct UserRow {
     state: String,
 }
 
+/// The newest event the worker has acted on for `host`, if any.
+pub async fn last_event_id(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+) -> sqlx::Result<Option<i64>> {
+    let id: Option<Option<i64>> =
+        sqlx::query_scalar("SELECT last_event_id FROM user_sync.users WHERE host_user_id = $1")
+            .bind(host.as_str())
+            .fetch_optional(conn)
+            .await?;
+    Ok(id.flatten())
+}
+
 /// What the worker last knew of this host user's Embedded user.
 pub async fn synced(conn: &mut PgConnection, host: &HostUserId) -> sqlx::Result<Synced> {
     let row: Option<UserRow> = sqlx::query_as(

@@ -98,6 +98,15 @@ async fn apply_pending(
             // Snoozed: the dispatcher brings it back when it is due.
             return Ok(());
         }
+        if let Some(last) = users::last_event_id(conn, host).await?
+            && event.id < last
+        {
+            // Committed late, after a newer event of this user was acted
+            // on (concurrent host transactions): older data never wins.
+            let stale = events::supersede_older(conn, host, last).await?;
+            count_superseded(stale);
+            continue;
+        }
         let desired = match event.desired() {
             Ok(desired) => desired,
             Err(reason) => {
@@ -107,11 +116,7 @@ async fn apply_pending(
                 continue;
             }
         };
-        let superseded = events::supersede_older(conn, host, event.id).await?;
-        if superseded > 0 {
-            metrics::counter!("user_sync_events_total", "kind" => "any", "outcome" => "superseded")
-                .increment(superseded);
-        }
+        count_superseded(events::supersede_older(conn, host, event.id).await?);
         match apply_event(ctx, conn, host, &event, &desired).await? {
             Step::Done => continue,
             Step::Snoozed => return Ok(()),
@@ -466,4 +471,11 @@ fn kind_label(event: &OutboxEvent) -> &'static str {
 
 fn count_event(kind: &'static str, outcome: &'static str) {
     metrics::counter!("user_sync_events_total", "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+fn count_superseded(count: u64) {
+    if count > 0 {
+        metrics::counter!("user_sync_events_total", "kind" => "any", "outcome" => "superseded")
+            .increment(count);
+    }
 }
