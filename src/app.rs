@@ -20,6 +20,7 @@ use crate::embedded::{ApiError, EmbeddedClient, UserRef};
 use crate::ops::http::{self, OpsState};
 use crate::queue::{self, JobQueue, RedisQueue};
 use crate::ratelimit::ApiGate;
+use crate::ratelimit::shared::SharedLimit;
 use crate::source::dispatcher::Dispatcher;
 use crate::source::sweeper;
 use crate::store;
@@ -39,16 +40,27 @@ impl Worker {
     /// key to fix, when a setting or a connection is wrong.
     pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let _ = crate::ops::metrics::recorder();
-        anyhow::ensure!(
-            settings.rate_limit.scope == RateLimitScope::Process && !settings.rate_limit.adaptive,
-            "rate_limit.scope = \"global\" and rate_limit.adaptive = true are not available yet: use scope = \"process\" and adaptive = false"
-        );
         // Settings first: a missing key fails before any connection.
         let api = EmbeddedClient::new(&settings.embedded)?;
         let pool = store::connect(&settings.database, pool_size(settings)).await?;
         store::migrate::check_current(&pool).await?;
         let redis = RedisQueue::connect(&settings.redis).await?;
-        let gate = Arc::new(ApiGate::new(&settings.rate_limit));
+        let name = queue::worker_name();
+        let mut tasks = JoinSet::new();
+        let gate = match settings.rate_limit.scope {
+            RateLimitScope::Process => ApiGate::new(&settings.rate_limit),
+            RateLimitScope::Global => {
+                let shared = SharedLimit::new(
+                    redis.connection(),
+                    &settings.redis.namespace,
+                    name.clone(),
+                    ApiGate::shared_params(&settings.rate_limit),
+                );
+                tasks.spawn(shared.clone().keep_membership(shutdown.clone()));
+                ApiGate::shared(&settings.rate_limit, shared)
+            }
+        };
+        let gate = Arc::new(gate);
         let queue: Arc<dyn JobQueue> = queue::shared(redis.clone());
 
         let ops_addr = http::serve(
@@ -62,10 +74,8 @@ impl Worker {
         )
         .await?;
 
-        let name = queue::worker_name();
         // Work stops being taken at once on shutdown; running jobs get the
         // grace period.
-        let mut tasks = JoinSet::new();
         let dispatcher = Dispatcher::new(pool.clone(), queue.clone(), settings.dispatcher.clone());
         let stop = shutdown.clone();
         tasks.spawn(async move {

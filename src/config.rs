@@ -59,6 +59,7 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    pub source: SourceSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -188,11 +189,68 @@ pub struct RateLimitSettings {
     pub burst: u32,
     pub scope: RateLimitScope,
     pub adaptive: bool,
+    /// The ceiling of an adaptive rate (`requests_per_second` is its start).
+    pub max_requests_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
+}
+
+/// Where the host's users are, for `backfill` and `install-triggers`.
+///
+/// Either a table (with its id, email and name columns and the condition
+/// that marks a closed account) or a query for hosts whose users span
+/// tables. Checked here for shape; whether the table and columns exist is
+/// checked against the database when a command that needs them starts.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    /// `None` when neither `source.table` nor `source.query` is set: only
+    /// the commands that read the host's users need one.
+    target: Option<SourceTarget>,
+    /// Host users read per keyset page (and per batch in batch mode).
+    pub page_size: u32,
+}
+
+/// What `[source]` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceTarget {
+    Table(SourceTable),
+    /// A query returning `host_user_id, email, full_name` of open accounts.
+    Query(String),
+}
+
+/// A host users table and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceTable {
+    /// As configured, possibly schema-qualified (`public.accounts`).
+    pub table: String,
+    pub id_column: String,
+    pub email_column: String,
+    /// `None`: the host keeps no name; users are created without one.
+    pub name_column: Option<String>,
+    /// An SQL condition over the table's columns, true for a closed
+    /// account. `None`: every row is an open account.
+    pub closed_condition: Option<String>,
+}
+
+impl SourceSettings {
+    /// The configured source, or an error naming the keys to set.
+    pub fn target(&self) -> Result<&SourceTarget, ConfigError> {
+        self.target.as_ref().ok_or(ConfigError::Missing {
+            key: "source.table",
+            hint: "source.table (or source.query) in the [source] section, or USER_SYNC__SOURCE__TABLE",
+        })
+    }
+
+    /// Settings reading `target`, for tests and tools.
+    pub fn new(target: SourceTarget, page_size: u32) -> Self {
+        Self {
+            target: Some(target),
+            page_size,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -221,6 +279,8 @@ struct Raw {
     rate_limit: RawRateLimit,
     http: RawHttp,
     log: RawLog,
+    #[serde(default)]
+    source: RawSource,
 }
 
 #[derive(Deserialize)]
@@ -272,11 +332,38 @@ struct RawRateLimit {
     burst: u32,
     scope: RateLimitScope,
     adaptive: bool,
+    max_requests_per_second: u32,
 }
 
 #[derive(Deserialize)]
 struct RawHttp {
     bind: String,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawSource {
+    table: String,
+    id_column: String,
+    email_column: String,
+    name_column: String,
+    closed_condition: String,
+    query: String,
+    page_size: u32,
+}
+
+impl Default for RawSource {
+    fn default() -> Self {
+        Self {
+            table: String::new(),
+            id_column: "id".into(),
+            email_column: "email".into(),
+            name_column: String::new(),
+            closed_condition: String::new(),
+            query: String::new(),
+            page_size: 1000,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -422,6 +509,14 @@ impl Settings {
             u64::from(raw.rate_limit.requests_per_second),
         )?;
         positive("rate_limit.burst", u64::from(raw.rate_limit.burst))?;
+        if raw.rate_limit.adaptive
+            && raw.rate_limit.max_requests_per_second < raw.rate_limit.requests_per_second
+        {
+            return Err(invalid(
+                "rate_limit.max_requests_per_second",
+                "must be at least rate_limit.requests_per_second",
+            ));
+        }
         let bind = raw
             .http
             .bind
@@ -433,6 +528,8 @@ impl Settings {
                 "expected a level such as info or debug",
             ));
         }
+
+        let source = check_source(raw.source)?;
 
         Ok(Self {
             database: DatabaseSettings {
@@ -483,14 +580,69 @@ impl Settings {
                 burst: raw.rate_limit.burst,
                 scope: raw.rate_limit.scope,
                 adaptive: raw.rate_limit.adaptive,
+                max_requests_per_second: raw.rate_limit.max_requests_per_second,
             },
             http: HttpSettings { bind },
             log: LogSettings {
                 format: raw.log.format,
                 level: raw.log.level,
             },
+            source,
         })
     }
+}
+
+/// The most host users one page may hold.
+const MAX_PAGE_SIZE: u32 = 10_000;
+
+fn check_source(raw: RawSource) -> Result<SourceSettings, ConfigError> {
+    if raw.page_size == 0 || raw.page_size > MAX_PAGE_SIZE {
+        return Err(invalid(
+            "source.page_size",
+            format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    let optional = |value: String| {
+        let value = value.trim().to_owned();
+        (!value.is_empty()).then_some(value)
+    };
+    let table = optional(raw.table);
+    let query = optional(raw.query);
+    let target = match (table, query) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "source.query",
+                "set either source.table or source.query, not both",
+            ));
+        }
+        (None, None) => None,
+        (None, Some(query)) => Some(SourceTarget::Query(
+            query.trim_end_matches(';').trim_end().to_owned(),
+        )),
+        (Some(table), None) => {
+            let column = |key: &'static str, value: String| match optional(value) {
+                Some(name) if name.chars().any(char::is_control) => {
+                    Err(invalid(key, "contains control characters"))
+                }
+                Some(name) => Ok(name),
+                None => Err(invalid(key, "is required with source.table")),
+            };
+            if table.chars().any(char::is_control) {
+                return Err(invalid("source.table", "contains control characters"));
+            }
+            Some(SourceTarget::Table(SourceTable {
+                table,
+                id_column: column("source.id_column", raw.id_column)?,
+                email_column: column("source.email_column", raw.email_column)?,
+                name_column: optional(raw.name_column),
+                closed_condition: optional(raw.closed_condition),
+            }))
+        }
+    };
+    Ok(SourceSettings {
+        target,
+        page_size: raw.page_size,
+    })
 }
 
 fn non_empty(secret: SecretString) -> Option<SecretString> {
@@ -653,6 +805,73 @@ mod tests {
             let line = err.to_string();
             assert!(line.contains(key), "{var}={value}: {line}");
             assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
+    fn source_is_optional_and_checked_for_shape() {
+        let dir = empty_dir();
+        let s = Settings::load_from(dir.path(), &env(&[])).unwrap();
+        assert!(
+            s.source
+                .target()
+                .unwrap_err()
+                .to_string()
+                .contains("source.table")
+        );
+        let s = Settings::load_from(
+            dir.path(),
+            &env(&[
+                ("USER_SYNC__SOURCE__TABLE", "public.accounts"),
+                ("USER_SYNC__SOURCE__NAME_COLUMN", "display_name"),
+                (
+                    "USER_SYNC__SOURCE__CLOSED_CONDITION",
+                    "closed_at IS NOT NULL",
+                ),
+            ]),
+        )
+        .unwrap();
+        match s.source.target().unwrap() {
+            SourceTarget::Table(t) => {
+                assert_eq!(t.table, "public.accounts");
+                assert_eq!(t.id_column, "id");
+                assert_eq!(t.email_column, "email");
+                assert_eq!(t.name_column.as_deref(), Some("display_name"));
+                assert_eq!(t.closed_condition.as_deref(), Some("closed_at IS NOT NULL"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = Settings::load_from(
+            dir.path(),
+            &env(&[("USER_SYNC__SOURCE__QUERY", "SELECT 1;")]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.source.target().unwrap(),
+            &SourceTarget::Query("SELECT 1".into())
+        );
+        for (vars, key) in [
+            (
+                vec![
+                    ("USER_SYNC__SOURCE__TABLE", "a"),
+                    ("USER_SYNC__SOURCE__QUERY", "SELECT 1"),
+                ],
+                "source.query",
+            ),
+            (
+                vec![
+                    ("USER_SYNC__SOURCE__TABLE", "a"),
+                    ("USER_SYNC__SOURCE__EMAIL_COLUMN", " "),
+                ],
+                "source.email_column",
+            ),
+            (
+                vec![("USER_SYNC__SOURCE__PAGE_SIZE", "0")],
+                "source.page_size",
+            ),
+        ] {
+            let err = Settings::load_from(dir.path(), &env(&vars)).unwrap_err();
+            assert!(err.to_string().contains(key), "{err}");
         }
     }
 

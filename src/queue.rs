@@ -77,6 +77,12 @@ impl RedisQueue {
         })
     }
 
+    /// A connection to the queue's Redis, for what else lives there (the
+    /// shared rate limit).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// The queue's key prefix in Redis.
     pub fn name(&self) -> &str {
         self.config.queue.as_ref()
@@ -254,10 +260,15 @@ async fn pause(shutdown: &CancellationToken, failures: u32) -> bool {
 /// sweeper is the backstop). The error text is generic: a database message
 /// could quote a value, and job results are stored in Redis.
 async fn handle(job: SyncJob, ctx: Data<SyncContext>) -> Result<(), BoxDynError> {
-    match job::run(&ctx, &job).await {
+    // apalis polls every job of a worker on one task; a task of its own
+    // lets jobs use every runtime thread.
+    let ctx: SyncContext = (*ctx).clone();
+    let event_id = job.event_id;
+    let ran = tokio::spawn(async move { job::run(&ctx, &job).await }).await;
+    match ran.unwrap_or_else(|join| Err(anyhow::anyhow!("the job panicked: {join}"))) {
         Ok(()) => Ok(()),
         Err(error) => {
-            tracing::warn!(event_id = job.event_id, error = %format!("{error:#}"), "job failed; the event stays pending");
+            tracing::warn!(event_id, error = %format!("{error:#}"), "job failed; the event stays pending");
             Err("the job could not reach the database; the event stays pending".into())
         }
     }

@@ -5,38 +5,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::process::Running;
 use common::{Env, KEY};
-use tokio_util::sync::CancellationToken;
-use user_sync::app::Worker;
 use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions, SandboxUser};
 
 const SETTLE: Duration = Duration::from_secs(30);
-
-struct Running {
-    worker: Worker,
-    shutdown: CancellationToken,
-}
-
-impl Running {
-    async fn start(env: &Env) -> Self {
-        Self::with(env, &[]).await
-    }
-
-    async fn with(env: &Env, extra: &[(&str, &str)]) -> Self {
-        let shutdown = CancellationToken::new();
-        let worker = Worker::start(&env.settings_with(extra), shutdown.clone())
-            .await
-            .expect("worker starts");
-        Self { worker, shutdown }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.worker.stopped())
-            .await
-            .expect("worker stops within its shutdown timeout");
-    }
-}
 
 fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
     users
@@ -481,6 +454,27 @@ async fn a_flushed_queue_loses_nothing() {
     env.settle(SETTLE).await;
     assert_eq!(env.sandbox.users().len(), 20);
     assert_eq!(env.sandbox.stats().creates, 20);
+
+    // Flushed again while the worker runs, with jobs in flight: the worker
+    // re-registers and the sweeper re-dispatches what was lost.
+    env.sandbox.update_faults(FaultUpdate {
+        latency_ms: Some(300),
+        ..FaultUpdate::default()
+    });
+    for i in 20..60 {
+        env.signup(&format!("u{i}"), &format!("f{i}@example.com"), None)
+            .await;
+    }
+    let deadline = std::time::Instant::now() + SETTLE;
+    while env.sandbox.stats().creates < 25 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.flush_namespace().await;
+    env.settle(Duration::from_secs(60)).await;
+    assert_eq!(env.sandbox.users().len(), 60);
+    assert_eq!(env.sandbox.stats().creates, 60);
+    assert_eq!(env.sandbox.stats().duplicate_attempts, 0);
 
     run.stop().await;
     env.finish().await;

@@ -459,6 +459,8 @@ impl Window {
 struct Stored {
     /// Creation order, so listings are stable.
     seq: u64,
+    /// When the create reached the sandbox, for latency benchmarks.
+    created: Instant,
     user: SandboxUser,
 }
 
@@ -495,6 +497,7 @@ impl Directory {
             user_id.clone(),
             Stored {
                 seq: self.next_seq,
+                created: Instant::now(),
                 user: SandboxUser {
                     user_id,
                     username: username.to_owned(),
@@ -914,6 +917,18 @@ impl Sandbox {
             .ordered()
             .into_iter()
             .cloned()
+            .collect()
+    }
+
+    /// When each current user was created, by username: lets a benchmark
+    /// measure from its own clock to the moment a create arrived.
+    pub fn creation_times(&self) -> Vec<(String, Instant)> {
+        let state = self.shared.lock();
+        state
+            .users
+            .by_id
+            .values()
+            .map(|stored| (stored.user.username.clone(), stored.created))
             .collect()
     }
 

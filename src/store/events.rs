@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::{FullName, HostUserId, Username};
-use crate::sync::plan::{Desired, Profile};
+use crate::store::users;
+use crate::sync::plan::{Desired, Profile, Synced};
 
 /// The three kinds of the outbox contract.
 pub const KINDS: [&str; 3] = ["signup", "profile_change", "account_closure"];
@@ -132,20 +133,68 @@ pub async fn sweep_stale(pool: &PgPool, after: Duration) -> sqlx::Result<u64> {
     Ok(result.rows_affected())
 }
 
-/// The newest pending event of a user.
+/// The newest pending event of a user, with what the job must know around
+/// it, read in one round trip.
+#[derive(Debug, Clone)]
+pub struct NextEvent {
+    pub event: OutboxEvent,
+    /// Pending events of the user older than `event`.
+    pub older_pending: i64,
+    /// The newest event the worker has acted on for the user.
+    pub last_acted_on: Option<i64>,
+    /// What the worker last knew of the user's Embedded user.
+    pub synced: Synced,
+}
+
+#[derive(sqlx::FromRow)]
+struct NextEventRow {
+    #[sqlx(flatten)]
+    event: OutboxEvent,
+    older_pending: i64,
+    last_acted_on: Option<i64>,
+    user_state: Option<String>,
+    user_embedded_id: Option<String>,
+    user_username: Option<String>,
+    user_full_name: Option<String>,
+}
+
 pub async fn newest_pending(
     conn: &mut PgConnection,
     host: &HostUserId,
-) -> sqlx::Result<Option<OutboxEvent>> {
-    sqlx::query_as(
-        "SELECT id, host_user_id, kind, email, full_name, occurred_at, attempts, available_at
-         FROM user_sync.events
-         WHERE host_user_id = $1 AND state = 'pending'
-         ORDER BY id DESC LIMIT 1",
+) -> sqlx::Result<Option<NextEvent>> {
+    let row: Option<NextEventRow> = sqlx::query_as(
+        "SELECT e.id, e.host_user_id, e.kind, e.email, e.full_name, e.occurred_at,
+                e.attempts, e.available_at,
+                (SELECT count(*) FROM user_sync.events o
+                  WHERE o.host_user_id = $1 AND o.state = 'pending' AND o.id < e.id) AS older_pending,
+                u.last_event_id AS last_acted_on, u.state AS user_state,
+                u.embedded_user_id AS user_embedded_id, u.username AS user_username,
+                u.full_name AS user_full_name
+         FROM user_sync.events e
+         LEFT JOIN user_sync.users u ON u.host_user_id = $1
+         WHERE e.host_user_id = $1 AND e.state = 'pending'
+         ORDER BY e.id DESC LIMIT 1",
     )
     .bind(host.as_str())
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(row.map(|r| {
+        let synced = match r.user_state.as_deref() {
+            Some(state) => users::synced_from(
+                state,
+                r.user_embedded_id.as_deref(),
+                r.user_username.as_deref(),
+                r.user_full_name.as_deref(),
+            ),
+            None => Synced::Nothing,
+        };
+        NextEvent {
+            event: r.event,
+            older_pending: r.older_pending,
+            last_acted_on: r.last_acted_on,
+            synced,
+        }
+    }))
 }
 
 /// Ends one event.

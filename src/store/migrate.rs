@@ -18,29 +18,40 @@ fn migrator() -> Migrator {
     migrator
 }
 
-/// Applies every migration not applied yet; returns how many ran.
+/// Applies every migration not applied yet; returns how many ran (this
+/// call, not a concurrent one: the count is taken under our own lock).
 pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
     use anyhow::Context;
-    let migrator = migrator();
-    let before = applied(pool).await?;
-    migrator
-        .run(pool)
-        .await
-        .context("applying the worker's migrations")?;
-    let after = applied(pool).await?;
-    Ok(after.saturating_sub(before))
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT pg_advisory_lock(hashtext('user_sync.migrate'))")
+        .execute(&mut *conn)
+        .await?;
+    let outcome = async {
+        let before = applied(&mut conn).await?;
+        migrator()
+            .run(&mut *conn)
+            .await
+            .context("applying the worker's migrations")?;
+        let after = applied(&mut conn).await?;
+        anyhow::Ok(after.saturating_sub(before))
+    }
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('user_sync.migrate'))")
+        .execute(&mut *conn)
+        .await?;
+    outcome
 }
 
-async fn applied(pool: &PgPool) -> anyhow::Result<usize> {
+async fn applied(conn: &mut sqlx::PgConnection) -> anyhow::Result<usize> {
     let exists: bool =
         sqlx::query_scalar("SELECT to_regclass('user_sync._sqlx_migrations') IS NOT NULL")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     if !exists {
         return Ok(0);
     }
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM user_sync._sqlx_migrations")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     Ok(usize::try_from(count).unwrap_or(0))
 }
@@ -50,7 +61,7 @@ async fn applied(pool: &PgPool) -> anyhow::Result<usize> {
 /// deploy step.
 pub async fn check_current(pool: &PgPool) -> anyhow::Result<()> {
     let expected = migrator().iter().count();
-    let applied = applied(pool).await?;
+    let applied = applied(&mut *pool.acquire().await?).await?;
     anyhow::ensure!(
         applied >= expected,
         "the database schema is not up to date ({applied} of {expected} migrations applied): run `user-sync migrate`"

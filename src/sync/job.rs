@@ -91,14 +91,15 @@ async fn apply_pending(
     conn: &mut PgConnection,
 ) -> anyhow::Result<()> {
     for _ in 0..MAX_EVENTS_PER_JOB {
-        let Some(event) = events::newest_pending(conn, host).await? else {
+        let Some(next) = events::newest_pending(conn, host).await? else {
             return Ok(());
         };
+        let event = next.event;
         if event.available_at > chrono::Utc::now() {
             // Snoozed: the dispatcher brings it back when it is due.
             return Ok(());
         }
-        if let Some(last) = users::last_event_id(conn, host).await?
+        if let Some(last) = next.last_acted_on
             && event.id < last
         {
             // Committed late, after a newer event of this user was acted
@@ -116,11 +117,14 @@ async fn apply_pending(
                 continue;
             }
         };
-        count_superseded(events::supersede_older(conn, host, event.id).await?);
-        match apply_event(ctx, conn, host, &event, &desired).await? {
-            Step::Done => continue,
-            Step::Snoozed => return Ok(()),
+        if next.older_pending > 0 {
+            count_superseded(events::supersede_older(conn, host, event.id).await?);
         }
+        // One event applied per job: a newer event arriving meanwhile has
+        // a job of its own.
+        return apply_event(ctx, conn, host, &event, &desired, next.synced)
+            .await
+            .map(|_| ());
     }
     Ok(())
 }
@@ -132,8 +136,8 @@ async fn apply_event(
     host: &HostUserId,
     event: &OutboxEvent,
     desired: &Desired,
+    mut synced: Synced,
 ) -> anyhow::Result<Step> {
-    let mut synced = users::synced(conn, host).await?;
     // At most: confirm an unconfirmed create, find a user deleted outside,
     // then act. Each round learns something, so three rounds end it.
     for _ in 0..3 {
@@ -147,7 +151,8 @@ async fn apply_event(
                     Ok(found) => {
                         // The lost create happened: adopt its user.
                         let profile = profile_of(&found);
-                        users::mark_synced(conn, host, &found.user_id, &profile, event.id).await?;
+                        users::mark_synced(conn, host, &found.user_id, &profile, event.id, None)
+                            .await?;
                         tracing::info!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, "adopted the user of an unconfirmed create");
                         synced = Synced::Present {
                             id: found.user_id,
@@ -167,15 +172,21 @@ async fn apply_event(
                     username: new_user.username.clone(),
                     full_name: new_user.full_name.clone(),
                 };
+                // Budget first: a claim left behind by a refused gate would
+                // cost a lookup on the next attempt.
+                if let Err(refusal) = ctx.gate.acquire().await {
+                    return stopped(ctx, conn, event, Stop::Gate(refusal)).await;
+                }
                 if let Claim::TakenBy(holder) =
                     users::claim_for_create(conn, host, &profile, event.id).await?
                 {
                     return taken_by_host_user(conn, host, &profile.username, &holder, event).await;
                 }
-                match call(ctx, || ctx.api.create_user(&new_user)).await {
+                match observed(ctx, ctx.api.create_user(&new_user).await) {
                     Ok(id) => {
-                        users::mark_synced(conn, host, &id, &profile, event.id).await?;
-                        finish(conn, event, EventState::Applied, None).await?;
+                        users::mark_synced(conn, host, &id, &profile, event.id, Some(event.id))
+                            .await?;
+                        count_event(kind_label(event), EventState::Applied.as_str());
                         Step::Done
                     }
                     Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
@@ -183,6 +194,14 @@ async fn apply_event(
                         // the claim before looking for who holds the name.
                         users::mark_without_user(conn, host, "failed", event.id).await?;
                         refused_create(ctx, conn, host, &profile.username, event, &refused).await?
+                    }
+                    Err(Stop::Api(
+                        refused @ (ApiError::RateLimited { .. } | ApiError::Unauthorized { .. }),
+                    )) => {
+                        // Refused before anything was done: no lookup needed
+                        // next time.
+                        users::mark_without_user(conn, host, users::NOT_CREATED, event.id).await?;
+                        return stopped(ctx, conn, event, Stop::Api(refused)).await;
                     }
                     // The row stays `creating`: the next attempt confirms.
                     Err(stop) => return stopped(ctx, conn, event, stop).await,
@@ -249,7 +268,7 @@ async fn refused_create(
                 reason: ConflictReason::TakenInEmbedded,
                 holder_host_user_id: None,
                 holder_embedded_user_id: Some(&holder.user_id),
-                event_id: event.id,
+                event_id: Some(event.id),
             };
             end_in_conflict(conn, event, &conflict).await
         }
@@ -280,8 +299,8 @@ async fn update_user(
     }
     match call(ctx, || ctx.api.update_user(id, &update)).await {
         Ok(_) => {
-            users::mark_synced(conn, host, id, want, event.id).await?;
-            finish(conn, event, EventState::Applied, None).await?;
+            users::mark_synced(conn, host, id, want, event.id, Some(event.id)).await?;
+            count_event(kind_label(event), EventState::Applied.as_str());
             Ok(Some(Step::Done))
         }
         Err(Stop::Api(ApiError::NotFound)) => {
@@ -312,7 +331,7 @@ async fn update_user(
                 reason,
                 holder_host_user_id: None,
                 holder_embedded_user_id: holder.as_ref(),
-                event_id: event.id,
+                event_id: Some(event.id),
             };
             end_in_conflict(conn, event, &conflict).await.map(Some)
         }
@@ -333,7 +352,7 @@ async fn taken_by_host_user(
         reason: ConflictReason::TakenByHostUser,
         holder_host_user_id: Some(holder),
         holder_embedded_user_id: None,
-        event_id: event.id,
+        event_id: Some(event.id),
     };
     end_in_conflict(conn, event, &conflict).await
 }
@@ -355,7 +374,12 @@ async fn end_in_conflict(
     Ok(Step::Done)
 }
 
-async fn report(conn: &mut PgConnection, conflict: &NewConflict<'_>) -> anyhow::Result<()> {
+/// Reports a conflict once, counted and logged (ids and a fingerprint of
+/// the username only). The backfill reports through here too.
+pub(crate) async fn report(
+    conn: &mut PgConnection,
+    conflict: &NewConflict<'_>,
+) -> anyhow::Result<()> {
     if users::report_conflict(conn, conflict).await? {
         metrics::counter!("user_sync_conflicts_total", "reason" => conflict.reason.as_str())
             .increment(1);
@@ -378,7 +402,12 @@ where
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
     ctx.gate.acquire().await.map_err(Stop::Gate)?;
-    make().await.map_err(|error| {
+    observed(ctx, make().await)
+}
+
+/// The answer of a call that passed the gate; the gate learns from it.
+fn observed<T>(ctx: &SyncContext, answer: Result<T, ApiError>) -> Result<T, Stop> {
+    answer.map_err(|error| {
         ctx.gate.observe(&error);
         Stop::Api(error)
     })

@@ -1,12 +1,24 @@
-//! The gate every API call passes: the process's rate limit (governor), a
-//! process-wide pause after a `429`, and the auth pause after a `401`/`403`.
+//! The gate every API call passes: the rate limit, the pause after a `429`,
+//! and the auth pause after a `401`/`403`.
+//!
+//! The limit is one of three, from `[rate_limit]`:
+//! - `scope = "process"`, fixed: governor, per process;
+//! - `scope = "process"`, `adaptive = true`: a [`pacer::LocalPacer`] whose
+//!   rate follows [`pacer::Aimd`];
+//! - `scope = "global"`: one limit in Redis for every process
+//!   ([`shared::SharedLimit`]), fixed or adaptive, with governor still
+//!   guarding each process when fixed.
 //!
 //! A task never waits long at the gate: when the wait would be long it is
-//! told so, and snoozes its event instead of holding a worker slot.
+//! told so, and snoozes its event instead of holding a worker slot, so
+//! waiting for budget pushes back on the queue and never blocks shutdown.
+
+pub mod pacer;
+pub mod shared;
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -16,11 +28,19 @@ use tokio::time::Instant;
 
 use crate::config::RateLimitSettings;
 use crate::embedded::ApiError;
+use pacer::{Aimd, LocalPacer};
+use shared::{SharedLimit, SharedParams};
 
 /// The longest a task waits at the gate before it gives its slot back.
 pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(2);
 /// The pause after a `429` that gave no `Retry-After`.
 pub const DEFAULT_429_PAUSE: Duration = Duration::from_secs(1);
+/// In adaptive mode a short `Retry-After` is honoured by the request that got
+/// it (its event waits that long) while the rate cut slows everyone; a longer
+/// one pauses every task.
+pub const ADAPTIVE_PAUSE_OVER: Duration = Duration::from_secs(2);
+/// The adaptive rate never falls below this.
+pub const ADAPTIVE_FLOOR: f64 = 1.0;
 
 /// Why the gate did not let a call through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +51,59 @@ pub enum GateRefusal {
     Backoff(Duration),
 }
 
+enum Limit {
+    Fixed(DefaultDirectRateLimiter),
+    Adaptive(LocalPacer),
+    Shared {
+        /// The process's own guard at the configured rate (fixed only).
+        guard: Option<DefaultDirectRateLimiter>,
+        shared: Arc<SharedLimit>,
+    },
+}
+
+impl Limit {
+    async fn reserve(&self) -> Duration {
+        match self {
+            Self::Fixed(limiter) => governor_wait(limiter),
+            Self::Adaptive(pacer) => pacer.reserve(),
+            Self::Shared { guard, shared } => {
+                if let Some(guard) = guard {
+                    let wait = governor_wait(guard);
+                    if !wait.is_zero() {
+                        return wait;
+                    }
+                }
+                shared.reserve().await
+            }
+        }
+    }
+
+    fn rate(&self, configured: f64) -> f64 {
+        match self {
+            Self::Fixed(_) => configured,
+            Self::Adaptive(pacer) => pacer.rate(),
+            Self::Shared { shared, .. } => shared.rate(),
+        }
+    }
+}
+
+fn governor_wait(limiter: &DefaultDirectRateLimiter) -> Duration {
+    match limiter.check() {
+        Ok(()) => Duration::ZERO,
+        Err(not_until) => not_until.wait_time_from(DefaultClock::default().now()),
+    }
+}
+
+fn quota(settings: &RateLimitSettings) -> Quota {
+    let rate = NonZeroU32::new(settings.requests_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
 pub struct ApiGate {
-    limiter: DefaultDirectRateLimiter,
+    limit: Limit,
+    adaptive: bool,
+    configured_rate: f64,
     /// No call before this instant: set by a `429`, for every task.
     paused_until: Mutex<Option<Instant>>,
     /// Set by a `401`/`403`; cleared by a successful auth probe.
@@ -42,21 +113,62 @@ pub struct ApiGate {
 impl std::fmt::Debug for ApiGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiGate")
+            .field("adaptive", &self.adaptive)
             .field("auth_paused", &self.auth_paused())
             .finish_non_exhaustive()
     }
 }
 
 impl ApiGate {
+    /// A limit of this process alone (`scope = "process"`).
     pub fn new(settings: &RateLimitSettings) -> Self {
-        let rate = NonZeroU32::new(settings.requests_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
-        metrics::gauge!("user_sync_rate_limit_allowed_rps").set(f64::from(rate.get()));
+        let limit = if settings.adaptive {
+            Limit::Adaptive(LocalPacer::adaptive(
+                Aimd::new(
+                    f64::from(settings.requests_per_second),
+                    ADAPTIVE_FLOOR,
+                    f64::from(settings.max_requests_per_second),
+                ),
+                settings.burst,
+            ))
+        } else {
+            Limit::Fixed(RateLimiter::direct(quota(settings)))
+        };
+        Self::build(settings, limit)
+    }
+
+    /// A limit shared through Redis by every process (`scope = "global"`).
+    pub fn shared(settings: &RateLimitSettings, shared: Arc<SharedLimit>) -> Self {
+        let guard = (!settings.adaptive).then(|| RateLimiter::direct(quota(settings)));
+        Self::build(settings, Limit::Shared { guard, shared })
+    }
+
+    /// What the shared limit's script needs from the settings.
+    pub fn shared_params(settings: &RateLimitSettings) -> SharedParams {
+        SharedParams {
+            rate: f64::from(settings.requests_per_second),
+            burst: settings.burst.max(1),
+            adaptive: settings.adaptive,
+            floor: ADAPTIVE_FLOOR,
+            ceiling: f64::from(settings.max_requests_per_second),
+        }
+    }
+
+    fn build(settings: &RateLimitSettings, limit: Limit) -> Self {
+        let configured_rate = f64::from(settings.requests_per_second);
+        metrics::gauge!("user_sync_rate_limit_allowed_rps").set(configured_rate);
         Self {
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            limit,
+            adaptive: settings.adaptive,
+            configured_rate,
             paused_until: Mutex::new(None),
             auth_paused: AtomicBool::new(false),
         }
+    }
+
+    /// The rate allowed now, requests per second (adaptive rates move).
+    pub fn allowed_rate(&self) -> f64 {
+        self.limit.rate(self.configured_rate)
     }
 
     /// Waits for the right to make one call, or says why not now.
@@ -71,30 +183,52 @@ impl ApiGate {
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
-        match self.limiter.check() {
-            Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                metrics::counter!("user_sync_rate_limit_waits_total").increment(1);
-                if wait > MAX_INLINE_WAIT {
-                    return Err(GateRefusal::Backoff(wait));
+        let deadline = Instant::now() + MAX_INLINE_WAIT;
+        loop {
+            let wait = self.limit.reserve().await;
+            if wait.is_zero() {
+                if self.adaptive {
+                    metrics::gauge!("user_sync_rate_limit_allowed_rps").set(self.allowed_rate());
                 }
-                self.limiter.until_ready().await;
-                Ok(())
+                return Ok(());
             }
+            metrics::counter!("user_sync_rate_limit_waits_total").increment(1);
+            if Instant::now() + wait > deadline {
+                return Err(GateRefusal::Backoff(wait));
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 
-    /// Learns from an answer: a `429` pauses every task of the process, a
-    /// `401`/`403` pauses all calls until the key works again.
+    /// Learns from an answer: a `429` slows (adaptive) or pauses every task,
+    /// of every process in global scope; a `401`/`403` pauses all calls
+    /// until the key works again.
     pub fn observe(&self, error: &ApiError) {
         match error {
-            ApiError::RateLimited { retry_after } => {
-                metrics::counter!("user_sync_api_rate_limited_total").increment(1);
-                self.pause_for(retry_after.unwrap_or(DEFAULT_429_PAUSE));
-            }
+            ApiError::RateLimited { retry_after } => self.throttled(*retry_after),
             ApiError::Unauthorized { status } => self.pause_auth(*status),
             _ => {}
+        }
+    }
+
+    fn throttled(&self, retry_after: Option<Duration>) {
+        metrics::counter!("user_sync_api_rate_limited_total").increment(1);
+        let pause = match retry_after {
+            Some(wait) if self.adaptive && wait <= ADAPTIVE_PAUSE_OVER => Duration::ZERO,
+            Some(wait) => wait,
+            None if self.adaptive => Duration::ZERO,
+            None => DEFAULT_429_PAUSE,
+        };
+        if !pause.is_zero() {
+            self.pause_for(pause);
+        }
+        match &self.limit {
+            Limit::Fixed(_) => {}
+            Limit::Adaptive(pacer) => pacer.on_throttle(),
+            Limit::Shared { shared, .. } => {
+                let shared = shared.clone();
+                tokio::spawn(async move { shared.on_throttle(pause).await });
+            }
         }
     }
 
@@ -164,6 +298,7 @@ mod tests {
             burst,
             scope: crate::config::RateLimitScope::Process,
             adaptive: false,
+            max_requests_per_second: 1000,
         }
     }
 

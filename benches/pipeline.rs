@@ -1,0 +1,278 @@
+//! Benchmarks of the continuous pipeline: `cargo bench --bench pipeline`.
+//!
+//! Starts a sandbox in this process and a real `user-sync run` process (the
+//! bench-profile binary) on PostgreSQL and Redis from the machine, and prints
+//! one line per scenario ending in `key=value` pairs:
+//!
+//! - `baseline`: a bare reqwest loop doing only the creates, at the worker's
+//!   concurrency, against the same sandbox: the ceiling of the HTTP side;
+//! - `throughput`: signups committed to the outbox in one statement until
+//!   every user is created and mapped; `ratio` is against `baseline`;
+//! - `latency`: 50 signups/s, each committed alone; from its commit to the
+//!   create arriving at the sandbox;
+//! - `idle`: outbox reads per second and RSS of an idle worker.
+//!
+//! `BENCH_EVENTS` (default 5000) sets the size of the throughput runs.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Env, KEY};
+use tokio::process::{Child, Command};
+use user_sync::embedded::sandbox::SandboxOptions;
+
+const CONCURRENCY: usize = 16;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo bench` passes `--bench`; filters are not supported.
+    let events: usize = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    // reqwest is built without a bundled crypto provider; the crate uses ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = Env::start(SandboxOptions::default()).await;
+
+    let baseline = bare_loop(&env, events).await;
+    println!(
+        "baseline    bare reqwest creates, concurrency {CONCURRENCY}: events={events} rate={baseline:.0}"
+    );
+
+    let (mut worker, ops) = spawn_worker(&env).await;
+    let throughput = pipeline_throughput(&env, events).await;
+    println!(
+        "throughput  outbox commit -> created and mapped: events={events} rate={throughput:.0} baseline={baseline:.0} ratio={:.2}",
+        throughput / baseline
+    );
+
+    let (p50, p99, max) = latency(&env, 50, Duration::from_secs(10)).await;
+    println!(
+        "latency     50 signups/s for 10 s, commit -> create received: p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1}"
+    );
+
+    let busy_rss = rss_kib(&worker, "VmHWM");
+    let (reads_per_second, idle_rss) = idle(&env, &worker).await;
+    println!(
+        "idle        worker at rest for 20 s: outbox_reads_per_s={reads_per_second:.2} rss_mib={:.1} peak_rss_mib={:.1}",
+        idle_rss / 1024.0,
+        busy_rss / 1024.0
+    );
+    let _ = ops;
+    let _ = worker.start_kill();
+    let _ = worker.wait().await;
+    env.finish().await;
+}
+
+/// Creates `count` users with plain reqwest calls, `CONCURRENCY` at a time;
+/// returns creates per second.
+async fn bare_loop(env: &Env, count: usize) -> f64 {
+    let client = reqwest::Client::new();
+    let url = format!("{}users/", env.sandbox.base_url());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let client = client.clone();
+        let url = url.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return;
+                }
+                let response = client
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .header("x-api-version", "2025-09")
+                    .json(&serde_json::json!({
+                        "username": format!("baseline{i}@example.com"),
+                        "fullName": "Baseline User",
+                    }))
+                    .send()
+                    .await
+                    .expect("the sandbox answers");
+                assert!(response.status().is_success(), "{}", response.status());
+                let _ = response.bytes().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a baseline task");
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn spawn_worker(env: &Env) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let ops = format!("127.0.0.1:{port}");
+    let mut vars: HashMap<String, String> = env.vars();
+    vars.insert("USER_SYNC__HTTP__BIND".into(), ops.clone());
+    vars.insert(
+        "USER_SYNC__WORKER__CONCURRENCY".into(),
+        CONCURRENCY.to_string(),
+    );
+    vars.insert(
+        "USER_SYNC__RATE_LIMIT__REQUESTS_PER_SECOND".into(),
+        "1000000".into(),
+    );
+    vars.insert("USER_SYNC__RATE_LIMIT__BURST".into(), "100000".into());
+    vars.insert(
+        "USER_SYNC__DISPATCHER__POLL_INTERVAL_MS".into(),
+        "5000".into(),
+    );
+    vars.insert("USER_SYNC__SWEEPER__INTERVAL_MS".into(), "60000".into());
+    vars.insert(
+        "USER_SYNC__SWEEPER__REDISPATCH_AFTER_MS".into(),
+        "300000".into(),
+    );
+    vars.insert(
+        "USER_SYNC_CONFIG_DIR".into(),
+        common::config_dir().display().to_string(),
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_user-sync"))
+        .arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(&vars)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("user-sync run starts");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client
+            .get(format!("http://{ops}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false);
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, ops)
+}
+
+async fn applied(env: &Env) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE state = 'applied'")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count applied events")
+}
+
+/// Commits `count` signups at once and waits until all are applied;
+/// returns events per second from the commit.
+async fn pipeline_throughput(env: &Env, count: usize) -> f64 {
+    let before = applied(env).await;
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+         SELECT 'tp' || i, 'signup', 'tp' || i || '@example.com', 'Throughput User'
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(count as i64)
+    .execute(&env.pool)
+    .await
+    .expect("insert signups");
+    let target = before + count as i64;
+    while applied(env).await < target {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "throughput run stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.duplicate_attempts, 0, "a duplicate create");
+    rate
+}
+
+/// Commits `per_second` signups a second for `duration`; returns p50, p99
+/// and max of commit → create received, in milliseconds.
+async fn latency(env: &Env, per_second: u32, duration: Duration) -> (f64, f64, f64) {
+    let total = (f64::from(per_second) * duration.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(per_second));
+    let mut committed: HashMap<String, Instant> = HashMap::new();
+    let before = applied(env).await;
+    let mut tick = tokio::time::interval(interval);
+    for i in 0..total {
+        tick.tick().await;
+        let email = format!("lat{i}@example.com");
+        env.signup(&format!("lat{i}"), &email, Some("Latency User"))
+            .await;
+        committed.insert(email, Instant::now());
+    }
+    let target = before + total as i64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while applied(env).await < target {
+        assert!(Instant::now() < deadline, "latency run stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut millis: Vec<f64> = env
+        .sandbox
+        .creation_times()
+        .into_iter()
+        .filter_map(|(username, created)| {
+            committed
+                .get(&username)
+                .map(|t0| created.saturating_duration_since(*t0).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    assert_eq!(millis.len(), total, "every signup was created");
+    millis.sort_by(f64::total_cmp);
+    let at = |q: f64| millis[((millis.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.5), at(0.99), at(1.0))
+}
+
+/// Outbox reads per second over 20 s of idleness, and the RSS at its end.
+async fn idle(env: &Env, worker: &Child) -> (f64, f64) {
+    let reads = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (seq_scan + COALESCE(idx_scan, 0))::int8 FROM pg_stat_user_tables
+             WHERE relid = 'user_sync.events'::regclass",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .expect("table statistics");
+        n
+    };
+    // Statistics arrive up to ~10 s late: let the busy period's land first.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = reads().await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let after = reads().await;
+    ((after - before) as f64 / 20.0, rss_kib(worker, "VmRSS"))
+}
+
+/// A memory figure of the worker process from /proc, in KiB.
+fn rss_kib(worker: &Child, field: &str) -> f64 {
+    let Some(pid) = worker.id() else {
+        return f64::NAN;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with(field))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}

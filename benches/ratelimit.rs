@@ -1,0 +1,158 @@
+//! Rate-limit benchmarks: `cargo bench --bench ratelimit`.
+//!
+//! A sandbox in this process enforces a limit; real `user-sync run`
+//! processes (the bench-profile binary) work through a backlog of signups
+//! that keeps them saturated. One line per scenario, ending in `key=value`
+//! pairs:
+//!
+//! - `fixed-1p`: one process configured at the sandbox's limit (50/s);
+//! - `fixed-4p`: four processes sharing the limit through Redis;
+//! - `adaptive`: one process not told the limit (40/s), starting at 10/s:
+//!   utilisation over its first 15 s and over the 30 s after.
+//!
+//! `utilisation` is creates the sandbox admitted over what the limit allowed
+//! in the window; `share_429` is the part of the requests answered 429.
+//! `BENCH_SECONDS` (default 60) sets the length of the fixed scenarios.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Env;
+use common::process::{Proc, process_vars};
+use user_sync::embedded::sandbox::{SandboxOptions, SandboxStats};
+
+const CREATE: &str = "POST /users/";
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+
+    let (utilisation, share) = fixed(1, 50, seconds).await;
+    println!(
+        "fixed-1p    sandbox 50/s, worker at 50/s, {seconds} s saturated: processes=1 utilisation={utilisation:.3} share_429={share:.4}"
+    );
+    let (utilisation, share) = fixed(4, 50, seconds).await;
+    println!(
+        "fixed-4p    sandbox 50/s, global limit 50/s, {seconds} s saturated: processes=4 utilisation={utilisation:.3} share_429={share:.4}"
+    );
+    let ((first_u, first_s), (then_u, then_s)) = adaptive(40).await;
+    println!(
+        "adaptive    sandbox 40/s, worker not told (starts at 10/s): utilisation_0_15s={first_u:.3} share_429_0_15s={first_s:.4} utilisation_15_45s={then_u:.3} share_429_15_45s={then_s:.4}"
+    );
+}
+
+fn window(before: &SandboxStats, after: &SandboxStats, limit: u32, span: Duration) -> (f64, f64) {
+    let created = after.count(CREATE, 200) - before.count(CREATE, 200);
+    let limited = after.rate_limited - before.rate_limited;
+    let requests = after.total_requests - before.total_requests;
+    let allowed = f64::from(limit) * span.as_secs_f64();
+    (
+        created as f64 / allowed,
+        limited as f64 / (requests.max(1)) as f64,
+    )
+}
+
+async fn backlog(env: &Env, count: u32) {
+    sqlx::query(
+        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+         SELECT 'rl' || i, 'signup', 'rl' || i || '@example.com', 'Rate Limited'
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(i64::from(count))
+    .execute(&env.pool)
+    .await
+    .expect("insert the backlog");
+}
+
+async fn start(env: &Env, processes: usize, extra: &[(&str, String)]) -> Vec<Proc> {
+    let mut vars = process_vars(env);
+    vars.insert("USER_SYNC__WORKER__MAX_ATTEMPTS".into(), "1000".into());
+    vars.insert("USER_SYNC__WORKER__CONCURRENCY".into(), "16".into());
+    for (key, value) in extra {
+        vars.insert((*key).into(), value.clone());
+    }
+    let mut procs: Vec<Proc> = (0..processes)
+        .map(|_| Proc::spawn(&vars, &["run"]))
+        .collect();
+    for proc in &mut procs {
+        proc.ready().await;
+    }
+    procs
+}
+
+/// Waits until the first create, so that start-up is not measured.
+async fn first_create(env: &Env) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.sandbox.stats().creates == 0 {
+        assert!(Instant::now() < deadline, "no create reached the sandbox");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn fixed(processes: usize, limit: u32, seconds: u64) -> (f64, f64) {
+    let env = Env::start(SandboxOptions {
+        rate_limit: Some(limit),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let span = Duration::from_secs(seconds);
+    backlog(&env, limit * (seconds as u32 + 30)).await;
+    let scope = if processes > 1 { "global" } else { "process" };
+    let procs = start(
+        &env,
+        processes,
+        &[
+            ("USER_SYNC__RATE_LIMIT__SCOPE", scope.into()),
+            (
+                "USER_SYNC__RATE_LIMIT__REQUESTS_PER_SECOND",
+                limit.to_string(),
+            ),
+            ("USER_SYNC__RATE_LIMIT__BURST", "1".into()),
+        ],
+    )
+    .await;
+    first_create(&env).await;
+    let before = env.sandbox.stats();
+    tokio::time::sleep(span).await;
+    let after = env.sandbox.stats();
+    drop(procs);
+    env.finish().await;
+    window(&before, &after, limit, span)
+}
+
+async fn adaptive(limit: u32) -> ((f64, f64), (f64, f64)) {
+    let env = Env::start(SandboxOptions {
+        rate_limit: Some(limit),
+        ..SandboxOptions::default()
+    })
+    .await;
+    backlog(&env, limit * 60).await;
+    let procs = start(
+        &env,
+        1,
+        &[
+            ("USER_SYNC__RATE_LIMIT__ADAPTIVE", "true".into()),
+            ("USER_SYNC__RATE_LIMIT__REQUESTS_PER_SECOND", "10".into()),
+            ("USER_SYNC__RATE_LIMIT__BURST", "1".into()),
+        ],
+    )
+    .await;
+    first_create(&env).await;
+    let start = env.sandbox.stats();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let converged = env.sandbox.stats();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let end = env.sandbox.stats();
+    drop(procs);
+    env.finish().await;
+    (
+        window(&start, &converged, limit, Duration::from_secs(15)),
+        window(&converged, &end, limit, Duration::from_secs(30)),
+    )
+}
