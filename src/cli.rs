@@ -10,6 +10,9 @@ use crate::app::Worker;
 use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::embedded::sandbox::{self, SandboxArgs};
 use crate::ops::status::{self, ConflictFormat, Status};
+use crate::source::backfill::{self, BackfillOptions, Mode, OutputFormat};
+use crate::source::host::HostSource;
+use crate::source::triggers;
 use crate::store;
 use crate::telemetry;
 
@@ -62,6 +65,57 @@ enum Command {
     /// For tests, benchmarks and developing against the worker offline.
     /// Counters and fault controls are under /_admin/ (stats, users, faults, reset).
     Sandbox(SandboxArgs),
+    /// Create an Embedded user for every open account of the host that has
+    /// none (the accounts from before the worker).
+    ///
+    /// Reads the host's users as [source] describes them (a table, or a
+    /// query), in keyset pages, and compares them with one GET /users.
+    /// Users already synced are skipped; a username held by someone else
+    /// is reported as a conflict (see `user-sync conflicts`); closed
+    /// accounts are skipped. Safe to stop and run again at any point (no
+    /// duplicate, no false conflict, no completed work repeated), and safe
+    /// beside `user-sync run`. Exits 1 when any user failed or was left
+    /// unresolved (conflicts are not failures), 2 on bad configuration.
+    Backfill {
+        /// batch: POST /users/batch, up to 1,000 users a call, then one
+        /// GET /users to learn their ids (fast: 100,000 users in about 100
+        /// calls). single: one POST /users/ per user, through the same job
+        /// as a signup (one call per user).
+        #[arg(long, value_enum, default_value_t = Mode::Batch)]
+        mode: Mode,
+        /// Change nothing: one GET /users, then print how many users would
+        /// be created, are in sync, would be adopted, and every conflict.
+        #[arg(long)]
+        dry_run: bool,
+        /// Link host users to Embedded users that already hold their
+        /// username (created before the worker) instead of reporting
+        /// conflicts.
+        #[arg(long)]
+        adopt_existing: bool,
+        /// Users per POST /users/batch (batch mode), 1 to 1000.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        batch_size: u16,
+        /// Output of the summary and of a dry run's conflict list.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// No progress bar, even on a terminal (log lines are written
+        /// every few seconds when stderr is not a terminal).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Install triggers on the host's users table ([source] table) that
+    /// write the outbox for the host.
+    ///
+    /// For hosts that cannot change their application code: an insert
+    /// writes `signup`, a change of email or name `profile_change` (other
+    /// changes write nothing), closing (source.closed_condition) or
+    /// deleting a row `account_closure`. Idempotent: installing again
+    /// replaces them. Needs a migrated database.
+    InstallTriggers {
+        /// Remove the triggers instead.
+        #[arg(long)]
+        drop: bool,
+    },
 }
 
 /// Runs the command line and turns any failure into one line on stderr.
@@ -128,6 +182,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{}", status.table());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill {
+            mode,
+            dry_run,
+            adopt_existing,
+            batch_size,
+            format,
+            no_progress,
+        } => {
+            let settings = load_settings()?;
+            let options = BackfillOptions {
+                mode,
+                dry_run,
+                adopt_existing,
+                batch_size: usize::from(batch_size),
+                format,
+                progress: !no_progress,
+            };
+            let cancel = CancellationToken::new();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::warn!("stop requested: finishing the current step");
+                stop.cancel();
+            });
+            let mut stdout = std::io::stdout();
+            let summary = backfill::run(&settings, &options, &mut stdout, cancel).await?;
+            Ok(if summary.failed_anything() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::InstallTriggers { drop } => {
+            let settings = load_settings()?;
+            let target = settings.source.target()?;
+            let pool = store::connect(&settings.database, 1).await?;
+            let mut conn = pool.acquire().await?;
+            let source = HostSource::check(&mut conn, target).await?;
+            let table = source.checked_table()?;
+            if drop {
+                let done = triggers::drop(&mut conn, table).await?;
+                println!(
+                    "triggers removed from {} ({}() dropped)",
+                    done.table, done.function
+                );
+            } else {
+                let done = triggers::install(&mut conn, table).await?;
+                println!(
+                    "triggers installed on {}: {} calls {}()",
+                    done.table,
+                    triggers::TRIGGER,
+                    done.function
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

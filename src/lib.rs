@@ -16,8 +16,9 @@
 //!   an outcome the caller can act on, and `sandbox`, a faithful local simulator.
 //! - [`store`]: the worker's tables in the host database (outbox, users,
 //!   conflicts, erasures) and their migrations.
-//! - [`source`]: the dispatcher (outbox → queue, woken by NOTIFY) and the
-//!   sweeper (re-dispatches what the queue lost).
+//! - [`source`]: where events come from: the dispatcher (outbox → queue,
+//!   woken by NOTIFY), the sweeper (re-dispatches what the queue lost), the
+//!   backfill of historical users, and triggers on the host's users table.
 //! - [`queue`]: the apalis job queue on Redis; jobs carry ids only.
 //! - [`sync`]: the pure `plan` and the job that carries it out.
 //! - [`ratelimit`]: the gate every API call passes (rate limit, 429 and

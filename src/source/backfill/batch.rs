@@ -1,0 +1,301 @@
+//! `--mode batch`: claims, `POST /users/batch`, and the confirmation of the
+//! creates from `GET /users`.
+//!
+//! Why this is safe beside `user-sync run`: every claimed user's advisory
+//! lock is held from before its claim until its batch is answered, so no
+//! job acts on it while its create may be in flight. Once released, a row
+//! is `creating` with its username: a job that comes to it finds the plan
+//! `Confirm`, looks the username up and adopts the user the batch created
+//! (or creates it, if the batch never did) — the same outcome this module
+//! reaches from the snapshot. Either way one Embedded user, no conflict.
+
+use std::collections::HashSet;
+
+use crate::domain::{FullName, HostUserId, Username};
+use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
+use crate::store::users::{self, Claim, ClaimIntent, ConflictReason, Found};
+use crate::sync::plan::Profile;
+
+use super::decide::ConflictFound;
+use super::{Pending, Retry, Run, profile_of, snapshot};
+
+/// Rounds of "snapshot, link what was created, send again what was not".
+const MAX_ROUNDS: usize = 3;
+
+impl Run {
+    /// Records the intent to create, for users whose locks are held. Those
+    /// whose username turns out claimed meanwhile become conflicts.
+    pub(super) async fn claim(
+        &mut self,
+        creates: &[(&HostUserId, &Profile, bool)],
+    ) -> anyhow::Result<Vec<Pending>> {
+        let intents: Vec<ClaimIntent<'_>> = creates
+            .iter()
+            .map(|(host, profile, _)| ClaimIntent {
+                host,
+                profile,
+                last_event_id: None,
+            })
+            .collect();
+        let pending = |c: &(&HostUserId, &Profile, bool)| Pending {
+            host: c.0.clone(),
+            profile: c.1.clone(),
+            unconfirmed: c.2,
+        };
+        match users::claim_many_for_create(&mut self.conn, &intents).await {
+            Ok(()) => return Ok(creates.iter().map(pending).collect()),
+            Err(e) if crate::store::is_unique_violation(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // A username was claimed by a job between the lookup and now: claim
+        // one by one, as the jobs do.
+        let mut claimed = Vec::new();
+        for create in creates {
+            let last = users::last_event_id(&mut self.conn, create.0).await?;
+            match users::claim_for_create(&mut self.conn, create.0, create.1, last.unwrap_or(0))
+                .await?
+            {
+                Claim::Claimed => claimed.push(pending(create)),
+                Claim::TakenBy(holder) => {
+                    let found = ConflictFound {
+                        username: create.1.username.clone(),
+                        reason: ConflictReason::TakenByHostUser,
+                        holder_host_user_id: Some(holder),
+                        holder_embedded_user_id: None,
+                    };
+                    self.conflict(create.0, &found).await?;
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Sends the pending creates as one batch, handles the users it refused,
+    /// and releases their locks.
+    pub(super) async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.pending);
+        let new_users: Vec<NewUser> = entries.iter().map(|e| e.profile.new_user()).collect();
+        let api = &self.api;
+        let result = api
+            .call(Retry::UnlessApplied, || {
+                api.client.create_users_batch(&new_users)
+            })
+            .await;
+        let outcome = self.answered(&entries, &result).await;
+        let hosts: Vec<&str> = entries.iter().map(|e| e.host.as_str()).collect();
+        users::unlock_many(&mut self.conn, &hosts).await?;
+        outcome?;
+        if let Err(ApiError::Unauthorized { status }) = result {
+            anyhow::bail!(
+                "the Embedded API refused the API key (status {status}); run the backfill again once it works"
+            );
+        }
+        self.progress.update(&self.summary, "creating");
+        Ok(())
+    }
+
+    async fn answered(
+        &mut self,
+        entries: &[Pending],
+        result: &Result<crate::embedded::BatchOutcome, ApiError>,
+    ) -> anyhow::Result<()> {
+        let refused: Vec<&Pending> = match result {
+            Ok(outcome) => {
+                let named: HashSet<&Username> = outcome
+                    .invalid
+                    .iter()
+                    .filter_map(|i| match i {
+                        InvalidBatchUser::Username(u) => Some(u),
+                        InvalidBatchUser::Unnamed => None,
+                    })
+                    .collect();
+                let unnamed = outcome.invalid.len() - named.len();
+                if unnamed > 0 {
+                    // Left `creating`: the snapshot says which were created.
+                    tracing::warn!(unnamed, "the batch refused users without naming them");
+                }
+                entries
+                    .iter()
+                    .filter(|e| named.contains(&e.profile.username))
+                    .collect()
+            }
+            // "No valid users provided": every one was refused.
+            Err(ApiError::Rejected { .. }) => entries.iter().collect(),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    users = entries.len(),
+                    "batch create without an answer: its users are confirmed from GET /users"
+                );
+                Vec::new()
+            }
+        };
+        for entry in refused {
+            self.refused(entry).await?;
+        }
+        Ok(())
+    }
+
+    /// A user the batch refused: the same handling as a refused create in
+    /// the pipeline — a conflict if someone holds the username, a failure
+    /// otherwise — except that the holder of an unconfirmed create's name
+    /// is that create's user.
+    async fn refused(&mut self, entry: &Pending) -> anyhow::Result<()> {
+        users::set_without_user(&mut self.conn, &entry.host, "failed").await?;
+        let api = &self.api;
+        let username = &entry.profile.username;
+        let found = api
+            .call(Retry::Always, || {
+                api.client.get_user(UserRef::Username(username))
+            })
+            .await;
+        match found {
+            Ok(user) if entry.unconfirmed => {
+                let profile = profile_of(&user);
+                let found = [Found {
+                    host: &entry.host,
+                    user: &user.user_id,
+                    profile: &profile,
+                }];
+                users::mark_synced_many(&mut self.conn, &found).await?;
+                self.summary.resumed += 1;
+            }
+            Ok(user) => {
+                let conflict = ConflictFound {
+                    username: username.clone(),
+                    reason: ConflictReason::TakenInEmbedded,
+                    holder_host_user_id: None,
+                    holder_embedded_user_id: Some(user.user_id),
+                };
+                self.conflict(&entry.host, &conflict).await?;
+            }
+            Err(error) => {
+                self.summary.failed += 1;
+                let reason = match error {
+                    ApiError::NotFound => "the API refused the create".to_owned(),
+                    other => format!("a refused create could not be looked up: {other}"),
+                };
+                tracing::warn!(host_user_id = %entry.host, %reason, "backfill create failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Links every row this run claimed to the user its batch created, from
+    /// a fresh `GET /users`; sends again what no batch created.
+    pub(super) async fn confirm_creates(&mut self) -> anyhow::Result<()> {
+        for round in 0..MAX_ROUNDS {
+            if users::count_unconfirmed_since(&mut self.conn, self.started_at).await? == 0 {
+                return Ok(());
+            }
+            if round > 0 && self.cancel.is_cancelled() {
+                break;
+            }
+            self.load_snapshot().await?;
+            let mut after = String::new();
+            let mut resent = 0u64;
+            loop {
+                let rows = users::unconfirmed_since(
+                    &mut self.conn,
+                    self.started_at,
+                    &after,
+                    i64::from(self.page_size),
+                )
+                .await?;
+                let Some(last) = rows.last() else { break };
+                after = last.host_user_id.clone();
+                let ids: Vec<&str> = rows.iter().map(|r| r.host_user_id.as_str()).collect();
+                let locked = users::try_lock_many(&mut self.conn, &ids).await?;
+                let locked_ids: Vec<&str> = locked.iter().map(String::as_str).collect();
+                // Read again under the lock: a job may have confirmed some.
+                let rows = users::unconfirmed_of(&mut self.conn, &locked_ids).await?;
+                let still: HashSet<&str> = rows.iter().map(|r| r.host_user_id.as_str()).collect();
+                let done: Vec<&str> = locked_ids
+                    .iter()
+                    .copied()
+                    .filter(|h| !still.contains(h))
+                    .collect();
+                users::unlock_many(&mut self.conn, &done).await?;
+                let usernames: Vec<&str> =
+                    rows.iter().filter_map(|r| r.username.as_deref()).collect();
+                let found = snapshot::find(&mut self.conn, &usernames).await?;
+                let mut linked: Vec<(HostUserId, crate::embedded::EmbeddedUser)> = Vec::new();
+                let mut again: Vec<Pending> = Vec::new();
+                let mut release: Vec<String> = Vec::new();
+                for row in &rows {
+                    let (Ok(host), Some(username)) = (
+                        HostUserId::parse(&row.host_user_id),
+                        row.username.as_deref(),
+                    ) else {
+                        release.push(row.host_user_id.clone());
+                        continue;
+                    };
+                    let username = Username::from_api(username);
+                    match found.get(&username) {
+                        Some(user) => {
+                            linked.push((host, user.clone()));
+                            release.push(row.host_user_id.clone());
+                        }
+                        None => again.push(Pending {
+                            host,
+                            profile: Profile {
+                                username,
+                                full_name: row.full_name.as_deref().map(FullName::from_api),
+                            },
+                            unconfirmed: true,
+                        }),
+                    }
+                }
+                let profiles: Vec<Profile> = linked.iter().map(|(_, u)| profile_of(u)).collect();
+                let found: Vec<Found<'_>> = linked
+                    .iter()
+                    .zip(&profiles)
+                    .map(|((host, user), profile)| Found {
+                        host,
+                        user: &user.user_id,
+                        profile,
+                    })
+                    .collect();
+                users::mark_synced_many(&mut self.conn, &found).await?;
+                self.summary.created += linked.len() as u64;
+                let release: Vec<&str> = release.iter().map(String::as_str).collect();
+                users::unlock_many(&mut self.conn, &release).await?;
+                if self.cancel.is_cancelled() {
+                    // Leave them `creating`: the next run sends them.
+                    let hosts: Vec<&str> = again.iter().map(|p| p.host.as_str()).collect();
+                    users::unlock_many(&mut self.conn, &hosts).await?;
+                    continue;
+                }
+                resent += again.len() as u64;
+                for pending in again {
+                    self.pending.push(pending);
+                    if self.pending.len() >= self.options.batch_size {
+                        self.flush().await?;
+                    }
+                }
+                self.progress.update(&self.summary, "confirming");
+            }
+            self.flush().await?;
+            if resent == 0 {
+                break;
+            }
+            tracing::info!(
+                resent,
+                round,
+                "creates with no user in Embedded were sent again"
+            );
+        }
+        let unresolved = users::count_unconfirmed_since(&mut self.conn, self.started_at).await?;
+        if unresolved > 0 {
+            tracing::warn!(
+                unresolved,
+                "creates still unconfirmed: run the backfill again to confirm them"
+            );
+        }
+        self.summary.unresolved += unresolved;
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! The host's users, as `[source]` describes them: checked against the
+//! database once, then read in keyset pages.
+//!
+//! A page is `WHERE id > $last ORDER BY id LIMIT n` on the id column's own
+//! type (so the table's index serves it), never `OFFSET`, and never more
+//! than one page in memory. A custom query is paged the same way on its
+//! `host_user_id` column, as text.
+//!
+//! The table, the columns and the closed-account condition come from the
+//! operator's configuration, not from users: identifiers are quoted by
+//! PostgreSQL itself (`regclass`, `quote_ident`), and the condition and the
+//! query are SQL by design.
+
+use sqlx::PgConnection;
+
+use crate::config::{SourceTable, SourceTarget};
+
+/// One host user as the source holds it, before any parsing.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HostRow {
+    pub host_user_id: Option<String>,
+    pub email: Option<String>,
+    pub full_name: Option<String>,
+}
+
+/// Why the source cannot be read, naming the key to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source.table: no table or view named {0:?} in the database")]
+    UnknownTable(String),
+    #[error("{key}: table {table} has no column {column:?}")]
+    UnknownColumn {
+        key: &'static str,
+        table: String,
+        column: String,
+    },
+    #[error("source.closed_condition is not a valid condition on {table}: {reason}")]
+    BadCondition { table: String, reason: String },
+    #[error("source.query does not run: {0}")]
+    BadQuery(String),
+    #[error("source.query must return the columns host_user_id, email and full_name; {0}")]
+    QueryColumns(String),
+    #[error("install-triggers needs source.table: triggers cannot be put on a query")]
+    NotATable,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A `[source]` checked against the database: its SQL, ready to page.
+#[derive(Debug, Clone)]
+pub struct HostSource {
+    /// The first page: no lower bound.
+    first_page: String,
+    /// Every later page: `$1` is the last id of the page before, as text.
+    next_page: String,
+    /// Open accounts, for the progress bar.
+    count_open: String,
+    /// Closed accounts, skipped (`None` for a query, which returns open
+    /// accounts only).
+    count_closed: Option<String>,
+    /// The table and its quoted columns, for the triggers.
+    pub table: Option<CheckedTable>,
+}
+
+/// A host table whose names PostgreSQL has quoted.
+#[derive(Debug, Clone)]
+pub struct CheckedTable {
+    /// Schema-qualified and quoted, e.g. `public.accounts`.
+    pub qualified: String,
+    /// Schema and table name, unquoted, for naming the triggers.
+    pub schema: String,
+    pub name: String,
+    pub id: String,
+    pub email: String,
+    pub name_column: Option<String>,
+    pub closed_condition: Option<String>,
+}
+
+impl HostSource {
+    /// Checks the configured source against the database: the table and its
+    /// columns exist, the condition and the query run. Errors name the key.
+    pub async fn check(
+        conn: &mut PgConnection,
+        target: &SourceTarget,
+    ) -> Result<Self, SourceError> {
+        match target {
+            SourceTarget::Table(table) => Self::check_table(conn, table).await,
+            SourceTarget::Query(query) => Self::check_query(conn, query).await,
+        }
+    }
+
+    async fn check_table(
+        conn: &mut PgConnection,
+        config: &SourceTable,
+    ) -> Result<Self, SourceError> {
+        let found: Option<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT c.oid::bigint, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+                    n.nspname::text, c.relname::text
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)",
+        )
+        .bind(&config.table)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((oid, qualified, schema, name)) = found else {
+            return Err(SourceError::UnknownTable(config.table.clone()));
+        };
+        let column = async |conn: &mut PgConnection, key: &'static str, column: &str| {
+            let found: Option<(String, String)> = sqlx::query_as(
+                "SELECT quote_ident(attname), format_type(atttypid, atttypmod) FROM pg_attribute
+                 WHERE attrelid = $1::bigint::oid AND attname = $2 AND attnum > 0
+                   AND NOT attisdropped",
+            )
+            .bind(oid)
+            .bind(column)
+            .fetch_optional(conn)
+            .await?;
+            found.ok_or_else(|| SourceError::UnknownColumn {
+                key,
+                table: qualified.clone(),
+                column: column.to_owned(),
+            })
+        };
+        let (id, id_type) = column(&mut *conn, "source.id_column", &config.id_column).await?;
+        let (email, _) = column(&mut *conn, "source.email_column", &config.email_column).await?;
+        let name_column = match &config.name_column {
+            Some(name) => Some(column(&mut *conn, "source.name_column", name).await?.0),
+            None => None,
+        };
+        let open = match &config.closed_condition {
+            Some(condition) => format!("NOT COALESCE(({condition}), false)"),
+            None => "true".to_owned(),
+        };
+        let name_expr = name_column
+            .as_deref()
+            .map(|n| format!("{n}::text"))
+            .unwrap_or_else(|| "NULL::text".into());
+        let select = format!(
+            "SELECT {id}::text AS host_user_id, {email}::text AS email, {name_expr} AS full_name
+             FROM {qualified}"
+        );
+        let source = Self {
+            first_page: format!("{select} WHERE {open} ORDER BY {id} LIMIT $1"),
+            next_page: format!(
+                "{select} WHERE {id} > $2::text::{id_type} AND {open} ORDER BY {id} LIMIT $1"
+            ),
+            count_open: format!("SELECT count(*) FROM {qualified} WHERE {open}"),
+            count_closed: config
+                .closed_condition
+                .as_ref()
+                .map(|_| format!("SELECT count(*) FROM {qualified} WHERE NOT ({open})")),
+            table: Some(CheckedTable {
+                qualified: qualified.clone(),
+                schema,
+                name,
+                id,
+                email,
+                name_column,
+                closed_condition: config.closed_condition.clone(),
+            }),
+        };
+        // The condition is the operator's SQL: see that it runs before
+        // anything else does.
+        let probe = format!("{} LIMIT 0", source.count_open);
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(probe))
+            .execute(&mut *conn)
+            .await
+        {
+            return Err(SourceError::BadCondition {
+                table: qualified,
+                reason: database_message(&e),
+            });
+        }
+        Ok(source)
+    }
+
+    async fn check_query(conn: &mut PgConnection, query: &str) -> Result<Self, SourceError> {
+        let select = format!(
+            "SELECT q.host_user_id::text AS host_user_id, q.email::text AS email,
+                    q.full_name::text AS full_name
+             FROM ({query}) AS q"
+        );
+        let probe = format!("{select} LIMIT 0");
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(probe))
+            .execute(&mut *conn)
+            .await
+        {
+            let message = database_message(&e);
+            return Err(if message.contains("column") && message.contains("q.") {
+                SourceError::QueryColumns(message)
+            } else {
+                SourceError::BadQuery(message)
+            });
+        }
+        let key = "q.host_user_id::text COLLATE \"C\"";
+        Ok(Self {
+            first_page: format!("{select} ORDER BY {key} LIMIT $1"),
+            next_page: format!("{select} WHERE {key} > $2 ORDER BY {key} LIMIT $1"),
+            count_open: format!("SELECT count(*) FROM ({query}) AS q"),
+            count_closed: None,
+            table: None,
+        })
+    }
+
+    /// Up to `limit` host users after `after` (the last id of the page
+    /// before, `None` for the first page), in id order.
+    pub async fn page(
+        &self,
+        conn: &mut PgConnection,
+        after: Option<&str>,
+        limit: u32,
+    ) -> sqlx::Result<Vec<HostRow>> {
+        match after {
+            None => {
+                sqlx::query_as(sqlx::AssertSqlSafe(self.first_page.as_str()))
+                    .bind(i64::from(limit))
+                    .fetch_all(conn)
+                    .await
+            }
+            Some(after) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(self.next_page.as_str()))
+                    .bind(i64::from(limit))
+                    .bind(after)
+                    .fetch_all(conn)
+                    .await
+            }
+        }
+    }
+
+    pub async fn count_open(&self, conn: &mut PgConnection) -> sqlx::Result<u64> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(self.count_open.as_str()))
+            .fetch_one(conn)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Closed accounts of a table source; `None` for a query.
+    pub async fn count_closed(&self, conn: &mut PgConnection) -> sqlx::Result<Option<u64>> {
+        let Some(sql) = &self.count_closed else {
+            return Ok(None);
+        };
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .fetch_one(conn)
+            .await?;
+        Ok(Some(u64::try_from(n).unwrap_or(0)))
+    }
+
+    /// The checked table, for the triggers.
+    pub fn checked_table(&self) -> Result<&CheckedTable, SourceError> {
+        self.table.as_ref().ok_or(SourceError::NotATable)
+    }
+}
+
+/// The server's message for a failed statement, in one line.
+fn database_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
+}

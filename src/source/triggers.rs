@@ -1,0 +1,166 @@
+//! `user-sync install-triggers`: for hosts that cannot write the outbox from
+//! their application code, triggers on the host's users table write it for
+//! them, in the same transaction as the change.
+//!
+//! One row trigger, `user_sync_events`, calls one function in schema
+//! `user_sync` generated from `[source]`:
+//!
+//! - a row inserted open: `signup`;
+//! - an open row whose email or name changed: `profile_change` (any other
+//!   change writes nothing);
+//! - a row closed (the closed condition became true) or deleted:
+//!   `account_closure`, without email or name;
+//! - a closed row opened again: `signup`;
+//! - an open row whose id changed: a closure of the old id and a signup of
+//!   the new one.
+//!
+//! Installing again replaces both (idempotent); `--drop` removes them.
+
+use sqlx::{Connection, PgConnection};
+
+use super::host::CheckedTable;
+
+/// The trigger's name on the host table.
+pub const TRIGGER: &str = "user_sync_events";
+
+/// What `install-triggers` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub table: String,
+    pub function: String,
+}
+
+/// Creates (or replaces) the trigger and its function on `table`.
+pub async fn install(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Result<Installed> {
+    let outbox: Option<String> = sqlx::query_scalar("SELECT to_regclass('user_sync.events')::text")
+        .fetch_one(&mut *conn)
+        .await?;
+    anyhow::ensure!(
+        outbox.is_some(),
+        "schema user_sync has no outbox yet: run `user-sync migrate` first"
+    );
+    let function = function_name(table);
+    let body = function_body(table);
+    let mut tx = conn.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $user_sync$\n{body}\n$user_sync$"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TRIGGER IF EXISTS {TRIGGER} ON {}",
+        table.qualified
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {} \
+         FOR EACH ROW EXECUTE FUNCTION {function}()",
+        table.qualified
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Installed {
+        table: table.qualified.clone(),
+        function,
+    })
+}
+
+/// Removes the trigger and its function; nothing to remove is fine.
+pub async fn drop(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Result<Installed> {
+    let function = function_name(table);
+    let mut tx = conn.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TRIGGER IF EXISTS {TRIGGER} ON {}",
+        table.qualified
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP FUNCTION IF EXISTS {function}()"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Installed {
+        table: table.qualified.clone(),
+        function,
+    })
+}
+
+/// `user_sync.events_from_<schema>_<table>`, with every character that is
+/// not a letter, a digit or `_` replaced, and cut to PostgreSQL's 63 bytes.
+fn function_name(table: &CheckedTable) -> String {
+    let raw = format!("events_from_{}_{}", table.schema, table.name);
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.len() > 63 || name != raw.to_ascii_lowercase() {
+        // Two tables whose names sanitise alike must not share a function.
+        let tag = crate::domain::fingerprint(&raw);
+        name.truncate(63 - tag.len() - 1);
+        name = format!("{name}_{tag}");
+    }
+    format!("user_sync.{name}")
+}
+
+/// The PL/pgSQL of the trigger function. The row is read through
+/// `SELECT ... FROM (SELECT (NEW).*)` so that the configured closed
+/// condition, written over the table's columns, applies to it unchanged.
+fn function_body(table: &CheckedTable) -> String {
+    let id = &table.id;
+    let email = &table.email;
+    let name = table
+        .name_column
+        .as_deref()
+        .map(|n| format!("{n}::text"))
+        .unwrap_or_else(|| "NULL::text".into());
+    let open = match &table.closed_condition {
+        Some(condition) => format!("NOT COALESCE(({condition}), false)"),
+        None => "true".into(),
+    };
+    let read = |row: &str, prefix: &str| {
+        format!(
+            "SELECT {id}::text, {email}::text, {name}, {open}
+             INTO us_{prefix}_id, us_{prefix}_email, us_{prefix}_name, us_{prefix}_open
+             FROM (SELECT ({row}).*) AS us_row;"
+        )
+    };
+    let read_old = read("OLD", "old");
+    let read_new = read("NEW", "new");
+    format!(
+        "#variable_conflict use_column
+DECLARE
+    us_old_id text; us_old_email text; us_old_name text; us_old_open boolean := false;
+    us_new_id text; us_new_email text; us_new_name text; us_new_open boolean := false;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        {read_old}
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        {read_new}
+    END IF;
+    IF us_old_open AND (NOT us_new_open OR us_new_id IS DISTINCT FROM us_old_id) THEN
+        INSERT INTO user_sync.events (host_user_id, kind)
+        VALUES (us_old_id, 'account_closure');
+    END IF;
+    IF us_new_open AND (NOT us_old_open OR us_new_id IS DISTINCT FROM us_old_id) THEN
+        INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+        VALUES (us_new_id, 'signup', us_new_email, us_new_name);
+    ELSIF us_new_open AND (us_new_email IS DISTINCT FROM us_old_email
+                           OR us_new_name IS DISTINCT FROM us_old_name) THEN
+        INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+        VALUES (us_new_id, 'profile_change', us_new_email, us_new_name);
+    END IF;
+    RETURN NULL;
+END"
+    )
+}

@@ -1,0 +1,614 @@
+//! The backfill end to end: a host users table in a real PostgreSQL, the
+//! sandbox over real HTTP, the backfill in process or as the real binary
+//! (killed with SIGKILL mid-run), and `user-sync run` beside it.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use common::Env;
+use tokio_util::sync::CancellationToken;
+use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions};
+use user_sync::source::backfill::{self, BackfillOptions, Mode, OutputFormat, Summary};
+
+/// Host accounts `1..=n` in `public.accounts`:
+/// - every 10th is closed;
+/// - 7 and 17 have an email the API would refuse;
+/// - 1001..=1005 repeat the emails of 1..=5 (another letter case): the
+///   second of each pair is a conflict with the first;
+/// - the usernames of 2001..=2020 are already held in Embedded by users the
+///   worker did not create (the open ones are conflicts).
+async fn host_accounts(env: &Env, n: i64) {
+    for statement in [
+        "CREATE TABLE public.accounts (
+             id bigint PRIMARY KEY, email text, display_name text, plan text,
+             closed_at timestamptz)",
+        "INSERT INTO public.accounts (id, email, display_name, plan, closed_at)
+         SELECT g, 'user' || g || '@example.com', 'User ' || g, 'free',
+                CASE WHEN g % 10 = 0 THEN now() END
+         FROM generate_series(1, $1) AS g",
+        "UPDATE public.accounts SET email = 'not-an-email' WHERE id IN (7, 17)",
+        "UPDATE public.accounts SET email = ' USER' || (id - 1000) || '@Example.com'
+         WHERE id BETWEEN 1001 AND 1005",
+    ] {
+        let query = sqlx::query(statement);
+        let query = if statement.contains("$1") {
+            query.bind(n)
+        } else {
+            query
+        };
+        query.execute(&env.pool).await.expect("host accounts");
+    }
+    for id in 2001..=2020 {
+        env.sandbox
+            .insert_user(&format!("user{id}@example.com"), Some("Someone Else"));
+    }
+}
+
+/// What the accounts above must end in.
+struct Expected {
+    mapped: BTreeSet<String>,
+    conflicts: BTreeSet<String>,
+    closed: BTreeSet<String>,
+}
+
+fn expected(n: i64) -> Expected {
+    let mut e = Expected {
+        mapped: BTreeSet::new(),
+        conflicts: BTreeSet::new(),
+        closed: BTreeSet::new(),
+    };
+    for id in 1..=n {
+        let host = id.to_string();
+        if id % 10 == 0 {
+            e.closed.insert(host);
+        } else if id == 7 || id == 17 {
+        } else if (1001..=1005).contains(&id) || (2001..=2020).contains(&id) {
+            e.conflicts.insert(host);
+        } else {
+            e.mapped.insert(host);
+        }
+    }
+    e
+}
+
+fn source_vars() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("USER_SYNC__SOURCE__TABLE", "public.accounts"),
+        ("USER_SYNC__SOURCE__NAME_COLUMN", "display_name"),
+        (
+            "USER_SYNC__SOURCE__CLOSED_CONDITION",
+            "closed_at IS NOT NULL",
+        ),
+        ("USER_SYNC__SOURCE__PAGE_SIZE", "500"),
+    ]
+}
+
+async fn backfill_with(
+    env: &Env,
+    extra: &[(&str, &str)],
+    options: BackfillOptions,
+) -> (Summary, String) {
+    let mut vars = source_vars();
+    vars.extend_from_slice(extra);
+    let settings = env.settings_with(&vars);
+    let mut out = Vec::new();
+    let summary = backfill::run(&settings, &options, &mut out, CancellationToken::new())
+        .await
+        .expect("backfill runs");
+    (summary, String::from_utf8_lossy(&out).into_owned())
+}
+
+fn options(mode: Mode) -> BackfillOptions {
+    BackfillOptions {
+        mode,
+        progress: false,
+        ..BackfillOptions::default()
+    }
+}
+
+fn dry(mode: Mode, format: OutputFormat) -> BackfillOptions {
+    BackfillOptions {
+        dry_run: true,
+        format,
+        ..options(mode)
+    }
+}
+
+fn mutating_calls(env: &Env) -> u64 {
+    let stats = env.sandbox.stats();
+    [
+        "POST /users/",
+        "POST /users/batch",
+        "PUT /users/{id}",
+        "DELETE /users/{id}",
+    ]
+    .iter()
+    .map(|r| stats.route_total(r))
+    .sum()
+}
+
+/// Every expected account mapped to the Embedded user holding its
+/// username, one Embedded user per username, each conflict open once, no
+/// closed account in Embedded.
+async fn assert_final_state(env: &Env, e: &Expected) {
+    let by_username: HashMap<String, String> = env
+        .sandbox
+        .users()
+        .into_iter()
+        .map(|u| (u.username.to_lowercase(), u.user_id))
+        .collect();
+    let synced: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT host_user_id, embedded_user_id, username FROM user_sync.users
+         WHERE state = 'synced'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("synced users");
+    let synced_hosts: BTreeSet<String> = synced.iter().map(|s| s.0.clone()).collect();
+    assert_eq!(
+        synced_hosts, e.mapped,
+        "exactly the open accounts are mapped"
+    );
+    for (host, id, username) in &synced {
+        assert_eq!(username, &format!("user{host}@example.com"));
+        assert_eq!(by_username.get(username), Some(id), "host {host}");
+    }
+    // Seeded holders of 2001..=2020 plus one user per mapped account.
+    assert_eq!(env.sandbox.users().len(), e.mapped.len() + 20);
+    let conflicts = env.open_conflicts().await;
+    let hosts: Vec<&String> = conflicts.iter().map(|c| &c.0).collect();
+    let unique: BTreeSet<String> = hosts.iter().map(|h| (*h).clone()).collect();
+    assert_eq!(hosts.len(), unique.len(), "each conflict reported once");
+    assert_eq!(unique, e.conflicts, "no false conflict, none missing");
+    for (host, username, reason, holder_host, holder_embedded) in &conflicts {
+        let id: i64 = host.parse().expect("numeric host id");
+        if id <= 1005 {
+            assert_eq!(reason, "taken_by_host_user");
+            assert_eq!(
+                holder_host.as_deref(),
+                Some((id - 1000).to_string().as_str())
+            );
+            assert_eq!(username, &format!("user{}@example.com", id - 1000));
+        } else {
+            assert_eq!(reason, "taken_in_embedded");
+            assert_eq!(holder_embedded.as_ref(), by_username.get(username));
+        }
+    }
+    for host in &e.closed {
+        let id: i64 = host.parse().expect("numeric host id");
+        let seeded = (2001..=2020).contains(&id);
+        assert!(
+            seeded || !by_username.contains_key(&format!("user{host}@example.com")),
+            "closed account {host} has an Embedded user"
+        );
+    }
+    assert_eq!(
+        env.sandbox.stats().duplicate_attempts,
+        0,
+        "no create was sent twice"
+    );
+}
+
+fn same_plan(dry: &Summary, real: &Summary) {
+    assert_eq!(
+        (
+            dry.scanned,
+            dry.in_sync,
+            dry.created,
+            dry.resumed,
+            dry.adopted,
+            dry.conflicts,
+            dry.invalid
+        ),
+        (
+            real.scanned,
+            real.in_sync,
+            real.created,
+            real.resumed,
+            real.adopted,
+            real.conflicts,
+            real.invalid
+        ),
+        "the dry run said what the real run did\n{dry:?}\n{real:?}"
+    );
+}
+
+async fn backfill_both_ways(mode: Mode, n: i64) {
+    let env = Env::start(SandboxOptions::default()).await;
+    host_accounts(&env, n).await;
+    let e = expected(n);
+
+    let (plan, listing) = backfill_with(&env, &[], dry(mode, OutputFormat::Csv)).await;
+    assert_eq!(mutating_calls(&env), 0, "a dry run changes nothing");
+    assert_eq!(env.sandbox.stats().total_requests, 1, "one GET /users");
+    assert_eq!(plan.created, e.mapped.len() as u64);
+    assert_eq!(plan.conflicts, e.conflicts.len() as u64);
+    assert_eq!(plan.invalid, 2);
+    assert_eq!(plan.closed_skipped, Some(e.closed.len() as u64));
+    let rows: Vec<&str> = listing.lines().skip(1).collect();
+    assert_eq!(rows.len(), e.conflicts.len(), "{listing}");
+    assert!(listing.starts_with("host_user_id,username,reason,"));
+    assert!(rows.contains(&"1001,user1@example.com,taken_by_host_user,1,"));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_sync.users")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(stored, 0, "a dry run writes nothing");
+
+    let (done, _) = backfill_with(&env, &[], options(mode)).await;
+    same_plan(&plan, &done);
+    assert!(done.failed_anything(), "the two invalid rows are failures");
+    assert_eq!((done.failed, done.unresolved), (0, 0));
+    assert_final_state(&env, &e).await;
+    if mode == Mode::Batch {
+        let stats = env.sandbox.stats();
+        let batches = stats.route_total("POST /users/batch");
+        assert!(batches <= (n as u64 / 1000) + 2, "{batches} batches");
+        assert_eq!(stats.route_total("POST /users/"), 0);
+    }
+
+    // Again: everything is in sync, nothing is sent, no new conflict row.
+    let before = mutating_calls(&env);
+    let (plan, _) = backfill_with(&env, &[], dry(mode, OutputFormat::Json)).await;
+    let (again, _) = backfill_with(&env, &[], options(mode)).await;
+    same_plan(&plan, &again);
+    assert_eq!(again.in_sync, e.mapped.len() as u64);
+    assert_eq!(again.created, 0);
+    assert_eq!(mutating_calls(&env), before, "nothing sent again");
+    assert_final_state(&env, &e).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_backfill_maps_every_open_account_and_reports_each_conflict_once() {
+    backfill_both_ways(Mode::Batch, 3000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_backfill_maps_every_open_account_and_reports_each_conflict_once() {
+    backfill_both_ways(Mode::Single, 2100).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_whose_answer_was_lost_are_confirmed_not_sent_twice() {
+    let env = Env::start(SandboxOptions {
+        drop_rate: 1.0,
+        ..SandboxOptions::default()
+    })
+    .await;
+    host_accounts(&env, 2100).await;
+    let e = expected(2100);
+    // Every batch is applied and its connection cut: no answer, no ids.
+    let (done, _) = backfill_with(&env, &[], options(Mode::Batch)).await;
+    assert_eq!(done.created, e.mapped.len() as u64, "{done:?}");
+    assert!(env.sandbox.stats().dropped >= 1);
+    assert_final_state(&env, &e).await;
+    env.finish().await;
+}
+
+/// Runs the real binary and kills it (SIGKILL) once the sandbox has
+/// created `after_creates` users.
+async fn kill_mid_run(env: &Env, args: &[&str], extra: &[(&str, &str)], after_creates: u64) {
+    let mut vars = env.vars();
+    for (k, v) in source_vars().iter().chain(extra) {
+        vars.insert((*k).into(), (*v).into());
+    }
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_user-sync"))
+        .arg("backfill")
+        .arg("--no-progress")
+        .args(args)
+        .env_clear()
+        .envs(&vars)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.sandbox.stats().creates < after_creates {
+        assert!(Instant::now() < deadline, "the backfill never got going");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the backfill ended before it was killed: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().await.expect("SIGKILL");
+    // Whatever the killed process had on the wire lands before the rerun.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+async fn killed_then_run_again(mode: Mode, n: i64, args: &[&str], extra: &[(&str, &str)]) {
+    let env = Env::start(SandboxOptions {
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    host_accounts(&env, n).await;
+    let e = expected(n);
+    kill_mid_run(&env, args, extra, 200).await;
+    let created_before = env.sandbox.stats().creates;
+    assert!(
+        created_before < e.mapped.len() as u64,
+        "killed too late to show anything"
+    );
+    let synced_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_sync.users WHERE state = 'synced'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("count");
+    env.sandbox.update_faults(FaultUpdate {
+        latency_ms: Some(0),
+        ..FaultUpdate::default()
+    });
+
+    let (plan, _) = backfill_with(&env, &[], dry(mode, OutputFormat::Text)).await;
+    let (done, _) = backfill_with(&env, &[], options(mode)).await;
+    same_plan(&plan, &done);
+    assert_eq!(
+        done.in_sync, synced_before as u64,
+        "what the killed run completed is not done again"
+    );
+    assert_eq!(
+        done.in_sync + done.resumed + done.created,
+        e.mapped.len() as u64,
+        "{done:?}"
+    );
+    assert_eq!(
+        env.sandbox.stats().creates,
+        e.mapped.len() as u64,
+        "each user created exactly once over both runs"
+    );
+    assert_final_state(&env, &e).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_backfill_killed_mid_run_resumes_without_duplicates() {
+    killed_then_run_again(
+        Mode::Batch,
+        3000,
+        &["--batch-size", "100"],
+        &[
+            ("USER_SYNC__RATE_LIMIT__REQUESTS_PER_SECOND", "4"),
+            ("USER_SYNC__RATE_LIMIT__BURST", "1"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_backfill_killed_mid_run_resumes_without_duplicates() {
+    killed_then_run_again(
+        Mode::Single,
+        2100,
+        &["--mode", "single"],
+        &[
+            ("USER_SYNC__RATE_LIMIT__REQUESTS_PER_SECOND", "100"),
+            ("USER_SYNC__RATE_LIMIT__BURST", "10"),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopt_existing_links_users_created_before_the_worker() {
+    let env = Env::start(SandboxOptions::default()).await;
+    host_accounts(&env, 2100).await;
+    let adopt = BackfillOptions {
+        adopt_existing: true,
+        ..options(Mode::Batch)
+    };
+    let (plan, _) = backfill_with(
+        &env,
+        &[],
+        BackfillOptions {
+            dry_run: true,
+            ..adopt.clone()
+        },
+    )
+    .await;
+    let (done, _) = backfill_with(&env, &[], adopt).await;
+    same_plan(&plan, &done);
+    assert_eq!(done.adopted, 18, "the open accounts among 2001..=2020");
+    assert_eq!(done.conflicts, 5, "only the duplicates within the host");
+    for id in [2001, 2019] {
+        let held = env
+            .sandbox
+            .users()
+            .into_iter()
+            .find(|u| u.username == format!("user{id}@example.com"))
+            .expect("seeded");
+        assert_eq!(env.embedded_id(&id.to_string()).await, Some(held.user_id));
+    }
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_beside_the_pipeline_creates_no_duplicate() {
+    let env = Env::start(SandboxOptions::default()).await;
+    host_accounts(&env, 2100).await;
+    let e = expected(2100);
+    // The host also signs the same users up through the outbox while the
+    // backfill runs, and a worker applies them.
+    for id in (1..=2100).filter(|id| id % 3 == 0 && id % 10 != 0 && *id != 1005) {
+        if e.mapped.contains(&id.to_string()) {
+            env.signup(
+                &id.to_string(),
+                &format!("user{id}@example.com"),
+                Some(&format!("User {id}")),
+            )
+            .await;
+        }
+    }
+    let shutdown = CancellationToken::new();
+    let worker = user_sync::app::Worker::start(&env.settings(), shutdown.clone())
+        .await
+        .expect("worker starts");
+    let (done, _) = backfill_with(&env, &[], options(Mode::Batch)).await;
+    env.settle(Duration::from_secs(60)).await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), worker.stopped())
+        .await
+        .expect("worker stops");
+    assert_eq!(done.failed, 0, "{done:?}");
+    if done.unresolved > 0 {
+        // Left to the jobs that held them; they are synced now.
+        let (again, _) = backfill_with(&env, &[], options(Mode::Batch)).await;
+        assert_eq!(again.created, 0);
+    }
+    assert_eq!(env.sandbox.stats().overlapping_user_requests, 0);
+    assert_final_state(&env, &e).await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_source_fails_at_start_naming_the_key() {
+    let env = Env::start(SandboxOptions::default()).await;
+    host_accounts(&env, 10).await;
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
+            &[("USER_SYNC__SOURCE__TABLE", "public.nope")],
+            "source.table",
+        ),
+        (
+            &[("USER_SYNC__SOURCE__EMAIL_COLUMN", "mail")],
+            "source.email_column",
+        ),
+        (
+            &[("USER_SYNC__SOURCE__CLOSED_CONDITION", "closed_when IS NULL")],
+            "source.closed_condition",
+        ),
+        (
+            &[
+                ("USER_SYNC__SOURCE__TABLE", ""),
+                (
+                    "USER_SYNC__SOURCE__QUERY",
+                    "SELECT id AS host_user_id, email FROM public.accounts",
+                ),
+            ],
+            "host_user_id, email and full_name",
+        ),
+    ];
+    for (extra, key) in cases {
+        let mut vars = source_vars();
+        vars.extend_from_slice(extra);
+        let settings = env.settings_with(&vars);
+        let error = backfill::run(
+            &settings,
+            &options(Mode::Batch),
+            &mut Vec::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("a bad source is refused");
+        assert!(format!("{error:#}").contains(key), "{key}: {error:#}");
+    }
+    assert_eq!(env.sandbox.stats().total_requests, 0, "nothing called");
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_query_source_is_paged_too() {
+    let env = Env::start(SandboxOptions::default()).await;
+    host_accounts(&env, 1200).await;
+    let query = "SELECT id AS host_user_id, email, display_name AS full_name
+                 FROM public.accounts WHERE closed_at IS NULL";
+    let (done, _) = backfill_with(
+        &env,
+        &[
+            ("USER_SYNC__SOURCE__TABLE", ""),
+            ("USER_SYNC__SOURCE__QUERY", query),
+        ],
+        options(Mode::Batch),
+    )
+    .await;
+    let e = expected(1200);
+    // Paged by host_user_id as text: "1001" comes before "2", so of each
+    // duplicate pair the higher id is created and the lower one conflicts.
+    assert_eq!(done.created, e.mapped.len() as u64);
+    assert_eq!(done.conflicts, e.conflicts.len() as u64);
+    assert_eq!(done.closed_skipped, None);
+    let synced: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_sync.users WHERE state = 'synced'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("count");
+    assert_eq!(synced as usize, e.mapped.len());
+    assert_eq!(env.sandbox.stats().duplicate_attempts, 0);
+    env.finish().await;
+}
+
+async fn events(env: &Env) -> Vec<(String, String, Option<String>, Option<String>)> {
+    sqlx::query_as("SELECT host_user_id, kind, email, full_name FROM user_sync.events ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .expect("events")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_write_exactly_the_expected_events() {
+    let env = Env::start(SandboxOptions::default()).await;
+    host_accounts(&env, 0).await;
+    let settings = env.settings_with(&source_vars());
+    let target = settings.source.target().expect("a source");
+    let mut conn = env.pool.acquire().await.expect("conn");
+    let source = user_sync::source::host::HostSource::check(&mut conn, target)
+        .await
+        .expect("source checks");
+    let table = source.checked_table().expect("a table");
+    // Twice: idempotent.
+    user_sync::source::triggers::install(&mut conn, table)
+        .await
+        .expect("install");
+    user_sync::source::triggers::install(&mut conn, table)
+        .await
+        .expect("install again");
+
+    let run = |sql: &'static str| {
+        let pool = env.pool.clone();
+        async move { sqlx::query(sql).execute(&pool).await.expect(sql) }
+    };
+    run("INSERT INTO public.accounts (id, email, display_name) VALUES (1, 'a@x.io', 'A')").await;
+    run("INSERT INTO public.accounts (id, email, display_name, closed_at) VALUES (2, 'b@x.io', 'B', now())").await;
+    run("UPDATE public.accounts SET plan = 'pro' WHERE id = 1").await;
+    run("UPDATE public.accounts SET email = 'a2@x.io' WHERE id = 1").await;
+    run("UPDATE public.accounts SET display_name = 'A Two' WHERE id = 1").await;
+    run("UPDATE public.accounts SET display_name = 'A Two', plan = 'team' WHERE id = 1").await;
+    run("UPDATE public.accounts SET closed_at = now() WHERE id = 1").await;
+    run("UPDATE public.accounts SET display_name = 'Closed' WHERE id = 1").await;
+    run("UPDATE public.accounts SET closed_at = NULL WHERE id = 2").await;
+    run("DELETE FROM public.accounts WHERE id = 2").await;
+    run("DELETE FROM public.accounts WHERE id = 1").await;
+
+    let s = |v: &str| Some(v.to_owned());
+    assert_eq!(
+        events(&env).await,
+        vec![
+            ("1".into(), "signup".into(), s("a@x.io"), s("A")),
+            ("1".into(), "profile_change".into(), s("a2@x.io"), s("A")),
+            (
+                "1".into(),
+                "profile_change".into(),
+                s("a2@x.io"),
+                s("A Two")
+            ),
+            ("1".into(), "account_closure".into(), None, None),
+            ("2".into(), "signup".into(), s("b@x.io"), s("B")),
+            ("2".into(), "account_closure".into(), None, None),
+        ]
+    );
+
+    user_sync::source::triggers::drop(&mut conn, table)
+        .await
+        .expect("drop");
+    user_sync::source::triggers::drop(&mut conn, table)
+        .await
+        .expect("drop again");
+    run("INSERT INTO public.accounts (id, email) VALUES (3, 'c@x.io')").await;
+    assert_eq!(events(&env).await.len(), 6, "no trigger after --drop");
+    drop(conn);
+    env.finish().await;
+}
