@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::Env;
 use common::process::{Proc, Running, process_vars};
 use user_sync::embedded::sandbox::SandboxOptions;
+use user_sync::ratelimit::shared::Slot;
 
 const LIMIT: u32 = 20;
 const BURST: u32 = 5;
@@ -193,11 +194,13 @@ async fn admitted_within(limit: &user_sync::ratelimit::shared::SharedLimit, span
     let end = Instant::now() + span;
     let mut admitted = 0;
     while Instant::now() < end {
-        let wait = limit.reserve().await;
-        if wait.is_zero() {
-            admitted += 1;
-        } else {
-            tokio::time::sleep(wait.min(end.saturating_duration_since(Instant::now()))).await;
+        let left = end.saturating_duration_since(Instant::now());
+        match limit.reserve(left).await {
+            Slot::After(wait) => {
+                tokio::time::sleep(wait).await;
+                admitted += 1;
+            }
+            Slot::Retry(wait) => tokio::time::sleep(wait.min(left)).await,
         }
     }
     admitted

@@ -8,7 +8,10 @@
 -- ARGV[4]: "1" when adaptive
 -- ARGV[5], ARGV[6]: the adaptive rate's floor and ceiling
 -- ARGV[7]: throttle only: pause everyone this many milliseconds
--- Returns {wait in microseconds (0: go now, the slot is taken), rate * 1000}
+-- ARGV[8]: acquire only: the longest wait, in microseconds, worth reserving
+-- Returns {wait in microseconds, rate * 1000, reserved}: when reserved is 1
+-- the slot is taken and the caller goes after the wait; when 0 nothing is
+-- taken and the wait says when to ask again.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local key = KEYS[1]
@@ -53,18 +56,21 @@ if ARGV[1] == 'throttle' then
   local pause = tonumber(ARGV[7]) * 1000
   if pause > 0 and now + pause > pause_until then pause_until = now + pause end
   save()
-  return {0, math.floor(rate * 1000)}
+  return {0, math.floor(rate * 1000), 0}
 end
 
 if pause_until > now then
-  return {math.ceil(pause_until - now), math.floor(rate * 1000)}
+  return {math.ceil(pause_until - now), math.floor(rate * 1000), 0}
 end
 local interval = 1000000 / rate
 if tat < now then tat = now end
 local allow_at = tat - interval * (burst - 1)
-if allow_at > now then
-  return {math.ceil(allow_at - now), math.floor(rate * 1000)}
+local wait = 0
+if allow_at > now then wait = math.ceil(allow_at - now) end
+if wait > tonumber(ARGV[8]) then
+  return {wait, math.floor(rate * 1000), 0}
 end
+-- Reserve: callers queue on the schedule instead of racing for each slot.
 tat = tat + interval
 if adaptive then
   -- Slow start doubles the rate each saturated second; after the first
@@ -73,4 +79,4 @@ if adaptive then
   if rate > ceiling_rate then rate = ceiling_rate end
 end
 save()
-return {0, math.floor(rate * 1000)}
+return {wait, math.floor(rate * 1000), 1}

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use crate::config::RateLimitSettings;
 use crate::embedded::ApiError;
 use pacer::{Aimd, LocalPacer};
-use shared::{SharedLimit, SharedParams};
+use shared::{SharedLimit, SharedParams, Slot};
 
 /// The longest a task waits at the gate before it gives its slot back.
 pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(2);
@@ -62,18 +62,18 @@ enum Limit {
 }
 
 impl Limit {
-    async fn reserve(&self) -> Duration {
+    async fn reserve(&self, max_wait: Duration) -> Slot {
         match self {
-            Self::Fixed(limiter) => governor_wait(limiter),
-            Self::Adaptive(pacer) => pacer.reserve(),
+            Self::Fixed(limiter) => Slot::from_local(governor_wait(limiter)),
+            Self::Adaptive(pacer) => Slot::from_local(pacer.reserve()),
             Self::Shared { guard, shared } => {
                 if let Some(guard) = guard {
                     let wait = governor_wait(guard);
                     if !wait.is_zero() {
-                        return wait;
+                        return Slot::Retry(wait);
                     }
                 }
-                shared.reserve().await
+                shared.reserve(max_wait).await
             }
         }
     }
@@ -94,10 +94,23 @@ fn governor_wait(limiter: &DefaultDirectRateLimiter) -> Duration {
     }
 }
 
+/// A fixed limit runs this much under the configured rate. The API counts
+/// arrivals in a sliding second and the gate counts departures; the jitter
+/// between them (scheduling, the network) would otherwise now and then put
+/// one request too many in the API's second, and each `429` costs a pause.
+pub const FIXED_RATE_MARGIN: f64 = 0.98;
+
+/// The rate a fixed limit keeps to, requests per second.
+fn fixed_rate(settings: &RateLimitSettings) -> f64 {
+    f64::from(settings.requests_per_second.max(1)) * FIXED_RATE_MARGIN
+}
+
 fn quota(settings: &RateLimitSettings) -> Quota {
-    let rate = NonZeroU32::new(settings.requests_per_second).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(settings.burst).unwrap_or(NonZeroU32::MIN);
-    Quota::per_second(rate).allow_burst(burst)
+    let period = Duration::from_secs_f64(1.0 / fixed_rate(settings));
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst)
 }
 
 pub struct ApiGate {
@@ -146,7 +159,11 @@ impl ApiGate {
     /// What the shared limit's script needs from the settings.
     pub fn shared_params(settings: &RateLimitSettings) -> SharedParams {
         SharedParams {
-            rate: f64::from(settings.requests_per_second),
+            rate: if settings.adaptive {
+                f64::from(settings.requests_per_second)
+            } else {
+                fixed_rate(settings)
+            },
             burst: settings.burst.max(1),
             adaptive: settings.adaptive,
             floor: ADAPTIVE_FLOOR,
@@ -185,18 +202,27 @@ impl ApiGate {
         }
         let deadline = Instant::now() + MAX_INLINE_WAIT;
         loop {
-            let wait = self.limit.reserve().await;
-            if wait.is_zero() {
-                if self.adaptive {
-                    metrics::gauge!("user_sync_rate_limit_allowed_rps").set(self.allowed_rate());
+            let max_wait = deadline.saturating_duration_since(Instant::now());
+            match self.limit.reserve(max_wait).await {
+                Slot::After(wait) => {
+                    if !wait.is_zero() {
+                        metrics::counter!("user_sync_rate_limit_waits_total").increment(1);
+                        tokio::time::sleep(wait).await;
+                    }
+                    if self.adaptive {
+                        metrics::gauge!("user_sync_rate_limit_allowed_rps")
+                            .set(self.allowed_rate());
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                Slot::Retry(wait) => {
+                    metrics::counter!("user_sync_rate_limit_waits_total").increment(1);
+                    if wait > max_wait {
+                        return Err(GateRefusal::Backoff(wait));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
             }
-            metrics::counter!("user_sync_rate_limit_waits_total").increment(1);
-            if Instant::now() + wait > deadline {
-                return Err(GateRefusal::Backoff(wait));
-            }
-            tokio::time::sleep(wait).await;
         }
     }
 

@@ -18,6 +18,26 @@ use tokio_util::sync::CancellationToken;
 
 use super::pacer::LocalPacer;
 
+/// What a limit answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// A slot is taken: go after this wait.
+    After(Duration),
+    /// Nothing taken: ask again after this wait.
+    Retry(Duration),
+}
+
+impl Slot {
+    /// A local pacer takes a slot only when it is free now.
+    pub fn from_local(wait: Duration) -> Self {
+        if wait.is_zero() {
+            Self::After(Duration::ZERO)
+        } else {
+            Self::Retry(wait)
+        }
+    }
+}
+
 /// A Redis answer slower than this counts as Redis being away.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often a process says it is alive, and how long it counts after.
@@ -92,16 +112,19 @@ impl SharedLimit {
         self.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0
     }
 
-    /// Takes a slot, or says how long until one may be free.
-    pub async fn reserve(&self) -> Duration {
+    /// Takes a slot at most `max_wait` away ([`Slot::After`]), or says how
+    /// long until one may be ([`Slot::Retry`]).
+    pub async fn reserve(&self, max_wait: Duration) -> Slot {
         if self.degraded.load(Ordering::Relaxed) && !self.redis_due() {
-            return self.fallback.reserve();
+            return Slot::from_local(self.fallback.reserve());
         }
-        match self.call("acquire", 0).await {
-            Ok(wait_us) => Duration::from_micros(wait_us),
+        let max_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
+        match self.call("acquire", 0, max_us).await {
+            Ok((wait_us, true)) => Slot::After(Duration::from_micros(wait_us)),
+            Ok((wait_us, false)) => Slot::Retry(Duration::from_micros(wait_us)),
             Err(error) => {
                 self.degrade(&error);
-                self.fallback.reserve()
+                Slot::from_local(self.fallback.reserve())
             }
         }
     }
@@ -109,13 +132,13 @@ impl SharedLimit {
     /// A 429: every process slows down (and pauses for `pause`, if any).
     pub async fn on_throttle(&self, pause: Duration) {
         let millis = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
-        if let Err(error) = self.call("throttle", millis).await {
+        if let Err(error) = self.call("throttle", millis, 0).await {
             self.degrade(&error);
             self.fallback.set_rate(self.fallback.rate() * 0.5);
         }
     }
 
-    async fn call(&self, op: &str, pause_ms: u64) -> anyhow::Result<u64> {
+    async fn call(&self, op: &str, pause_ms: u64, max_wait_us: u64) -> anyhow::Result<(u64, bool)> {
         let mut conn = self.conn.clone();
         let p = self.params;
         let mut invocation = self.script.key(&self.key);
@@ -126,8 +149,9 @@ impl SharedLimit {
             .arg(if p.adaptive { "1" } else { "0" })
             .arg(p.floor)
             .arg(p.ceiling)
-            .arg(pause_ms);
-        let (wait_us, rate_milli): (i64, i64) =
+            .arg(pause_ms)
+            .arg(max_wait_us);
+        let (wait_us, rate_milli, reserved): (i64, i64, i64) =
             tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
                 .await
                 .map_err(|_| anyhow::anyhow!("Redis did not answer within {REDIS_TIMEOUT:?}"))??;
@@ -136,7 +160,7 @@ impl SharedLimit {
         if self.degraded.swap(false, Ordering::Relaxed) {
             tracing::warn!("Redis answers again: the shared rate limit is back");
         }
-        Ok(u64::try_from(wait_us).unwrap_or(0))
+        Ok((u64::try_from(wait_us).unwrap_or(0), reserved == 1))
     }
 
     /// Whether a degraded limit should ask Redis again now.

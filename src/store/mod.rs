@@ -29,6 +29,9 @@ pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Resu
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(min_size))
         .acquire_timeout(Duration::from_secs(10))
+        // No ping before each use: a broken connection fails the statement,
+        // and every caller already retries (the job, the dispatcher loop).
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .context("cannot connect to the database (database.url)")?;

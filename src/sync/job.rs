@@ -172,17 +172,14 @@ async fn apply_event(
                     username: new_user.username.clone(),
                     full_name: new_user.full_name.clone(),
                 };
-                // Budget first: a claim left behind by a refused gate would
-                // cost a lookup on the next attempt.
-                if let Err(refusal) = ctx.gate.acquire().await {
-                    return stopped(ctx, conn, event, Stop::Gate(refusal)).await;
-                }
                 if let Claim::TakenBy(holder) =
                     users::claim_for_create(conn, host, &profile, event.id).await?
                 {
                     return taken_by_host_user(conn, host, &profile.username, &holder, event).await;
                 }
-                match observed(ctx, ctx.api.create_user(&new_user).await) {
+                // The gate right before the call: the API sees requests
+                // spaced as the gate spaced them, not blurred by the claim.
+                match call(ctx, || ctx.api.create_user(&new_user)).await {
                     Ok(id) => {
                         users::mark_synced(conn, host, &id, &profile, event.id, Some(event.id))
                             .await?;
@@ -195,13 +192,17 @@ async fn apply_event(
                         users::mark_without_user(conn, host, "failed", event.id).await?;
                         refused_create(ctx, conn, host, &profile.username, event, &refused).await?
                     }
-                    Err(Stop::Api(
-                        refused @ (ApiError::RateLimited { .. } | ApiError::Unauthorized { .. }),
-                    )) => {
-                        // Refused before anything was done: no lookup needed
-                        // next time.
+                    Err(
+                        stop @ (Stop::Gate(_)
+                        | Stop::Api(
+                            ApiError::RateLimited { .. } | ApiError::Unauthorized { .. },
+                        )),
+                    ) => {
+                        // Nothing was sent, or it was refused before anything
+                        // was done: release the claim, so that no lookup is
+                        // needed next time.
                         users::mark_without_user(conn, host, users::NOT_CREATED, event.id).await?;
-                        return stopped(ctx, conn, event, Stop::Api(refused)).await;
+                        return stopped(ctx, conn, event, stop).await;
                     }
                     // The row stays `creating`: the next attempt confirms.
                     Err(stop) => return stopped(ctx, conn, event, stop).await,
