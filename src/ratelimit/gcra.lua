@@ -53,6 +53,11 @@ if ARGV[1] == 'throttle' then
     if rate < floor_rate then rate = floor_rate end
     last_dec = now
   end
+  if not adaptive then
+    -- A fixed limit slows everyone by one slot.
+    if tat < now then tat = now end
+    tat = tat + 1000000 / rate
+  end
   local pause = tonumber(ARGV[7]) * 1000
   if pause > 0 and now + pause > pause_until then pause_until = now + pause end
   save()

@@ -35,10 +35,11 @@ use shared::{SharedLimit, SharedParams, Slot};
 pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(2);
 /// The pause after a `429` that gave no `Retry-After`.
 pub const DEFAULT_429_PAUSE: Duration = Duration::from_secs(1);
-/// In adaptive mode a short `Retry-After` is honoured by the request that got
-/// it (its event waits that long) while the rate cut slows everyone; a longer
-/// one pauses every task.
-pub const ADAPTIVE_PAUSE_OVER: Duration = Duration::from_secs(2);
+/// With a shared or adaptive limit, a short `Retry-After` is honoured by the
+/// request that got it (its event waits that long) while the schedule slows
+/// everyone (a skipped slot, or the adaptive cut); a longer one pauses every
+/// task. A process-local fixed limit pauses every task of the process.
+pub const SHORT_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// The adaptive rate never falls below this.
 pub const ADAPTIVE_FLOOR: f64 = 1.0;
 
@@ -239,10 +240,11 @@ impl ApiGate {
 
     fn throttled(&self, retry_after: Option<Duration>) {
         metrics::counter!("user_sync_api_rate_limited_total").increment(1);
+        let scheduled = !matches!(self.limit, Limit::Fixed(_));
         let pause = match retry_after {
-            Some(wait) if self.adaptive && wait <= ADAPTIVE_PAUSE_OVER => Duration::ZERO,
+            Some(wait) if scheduled && wait <= SHORT_RETRY_AFTER => Duration::ZERO,
             Some(wait) => wait,
-            None if self.adaptive => Duration::ZERO,
+            None if scheduled => Duration::ZERO,
             None => DEFAULT_429_PAUSE,
         };
         if !pause.is_zero() {

@@ -7,13 +7,12 @@
 //! answer, a process falls back to its share of the last known rate (the
 //! rate divided by the processes last seen), never to no limit.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::pacer::LocalPacer;
@@ -38,14 +37,13 @@ impl Slot {
     }
 }
 
-/// A Redis answer slower than this counts as Redis being away.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// A Redis answer slower than this counts as Redis being away. Generous:
+/// a busy machine delays answers by hundreds of milliseconds, and a false
+/// alarm puts this process on its local share, out of step with the others.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a process says it is alive, and how long it counts after.
 const MEMBER_HEARTBEAT: Duration = Duration::from_secs(1);
 const MEMBER_TTL: Duration = Duration::from_secs(3);
-/// While Redis is away, it is asked again at most this often; calls in
-/// between go straight to the fallback.
-const RETRY_REDIS: Duration = Duration::from_secs(1);
 
 /// The parameters the script needs on every call.
 #[derive(Debug, Clone, Copy)]
@@ -71,8 +69,6 @@ pub struct SharedLimit {
     /// Serves while Redis is away: this process's share of the rate.
     fallback: LocalPacer,
     degraded: AtomicBool,
-    /// While degraded: no Redis call before this instant.
-    retry_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for SharedLimit {
@@ -103,7 +99,6 @@ impl SharedLimit {
             members: AtomicU64::new(1),
             fallback: LocalPacer::fixed(params.rate, 1),
             degraded: AtomicBool::new(false),
-            retry_at: Mutex::new(None),
         })
     }
 
@@ -115,7 +110,9 @@ impl SharedLimit {
     /// Takes a slot at most `max_wait` away ([`Slot::After`]), or says how
     /// long until one may be ([`Slot::Retry`]).
     pub async fn reserve(&self, max_wait: Duration) -> Slot {
-        if self.degraded.load(Ordering::Relaxed) && !self.redis_due() {
+        if self.degraded.load(Ordering::Relaxed) {
+            // The membership heartbeat finds out when Redis is back; callers
+            // never wait on a Redis that may not answer.
             return Slot::from_local(self.fallback.reserve());
         }
         let max_us = u64::try_from(max_wait.as_micros()).unwrap_or(u64::MAX);
@@ -163,17 +160,6 @@ impl SharedLimit {
         Ok((u64::try_from(wait_us).unwrap_or(0), reserved == 1))
     }
 
-    /// Whether a degraded limit should ask Redis again now.
-    fn redis_due(&self) -> bool {
-        let mut retry_at = self.retry_at.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if retry_at.is_some_and(|at| now < at) {
-            return false;
-        }
-        *retry_at = Some(now + RETRY_REDIS);
-        true
-    }
-
     fn degrade(&self, error: &anyhow::Error) {
         let share = self.rate() / self.members.load(Ordering::Relaxed).max(1) as f64;
         self.fallback.set_rate(share.max(0.1));
@@ -191,8 +177,14 @@ impl SharedLimit {
     /// many others share the limit.
     pub async fn keep_membership(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            if let Ok(count) = self.announce().await {
-                self.members.store(count.max(1), Ordering::Relaxed);
+            match self.announce().await {
+                Ok(count) => {
+                    self.members.store(count.max(1), Ordering::Relaxed);
+                    if self.degraded.swap(false, Ordering::Relaxed) {
+                        tracing::warn!("Redis answers again: the shared rate limit is back");
+                    }
+                }
+                Err(error) => self.degrade(&error),
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
