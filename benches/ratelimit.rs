@@ -83,6 +83,12 @@ async fn start(env: &Env, processes: usize, extra: &[(&str, String)]) -> Vec<Pro
     let mut vars = process_vars(env);
     vars.insert("USER_SYNC__WORKER__MAX_ATTEMPTS".into(), "1000".into());
     vars.insert("USER_SYNC__WORKER__CONCURRENCY".into(), "16".into());
+    // The defaults, not the tests' quick timings.
+    vars.insert("USER_SYNC__SWEEPER__INTERVAL_MS".into(), "60000".into());
+    vars.insert(
+        "USER_SYNC__SWEEPER__REDISPATCH_AFTER_MS".into(),
+        "300000".into(),
+    );
     for (key, value) in extra {
         vars.insert((*key).into(), value.clone());
     }
@@ -135,7 +141,20 @@ async fn fixed(processes: usize, limit: u32, seconds: u64) -> (f64, f64) {
         .map(|p| p.log().matches("shared rate limit is unreachable").count())
         .sum();
     if degraded > 0 {
-        eprintln!("note: the shared limit degraded to local shares {degraded} times");
+        let first = procs
+            .iter()
+            .flat_map(|p| {
+                p.log()
+                    .lines()
+                    .filter(|l| l.contains("shared rate limit is unreachable"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .next()
+            .unwrap_or_default();
+        eprintln!(
+            "note: the shared limit degraded to local shares {degraded} times, first: {first}"
+        );
     }
     drop(procs);
     env.finish().await;

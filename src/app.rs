@@ -51,7 +51,9 @@ impl Worker {
             RateLimitScope::Process => ApiGate::new(&settings.rate_limit),
             RateLimitScope::Global => {
                 let shared = SharedLimit::new(
-                    redis.connection(),
+                    redis
+                        .dedicated_connection(crate::ratelimit::shared::REDIS_TIMEOUT)
+                        .await?,
                     &settings.redis.namespace,
                     name.clone(),
                     ApiGate::shared_params(&settings.rate_limit),

@@ -77,10 +77,19 @@ impl RedisQueue {
         })
     }
 
-    /// A connection to the queue's Redis, for what else lives there (the
-    /// shared rate limit).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// A connection of its own to the queue's Redis, for what must not wait
+    /// behind the queue's bulk commands (the shared rate limit): answers on
+    /// one connection come in order, and a push of 500 jobs or a vacuum
+    /// would otherwise hold up every call queued after it.
+    pub async fn dedicated_connection(
+        &self,
+        response_timeout: Duration,
+    ) -> anyhow::Result<ConnectionManager> {
+        let config =
+            redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(response_timeout));
+        ConnectionManager::new_with_config(self.client.clone(), config)
+            .await
+            .context("cannot connect to Redis (redis.url)")
     }
 
     /// The queue's key prefix in Redis.

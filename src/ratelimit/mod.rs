@@ -100,6 +100,9 @@ fn governor_wait(limiter: &DefaultDirectRateLimiter) -> Duration {
 /// between them (scheduling, the network) would otherwise now and then put
 /// one request too many in the API's second, and each `429` costs a pause.
 pub const FIXED_RATE_MARGIN: f64 = 0.98;
+/// In global scope the requests come from several processes, each with its
+/// own scheduling jitter between the shared schedule and the wire.
+pub const GLOBAL_RATE_MARGIN: f64 = 0.97;
 
 /// The rate a fixed limit keeps to, requests per second.
 fn fixed_rate(settings: &RateLimitSettings) -> f64 {
@@ -163,7 +166,7 @@ impl ApiGate {
             rate: if settings.adaptive {
                 f64::from(settings.requests_per_second)
             } else {
-                fixed_rate(settings)
+                f64::from(settings.requests_per_second.max(1)) * GLOBAL_RATE_MARGIN
             },
             burst: settings.burst.max(1),
             adaptive: settings.adaptive,

@@ -40,7 +40,7 @@ impl Slot {
 /// A Redis answer slower than this counts as Redis being away. Generous:
 /// a busy machine delays answers by hundreds of milliseconds, and a false
 /// alarm puts this process on its local share, out of step with the others.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a process says it is alive, and how long it counts after.
 const MEMBER_HEARTBEAT: Duration = Duration::from_secs(1);
 const MEMBER_TTL: Duration = Duration::from_secs(3);
