@@ -72,14 +72,6 @@ impl Drop for UserLock {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct UserRow {
-    embedded_user_id: Option<String>,
-    username: Option<String>,
-    full_name: Option<String>,
-    state: String,
-}
-
 /// The newest event the worker has acted on for `host`, if any.
 pub async fn last_event_id(
     conn: &mut PgConnection,
@@ -91,25 +83,6 @@ pub async fn last_event_id(
             .fetch_optional(conn)
             .await?;
     Ok(id.flatten())
-}
-
-/// What the worker last knew of this host user's Embedded user.
-pub async fn synced(conn: &mut PgConnection, host: &HostUserId) -> sqlx::Result<Synced> {
-    let row: Option<UserRow> = sqlx::query_as(
-        "SELECT embedded_user_id, username, full_name, state FROM user_sync.users
-         WHERE host_user_id = $1",
-    )
-    .bind(host.as_str())
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map_or(Synced::Nothing, |row| {
-        synced_from(
-            &row.state,
-            row.embedded_user_id.as_deref(),
-            row.username.as_deref(),
-            row.full_name.as_deref(),
-        )
-    }))
 }
 
 /// The plan's view of a `user_sync.users` row.

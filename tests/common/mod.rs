@@ -227,8 +227,8 @@ impl Env {
         .expect("read conflicts")
     }
 
-    /// Removes every key of this test's namespace, as a flushed Redis would.
-    pub async fn flush_namespace(&self) {
+    /// A connection to the tests' Redis and the keys of this test's namespace.
+    async fn namespace_keys(&self) -> (redis::aio::MultiplexedConnection, Vec<String>) {
         let client = redis::Client::open(redis_url()).expect("redis url");
         let mut conn = client
             .get_multiplexed_async_connection()
@@ -239,6 +239,12 @@ impl Env {
             .query_async(&mut conn)
             .await
             .expect("list keys");
+        (conn, keys)
+    }
+
+    /// Removes every key of this test's namespace, as a flushed Redis would.
+    pub async fn flush_namespace(&self) {
+        let (mut conn, keys) = self.namespace_keys().await;
         if !keys.is_empty() {
             let _: () = redis::cmd("DEL")
                 .arg(keys)
@@ -250,16 +256,7 @@ impl Env {
 
     /// Every value stored under this test's namespace, for leak checks.
     pub async fn redis_dump(&self) -> String {
-        let client = redis::Client::open(redis_url()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis is reachable");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.namespace))
-            .query_async(&mut conn)
-            .await
-            .expect("list keys");
+        let (mut conn, keys) = self.namespace_keys().await;
         let mut out = String::new();
         for key in keys {
             let kind: String = redis::cmd("TYPE")
