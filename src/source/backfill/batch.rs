@@ -249,17 +249,7 @@ impl Run {
                         }),
                     }
                 }
-                let profiles: Vec<Profile> = linked.iter().map(|(_, u)| profile_of(u)).collect();
-                let found: Vec<Found<'_>> = linked
-                    .iter()
-                    .zip(&profiles)
-                    .map(|((host, user), profile)| Found {
-                        host,
-                        user: &user.user_id,
-                        profile,
-                    })
-                    .collect();
-                users::mark_synced_many(&mut self.conn, &found).await?;
+                self.mark_linked(&linked).await?;
                 self.summary.created += linked.len() as u64;
                 let release: Vec<&str> = release.iter().map(String::as_str).collect();
                 users::unlock_many(&mut self.conn, &release).await?;

@@ -468,19 +468,29 @@ impl Run {
         Ok(())
     }
 
-    /// Links host users to Embedded users found holding their username.
-    async fn adopt(&mut self, adopt: &[(&HostUserId, EmbeddedUser)]) -> anyhow::Result<()> {
-        let profiles: Vec<Profile> = adopt.iter().map(|(_, u)| profile_of(u)).collect();
-        let found: Vec<Found<'_>> = adopt
+    /// Records each host user as synced with its Embedded user, in one
+    /// statement.
+    async fn mark_linked<H: std::borrow::Borrow<HostUserId>>(
+        &mut self,
+        linked: &[(H, EmbeddedUser)],
+    ) -> anyhow::Result<()> {
+        let profiles: Vec<Profile> = linked.iter().map(|(_, u)| profile_of(u)).collect();
+        let found: Vec<Found<'_>> = linked
             .iter()
             .zip(&profiles)
             .map(|((host, user), profile)| Found {
-                host,
+                host: host.borrow(),
                 user: &user.user_id,
                 profile,
             })
             .collect();
         users::mark_synced_many(&mut self.conn, &found).await?;
+        Ok(())
+    }
+
+    /// Links host users to Embedded users found holding their username.
+    async fn adopt(&mut self, adopt: &[(&HostUserId, EmbeddedUser)]) -> anyhow::Result<()> {
+        self.mark_linked(adopt).await?;
         for (host, user) in adopt {
             tracing::debug!(host_user_id = %host, embedded_user_id = %user.user_id, "linked to an existing Embedded user");
         }
