@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod migrate;
+pub mod nodelay;
 pub mod users;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -32,6 +33,12 @@ pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Resu
         // No ping before each use: a broken connection fails the statement,
         // and every caller already retries (the job, the dispatcher loop).
         .test_before_acquire(false)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                nodelay::after_connect(conn).await;
+                Ok(())
+            })
+        })
         .connect_with(options)
         .await
         .context("cannot connect to the database (database.url)")?;
