@@ -612,3 +612,94 @@ async fn triggers_write_exactly_the_expected_events() {
     drop(conn);
     env.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_list_cut_mid_answer_is_read_again_never_used_in_part() {
+    let env = Env::start(SandboxOptions::default()).await;
+    // Unrelated Embedded users first, so that the holders of 2001..=2020
+    // come late in the list, past the point where the first answer is cut.
+    for i in 0..3000 {
+        env.sandbox
+            .insert_user(&format!("outsider{i}@example.com"), Some("Outsider"));
+    }
+    host_accounts(&env, 2100).await;
+    let proxy = cut_first_list(env.sandbox.base_url().clone(), 16 * 1024).await;
+    let base = proxy.url.to_string();
+    let (plan, _) = backfill_with(
+        &env,
+        &[("USER_SYNC__EMBEDDED__BASE_URL", base.as_str())],
+        dry(Mode::Batch, OutputFormat::Json),
+    )
+    .await;
+    // The first answer was cut, the second read whole.
+    assert_eq!(proxy.lists(), 2, "read again after the cut");
+    assert_eq!(env.sandbox.stats().route_total("GET /users"), 2);
+    assert_eq!(
+        plan.conflicts,
+        expected(2100).conflicts.len() as u64,
+        "{plan:?}"
+    );
+    env.finish().await;
+}
+
+/// A proxy in front of the sandbox that cuts the first `GET /users` answer
+/// after `keep` bytes, as a dropped connection would.
+struct CuttingProxy {
+    url: url::Url,
+    /// `GET /users` requests it has passed on (only the first is cut).
+    lists: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CuttingProxy {
+    fn lists(&self) -> u64 {
+        self.lists.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn cut_first_list(upstream: url::Url, keep: usize) -> CuttingProxy {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let url = url::Url::parse(&format!(
+        "http://{}/",
+        listener.local_addr().expect("proxy address")
+    ))
+    .expect("proxy url");
+    let target = format!(
+        "{}:{}",
+        upstream.host_str().expect("sandbox host"),
+        upstream.port().expect("sandbox port")
+    );
+    let lists = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = lists.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let target = target.clone();
+            let lists = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                let mut request = vec![0u8; 4096];
+                let Ok(n) = client.read(&mut request).await else {
+                    return;
+                };
+                let is_list = request[..n].starts_with(b"GET /users ");
+                if server.write_all(&request[..n]).await.is_err() {
+                    return;
+                }
+                if is_list && lists.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let mut answer = vec![0u8; keep];
+                    let _ = server.read_exact(&mut answer).await;
+                    let _ = client.write_all(&answer).await;
+                    return; // both connections close: the answer is cut
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    CuttingProxy { url, lists }
+}

@@ -522,11 +522,11 @@ impl Run {
         let mut attempt = 0u32;
         loop {
             let api = &self.api;
-            let mut stream = api
+            let stream = api
                 .call(Retry::Always, || api.client.list_users_stream())
                 .await
                 .context("GET /users (the snapshot of Embedded users)")?;
-            match snapshot::load(&mut self.conn, &mut stream).await {
+            match snapshot::load(&mut self.conn, stream).await {
                 Ok(n) => {
                     tracing::info!(embedded_users = n, "snapshot of Embedded users taken");
                     return Ok(n);

@@ -45,24 +45,59 @@ pub async fn discard(conn: &mut PgConnection) -> sqlx::Result<()> {
 /// Fills the snapshot from a `GET /users` stream, replacing what it held.
 /// Returns how many users it holds. An error mid-stream leaves a partial
 /// snapshot: the caller starts again.
+///
+/// The answer is read and parsed on a task of its own while the chunk
+/// before is written, so the two overlap; at most [`CHUNKS_AHEAD`] chunks
+/// wait in between, which keeps memory flat however long the list is.
 pub async fn load(
     conn: &mut PgConnection,
-    stream: &mut crate::embedded::client::UserStream,
+    stream: crate::embedded::client::UserStream,
 ) -> Result<u64, LoadError> {
     sqlx::query("TRUNCATE pg_temp.backfill_embedded")
         .execute(&mut *conn)
         .await?;
-    let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
+    let (chunks, mut arriving) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    let reader = tokio::spawn(read_chunks(stream, chunks));
     let mut total = 0u64;
+    while let Some(chunk) = arriving.recv().await {
+        // On an error the receiver drops, and the reader stops at its next
+        // send.
+        total += insert(conn, &chunk?).await?;
+    }
+    // The channel closes when the reader has sent everything (or its
+    // error), or when it panicked: only a clean end is a whole snapshot.
+    reader.await.map_err(|_| LoadError::ReaderStopped)?;
+    Ok(total)
+}
+
+/// Chunks parsed ahead of the one being written.
+const CHUNKS_AHEAD: usize = 2;
+
+/// Reads the stream into chunks of [`SNAPSHOT_CHUNK`] users; an error is
+/// the last item sent.
+async fn read_chunks(
+    mut stream: crate::embedded::client::UserStream,
+    chunks: tokio::sync::mpsc::Sender<Result<Vec<EmbeddedUser>, ApiError>>,
+) {
+    let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
     while let Some(user) = stream.next().await {
-        chunk.push(user?);
+        match user {
+            Ok(user) => chunk.push(user),
+            Err(error) => {
+                let _ = chunks.send(Err(error)).await;
+                return;
+            }
+        }
         if chunk.len() == SNAPSHOT_CHUNK {
-            total += insert(conn, &chunk).await?;
-            chunk.clear();
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(SNAPSHOT_CHUNK));
+            if chunks.send(Ok(full)).await.is_err() {
+                return;
+            }
         }
     }
-    total += insert(conn, &chunk).await?;
-    Ok(total)
+    if !chunk.is_empty() {
+        let _ = chunks.send(Ok(chunk)).await;
+    }
 }
 
 /// Why the snapshot could not be filled.
@@ -72,6 +107,8 @@ pub enum LoadError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    #[error("the reader of GET /users stopped before the end of the answer")]
+    ReaderStopped,
 }
 
 async fn insert(conn: &mut PgConnection, users: &[EmbeddedUser]) -> sqlx::Result<u64> {
@@ -172,18 +209,28 @@ pub async fn lookup(
                           AND trim(e.kind) = 'account_closure') AS closing
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(host, username, ord)
          LEFT JOIN user_sync.users u ON u.host_user_id = n.host
+         -- A synced or erased user is decided by its state alone: the
+         -- lookups below are skipped for it (each is gated on `open`).
+         CROSS JOIN LATERAL (
+             SELECT u.state IS NULL OR u.state NOT IN ('synced', 'erased') AS open) g
          LEFT JOIN LATERAL (
              SELECT o.host_user_id FROM user_sync.users o
-             WHERE o.username = n.username AND o.state IN ('creating', 'synced')
+             WHERE g.open AND o.username = n.username AND o.state IN ('creating', 'synced')
                AND o.host_user_id <> n.host
              LIMIT 1) h ON true
-         LEFT JOIN pg_temp.backfill_embedded s ON s.username = n.username
-         LEFT JOIN user_sync.users m
-             ON m.embedded_user_id = s.user_id AND m.host_user_id <> n.host
-         LEFT JOIN pg_temp.backfill_embedded c
-             ON u.state = 'creating' AND c.username = u.username
-         LEFT JOIN pg_temp.backfill_planned p
-             ON p.username = n.username AND p.host_user_id <> n.host
+         LEFT JOIN LATERAL (
+             SELECT s.user_id, s.username, s.full_name FROM pg_temp.backfill_embedded s
+             WHERE g.open AND s.username = n.username) s ON true
+         LEFT JOIN LATERAL (
+             SELECT m.host_user_id FROM user_sync.users m
+             WHERE g.open AND m.embedded_user_id = s.user_id AND m.host_user_id <> n.host
+             LIMIT 1) m ON true
+         LEFT JOIN LATERAL (
+             SELECT c.user_id, c.username, c.full_name FROM pg_temp.backfill_embedded c
+             WHERE u.state = 'creating' AND c.username = u.username) c ON true
+         LEFT JOIN LATERAL (
+             SELECT p.host_user_id FROM pg_temp.backfill_planned p
+             WHERE g.open AND p.username = n.username AND p.host_user_id <> n.host) p ON true
          ORDER BY n.ord",
     )
     .bind(&hosts)
