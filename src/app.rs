@@ -23,7 +23,8 @@ use crate::ratelimit::ApiGate;
 use crate::ratelimit::shared::SharedLimit;
 use crate::source::dispatcher::Dispatcher;
 use crate::source::sweeper;
-use crate::store;
+use crate::store::postgres::PgStore;
+use crate::store::{self, Store};
 use crate::sync::job::SyncContext;
 
 /// A started worker process.
@@ -44,6 +45,7 @@ impl Worker {
         let api = EmbeddedClient::new(&settings.embedded)?;
         let pool = store::connect(&settings.database, pool_size(settings)).await?;
         store::migrate::check_current(&pool).await?;
+        let store: Arc<dyn Store> = Arc::new(PgStore::new(pool));
         let redis = RedisQueue::connect(&settings.redis).await?;
         let name = queue::worker_name();
         let mut tasks = JoinSet::new();
@@ -68,7 +70,7 @@ impl Worker {
         let ops_addr = http::serve(
             settings.http.bind,
             OpsState {
-                pool: pool.clone(),
+                store: store.clone(),
                 queue: queue.clone(),
                 gate: gate.clone(),
             },
@@ -78,7 +80,7 @@ impl Worker {
 
         // Work stops being taken at once on shutdown; running jobs get the
         // grace period.
-        let dispatcher = Dispatcher::new(pool.clone(), queue.clone(), settings.dispatcher.clone());
+        let dispatcher = Dispatcher::new(store.clone(), queue.clone(), settings.dispatcher.clone());
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(error) = dispatcher.run(stop).await {
@@ -86,7 +88,7 @@ impl Worker {
             }
         });
         tasks.spawn(sweeper::run(
-            pool.clone(),
+            store.clone(),
             queue.clone(),
             settings.sweeper.clone(),
             shutdown.clone(),
@@ -98,7 +100,7 @@ impl Worker {
             shutdown.clone(),
         ));
         let ctx = SyncContext {
-            pool,
+            store,
             api,
             gate,
             worker: settings.worker.clone(),

@@ -15,7 +15,8 @@
 //! - [`embedded`]: the Embedded Users API: a typed client whose every answer is
 //!   an outcome the caller can act on, and `sandbox`, a faithful local simulator.
 //! - [`store`]: the worker's tables in the host database (outbox, users,
-//!   conflicts, erasures) and their migrations.
+//!   conflicts, erasures), their migrations, and the small traits through
+//!   which the pipeline reaches them (PostgreSQL in [`store::postgres`]).
 //! - [`source`]: where events come from: the dispatcher (outbox → queue,
 //!   woken by NOTIFY), the sweeper (re-dispatches what the queue lost), the
 //!   backfill of historical users, and triggers on the host's users table.

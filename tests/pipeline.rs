@@ -439,7 +439,7 @@ async fn a_flushed_queue_loses_nothing() {
         .await
         .expect("redis");
     let dispatcher = user_sync::source::dispatcher::Dispatcher::new(
-        env.pool.clone(),
+        std::sync::Arc::new(user_sync::store::postgres::PgStore::new(env.pool.clone())),
         user_sync::queue::shared(queue),
         env.settings().dispatcher,
     );

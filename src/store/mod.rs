@@ -1,12 +1,21 @@
 //! The worker's tables: the outbox's worker-owned columns, users, conflicts
-//! and erasures. PostgreSQL is the source of truth; the queue only carries
-//! ids of rows that live here.
+//! and erasures. The database is the source of truth; the queue only
+//! carries ids of rows that live here.
+//!
+//! The pipeline reaches them through three small traits, so that one
+//! dispatcher, one sweeper and one sync job serve every backend:
+//! [`Outbox`] (what the dispatcher and the sweeper do to the outbox),
+//! [`SyncStore`] and [`UserSession`] (what a job does to one host user's
+//! rows, under that user's lock), and [`Reports`] (what `status`,
+//! `conflicts` and the ops server read). [`postgres`] implements them on
+//! PostgreSQL.
 //!
 //! SQL lives next to the code that owns the table: [`events`] (the outbox),
 //! [`users`] (users, conflicts, erasures), [`migrate`].
 
 pub mod events;
 pub mod migrate;
+pub mod postgres;
 pub mod users;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -14,9 +23,145 @@ use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
 
 use crate::config::DatabaseSettings;
+use crate::domain::{EmbeddedUserId, HostUserId, Username};
+use crate::ops::status::{ConflictRow, Status};
+use crate::queue::JobQueue;
+use crate::sync::plan::Profile;
+use events::{EventState, NextEvent};
+use users::{Claim, ErasureOutcome, NewConflict};
+
+/// What the dispatcher and the sweeper do to the outbox.
+pub trait Outbox: Send + Sync {
+    /// Claims up to `limit` events due for dispatch and pushes one job per
+    /// event to `queue`. The events count as dispatched only once the queue
+    /// took them: a failed push, or a crash before it, leaves them to
+    /// dispatch again. Several dispatchers never claim one event at once.
+    /// Returns how many went to the queue.
+    fn dispatch_due<'a>(
+        &'a self,
+        limit: u32,
+        queue: &'a dyn JobQueue,
+    ) -> BoxFuture<'a, anyhow::Result<usize>>;
+    /// How long until the next snoozed event is due, if any is waiting.
+    fn next_due_in(&self) -> BoxFuture<'_, sqlx::Result<Option<Duration>>>;
+    /// Events dispatched more than `after` ago and still pending go back to
+    /// be dispatched (their job was lost). Returns how many.
+    fn sweep_stale(&self, after: Duration) -> BoxFuture<'_, sqlx::Result<u64>>;
+    /// What wakes the dispatcher when the host writes an event.
+    fn wake_ups(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn WakeUps>>>;
+}
+
+/// Signals that new events may be waiting in the outbox.
+pub trait WakeUps: Send {
+    /// Resolves at the next signal (and swallows those already there: one
+    /// batch serves them all). Never resolving is allowed: the dispatcher
+    /// polls as well.
+    fn next(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// What a sync job needs outside a user's lock.
+pub trait SyncStore: Send + Sync {
+    /// Takes the exclusive right to act on `host`, across every process
+    /// sharing the database, if nobody holds it.
+    fn lock_user<'a>(
+        &'a self,
+        host: &'a HostUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<Box<dyn UserSession>>>>;
+    /// Ends an event that has no valid host user to lock.
+    fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Puts an event back to be dispatched after `delay`, without counting
+    /// an attempt (its user was busy).
+    fn snooze(&self, id: i64, delay: Duration) -> BoxFuture<'_, sqlx::Result<()>>;
+}
+
+/// One host user's rows, under that user's lock. Every write commits on
+/// its own: an intent recorded here is durable before the API call it
+/// announces. Dropping the session without [`UserSession::release`]
+/// releases the lock too (with the connection).
+pub trait UserSession: Send {
+    /// The newest pending event of the user, with what the job must know
+    /// around it, in one round trip.
+    fn newest_pending(&mut self) -> BoxFuture<'_, sqlx::Result<Option<NextEvent>>>;
+    /// Ends one event.
+    fn finish<'a>(
+        &'a mut self,
+        id: i64,
+        state: EventState,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Ends every pending event of the user older than `newest`; returns
+    /// how many.
+    fn supersede_older(&mut self, newest: i64) -> BoxFuture<'_, sqlx::Result<u64>>;
+    /// Puts an event back to be dispatched after `delay`; `failed` counts
+    /// an attempt.
+    fn snooze<'a>(
+        &'a mut self,
+        id: i64,
+        delay: Duration,
+        failed: bool,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Records the intent to create `profile`, durably, before the create
+    /// is sent; a username another host user holds is refused.
+    fn claim_for_create<'a>(
+        &'a mut self,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Claim>>;
+    /// The other host user holding or claiming `username`, if any.
+    fn holder_of<'a>(
+        &'a mut self,
+        username: &'a Username,
+    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>>;
+    /// Records the user's Embedded user and profile and resolves its open
+    /// conflicts; with `applied`, that event ends `applied` too.
+    fn mark_synced<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        profile: &'a Profile,
+        event_id: i64,
+        applied: Option<i64>,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Records that the user has no Embedded user (in `state`), releasing
+    /// any username claim.
+    fn mark_without_user<'a>(
+        &'a mut self,
+        state: &'a str,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Reports a conflict once; returns whether a row was added.
+    fn report_conflict<'a>(
+        &'a mut self,
+        conflict: &'a NewConflict<'a>,
+    ) -> BoxFuture<'a, sqlx::Result<bool>>;
+    /// Completes a closure in one transaction: scrubs the user's email and
+    /// name from every table, records the erasure, ends the event.
+    fn erase<'a>(
+        &'a mut self,
+        embedded_user_id: Option<&'a EmbeddedUserId>,
+        closure_event_id: i64,
+        outcome: ErasureOutcome,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Releases the lock.
+    fn release(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>>;
+}
+
+/// What operators read: `status`, `conflicts`, `/readyz`, `/metrics`.
+pub trait Reports: Send + Sync {
+    /// Whether the database answers.
+    fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>>;
+    fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>>;
+    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>>;
+}
+
+/// Everything the pipeline needs of a backend.
+pub trait Store: Outbox + SyncStore + Reports {}
+
+impl<T: Outbox + SyncStore + Reports> Store for T {}
 
 /// Opens a pool on the configured database. Statement logging is off: a
 /// logged statement would print bound values, emails among them.
@@ -38,7 +183,7 @@ pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Resu
     Ok(pool)
 }
 
-/// A job outcome that wants the event tried again later.
+/// Whether `error` is a unique-constraint violation.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }

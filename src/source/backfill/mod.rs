@@ -51,6 +51,7 @@ use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser};
 use crate::ratelimit::{ApiGate, GateRefusal, full_jitter};
 use crate::source::host::{HostRow, HostSource};
 use crate::store;
+use crate::store::postgres::PgStore;
 use crate::store::users::{self, ConflictReason, Found, NewConflict};
 use crate::sync::job::{self, SyncContext};
 use crate::sync::plan::Profile;
@@ -156,7 +157,7 @@ pub async fn run(
             worker: settings.worker.clone(),
         },
         jobs: SyncContext {
-            pool: pool.clone(),
+            store: Arc::new(PgStore::new(pool.clone())),
             api: client,
             gate,
             worker: settings.worker.clone(),
@@ -500,18 +501,17 @@ impl Run {
     /// Records and reports a conflict, once, as the pipeline does.
     async fn conflict(&mut self, host: &HostUserId, c: &ConflictFound) -> anyhow::Result<()> {
         users::set_without_user(&mut self.conn, host, "conflict").await?;
-        job::report(
-            &mut self.conn,
-            &NewConflict {
-                host,
-                username: &c.username,
-                reason: c.reason,
-                holder_host_user_id: c.holder_host_user_id.as_ref(),
-                holder_embedded_user_id: c.holder_embedded_user_id.as_ref(),
-                event_id: None,
-            },
-        )
-        .await?;
+        let conflict = NewConflict {
+            host,
+            username: &c.username,
+            reason: c.reason,
+            holder_host_user_id: c.holder_host_user_id.as_ref(),
+            holder_embedded_user_id: c.holder_embedded_user_id.as_ref(),
+            event_id: None,
+        };
+        if users::report_conflict(&mut self.conn, &conflict).await? {
+            job::reported(&conflict);
+        }
         self.summary.conflicts += 1;
         Ok(())
     }
