@@ -7,13 +7,13 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Worker;
-use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
+use crate::config::{ConfigError, DatabaseKind, LogFormat, LogSettings, Settings};
 use crate::embedded::sandbox::{self, SandboxArgs};
-use crate::ops::status::{self, ConflictFormat, Status};
+use crate::ops::status::{self, ConflictFormat};
 use crate::source::backfill::{self, BackfillOptions, Mode, OutputFormat};
 use crate::source::host::HostSource;
 use crate::source::triggers;
-use crate::store;
+use crate::store::{self, Database};
 use crate::telemetry;
 
 /// Keeps a host product's users in step with its Embedded iPaaS account.
@@ -34,15 +34,20 @@ enum Command {
     ///
     /// Idempotent and safe on every deploy: applied migrations are skipped,
     /// concurrent runs wait for each other, and the bookkeeping lives in
-    /// `user_sync._sqlx_migrations`, apart from the host app's own.
+    /// `user_sync._sqlx_migrations`, apart from the host app's own. On
+    /// SQLite the tables are prefixed `user_sync_` (the outbox is
+    /// `user_sync_events`), with the queue's tables, and the bookkeeping is
+    /// `user_sync_migrations`.
     Migrate,
     /// Run the worker: dispatcher, sweeper, sync jobs and the ops server.
     ///
     /// Needs DATABASE_URL, REDIS_URL and EMBEDDED_API_KEY (or their
     /// configuration keys) and a migrated database. Serves /healthz, /readyz
     /// and /metrics on http.bind. Start as many processes as you like on one
-    /// database and one Redis. SIGTERM or Ctrl-C stops taking work and lets
-    /// running jobs finish (at most worker.shutdown_timeout_ms).
+    /// database and one Redis. With DATABASE_URL=sqlite:FILE no Redis is
+    /// used (the queue is in the same file) and one process works on a
+    /// file: a second one refuses to start. SIGTERM or Ctrl-C stops taking
+    /// work and lets running jobs finish (at most worker.shutdown_timeout_ms).
     Run,
     /// Print pending, failed and invalid events, synced users, open
     /// conflicts, erasures and the outbox lag.
@@ -157,9 +162,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let settings = load_settings()?;
-            let pool = store::connect(&settings.database, 1).await?;
-            let applied = store::migrate::run(&pool).await?;
-            println!("migrations applied: {applied} (schema user_sync is up to date)");
+            let database = Database::connect(&settings.database, 1).await?;
+            let applied = database.migrate().await?;
+            let up_to_date = match database {
+                Database::Postgres(_) => "schema user_sync is up to date",
+                Database::Sqlite(_) => "the user_sync_ tables are up to date",
+            };
+            println!("migrations applied: {applied} ({up_to_date})");
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
@@ -176,8 +185,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json } => {
             let settings = load_settings()?;
-            let pool = store::connect(&settings.database, 1).await?;
-            let status = Status::load(&pool).await?;
+            let store = Database::connect(&settings.database, 1).await?.into_store();
+            let status = store.status().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -194,6 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_progress,
         } => {
             let settings = load_settings()?;
+            postgres_only(&settings, "backfill")?;
             let options = BackfillOptions {
                 mode,
                 dry_run,
@@ -219,6 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::InstallTriggers { drop } => {
             let settings = load_settings()?;
+            postgres_only(&settings, "install-triggers")?;
             let target = settings.source.target()?;
             let pool = store::connect(&settings.database, 1).await?;
             let mut conn = pool.acquire().await?;
@@ -243,8 +254,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Conflicts { format } => {
             let settings = load_settings()?;
-            let pool = store::connect(&settings.database, 1).await?;
-            let rows = status::open_conflicts(&pool).await?;
+            let store = Database::connect(&settings.database, 1).await?.into_store();
+            let rows = store.open_conflicts().await?;
             print!("{}", status::render_conflicts(&rows, format)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -272,6 +283,15 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Fails with a clear message for a command not available on SQLite yet.
+fn postgres_only(settings: &Settings, command: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        settings.database.kind()? == DatabaseKind::Postgres,
+        "`user-sync {command}` needs a PostgreSQL database.url; it is not available on SQLite yet"
+    );
+    Ok(())
 }
 
 /// Loads the settings and starts logging as they say.

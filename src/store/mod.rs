@@ -8,7 +8,8 @@
 //! [`SyncStore`] and [`UserSession`] (what a job does to one host user's
 //! rows, under that user's lock), and [`Reports`] (what `status`,
 //! `conflicts` and the ops server read). [`postgres`] implements them on
-//! PostgreSQL.
+//! PostgreSQL, [`sqlite`] on a SQLite file; [`Database`] picks one from
+//! `database.url`.
 //!
 //! SQL lives next to the code that owns the table: [`events`] (the outbox),
 //! [`users`] (users, conflicts, erasures), [`migrate`].
@@ -16,17 +17,20 @@
 pub mod events;
 pub mod migrate;
 pub mod postgres;
+pub mod sqlite;
 pub mod users;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
+use sqlx::SqlitePool;
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseKind, DatabaseSettings};
 use crate::domain::{EmbeddedUserId, HostUserId, Username};
 use crate::ops::status::{ConflictRow, Status};
 use crate::queue::JobQueue;
@@ -163,7 +167,57 @@ pub trait Store: Outbox + SyncStore + Reports {}
 
 impl<T: Outbox + SyncStore + Reports> Store for T {}
 
-/// Opens a pool on the configured database. Statement logging is off: a
+/// The database `database.url` names, connected: PostgreSQL (beside Redis)
+/// or a SQLite file (the embedded default, queue included).
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Database {
+    /// Connects with at least `min_size` connections.
+    pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<Self> {
+        Ok(match settings.kind()? {
+            DatabaseKind::Postgres => Self::Postgres(connect(settings, min_size).await?),
+            DatabaseKind::Sqlite => Self::Sqlite(sqlite::connect(settings, min_size).await?),
+        })
+    }
+
+    /// Applies the migrations not applied yet; returns how many ran.
+    pub async fn migrate(&self) -> anyhow::Result<usize> {
+        match self {
+            Self::Postgres(pool) => migrate::run(pool).await,
+            Self::Sqlite(pool) => sqlite::migrate(pool).await,
+        }
+    }
+
+    /// Fails, saying what to run, when a migration is missing.
+    pub async fn check_current(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Postgres(pool) => migrate::check_current(pool).await,
+            Self::Sqlite(pool) => sqlite::check_current(pool).await,
+        }
+    }
+
+    /// The pipeline's storage on this database. One per process: on
+    /// SQLite it holds the process's per-user locks.
+    pub fn into_store(self) -> Arc<dyn Store> {
+        match self {
+            Self::Postgres(pool) => Arc::new(postgres::PgStore::new(pool)),
+            Self::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool)),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Opens a pool on the configured PostgreSQL database. Statement logging is off: a
 /// logged statement would print bound values, emails among them.
 pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<PgPool> {
     use anyhow::Context;
@@ -185,5 +239,5 @@ pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Resu
 
 /// Whether `error` is a unique-constraint violation.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }
