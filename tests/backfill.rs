@@ -38,7 +38,7 @@ async fn host_accounts(env: &Env, n: i64) {
         } else {
             query
         };
-        query.execute(&env.pool).await.expect("host accounts");
+        query.execute(env.pg()).await.expect("host accounts");
     }
     for id in 2001..=2020 {
         env.sandbox
@@ -143,7 +143,7 @@ async fn assert_final_state(env: &Env, e: &Expected) {
         "SELECT host_user_id, embedded_user_id, username FROM user_sync.users
          WHERE state = 'synced'",
     )
-    .fetch_all(&env.pool)
+    .fetch_all(env.pg())
     .await
     .expect("synced users");
     let synced_hosts: BTreeSet<String> = synced.iter().map(|s| s.0.clone()).collect();
@@ -232,7 +232,7 @@ async fn backfill_both_ways(mode: Mode, n: i64) {
     assert!(listing.starts_with("host_user_id,username,reason,"));
     assert!(rows.contains(&"1001,user1@example.com,taken_by_host_user,1,"));
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_sync.users")
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .expect("count");
     assert_eq!(stored, 0, "a dry run writes nothing");
@@ -336,7 +336,7 @@ async fn killed_then_run_again(mode: Mode, n: i64, args: &[&str], extra: &[(&str
     );
     let synced_before: i64 =
         sqlx::query_scalar("SELECT count(*) FROM user_sync.users WHERE state = 'synced'")
-            .fetch_one(&env.pool)
+            .fetch_one(env.pg())
             .await
             .expect("count");
     env.sandbox.update_faults(FaultUpdate {
@@ -533,7 +533,7 @@ async fn a_custom_query_source_is_paged_too() {
     assert_eq!(done.closed_skipped, None);
     let synced: i64 =
         sqlx::query_scalar("SELECT count(*) FROM user_sync.users WHERE state = 'synced'")
-            .fetch_one(&env.pool)
+            .fetch_one(env.pg())
             .await
             .expect("count");
     assert_eq!(synced as usize, e.mapped.len());
@@ -543,7 +543,7 @@ async fn a_custom_query_source_is_paged_too() {
 
 async fn events(env: &Env) -> Vec<(String, String, Option<String>, Option<String>)> {
     sqlx::query_as("SELECT host_user_id, kind, email, full_name FROM user_sync.events ORDER BY id")
-        .fetch_all(&env.pool)
+        .fetch_all(env.pg())
         .await
         .expect("events")
 }
@@ -554,7 +554,7 @@ async fn triggers_write_exactly_the_expected_events() {
     host_accounts(&env, 0).await;
     let settings = env.settings_with(&source_vars());
     let target = settings.source.target().expect("a source");
-    let mut conn = env.pool.acquire().await.expect("conn");
+    let mut conn = env.pg().acquire().await.expect("conn");
     let source = user_sync::source::host::HostSource::check(&mut conn, target)
         .await
         .expect("source checks");
@@ -568,7 +568,7 @@ async fn triggers_write_exactly_the_expected_events() {
         .expect("install again");
 
     let run = |sql: &'static str| {
-        let pool = env.pool.clone();
+        let pool = env.pg().clone();
         async move { sqlx::query(sql).execute(&pool).await.expect(sql) }
     };
     run("INSERT INTO public.accounts (id, email, display_name) VALUES (1, 'a@x.io', 'A')").await;
