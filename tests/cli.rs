@@ -242,6 +242,8 @@ async fn configuration_errors_are_one_line_naming_the_key() {
 on_each_backend!(
     run_on_a_database_never_migrated_says_to_migrate,
     status_and_conflicts_report_what_the_pipeline_did,
+    health_readiness_and_metrics,
+    logs_never_contain_personal_data,
 );
 
 async fn run_on_a_database_never_migrated_says_to_migrate(backend: Backend) {
@@ -478,9 +480,8 @@ async fn on_sqlite_one_process_per_file_and_a_killed_one_is_replaced() {
 // Ops endpoints
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_readiness_and_metrics() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn health_readiness_and_metrics(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let run = Running::start(&env).await;
     let addr = run.worker.ops_addr;
     let http = http();
@@ -550,9 +551,8 @@ async fn health_readiness_and_metrics() {
 // Logs
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_never_contain_personal_data() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn logs_never_contain_personal_data(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let mut vars = env.vars();
     vars.insert("USER_SYNC__LOG__LEVEL".into(), "debug".into());
     vars.insert("USER_SYNC__LOG__FORMAT".into(), "json".into());

@@ -690,15 +690,9 @@ async fn an_event_committed_late_never_overwrites_a_newer_one() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_for_one_user_never_overlap_across_processes() {
-    let env = Env::start(SandboxOptions {
-        latency: Duration::from_millis(20),
-        ..SandboxOptions::default()
-    })
-    .await;
-    let a = Running::start(&env).await;
-    let b = Running::start(&env).await;
+/// Forty quick changes of one user while workers run: never two calls for
+/// the user at once, one create, and the last name wins.
+async fn forty_quick_changes_of_one_user(env: &Env) {
     env.signup("u1", "busy@example.com", Some("Name 0")).await;
     for round in 1..=40 {
         env.event(
@@ -719,6 +713,37 @@ async fn calls_for_one_user_never_overlap_across_processes() {
     let users = env.sandbox.users();
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].full_name.as_deref(), Some("Name 40"));
+}
+
+/// On SQLite one process works on a file: its jobs for one user never
+/// overlap either (the per-user lock is in the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_one_user_never_overlap_in_one_sqlite_process() {
+    let env = Env::start_on(
+        Backend::Sqlite,
+        SandboxOptions {
+            latency: Duration::from_millis(20),
+            ..SandboxOptions::default()
+        },
+    )
+    .await;
+    let run = Running::start(&env).await;
+    forty_quick_changes_of_one_user(&env).await;
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_one_user_never_overlap_across_processes() {
+    let env = Env::start(SandboxOptions {
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let a = Running::start(&env).await;
+    let b = Running::start(&env).await;
+    forty_quick_changes_of_one_user(&env).await;
 
     a.stop().await;
     b.stop().await;
