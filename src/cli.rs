@@ -7,13 +7,13 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Worker;
-use crate::config::{ConfigError, DatabaseKind, LogFormat, LogSettings, Settings};
+use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::embedded::sandbox::{self, SandboxArgs};
 use crate::ops::status::{self, ConflictFormat};
 use crate::source::backfill::{self, BackfillOptions, Mode, OutputFormat};
 use crate::source::host::HostSource;
 use crate::source::triggers;
-use crate::store::{self, Database};
+use crate::store::Database;
 use crate::telemetry;
 
 /// Keeps a host product's users in step with its Embedded iPaaS account.
@@ -203,7 +203,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             no_progress,
         } => {
             let settings = load_settings()?;
-            postgres_only(&settings, "backfill")?;
             let options = BackfillOptions {
                 mode,
                 dry_run,
@@ -229,26 +228,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::InstallTriggers { drop } => {
             let settings = load_settings()?;
-            postgres_only(&settings, "install-triggers")?;
             let target = settings.source.target()?;
-            let pool = store::connect(&settings.database, 1).await?;
-            let mut conn = pool.acquire().await?;
-            let source = HostSource::check(&mut conn, target).await?;
-            let table = source.checked_table()?;
-            if drop {
-                let done = triggers::drop(&mut conn, table).await?;
-                println!(
-                    "triggers removed from {} ({}() dropped)",
-                    done.table, done.function
-                );
-            } else {
-                let done = triggers::install(&mut conn, table).await?;
-                println!(
-                    "triggers installed on {}: {} calls {}()",
-                    done.table,
-                    triggers::TRIGGER,
-                    done.function
-                );
+            match Database::connect(&settings.database, 1).await? {
+                Database::Postgres(pool) => {
+                    let mut conn = pool.acquire().await?;
+                    let source = HostSource::check(&mut conn, target).await?;
+                    let table = source.checked_table()?;
+                    if drop {
+                        let done = triggers::drop(&mut conn, table).await?;
+                        println!(
+                            "triggers removed from {} ({}() dropped)",
+                            done.table, done.function
+                        );
+                    } else {
+                        let done = triggers::install(&mut conn, table).await?;
+                        println!(
+                            "triggers installed on {}: {} calls {}()",
+                            done.table,
+                            triggers::TRIGGER,
+                            done.function
+                        );
+                    }
+                }
+                Database::Sqlite(pool) => {
+                    let mut conn = pool.acquire().await?;
+                    let source = HostSource::check_sqlite(&mut conn, target).await?;
+                    let table = source.checked_table()?;
+                    if drop {
+                        let done = triggers::sqlite::drop(&mut conn, table).await?;
+                        println!("triggers removed from {} ({})", done.table, done.function);
+                    } else {
+                        let done = triggers::sqlite::install(&mut conn, table).await?;
+                        println!("triggers installed on {}: {}", done.table, done.function);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -283,15 +296,6 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-}
-
-/// Fails with a clear message for a command not available on SQLite yet.
-fn postgres_only(settings: &Settings, command: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        settings.database.kind()? == DatabaseKind::Postgres,
-        "`user-sync {command}` needs a PostgreSQL database.url; it is not available on SQLite yet"
-    );
-    Ok(())
 }
 
 /// Loads the settings and starts logging as they say.

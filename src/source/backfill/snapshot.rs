@@ -139,8 +139,9 @@ pub async fn plan_creates(conn: &mut PgConnection, planned: &[(&str, &str)]) -> 
     Ok(())
 }
 
+/// One row of a page lookup, on either backend.
 #[derive(sqlx::FromRow)]
-struct LookupRow {
+pub(super) struct LookupRow {
     state: Option<String>,
     holder: Option<String>,
     s_user_id: Option<String>,
@@ -190,22 +191,26 @@ pub async fn lookup(
     .bind(&usernames)
     .fetch_all(conn)
     .await?;
-    let host = |h: Option<String>| h.and_then(|h| HostUserId::parse(&h).ok());
-    Ok(rows
-        .into_iter()
-        .map(|r| Known {
-            state: r.state,
-            claimed_found: embedded(r.c_user_id, r.c_username, r.c_full_name),
-            holder: host(r.holder),
-            in_embedded: embedded(r.s_user_id, r.s_username, r.s_full_name),
-            in_embedded_mapped_to: host(r.s_mapped_to),
-            planned_by: host(r.planned_by),
-            closing: r.closing,
-        })
-        .collect())
+    Ok(rows.into_iter().map(LookupRow::into_known).collect())
 }
 
-fn embedded(
+impl LookupRow {
+    pub(super) fn into_known(self) -> Known {
+        let host = |h: Option<String>| h.and_then(|h| HostUserId::parse(&h).ok());
+        Known {
+            state: self.state,
+            claimed_found: embedded(self.c_user_id, self.c_username, self.c_full_name),
+            holder: host(self.holder),
+            in_embedded: embedded(self.s_user_id, self.s_username, self.s_full_name),
+            in_embedded_mapped_to: host(self.s_mapped_to),
+            planned_by: host(self.planned_by),
+            closing: self.closing,
+        }
+    }
+}
+
+/// An Embedded user from a snapshot row, if the row has one.
+pub(super) fn embedded(
     id: Option<String>,
     username: Option<String>,
     full_name: Option<String>,

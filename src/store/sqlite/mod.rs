@@ -13,7 +13,7 @@
 //! - **Times are text** (`YYYY-MM-DDTHH:MM:SS.sssZ`, UTC), written by the
 //!   worker's clock, so that they compare in order.
 
-mod session;
+pub(crate) mod session;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,11 @@ impl SqliteStore {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The process's per-user locks, for the backfill to share.
+    pub(crate) fn locks(&self) -> UserLocks {
+        self.locks.clone()
     }
 }
 
@@ -207,7 +212,7 @@ pub(crate) struct UserLocks(Arc<Mutex<HashSet<String>>>);
 
 impl UserLocks {
     /// Takes `host`'s lock if it is free; dropping the guard releases it.
-    fn try_lock(&self, host: &HostUserId) -> Option<UserLockGuard> {
+    pub(crate) fn try_lock(&self, host: &HostUserId) -> Option<UserLockGuard> {
         let mut held = self
             .0
             .lock()

@@ -96,54 +96,88 @@ async fn mark_applied(
     Ok(())
 }
 
+/// Records the intent to create `profile` for `host` (see
+/// [`crate::store::users::claim_for_create`]); a username another host
+/// user holds is refused.
+pub(crate) async fn claim_for_create(
+    pool: &SqlitePool,
+    host: &HostUserId,
+    profile: &Profile,
+    event_id: i64,
+) -> sqlx::Result<Claim> {
+    let claimed = sqlx::query_scalar::<_, String>(
+        "INSERT INTO user_sync_users
+             (host_user_id, username, full_name, state, last_event_id, updated_at)
+         SELECT ?1, ?2, ?3, 'creating', ?4, ?5
+         WHERE NOT EXISTS (
+             SELECT 1 FROM user_sync_users
+             WHERE username = ?2 AND state IN ('creating', 'synced') AND host_user_id <> ?1)
+         ON CONFLICT (host_user_id) DO UPDATE
+         SET username = excluded.username, full_name = excluded.full_name,
+             embedded_user_id = NULL, state = 'creating',
+             last_event_id = excluded.last_event_id, updated_at = excluded.updated_at
+         RETURNING host_user_id",
+    )
+    .bind(host.as_str())
+    .bind(profile.username.as_str())
+    .bind(profile.full_name.as_ref().map(FullName::as_str))
+    .bind(event_id)
+    .bind(now_text())
+    .fetch_optional(pool)
+    .await;
+    match claimed {
+        Ok(Some(_)) => Ok(Claim::Claimed),
+        Ok(None) => taken(pool, &profile.username, host).await,
+        Err(e) if is_unique_violation(&e) => taken(pool, &profile.username, host).await,
+        Err(e) => Err(e),
+    }
+}
+
+async fn taken(pool: &SqlitePool, username: &Username, host: &HostUserId) -> sqlx::Result<Claim> {
+    let holder = holder_of(pool, username, host).await?;
+    Ok(Claim::TakenBy(holder.unwrap_or_else(|| host.clone())))
+}
+
+/// The other host user holding or claiming `username`, if any.
+pub(crate) async fn holder_of(
+    pool: &SqlitePool,
+    username: &Username,
+    except: &HostUserId,
+) -> sqlx::Result<Option<HostUserId>> {
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT host_user_id FROM user_sync_users
+         WHERE username = ?1 AND state IN ('creating', 'synced') AND host_user_id <> ?2
+         LIMIT 1",
+    )
+    .bind(username.as_str())
+    .bind(except.as_str())
+    .fetch_optional(pool)
+    .await?;
+    Ok(holder.and_then(|h| HostUserId::parse(&h).ok()))
+}
+
+/// Reports a conflict once; returns whether a row was added.
+pub(crate) async fn report_conflict(pool: &SqlitePool, c: &NewConflict<'_>) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "INSERT INTO user_sync_conflicts
+             (host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id,
+              event_id, detected_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(c.host.as_str())
+    .bind(c.username.as_str())
+    .bind(c.reason.as_str())
+    .bind(c.holder_host_user_id.map(HostUserId::as_str))
+    .bind(c.holder_embedded_user_id.map(EmbeddedUserId::as_str))
+    .bind(c.event_id)
+    .bind(now_text())
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
 impl SqliteUserSession {
-    async fn claim(&self, profile: &Profile, event_id: i64) -> sqlx::Result<Claim> {
-        let claimed = sqlx::query_scalar::<_, String>(
-            "INSERT INTO user_sync_users
-                 (host_user_id, username, full_name, state, last_event_id, updated_at)
-             SELECT ?1, ?2, ?3, 'creating', ?4, ?5
-             WHERE NOT EXISTS (
-                 SELECT 1 FROM user_sync_users
-                 WHERE username = ?2 AND state IN ('creating', 'synced') AND host_user_id <> ?1)
-             ON CONFLICT (host_user_id) DO UPDATE
-             SET username = excluded.username, full_name = excluded.full_name,
-                 embedded_user_id = NULL, state = 'creating',
-                 last_event_id = excluded.last_event_id, updated_at = excluded.updated_at
-             RETURNING host_user_id",
-        )
-        .bind(self.host.as_str())
-        .bind(profile.username.as_str())
-        .bind(profile.full_name.as_ref().map(FullName::as_str))
-        .bind(event_id)
-        .bind(now_text())
-        .fetch_optional(&self.pool)
-        .await;
-        match claimed {
-            Ok(Some(_)) => Ok(Claim::Claimed),
-            Ok(None) => self.taken(&profile.username).await,
-            Err(e) if is_unique_violation(&e) => self.taken(&profile.username).await,
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn taken(&self, username: &Username) -> sqlx::Result<Claim> {
-        let holder = self.holder(username).await?;
-        Ok(Claim::TakenBy(holder.unwrap_or_else(|| self.host.clone())))
-    }
-
-    async fn holder(&self, username: &Username) -> sqlx::Result<Option<HostUserId>> {
-        let holder: Option<String> = sqlx::query_scalar(
-            "SELECT host_user_id FROM user_sync_users
-             WHERE username = ?1 AND state IN ('creating', 'synced') AND host_user_id <> ?2
-             LIMIT 1",
-        )
-        .bind(username.as_str())
-        .bind(self.host.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(holder.and_then(|h| HostUserId::parse(&h).ok()))
-    }
-
     async fn synced(
         &self,
         id: &EmbeddedUserId,
@@ -201,26 +235,6 @@ impl SqliteUserSession {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-
-    async fn conflict(&self, c: &NewConflict<'_>) -> sqlx::Result<bool> {
-        let result = sqlx::query(
-            "INSERT INTO user_sync_conflicts
-                 (host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id,
-                  event_id, detected_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(c.host.as_str())
-        .bind(c.username.as_str())
-        .bind(c.reason.as_str())
-        .bind(c.holder_host_user_id.map(HostUserId::as_str))
-        .bind(c.holder_embedded_user_id.map(EmbeddedUserId::as_str))
-        .bind(c.event_id)
-        .bind(now_text())
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
     }
 
     async fn erased(
@@ -338,14 +352,14 @@ impl UserSession for SqliteUserSession {
         profile: &'a Profile,
         event_id: i64,
     ) -> BoxFuture<'a, sqlx::Result<Claim>> {
-        Box::pin(self.claim(profile, event_id))
+        Box::pin(claim_for_create(&self.pool, &self.host, profile, event_id))
     }
 
     fn holder_of<'a>(
         &'a mut self,
         username: &'a Username,
     ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
-        Box::pin(self.holder(username))
+        Box::pin(holder_of(&self.pool, username, &self.host))
     }
 
     fn mark_synced<'a>(
@@ -370,7 +384,7 @@ impl UserSession for SqliteUserSession {
         &'a mut self,
         conflict: &'a NewConflict<'a>,
     ) -> BoxFuture<'a, sqlx::Result<bool>> {
-        Box::pin(self.conflict(conflict))
+        Box::pin(report_conflict(&self.pool, conflict))
     }
 
     fn erase<'a>(
