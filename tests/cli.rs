@@ -442,6 +442,14 @@ async fn on_sqlite_one_process_per_file_and_a_killed_one_is_replaced() {
         second.stderr.contains("one process per database file"),
         "{second}"
     );
+    let mut backfill_vars = vars.clone();
+    backfill_vars.insert("USER_SYNC__SOURCE__TABLE".into(), "accounts".into());
+    let backfill = run_once(&backfill_vars, &["backfill", "--no-progress"]).await;
+    assert!(!backfill.status.success(), "{backfill}");
+    assert!(
+        backfill.stderr.contains("one process per database file"),
+        "a backfill beside run on one SQLite file: {backfill}"
+    );
 
     for i in 0..30 {
         env.signup(&format!("k{i}"), &format!("kill{i}@example.com"), None)

@@ -265,14 +265,44 @@ impl Env {
         .expect("a scalar query")
     }
 
-    /// The rows of two text columns `sql` returns.
-    pub async fn pairs(&self, sql: &str) -> Vec<(Option<String>, Option<String>)> {
+    /// The rows `sql` returns.
+    pub async fn rows<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + Send
+            + Unpin,
+    {
         let sql = sqlx::AssertSqlSafe(self.sql(sql));
         match &self.db_pool {
             DbPool::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
             DbPool::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
         }
-        .expect("a query of two columns")
+        .expect("a query")
+    }
+
+    /// The rows of two text columns `sql` returns.
+    pub async fn pairs(&self, sql: &str) -> Vec<(Option<String>, Option<String>)> {
+        self.rows(sql).await
+    }
+
+    /// Runs `sql`, with `$1` bound to `n` when it has one.
+    pub async fn execute(&self, sql: &str, n: i64) {
+        let binds = sql.contains("$1");
+        let sql = sqlx::AssertSqlSafe(self.sql(sql));
+        match &self.db_pool {
+            DbPool::Postgres(pool) => {
+                let query = sqlx::query(sql);
+                let query = if binds { query.bind(n) } else { query };
+                query.execute(pool).await.map(|_| ())
+            }
+            DbPool::Sqlite(pool) => {
+                let query = sqlx::query(sql);
+                let query = if binds { query.bind(n) } else { query };
+                query.execute(pool).await.map(|_| ())
+            }
+        }
+        .expect("a statement");
     }
 
     /// Writes one outbox event the way a host app does; returns its id.
