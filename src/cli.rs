@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Worker;
 use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
+use crate::demo::{self, DemoArgs};
 use crate::embedded::sandbox::{self, SandboxArgs};
 use crate::ops::status::{self, ConflictFormat};
 use crate::source::backfill::{self, BackfillOptions, Mode, OutputFormat};
@@ -70,6 +71,15 @@ enum Command {
     /// For tests, benchmarks and developing against the worker offline.
     /// Counters and fault controls are under /_admin/ (stats, users, faults, reset).
     Sandbox(SandboxArgs),
+    /// Run the whole job on this machine, with nothing else installed: a
+    /// SQLite host database with seeded users, the sandbox (rate-limited,
+    /// with server errors), the backfill, then live signups, profile
+    /// changes and closures through the outbox, and a checked summary.
+    ///
+    /// Exits 0 when every open account has its Embedded user or a reported
+    /// conflict, every seeded conflict is reported and every closure is
+    /// deleted; 1 otherwise.
+    Demo(DemoArgs),
     /// Create an Embedded user for every open account of the host that has
     /// none (the accounts from before the worker).
     ///
@@ -159,6 +169,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             sandbox::serve(args).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            // Quiet logs: the demo tells its own story on stdout.
+            telemetry::init(&LogSettings {
+                format: LogFormat::Auto,
+                level: "error".into(),
+            });
+            let report = demo::run(&args).await?;
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Migrate => {
             let settings = load_settings()?;

@@ -26,11 +26,14 @@
 //!   401 pauses, backoff).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, `status` and `conflicts`.
 //! - [`app`]: one `user-sync run` process, assembled from the parts above.
+//! - [`demo`]: `user-sync demo`, the whole job on one machine: SQLite, the
+//!   sandbox, a backfill and live traffic, then a checked summary.
 //! - [`cli`]: the `user-sync` command line; `main.rs` only calls it.
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod embedded;
 pub mod ops;
