@@ -176,7 +176,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format: LogFormat::Auto,
                 level: "error".into(),
             });
-            let report = demo::run(&args).await?;
+            let cancel = CancellationToken::new();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                stop.cancel();
+            });
+            let report = demo::run(&args, cancel).await?;
             Ok(if report.passed() {
                 ExitCode::SUCCESS
             } else {

@@ -16,11 +16,13 @@
 //!   an outcome the caller can act on, and `sandbox`, a faithful local simulator.
 //! - [`store`]: the worker's tables in the host database (outbox, users,
 //!   conflicts, erasures), their migrations, and the small traits through
-//!   which the pipeline reaches them (PostgreSQL in [`store::postgres`]).
+//!   which the pipeline reaches them (PostgreSQL in [`store::postgres`],
+//!   a SQLite file in [`store::sqlite`]).
 //! - [`source`]: where events come from: the dispatcher (outbox → queue,
-//!   woken by NOTIFY), the sweeper (re-dispatches what the queue lost), the
+//!   woken by NOTIFY, or polling on SQLite), the sweeper (re-dispatches what the queue lost), the
 //!   backfill of historical users, and triggers on the host's users table.
-//! - [`queue`]: the apalis job queue on Redis; jobs carry ids only.
+//! - [`queue`]: the apalis job queue, on Redis or in the SQLite file; jobs
+//!   carry ids only.
 //! - [`sync`]: the pure `plan` and the job that carries it out.
 //! - [`ratelimit`]: the gate every API call passes (rate limit, 429 and
 //!   401 pauses, backoff).

@@ -51,8 +51,10 @@ pub struct DemoArgs {
     pub users: i64,
 }
 
-/// Runs the demo; prints as it goes and returns the report.
-pub async fn run(args: &DemoArgs) -> anyhow::Result<Report> {
+/// Runs the demo; prints as it goes and returns the report. `cancel`
+/// (Ctrl-C) stops it after the current step, and the temporary folder is
+/// removed all the same.
+pub async fn run(args: &DemoArgs, cancel: CancellationToken) -> anyhow::Result<Report> {
     let started = Instant::now();
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
@@ -70,7 +72,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<Report> {
         "{} already exists: give --dir an empty folder",
         db_file.display()
     );
-    let result = demo(args, &dir, &db_file, started).await;
+    let result = demo(args, &dir, &db_file, started, cancel).await;
     if !args.keep && args.dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -82,6 +84,7 @@ async fn demo(
     dir: &Path,
     db_file: &Path,
     started: Instant,
+    cancel: CancellationToken,
 ) -> anyhow::Result<Report> {
     let api_key = format!("demo-{:016x}", rand::random::<u64>());
     let sandbox = Sandbox::start(
@@ -125,13 +128,8 @@ async fn demo(
         progress: true,
         ..BackfillOptions::default()
     };
-    let backfilled = backfill::run(
-        &settings,
-        &options,
-        &mut Vec::new(),
-        CancellationToken::new(),
-    )
-    .await?;
+    let backfilled = backfill::run(&settings, &options, &mut Vec::new(), cancel.clone()).await?;
+    anyhow::ensure!(!cancel.is_cancelled(), "the demo was interrupted");
     let backfill_seconds = backfill_started.elapsed().as_secs_f64();
     println!(
         "   {} created, {} conflicts reported, {} closed accounts skipped, in {backfill_seconds:.1} s",
@@ -150,7 +148,7 @@ async fn demo(
     let live_started = Instant::now();
     let burst = seed::burst(&pool, args.users, size).await?;
     let store = SqliteStore::new(pool.clone());
-    let settled = settle(&store).await;
+    let settled = settle(&store, &cancel).await;
     let live_seconds = live_started.elapsed().as_secs_f64();
     shutdown.cancel();
     worker.stopped().await;
@@ -224,9 +222,10 @@ fn settings(
 }
 
 /// Waits until the outbox has nothing pending.
-async fn settle(store: &SqliteStore) -> anyhow::Result<()> {
+async fn settle(store: &SqliteStore, cancel: &CancellationToken) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
+        anyhow::ensure!(!cancel.is_cancelled(), "the demo was interrupted");
         let pending = store.status().await?.pending_events;
         if pending == 0 {
             return Ok(());

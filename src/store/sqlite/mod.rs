@@ -5,7 +5,7 @@
 //!
 //! What differs from PostgreSQL, and why:
 //! - **One process per file.** SQLite has no advisory locks, so the
-//!   per-user lock is a set in the process ([`UserLocks`]), and a process
+//!   per-user lock is a set in the process (`UserLocks`), and a process
 //!   that works on the file (`run`) first takes an exclusive lock on
 //!   `<file>.user-sync.lock`; a second one refuses to start.
 //! - **No LISTEN/NOTIFY.** The dispatcher polls the outbox every
