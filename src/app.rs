@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RateLimitScope, Settings};
+use crate::config::{DatabaseKind, RateLimitScope, Settings};
 use crate::domain::EmbeddedUserId;
 use crate::embedded::{ApiError, EmbeddedClient, UserRef};
 use crate::ops::http::{self, OpsState};
@@ -54,11 +54,17 @@ impl Worker {
         let _ = crate::ops::metrics::recorder();
         // Settings first: a missing key fails before any connection.
         let api = EmbeddedClient::new(&settings.embedded)?;
+        // On SQLite, one process per file (the per-user locks live in it):
+        // the file is ours before anything else touches it.
+        let file_lock = match settings.database.kind()? {
+            DatabaseKind::Sqlite => Some(ProcessLock::acquire(&settings.database)?),
+            DatabaseKind::Postgres => None,
+        };
         let database = Database::connect(&settings.database, pool_size(settings)).await?;
         database.check_current().await?;
         let name = queue::worker_name();
         let mut tasks = JoinSet::new();
-        let (queue, gate, file_lock) = match &database {
+        let (queue, gate) = match &database {
             Database::Postgres(_) => {
                 let redis = RedisQueue::connect(&settings.redis).await?;
                 let gate = match settings.rate_limit.scope {
@@ -76,11 +82,9 @@ impl Worker {
                         ApiGate::shared(&settings.rate_limit, shared)
                     }
                 };
-                (Queue::Redis(redis), gate, None)
+                (Queue::Redis(redis), gate)
             }
             Database::Sqlite(_) => {
-                // One process per file: the per-user locks live in it.
-                let file_lock = ProcessLock::acquire(&settings.database)?;
                 anyhow::ensure!(
                     settings.rate_limit.scope == RateLimitScope::Process,
                     "rate_limit.scope = \"global\" shares the limit through Redis, which a SQLite \
@@ -88,11 +92,7 @@ impl Worker {
                      SQLite file has the whole limit)"
                 );
                 let queue = SqliteQueue::connect(&settings.database)?;
-                (
-                    Queue::Sqlite(queue),
-                    ApiGate::new(&settings.rate_limit),
-                    file_lock,
-                )
+                (Queue::Sqlite(queue), ApiGate::new(&settings.rate_limit))
             }
         };
         let gate = Arc::new(gate);

@@ -53,7 +53,7 @@ pub(super) async fn open(settings: &Settings, target: &SourceTarget) -> anyhow::
         source,
         store: Arc::new(store),
         database: Database::Sqlite(pool),
-        file_lock,
+        file_lock: Some(file_lock),
     })
 }
 

@@ -168,13 +168,16 @@ pub struct ProcessLock {
 
 impl ProcessLock {
     /// Takes the lock of the file `settings` name, or says who to stop.
-    /// An in-memory database needs none.
-    pub fn acquire(settings: &DatabaseSettings) -> anyhow::Result<Option<Self>> {
+    /// An in-memory database is refused: the worker's tables, its queue
+    /// and a second connection would each see a database of their own.
+    pub fn acquire(settings: &DatabaseSettings) -> anyhow::Result<Self> {
         let options = connect_options(settings)?;
         let path = options.get_filename();
-        if is_in_memory(path) {
-            return Ok(None);
-        }
+        anyhow::ensure!(
+            !is_in_memory(settings.url()?.expose_secret(), path),
+            "database.url names an in-memory SQLite database: the worker needs a file \
+             (sqlite:path/to/file.db)"
+        );
         let lock_path = lock_path(path);
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -183,7 +186,7 @@ impl ProcessLock {
             .open(&lock_path)
             .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(Self { _file: file })),
+            Ok(()) => Ok(Self { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
                 "another user-sync process is working on this SQLite database ({} is locked): \
                  on SQLite, run one process per database file",
@@ -196,8 +199,9 @@ impl ProcessLock {
     }
 }
 
-fn is_in_memory(path: &Path) -> bool {
-    path.as_os_str().is_empty() || path == Path::new(":memory:")
+/// `sqlite::memory:`, `?mode=memory`, or no file at all.
+fn is_in_memory(url: &str, path: &Path) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory") || path.as_os_str().is_empty()
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -432,5 +436,42 @@ impl Reports for SqliteStore {
             )
             .fetch_all(&self.pool),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_databases_are_recognised() {
+        assert!(is_in_memory(
+            "sqlite::memory:",
+            Path::new("file:sqlx-in-memory-1")
+        ));
+        assert!(is_in_memory("sqlite:x.db?mode=memory", Path::new("x.db")));
+        assert!(!is_in_memory(
+            "sqlite:/data/app.db",
+            Path::new("/data/app.db")
+        ));
+    }
+
+    #[test]
+    fn the_lock_file_sits_beside_the_database() {
+        assert_eq!(
+            lock_path(Path::new("/data/app.db")),
+            PathBuf::from("/data/app.db.user-sync.lock")
+        );
+    }
+
+    #[test]
+    fn stored_times_compare_in_order_as_text() {
+        let earlier = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.006Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let later = earlier + chrono::Duration::milliseconds(995);
+        assert_eq!(text_at(earlier), "2026-01-02T03:04:05.006Z");
+        assert!(text_at(earlier) < text_at(later));
+        assert_eq!(parse_at(&text_at(later)), Some(later));
     }
 }
