@@ -54,15 +54,27 @@ pub async fn load(
         .await?;
     let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
     let mut total = 0u64;
-    while let Some(user) = stream.next().await {
-        chunk.push(user?);
-        if chunk.len() == SNAPSHOT_CHUNK {
-            total += insert(conn, &chunk).await?;
-            chunk.clear();
-        }
+    while next_chunk(stream, &mut chunk).await? {
+        total += insert(conn, &chunk).await?;
     }
     total += insert(conn, &chunk).await?;
     Ok(total)
+}
+
+/// Fills `chunk` with the next [`SNAPSHOT_CHUNK`] users of `stream` (or
+/// fewer, at its end); `true` while more may follow.
+async fn next_chunk(
+    stream: &mut crate::embedded::client::UserStream,
+    chunk: &mut Vec<EmbeddedUser>,
+) -> Result<bool, ApiError> {
+    chunk.clear();
+    while chunk.len() < SNAPSHOT_CHUNK {
+        match stream.next().await {
+            Some(user) => chunk.push(user?),
+            None => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Why the snapshot could not be filled.
@@ -220,4 +232,175 @@ pub(super) fn embedded(
         username: Username::from_api(&username?),
         full_name: full_name.as_deref().map(FullName::from_api),
     })
+}
+
+/// The same working tables on SQLite: temporary tables of the backfill's
+/// own connection (they live with it), read and filled the same way. Lists
+/// travel as one JSON parameter (`json_each`), the way SQLite takes an
+/// array.
+pub(super) mod on_sqlite {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+    use sqlx::SqliteConnection;
+
+    use crate::domain::{FullName, HostUserId, Username};
+    use crate::embedded::EmbeddedUser;
+    use crate::embedded::client::UserStream;
+    use crate::sync::plan::Profile;
+
+    use super::super::decide::Known;
+    use super::{LoadError, LookupRow, SNAPSHOT_CHUNK, next_chunk};
+
+    /// `items` as a JSON array: one parameter for `json_each`.
+    pub(in crate::source::backfill) fn json_list<T: serde::Serialize>(
+        items: impl Iterator<Item = T>,
+    ) -> String {
+        serde_json::Value::Array(items.map(|i| json!(i)).collect()).to_string()
+    }
+
+    /// Creates (or empties) the working tables of this connection.
+    pub async fn prepare(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        for statement in [
+            "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
+                 (username TEXT PRIMARY KEY, user_id TEXT NOT NULL, full_name TEXT)",
+            "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
+                 (username TEXT PRIMARY KEY, host_user_id TEXT NOT NULL)",
+            "DELETE FROM temp.backfill_embedded",
+            "DELETE FROM temp.backfill_planned",
+        ] {
+            sqlx::query(statement).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the working tables (the connection would, at its end).
+    pub async fn discard(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        for statement in [
+            "DROP TABLE IF EXISTS temp.backfill_embedded",
+            "DROP TABLE IF EXISTS temp.backfill_planned",
+        ] {
+            sqlx::query(statement).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Fills the snapshot from a `GET /users` stream, replacing it.
+    pub async fn load(
+        conn: &mut SqliteConnection,
+        stream: &mut UserStream,
+    ) -> Result<u64, LoadError> {
+        sqlx::query("DELETE FROM temp.backfill_embedded")
+            .execute(&mut *conn)
+            .await?;
+        let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
+        let mut total = 0u64;
+        while next_chunk(stream, &mut chunk).await? {
+            total += insert(&mut *conn, &chunk).await?;
+        }
+        total += insert(&mut *conn, &chunk).await?;
+        Ok(total)
+    }
+
+    /// Embedded users of the snapshot by username.
+    pub async fn find(
+        conn: &mut SqliteConnection,
+        usernames: &[&str],
+    ) -> sqlx::Result<HashMap<Username, EmbeddedUser>> {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT username, user_id, full_name FROM temp.backfill_embedded
+             WHERE username IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_list(usernames.iter()))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(username, id, name)| {
+                let user = super::embedded(Some(id), Some(username), name)?;
+                Some((user.username.clone(), user))
+            })
+            .collect())
+    }
+
+    /// Records usernames the dry run would create.
+    pub async fn plan_creates(
+        conn: &mut SqliteConnection,
+        planned: &[(&str, &str)],
+    ) -> sqlx::Result<()> {
+        if planned.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO temp.backfill_planned (username, host_user_id)
+             SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(json_list(planned.iter().map(|(u, h)| [u, h])))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// What is known of each host user of a page, in the order given.
+    pub async fn lookup(
+        conn: &mut SqliteConnection,
+        users: &[(HostUserId, Profile)],
+    ) -> sqlx::Result<Vec<Known>> {
+        let list = json_list(users.iter().map(|(h, p)| [h.as_str(), p.username.as_str()]));
+        let rows: Vec<LookupRow> = sqlx::query_as(
+            "SELECT u.state,
+                    (SELECT o.host_user_id FROM user_sync_users o
+                      WHERE o.username = n.username AND o.state IN ('creating', 'synced')
+                        AND o.host_user_id <> n.host LIMIT 1) AS holder,
+                    s.user_id AS s_user_id, s.username AS s_username,
+                    s.full_name AS s_full_name,
+                    (SELECT m.host_user_id FROM user_sync_users m
+                      WHERE m.embedded_user_id = s.user_id AND m.host_user_id <> n.host
+                      LIMIT 1) AS s_mapped_to,
+                    c.user_id AS c_user_id, c.username AS c_username,
+                    c.full_name AS c_full_name,
+                    p.host_user_id AS planned_by,
+                    EXISTS (SELECT 1 FROM user_sync_events e
+                            WHERE e.host_user_id = n.host AND e.state = 'pending'
+                              AND trim(e.kind) = 'account_closure') AS closing
+             FROM (SELECT CAST(key AS INTEGER) AS ord, value ->> 0 AS host,
+                          value ->> 1 AS username
+                   FROM json_each(?1)) AS n
+             LEFT JOIN user_sync_users u ON u.host_user_id = n.host
+             LEFT JOIN temp.backfill_embedded s ON s.username = n.username
+             LEFT JOIN temp.backfill_embedded c
+                 ON u.state = 'creating' AND c.username = u.username
+             LEFT JOIN temp.backfill_planned p
+                 ON p.username = n.username AND p.host_user_id <> n.host
+             ORDER BY n.ord",
+        )
+        .bind(list)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows.into_iter().map(LookupRow::into_known).collect())
+    }
+
+    async fn insert(conn: &mut SqliteConnection, users: &[EmbeddedUser]) -> sqlx::Result<u64> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let list = json_list(users.iter().map(|u| {
+            json!([
+                u.username.as_str(),
+                u.user_id.as_str(),
+                u.full_name.as_ref().map(FullName::as_str)
+            ])
+        }));
+        // Usernames are unique in any letter case; a repeat keeps the first.
+        let result = sqlx::query(
+            "INSERT INTO temp.backfill_embedded (username, user_id, full_name)
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) WHERE true
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(list)
+        .execute(conn)
+        .await?;
+        Ok(result.rows_affected())
+    }
 }

@@ -5,8 +5,9 @@
 //! SQLite file takes the file's process lock, as `run` does: the two never
 //! work on one file at once.
 //!
-//! Lists travel as one JSON parameter (`json_each`), the way SQLite takes
-//! an array.
+//! The working tables' SQL is in [`super::snapshot::on_sqlite`], beside
+//! PostgreSQL's. Lists travel as one JSON parameter (`json_each`), the way
+//! SQLite takes an array.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,10 +31,8 @@ use crate::sync::plan::Profile;
 use super::Opened;
 use super::db::{BackfillDb, Create, EventState};
 use super::decide::Known;
-use super::snapshot::{self, LoadError, LookupRow};
-
-/// Users written to the snapshot per statement.
-const SNAPSHOT_CHUNK: usize = 2_000;
+use super::snapshot::LoadError;
+use super::snapshot::on_sqlite::{self, json_list};
 
 /// Opens the backfill on the SQLite file `settings` name.
 pub(super) async fn open(settings: &Settings, target: &SourceTarget) -> anyhow::Result<Opened> {
@@ -66,10 +65,6 @@ struct SqliteBackfillDb {
     held: HashMap<String, UserLockGuard>,
 }
 
-fn json_list<T: serde::Serialize>(items: impl Iterator<Item = T>) -> String {
-    serde_json::Value::Array(items.map(|i| json!(i)).collect()).to_string()
-}
-
 impl BackfillDb for SqliteBackfillDb {
     fn now(&mut self) -> BoxFuture<'_, sqlx::Result<DateTime<Utc>>> {
         // Times in a SQLite file are the worker's clock.
@@ -97,135 +92,39 @@ impl BackfillDb for SqliteBackfillDb {
     }
 
     fn prepare_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(async move {
-            for statement in [
-                "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
-                     (username TEXT PRIMARY KEY, user_id TEXT NOT NULL, full_name TEXT)",
-                "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
-                     (username TEXT PRIMARY KEY, host_user_id TEXT NOT NULL)",
-                "DELETE FROM temp.backfill_embedded",
-                "DELETE FROM temp.backfill_planned",
-            ] {
-                sqlx::query(statement).execute(&mut self.conn).await?;
-            }
-            Ok(())
-        })
+        Box::pin(on_sqlite::prepare(&mut self.conn))
     }
 
     fn discard_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(async move {
-            for statement in [
-                "DROP TABLE IF EXISTS temp.backfill_embedded",
-                "DROP TABLE IF EXISTS temp.backfill_planned",
-            ] {
-                sqlx::query(statement).execute(&mut self.conn).await?;
-            }
-            Ok(())
-        })
+        Box::pin(on_sqlite::discard(&mut self.conn))
     }
 
     fn load_snapshot<'a>(
         &'a mut self,
         stream: &'a mut UserStream,
     ) -> BoxFuture<'a, Result<u64, LoadError>> {
-        Box::pin(async move {
-            sqlx::query("DELETE FROM temp.backfill_embedded")
-                .execute(&mut self.conn)
-                .await?;
-            let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
-            let mut total = 0u64;
-            while let Some(user) = stream.next().await {
-                chunk.push(user?);
-                if chunk.len() == SNAPSHOT_CHUNK {
-                    total += insert_snapshot(&mut self.conn, &chunk).await?;
-                    chunk.clear();
-                }
-            }
-            total += insert_snapshot(&mut self.conn, &chunk).await?;
-            Ok(total)
-        })
+        Box::pin(on_sqlite::load(&mut self.conn, stream))
     }
 
     fn find_in_snapshot<'a>(
         &'a mut self,
         usernames: &'a [&'a str],
     ) -> BoxFuture<'a, sqlx::Result<HashMap<Username, EmbeddedUser>>> {
-        Box::pin(async move {
-            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-                "SELECT username, user_id, full_name FROM temp.backfill_embedded
-                 WHERE username IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(json_list(usernames.iter()))
-            .fetch_all(&mut self.conn)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|(username, id, name)| {
-                    let user = snapshot::embedded(Some(id), Some(username), name)?;
-                    Some((user.username.clone(), user))
-                })
-                .collect())
-        })
+        Box::pin(on_sqlite::find(&mut self.conn, usernames))
     }
 
     fn plan_creates<'a>(
         &'a mut self,
         planned: &'a [(&'a str, &'a str)],
     ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(async move {
-            if planned.is_empty() {
-                return Ok(());
-            }
-            sqlx::query(
-                "INSERT INTO temp.backfill_planned (username, host_user_id)
-                 SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
-                 ON CONFLICT (username) DO NOTHING",
-            )
-            .bind(json_list(planned.iter().map(|(u, h)| [u, h])))
-            .execute(&mut self.conn)
-            .await?;
-            Ok(())
-        })
+        Box::pin(on_sqlite::plan_creates(&mut self.conn, planned))
     }
 
     fn lookup<'a>(
         &'a mut self,
         users: &'a [(HostUserId, Profile)],
     ) -> BoxFuture<'a, sqlx::Result<Vec<Known>>> {
-        Box::pin(async move {
-            let list = json_list(users.iter().map(|(h, p)| [h.as_str(), p.username.as_str()]));
-            let rows: Vec<LookupRow> = sqlx::query_as(
-                "SELECT u.state,
-                        (SELECT o.host_user_id FROM user_sync_users o
-                          WHERE o.username = n.username AND o.state IN ('creating', 'synced')
-                            AND o.host_user_id <> n.host LIMIT 1) AS holder,
-                        s.user_id AS s_user_id, s.username AS s_username,
-                        s.full_name AS s_full_name,
-                        (SELECT m.host_user_id FROM user_sync_users m
-                          WHERE m.embedded_user_id = s.user_id AND m.host_user_id <> n.host
-                          LIMIT 1) AS s_mapped_to,
-                        c.user_id AS c_user_id, c.username AS c_username,
-                        c.full_name AS c_full_name,
-                        p.host_user_id AS planned_by,
-                        EXISTS (SELECT 1 FROM user_sync_events e
-                                WHERE e.host_user_id = n.host AND e.state = 'pending'
-                                  AND trim(e.kind) = 'account_closure') AS closing
-                 FROM (SELECT CAST(key AS INTEGER) AS ord, value ->> 0 AS host,
-                              value ->> 1 AS username
-                       FROM json_each(?1)) AS n
-                 LEFT JOIN user_sync_users u ON u.host_user_id = n.host
-                 LEFT JOIN temp.backfill_embedded s ON s.username = n.username
-                 LEFT JOIN temp.backfill_embedded c
-                     ON u.state = 'creating' AND c.username = u.username
-                 LEFT JOIN temp.backfill_planned p
-                     ON p.username = n.username AND p.host_user_id <> n.host
-                 ORDER BY n.ord",
-            )
-            .bind(list)
-            .fetch_all(&mut self.conn)
-            .await?;
-            Ok(rows.into_iter().map(LookupRow::into_known).collect())
-        })
+        Box::pin(on_sqlite::lookup(&mut self.conn, users))
     }
 
     fn try_lock_many<'a>(
@@ -497,27 +396,4 @@ impl BackfillDb for SqliteBackfillDb {
             }
         })
     }
-}
-
-async fn insert_snapshot(conn: &mut SqliteConnection, users: &[EmbeddedUser]) -> sqlx::Result<u64> {
-    if users.is_empty() {
-        return Ok(0);
-    }
-    let list = json_list(users.iter().map(|u| {
-        json!([
-            u.username.as_str(),
-            u.user_id.as_str(),
-            u.full_name.as_ref().map(FullName::as_str)
-        ])
-    }));
-    // Usernames are unique in any letter case; a repeat keeps the first.
-    let result = sqlx::query(
-        "INSERT INTO temp.backfill_embedded (username, user_id, full_name)
-         SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) WHERE true
-         ON CONFLICT (username) DO NOTHING",
-    )
-    .bind(list)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected())
 }
