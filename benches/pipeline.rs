@@ -170,7 +170,7 @@ async fn spawn_worker(env: &Env) -> (Child, String) {
 
 async fn applied(env: &Env) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE state = 'applied'")
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .expect("count applied events")
 }
@@ -186,7 +186,7 @@ async fn pipeline_throughput(env: &Env, count: usize) -> f64 {
          FROM generate_series(1, $1) AS i",
     )
     .bind(count as i64)
-    .execute(&env.pool)
+    .execute(env.pg())
     .await
     .expect("insert signups");
     let target = before + count as i64;
@@ -247,7 +247,7 @@ async fn idle(env: &Env, worker: &Child) -> (f64, f64) {
             "SELECT (seq_scan + COALESCE(idx_scan, 0))::int8 FROM pg_stat_user_tables
              WHERE relid = 'user_sync.events'::regclass",
         )
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .expect("table statistics");
         n

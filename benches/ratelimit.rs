@@ -74,7 +74,7 @@ async fn backlog(env: &Env, count: u32) {
          FROM generate_series(1, $1) AS i",
     )
     .bind(i64::from(count))
-    .execute(&env.pool)
+    .execute(env.pg())
     .await
     .expect("insert the backlog");
 }

@@ -5,7 +5,9 @@
 //! shutdown token is cancelled (SIGTERM or Ctrl-C from the command line).
 //! Shutdown stops taking work first, then gives the running jobs
 //! `worker.shutdown_timeout` to finish. Any number of processes may share
-//! one database and one Redis.
+//! one PostgreSQL database and one Redis; on SQLite (queue in the same
+//! file, no Redis) one process works on a file, and a second refuses to
+//! start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,16 +16,17 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RateLimitScope, Settings};
+use crate::config::{DatabaseKind, RateLimitScope, Settings};
 use crate::domain::EmbeddedUserId;
 use crate::embedded::{ApiError, EmbeddedClient, UserRef};
 use crate::ops::http::{self, OpsState};
-use crate::queue::{self, JobQueue, RedisQueue};
+use crate::queue::{self, JobQueue, RedisQueue, SqliteQueue};
 use crate::ratelimit::ApiGate;
 use crate::ratelimit::shared::SharedLimit;
 use crate::source::dispatcher::Dispatcher;
 use crate::source::sweeper;
-use crate::store;
+use crate::store::Database;
+use crate::store::sqlite::ProcessLock;
 use crate::sync::job::SyncContext;
 
 /// A started worker process.
@@ -33,6 +36,15 @@ pub struct Worker {
     /// The name the process's queue worker registered under.
     pub name: String,
     tasks: JoinSet<()>,
+    /// On SQLite, this process's exclusive right to the file, held until
+    /// every part has stopped.
+    _file_lock: Option<ProcessLock>,
+}
+
+/// The queue the process's jobs come from.
+enum Queue {
+    Redis(RedisQueue),
+    Sqlite(SqliteQueue),
 }
 
 impl Worker {
@@ -42,34 +54,59 @@ impl Worker {
         let _ = crate::ops::metrics::recorder();
         // Settings first: a missing key fails before any connection.
         let api = EmbeddedClient::new(&settings.embedded)?;
-        let pool = store::connect(&settings.database, pool_size(settings)).await?;
-        store::migrate::check_current(&pool).await?;
-        let redis = RedisQueue::connect(&settings.redis).await?;
+        // On SQLite, one process per file (the per-user locks live in it):
+        // the file is ours before anything else touches it.
+        let file_lock = match settings.database.kind()? {
+            DatabaseKind::Sqlite => Some(ProcessLock::acquire(&settings.database)?),
+            DatabaseKind::Postgres => None,
+        };
+        let database = Database::connect(&settings.database, pool_size(settings)).await?;
+        database.check_current().await?;
         let name = queue::worker_name();
         let mut tasks = JoinSet::new();
-        let gate = match settings.rate_limit.scope {
-            RateLimitScope::Process => ApiGate::new(&settings.rate_limit),
-            RateLimitScope::Global => {
-                let shared = SharedLimit::new(
-                    redis
-                        .dedicated_connection(crate::ratelimit::shared::REDIS_TIMEOUT)
-                        .await?,
-                    &settings.redis.namespace,
-                    name.clone(),
-                    ApiGate::shared_params(&settings.rate_limit),
+        let (queue, gate) = match &database {
+            Database::Postgres(_) => {
+                let redis = RedisQueue::connect(&settings.redis).await?;
+                let gate = match settings.rate_limit.scope {
+                    RateLimitScope::Process => ApiGate::new(&settings.rate_limit),
+                    RateLimitScope::Global => {
+                        let shared = SharedLimit::new(
+                            redis
+                                .dedicated_connection(crate::ratelimit::shared::REDIS_TIMEOUT)
+                                .await?,
+                            &settings.redis.namespace,
+                            name.clone(),
+                            ApiGate::shared_params(&settings.rate_limit),
+                        );
+                        tasks.spawn(shared.clone().keep_membership(shutdown.clone()));
+                        ApiGate::shared(&settings.rate_limit, shared)
+                    }
+                };
+                (Queue::Redis(redis), gate)
+            }
+            Database::Sqlite(_) => {
+                anyhow::ensure!(
+                    settings.rate_limit.scope == RateLimitScope::Process,
+                    "rate_limit.scope = \"global\" shares the limit through Redis, which a SQLite \
+                     database does not use: set rate_limit.scope = \"process\" (one process per \
+                     SQLite file has the whole limit)"
                 );
-                tasks.spawn(shared.clone().keep_membership(shutdown.clone()));
-                ApiGate::shared(&settings.rate_limit, shared)
+                let queue = SqliteQueue::connect(&settings.database)?;
+                (Queue::Sqlite(queue), ApiGate::new(&settings.rate_limit))
             }
         };
         let gate = Arc::new(gate);
-        let queue: Arc<dyn JobQueue> = queue::shared(redis.clone());
+        let store = database.into_store();
+        let job_queue: Arc<dyn JobQueue> = match &queue {
+            Queue::Redis(redis) => queue::shared(redis.clone()),
+            Queue::Sqlite(sqlite) => queue::shared(sqlite.clone()),
+        };
 
         let ops_addr = http::serve(
             settings.http.bind,
             OpsState {
-                pool: pool.clone(),
-                queue: queue.clone(),
+                store: store.clone(),
+                queue: job_queue.clone(),
                 gate: gate.clone(),
             },
             shutdown.clone(),
@@ -78,7 +115,11 @@ impl Worker {
 
         // Work stops being taken at once on shutdown; running jobs get the
         // grace period.
-        let dispatcher = Dispatcher::new(pool.clone(), queue.clone(), settings.dispatcher.clone());
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            job_queue.clone(),
+            settings.dispatcher.clone(),
+        );
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(error) = dispatcher.run(stop).await {
@@ -86,8 +127,8 @@ impl Worker {
             }
         });
         tasks.spawn(sweeper::run(
-            pool.clone(),
-            queue.clone(),
+            store.clone(),
+            job_queue.clone(),
             settings.sweeper.clone(),
             shutdown.clone(),
         ));
@@ -98,7 +139,7 @@ impl Worker {
             shutdown.clone(),
         ));
         let ctx = SyncContext {
-            pool,
+            store,
             api,
             gate,
             worker: settings.worker.clone(),
@@ -107,15 +148,25 @@ impl Worker {
         let grace = settings.worker.shutdown_timeout;
         let worker_name = name.clone();
         tasks.spawn(async move {
-            redis
-                .run_workers(worker_name, ctx, concurrency, shutdown, grace)
-                .await;
+            match queue {
+                Queue::Redis(redis) => {
+                    redis
+                        .run_workers(worker_name, ctx, concurrency, shutdown, grace)
+                        .await;
+                }
+                Queue::Sqlite(sqlite) => {
+                    sqlite
+                        .run_workers(worker_name, ctx, concurrency, shutdown, grace)
+                        .await;
+                }
+            }
         });
         tracing::info!(%ops_addr, worker = %name, concurrency, "user-sync is running");
         Ok(Self {
             ops_addr,
             name,
             tasks,
+            _file_lock: file_lock,
         })
     }
 

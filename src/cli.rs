@@ -8,12 +8,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Worker;
 use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
+use crate::demo::{self, DemoArgs};
 use crate::embedded::sandbox::{self, SandboxArgs};
-use crate::ops::status::{self, ConflictFormat, Status};
+use crate::ops::status::{self, ConflictFormat};
 use crate::source::backfill::{self, BackfillOptions, Mode, OutputFormat};
 use crate::source::host::HostSource;
 use crate::source::triggers;
-use crate::store;
+use crate::store::Database;
 use crate::telemetry;
 
 /// Keeps a host product's users in step with its Embedded iPaaS account.
@@ -34,15 +35,20 @@ enum Command {
     ///
     /// Idempotent and safe on every deploy: applied migrations are skipped,
     /// concurrent runs wait for each other, and the bookkeeping lives in
-    /// `user_sync._sqlx_migrations`, apart from the host app's own.
+    /// `user_sync._sqlx_migrations`, apart from the host app's own. On
+    /// SQLite the tables are prefixed `user_sync_` (the outbox is
+    /// `user_sync_events`), with the queue's tables, and the bookkeeping is
+    /// `user_sync_migrations`.
     Migrate,
     /// Run the worker: dispatcher, sweeper, sync jobs and the ops server.
     ///
     /// Needs DATABASE_URL, REDIS_URL and EMBEDDED_API_KEY (or their
     /// configuration keys) and a migrated database. Serves /healthz, /readyz
     /// and /metrics on http.bind. Start as many processes as you like on one
-    /// database and one Redis. SIGTERM or Ctrl-C stops taking work and lets
-    /// running jobs finish (at most worker.shutdown_timeout_ms).
+    /// database and one Redis. With DATABASE_URL=sqlite:FILE no Redis is
+    /// used (the queue is in the same file) and one process works on a
+    /// file: a second one refuses to start. SIGTERM or Ctrl-C stops taking
+    /// work and lets running jobs finish (at most worker.shutdown_timeout_ms).
     Run,
     /// Print pending, failed and invalid events, synced users, open
     /// conflicts, erasures and the outbox lag.
@@ -65,6 +71,15 @@ enum Command {
     /// For tests, benchmarks and developing against the worker offline.
     /// Counters and fault controls are under /_admin/ (stats, users, faults, reset).
     Sandbox(SandboxArgs),
+    /// Run the whole job on this machine, with nothing else installed: a
+    /// SQLite host database with seeded users, the sandbox (rate-limited,
+    /// with server errors), the backfill, then live signups, profile
+    /// changes and closures through the outbox, and a checked summary.
+    ///
+    /// Exits 0 when every open account has its Embedded user or a reported
+    /// conflict, every seeded conflict is reported and every closure is
+    /// deleted; 1 otherwise.
+    Demo(DemoArgs),
     /// Create an Embedded user for every open account of the host that has
     /// none (the accounts from before the worker).
     ///
@@ -155,11 +170,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sandbox::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo(args) => {
+            // Quiet logs: the demo tells its own story on stdout.
+            telemetry::init(&LogSettings {
+                format: LogFormat::Auto,
+                level: "error".into(),
+            });
+            let cancel = CancellationToken::new();
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                stop.cancel();
+            });
+            let report = demo::run(&args, cancel).await?;
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Migrate => {
             let settings = load_settings()?;
-            let pool = store::connect(&settings.database, 1).await?;
-            let applied = store::migrate::run(&pool).await?;
-            println!("migrations applied: {applied} (schema user_sync is up to date)");
+            let database = Database::connect(&settings.database, 1).await?;
+            let applied = database.migrate().await?;
+            let up_to_date = match database {
+                Database::Postgres(_) => "schema user_sync is up to date",
+                Database::Sqlite(_) => "the user_sync_ tables are up to date",
+            };
+            println!("migrations applied: {applied} ({up_to_date})");
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
@@ -176,8 +214,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json } => {
             let settings = load_settings()?;
-            let pool = store::connect(&settings.database, 1).await?;
-            let status = Status::load(&pool).await?;
+            let store = Database::connect(&settings.database, 1).await?.into_store();
+            let status = store.status().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -220,31 +258,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::InstallTriggers { drop } => {
             let settings = load_settings()?;
             let target = settings.source.target()?;
-            let pool = store::connect(&settings.database, 1).await?;
-            let mut conn = pool.acquire().await?;
-            let source = HostSource::check(&mut conn, target).await?;
-            let table = source.checked_table()?;
-            if drop {
-                let done = triggers::drop(&mut conn, table).await?;
-                println!(
-                    "triggers removed from {} ({}() dropped)",
-                    done.table, done.function
-                );
-            } else {
-                let done = triggers::install(&mut conn, table).await?;
-                println!(
-                    "triggers installed on {}: {} calls {}()",
-                    done.table,
-                    triggers::TRIGGER,
-                    done.function
-                );
+            match Database::connect(&settings.database, 1).await? {
+                Database::Postgres(pool) => {
+                    let mut conn = pool.acquire().await?;
+                    let source = HostSource::check(&mut conn, target).await?;
+                    let table = source.checked_table()?;
+                    if drop {
+                        let done = triggers::drop(&mut conn, table).await?;
+                        println!(
+                            "triggers removed from {} ({}() dropped)",
+                            done.table, done.function
+                        );
+                    } else {
+                        let done = triggers::install(&mut conn, table).await?;
+                        println!(
+                            "triggers installed on {}: {} calls {}()",
+                            done.table,
+                            triggers::TRIGGER,
+                            done.function
+                        );
+                    }
+                }
+                Database::Sqlite(pool) => {
+                    let mut conn = pool.acquire().await?;
+                    let source = HostSource::check_sqlite(&mut conn, target).await?;
+                    let table = source.checked_table()?;
+                    if drop {
+                        let done = triggers::sqlite::drop(&mut conn, table).await?;
+                        println!("triggers removed from {} ({})", done.table, done.function);
+                    } else {
+                        let done = triggers::sqlite::install(&mut conn, table).await?;
+                        println!("triggers installed on {}: {}", done.table, done.function);
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Conflicts { format } => {
             let settings = load_settings()?;
-            let pool = store::connect(&settings.database, 1).await?;
-            let rows = status::open_conflicts(&pool).await?;
+            let store = Database::connect(&settings.database, 1).await?.into_store();
+            let rows = store.open_conflicts().await?;
             print!("{}", status::render_conflicts(&rows, format)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -15,21 +15,27 @@
 //! - [`embedded`]: the Embedded Users API: a typed client whose every answer is
 //!   an outcome the caller can act on, and `sandbox`, a faithful local simulator.
 //! - [`store`]: the worker's tables in the host database (outbox, users,
-//!   conflicts, erasures) and their migrations.
+//!   conflicts, erasures), their migrations, and the small traits through
+//!   which the pipeline reaches them (PostgreSQL in [`store::postgres`],
+//!   a SQLite file in [`store::sqlite`]).
 //! - [`source`]: where events come from: the dispatcher (outbox → queue,
-//!   woken by NOTIFY), the sweeper (re-dispatches what the queue lost), the
+//!   woken by NOTIFY, or polling on SQLite), the sweeper (re-dispatches what the queue lost), the
 //!   backfill of historical users, and triggers on the host's users table.
-//! - [`queue`]: the apalis job queue on Redis; jobs carry ids only.
+//! - [`queue`]: the apalis job queue, on Redis or in the SQLite file; jobs
+//!   carry ids only.
 //! - [`sync`]: the pure `plan` and the job that carries it out.
 //! - [`ratelimit`]: the gate every API call passes (rate limit, 429 and
 //!   401 pauses, backoff).
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, `status` and `conflicts`.
 //! - [`app`]: one `user-sync run` process, assembled from the parts above.
+//! - [`demo`]: `user-sync demo`, the whole job on one machine: SQLite, the
+//!   sandbox, a backfill and live traffic, then a checked summary.
 //! - [`cli`]: the `user-sync` command line; `main.rs` only calls it.
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod embedded;
 pub mod ops;

@@ -1,13 +1,15 @@
-//! The backfill end to end: a host users table in a real PostgreSQL, the
-//! sandbox over real HTTP, the backfill in process or as the real binary
-//! (killed with SIGKILL mid-run), and `user-sync run` beside it.
+//! The backfill end to end: a host users table in a real PostgreSQL or a
+//! SQLite file, the sandbox over real HTTP, the backfill in process or as
+//! the real binary (killed with SIGKILL mid-run), and `user-sync run`
+//! beside it (PostgreSQL: on SQLite one process works on a file).
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use common::Env;
+use common::{Backend, Env};
 use tokio_util::sync::CancellationToken;
 use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions};
 use user_sync::source::backfill::{self, BackfillOptions, Mode, OutputFormat, Summary};
@@ -20,25 +22,38 @@ use user_sync::source::backfill::{self, BackfillOptions, Mode, OutputFormat, Sum
 /// - the usernames of 2001..=2020 are already held in Embedded by users the
 ///   worker did not create (the open ones are conflicts).
 async fn host_accounts(env: &Env, n: i64) {
-    for statement in [
-        "CREATE TABLE public.accounts (
-             id bigint PRIMARY KEY, email text, display_name text, plan text,
-             closed_at timestamptz)",
-        "INSERT INTO public.accounts (id, email, display_name, plan, closed_at)
-         SELECT g, 'user' || g || '@example.com', 'User ' || g, 'free',
-                CASE WHEN g % 10 = 0 THEN now() END
-         FROM generate_series(1, $1) AS g",
-        "UPDATE public.accounts SET email = 'not-an-email' WHERE id IN (7, 17)",
-        "UPDATE public.accounts SET email = ' USER' || (id - 1000) || '@Example.com'
-         WHERE id BETWEEN 1001 AND 1005",
-    ] {
-        let query = sqlx::query(statement);
-        let query = if statement.contains("$1") {
-            query.bind(n)
-        } else {
-            query
-        };
-        query.execute(&env.pool).await.expect("host accounts");
+    let create = match env.backend {
+        Backend::Postgres => [
+            "CREATE TABLE public.accounts (
+                 id bigint PRIMARY KEY, email text, display_name text, plan text,
+                 closed_at timestamptz)",
+            "INSERT INTO public.accounts (id, email, display_name, plan, closed_at)
+             SELECT g, 'user' || g || '@example.com', 'User ' || g, 'free',
+                    CASE WHEN g % 10 = 0 THEN now() END
+             FROM generate_series(1, $1) AS g",
+        ],
+        Backend::Sqlite => [
+            "CREATE TABLE accounts (
+                 id INTEGER PRIMARY KEY, email TEXT, display_name TEXT, plan TEXT,
+                 closed_at TEXT)",
+            "INSERT INTO accounts (id, email, display_name, plan, closed_at)
+             WITH RECURSIVE g(x) AS (SELECT 1 WHERE $1 >= 1
+                                     UNION ALL SELECT x + 1 FROM g WHERE x < $1)
+             SELECT x, 'user' || x || '@example.com', 'User ' || x, 'free',
+                    CASE WHEN x % 10 = 0 THEN datetime('now') END
+             FROM g",
+        ],
+    };
+    let table = accounts(env);
+    let update = [
+        format!("UPDATE {table} SET email = 'not-an-email' WHERE id IN (7, 17)"),
+        format!(
+            "UPDATE {table} SET email = ' USER' || (id - 1000) || '@Example.com'
+             WHERE id BETWEEN 1001 AND 1005"
+        ),
+    ];
+    for statement in create.into_iter().map(str::to_owned).chain(update) {
+        env.execute(&statement, n).await;
     }
     for id in 2001..=2020 {
         env.sandbox
@@ -73,9 +88,17 @@ fn expected(n: i64) -> Expected {
     e
 }
 
-fn source_vars() -> Vec<(&'static str, &'static str)> {
+/// The host's users table, as the backend names it.
+fn accounts(env: &Env) -> &'static str {
+    match env.backend {
+        Backend::Postgres => "public.accounts",
+        Backend::Sqlite => "accounts",
+    }
+}
+
+fn source_vars(env: &Env) -> Vec<(&'static str, &'static str)> {
     vec![
-        ("USER_SYNC__SOURCE__TABLE", "public.accounts"),
+        ("USER_SYNC__SOURCE__TABLE", accounts(env)),
         ("USER_SYNC__SOURCE__NAME_COLUMN", "display_name"),
         (
             "USER_SYNC__SOURCE__CLOSED_CONDITION",
@@ -90,7 +113,7 @@ async fn backfill_with(
     extra: &[(&str, &str)],
     options: BackfillOptions,
 ) -> (Summary, String) {
-    let mut vars = source_vars();
+    let mut vars = source_vars(env);
     vars.extend_from_slice(extra);
     let settings = env.settings_with(&vars);
     let mut out = Vec::new();
@@ -139,13 +162,12 @@ async fn assert_final_state(env: &Env, e: &Expected) {
         .into_iter()
         .map(|u| (u.username.to_lowercase(), u.user_id))
         .collect();
-    let synced: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT host_user_id, embedded_user_id, username FROM user_sync.users
-         WHERE state = 'synced'",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .expect("synced users");
+    let synced: Vec<(String, String, String)> = env
+        .rows(
+            "SELECT host_user_id, embedded_user_id, username FROM user_sync.users
+             WHERE state = 'synced'",
+        )
+        .await;
     let synced_hosts: BTreeSet<String> = synced.iter().map(|s| s.0.clone()).collect();
     assert_eq!(
         synced_hosts, e.mapped,
@@ -215,8 +237,8 @@ fn same_plan(dry: &Summary, real: &Summary) {
     );
 }
 
-async fn backfill_both_ways(mode: Mode, n: i64) {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn backfill_both_ways(backend: Backend, mode: Mode, n: i64) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     host_accounts(&env, n).await;
     let e = expected(n);
 
@@ -231,10 +253,7 @@ async fn backfill_both_ways(mode: Mode, n: i64) {
     assert_eq!(rows.len(), e.conflicts.len(), "{listing}");
     assert!(listing.starts_with("host_user_id,username,reason,"));
     assert!(rows.contains(&"1001,user1@example.com,taken_by_host_user,1,"));
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_sync.users")
-        .fetch_one(&env.pool)
-        .await
-        .expect("count");
+    let stored = env.scalar("SELECT count(*) FROM user_sync.users").await;
     assert_eq!(stored, 0, "a dry run writes nothing");
 
     let (done, _) = backfill_with(&env, &[], options(mode)).await;
@@ -261,22 +280,33 @@ async fn backfill_both_ways(mode: Mode, n: i64) {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_backfill_maps_every_open_account_and_reports_each_conflict_once() {
-    backfill_both_ways(Mode::Batch, 3000).await;
+on_each_backend!(
+    batch_backfill_maps_every_open_account_and_reports_each_conflict_once,
+    single_backfill_maps_every_open_account_and_reports_each_conflict_once,
+    batches_whose_answer_was_lost_are_confirmed_not_sent_twice,
+    a_batch_backfill_killed_mid_run_resumes_without_duplicates,
+    a_single_backfill_killed_mid_run_resumes_without_duplicates,
+    adopt_existing_links_users_created_before_the_worker,
+    a_bad_source_fails_at_start_naming_the_key,
+    a_custom_query_source_is_paged_too,
+);
+
+async fn batch_backfill_maps_every_open_account_and_reports_each_conflict_once(backend: Backend) {
+    backfill_both_ways(backend, Mode::Batch, 3000).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn single_backfill_maps_every_open_account_and_reports_each_conflict_once() {
-    backfill_both_ways(Mode::Single, 2100).await;
+async fn single_backfill_maps_every_open_account_and_reports_each_conflict_once(backend: Backend) {
+    backfill_both_ways(backend, Mode::Single, 2100).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_whose_answer_was_lost_are_confirmed_not_sent_twice() {
-    let env = Env::start(SandboxOptions {
-        drop_rate: 1.0,
-        ..SandboxOptions::default()
-    })
+async fn batches_whose_answer_was_lost_are_confirmed_not_sent_twice(backend: Backend) {
+    let env = Env::start_on(
+        backend,
+        SandboxOptions {
+            drop_rate: 1.0,
+            ..SandboxOptions::default()
+        },
+    )
     .await;
     host_accounts(&env, 2100).await;
     let e = expected(2100);
@@ -292,7 +322,7 @@ async fn batches_whose_answer_was_lost_are_confirmed_not_sent_twice() {
 /// created `after_creates` users.
 async fn kill_mid_run(env: &Env, args: &[&str], extra: &[(&str, &str)], after_creates: u64) {
     let mut vars = env.vars();
-    for (k, v) in source_vars().iter().chain(extra) {
+    for (k, v) in source_vars(env).iter().chain(extra) {
         vars.insert((*k).into(), (*v).into());
     }
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_user-sync"))
@@ -320,11 +350,20 @@ async fn kill_mid_run(env: &Env, args: &[&str], extra: &[(&str, &str)], after_cr
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-async fn killed_then_run_again(mode: Mode, n: i64, args: &[&str], extra: &[(&str, &str)]) {
-    let env = Env::start(SandboxOptions {
-        latency: Duration::from_millis(20),
-        ..SandboxOptions::default()
-    })
+async fn killed_then_run_again(
+    backend: Backend,
+    mode: Mode,
+    n: i64,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) {
+    let env = Env::start_on(
+        backend,
+        SandboxOptions {
+            latency: Duration::from_millis(20),
+            ..SandboxOptions::default()
+        },
+    )
     .await;
     host_accounts(&env, n).await;
     let e = expected(n);
@@ -334,11 +373,9 @@ async fn killed_then_run_again(mode: Mode, n: i64, args: &[&str], extra: &[(&str
         created_before < e.mapped.len() as u64,
         "killed too late to show anything"
     );
-    let synced_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM user_sync.users WHERE state = 'synced'")
-            .fetch_one(&env.pool)
-            .await
-            .expect("count");
+    let synced_before = env
+        .scalar("SELECT count(*) FROM user_sync.users WHERE state = 'synced'")
+        .await;
     env.sandbox.update_faults(FaultUpdate {
         latency_ms: Some(0),
         ..FaultUpdate::default()
@@ -365,9 +402,9 @@ async fn killed_then_run_again(mode: Mode, n: i64, args: &[&str], extra: &[(&str
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_backfill_killed_mid_run_resumes_without_duplicates() {
+async fn a_batch_backfill_killed_mid_run_resumes_without_duplicates(backend: Backend) {
     killed_then_run_again(
+        backend,
         Mode::Batch,
         3000,
         &["--batch-size", "100"],
@@ -379,9 +416,9 @@ async fn a_batch_backfill_killed_mid_run_resumes_without_duplicates() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_single_backfill_killed_mid_run_resumes_without_duplicates() {
+async fn a_single_backfill_killed_mid_run_resumes_without_duplicates(backend: Backend) {
     killed_then_run_again(
+        backend,
         Mode::Single,
         2100,
         &["--mode", "single"],
@@ -393,9 +430,8 @@ async fn a_single_backfill_killed_mid_run_resumes_without_duplicates() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adopt_existing_links_users_created_before_the_worker() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn adopt_existing_links_users_created_before_the_worker(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     host_accounts(&env, 2100).await;
     let adopt = BackfillOptions {
         adopt_existing: true,
@@ -464,10 +500,10 @@ async fn backfill_beside_the_pipeline_creates_no_duplicate() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_source_fails_at_start_naming_the_key() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn a_bad_source_fails_at_start_naming_the_key(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     host_accounts(&env, 10).await;
+    let missing_name = format!("SELECT id AS host_user_id, email FROM {}", accounts(&env));
     let cases: [(&[(&str, &str)], &str); 4] = [
         (
             &[("USER_SYNC__SOURCE__TABLE", "public.nope")],
@@ -484,16 +520,13 @@ async fn a_bad_source_fails_at_start_naming_the_key() {
         (
             &[
                 ("USER_SYNC__SOURCE__TABLE", ""),
-                (
-                    "USER_SYNC__SOURCE__QUERY",
-                    "SELECT id AS host_user_id, email FROM public.accounts",
-                ),
+                ("USER_SYNC__SOURCE__QUERY", missing_name.as_str()),
             ],
             "host_user_id, email and full_name",
         ),
     ];
     for (extra, key) in cases {
-        let mut vars = source_vars();
+        let mut vars = source_vars(&env);
         vars.extend_from_slice(extra);
         let settings = env.settings_with(&vars);
         let error = backfill::run(
@@ -510,17 +543,19 @@ async fn a_bad_source_fails_at_start_naming_the_key() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_custom_query_source_is_paged_too() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn a_custom_query_source_is_paged_too(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     host_accounts(&env, 1200).await;
-    let query = "SELECT id AS host_user_id, email, display_name AS full_name
-                 FROM public.accounts WHERE closed_at IS NULL";
+    let query = format!(
+        "SELECT id AS host_user_id, email, display_name AS full_name
+         FROM {} WHERE closed_at IS NULL",
+        accounts(&env)
+    );
     let (done, _) = backfill_with(
         &env,
         &[
             ("USER_SYNC__SOURCE__TABLE", ""),
-            ("USER_SYNC__SOURCE__QUERY", query),
+            ("USER_SYNC__SOURCE__QUERY", &query),
         ],
         options(Mode::Batch),
     )
@@ -531,57 +566,89 @@ async fn a_custom_query_source_is_paged_too() {
     assert_eq!(done.created, e.mapped.len() as u64);
     assert_eq!(done.conflicts, e.conflicts.len() as u64);
     assert_eq!(done.closed_skipped, None);
-    let synced: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM user_sync.users WHERE state = 'synced'")
-            .fetch_one(&env.pool)
-            .await
-            .expect("count");
+    let synced = env
+        .scalar("SELECT count(*) FROM user_sync.users WHERE state = 'synced'")
+        .await;
     assert_eq!(synced as usize, e.mapped.len());
     assert_eq!(env.sandbox.stats().duplicate_attempts, 0);
     env.finish().await;
 }
 
 async fn events(env: &Env) -> Vec<(String, String, Option<String>, Option<String>)> {
-    sqlx::query_as("SELECT host_user_id, kind, email, full_name FROM user_sync.events ORDER BY id")
-        .fetch_all(&env.pool)
+    env.rows("SELECT host_user_id, kind, email, full_name FROM user_sync.events ORDER BY id")
         .await
-        .expect("events")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn triggers_write_exactly_the_expected_events() {
-    let env = Env::start(SandboxOptions::default()).await;
-    host_accounts(&env, 0).await;
-    let settings = env.settings_with(&source_vars());
+/// Installs (or with `drop`, removes) the triggers as `install-triggers`
+/// does, twice: both are idempotent.
+async fn triggers_twice(env: &Env, drop: bool) {
+    let settings = env.settings_with(&source_vars(env));
     let target = settings.source.target().expect("a source");
-    let mut conn = env.pool.acquire().await.expect("conn");
-    let source = user_sync::source::host::HostSource::check(&mut conn, target)
-        .await
-        .expect("source checks");
-    let table = source.checked_table().expect("a table");
-    // Twice: idempotent.
-    user_sync::source::triggers::install(&mut conn, table)
-        .await
-        .expect("install");
-    user_sync::source::triggers::install(&mut conn, table)
-        .await
-        .expect("install again");
+    use user_sync::source::host::HostSource;
+    use user_sync::source::triggers;
+    for _ in 0..2 {
+        match &env.db_pool {
+            common::DbPool::Postgres(pool) => {
+                let mut conn = pool.acquire().await.expect("conn");
+                let source = HostSource::check(&mut conn, target)
+                    .await
+                    .expect("source checks");
+                let table = source.checked_table().expect("a table");
+                if drop {
+                    triggers::drop(&mut conn, table).await.expect("drop");
+                } else {
+                    triggers::install(&mut conn, table).await.expect("install");
+                }
+            }
+            common::DbPool::Sqlite(pool) => {
+                let mut conn = pool.acquire().await.expect("conn");
+                let source = HostSource::check_sqlite(&mut conn, target)
+                    .await
+                    .expect("source checks");
+                let table = source.checked_table().expect("a table");
+                if drop {
+                    triggers::sqlite::drop(&mut conn, table)
+                        .await
+                        .expect("drop");
+                } else {
+                    triggers::sqlite::install(&mut conn, table)
+                        .await
+                        .expect("install");
+                }
+            }
+        }
+    }
+}
 
-    let run = |sql: &'static str| {
-        let pool = env.pool.clone();
-        async move { sqlx::query(sql).execute(&pool).await.expect(sql) }
+on_each_backend!(triggers_write_exactly_the_expected_events);
+
+async fn triggers_write_exactly_the_expected_events(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    host_accounts(&env, 0).await;
+    triggers_twice(&env, false).await;
+
+    let table = accounts(&env);
+    let now = match backend {
+        Backend::Postgres => "now()",
+        Backend::Sqlite => "datetime('now')",
     };
-    run("INSERT INTO public.accounts (id, email, display_name) VALUES (1, 'a@x.io', 'A')").await;
-    run("INSERT INTO public.accounts (id, email, display_name, closed_at) VALUES (2, 'b@x.io', 'B', now())").await;
-    run("UPDATE public.accounts SET plan = 'pro' WHERE id = 1").await;
-    run("UPDATE public.accounts SET email = 'a2@x.io' WHERE id = 1").await;
-    run("UPDATE public.accounts SET display_name = 'A Two' WHERE id = 1").await;
-    run("UPDATE public.accounts SET display_name = 'A Two', plan = 'team' WHERE id = 1").await;
-    run("UPDATE public.accounts SET closed_at = now() WHERE id = 1").await;
-    run("UPDATE public.accounts SET display_name = 'Closed' WHERE id = 1").await;
-    run("UPDATE public.accounts SET closed_at = NULL WHERE id = 2").await;
-    run("DELETE FROM public.accounts WHERE id = 2").await;
-    run("DELETE FROM public.accounts WHERE id = 1").await;
+    for statement in [
+        format!("INSERT INTO {table} (id, email, display_name) VALUES (1, 'a@x.io', 'A')"),
+        format!(
+            "INSERT INTO {table} (id, email, display_name, closed_at) VALUES (2, 'b@x.io', 'B', {now})"
+        ),
+        format!("UPDATE {table} SET plan = 'pro' WHERE id = 1"),
+        format!("UPDATE {table} SET email = 'a2@x.io' WHERE id = 1"),
+        format!("UPDATE {table} SET display_name = 'A Two' WHERE id = 1"),
+        format!("UPDATE {table} SET display_name = 'A Two', plan = 'team' WHERE id = 1"),
+        format!("UPDATE {table} SET closed_at = {now} WHERE id = 1"),
+        format!("UPDATE {table} SET display_name = 'Closed' WHERE id = 1"),
+        format!("UPDATE {table} SET closed_at = NULL WHERE id = 2"),
+        format!("DELETE FROM {table} WHERE id = 2"),
+        format!("DELETE FROM {table} WHERE id = 1"),
+    ] {
+        env.execute(&statement, 0).await;
+    }
 
     let s = |v: &str| Some(v.to_owned());
     assert_eq!(
@@ -601,15 +668,13 @@ async fn triggers_write_exactly_the_expected_events() {
         ]
     );
 
-    user_sync::source::triggers::drop(&mut conn, table)
-        .await
-        .expect("drop");
-    user_sync::source::triggers::drop(&mut conn, table)
-        .await
-        .expect("drop again");
-    run("INSERT INTO public.accounts (id, email) VALUES (3, 'c@x.io')").await;
+    triggers_twice(&env, true).await;
+    env.execute(
+        &format!("INSERT INTO {table} (id, email) VALUES (3, 'c@x.io')"),
+        0,
+    )
+    .await;
     assert_eq!(events(&env).await.len(), 6, "no trigger after --drop");
-    drop(conn);
     env.finish().await;
 }
 

@@ -2,6 +2,7 @@
 //! and `conflicts` as real processes with explicit environments, the ops
 //! endpoints, a SIGKILLed worker, and what the logs may never say.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -10,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::process::{Proc, Running, process_vars, run_once};
-use common::{Env, KEY, TestDb};
+use common::{Backend, Env, KEY, TestDb};
 use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -238,10 +239,19 @@ async fn configuration_errors_are_one_line_naming_the_key() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_on_a_database_never_migrated_says_to_migrate() {
-    let env = Env::start(SandboxOptions::default()).await;
-    let bare = TestDb::create().await;
+on_each_backend!(
+    run_on_a_database_never_migrated_says_to_migrate,
+    status_and_conflicts_report_what_the_pipeline_did,
+    health_readiness_and_metrics,
+    logs_never_contain_personal_data,
+);
+
+async fn run_on_a_database_never_migrated_says_to_migrate(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let bare = match backend {
+        Backend::Postgres => TestDb::create().await,
+        Backend::Sqlite => TestDb::create_sqlite(),
+    };
     let mut vars = env.vars();
     vars.insert("DATABASE_URL".into(), bare.url.clone());
     let out = run_once(&vars, &["run"]).await;
@@ -256,9 +266,8 @@ async fn run_on_a_database_never_migrated_says_to_migrate() {
 // status and conflicts
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_and_conflicts_report_what_the_pipeline_did() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn status_and_conflicts_report_what_the_pipeline_did(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let holder = env
         .sandbox
         .insert_user("taken@example.com", Some("Someone Else"));
@@ -384,7 +393,7 @@ async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
     );
     assert_eq!(
         count(
-            &env.pool,
+            env.pg(),
             "SELECT count(*) FROM user_sync.events WHERE state <> 'applied'"
         )
         .await,
@@ -393,7 +402,7 @@ async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
     );
     assert_eq!(
         count(
-            &env.pool,
+            env.pg(),
             "SELECT count(DISTINCT embedded_user_id) FROM user_sync.users WHERE state = 'synced'"
         )
         .await,
@@ -411,13 +420,76 @@ async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
     env.finish().await;
 }
 
+/// On SQLite one process works on a file (its per-user locks are in the
+/// process): a second refuses to start, and a killed one is replaced
+/// without losing or duplicating anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_one_process_per_file_and_a_killed_one_is_replaced() {
+    let env = Env::start_on(
+        Backend::Sqlite,
+        SandboxOptions {
+            latency: Duration::from_millis(300),
+            ..SandboxOptions::default()
+        },
+    )
+    .await;
+    let vars = process_vars(&env);
+    let mut victim = Proc::spawn(&vars, &["run"]);
+    victim.ready().await;
+    let second = run_once(&vars, &["run"]).await;
+    assert!(!second.status.success(), "{second}");
+    assert!(
+        second.stderr.contains("one process per database file"),
+        "{second}"
+    );
+    let mut backfill_vars = vars.clone();
+    backfill_vars.insert("USER_SYNC__SOURCE__TABLE".into(), "accounts".into());
+    let backfill = run_once(&backfill_vars, &["backfill", "--no-progress"]).await;
+    assert!(!backfill.status.success(), "{backfill}");
+    assert!(
+        backfill.stderr.contains("one process per database file"),
+        "a backfill beside run on one SQLite file: {backfill}"
+    );
+
+    for i in 0..30 {
+        env.signup(&format!("k{i}"), &format!("kill{i}@example.com"), None)
+            .await;
+    }
+    eventually(SETTLE, "creates reach the sandbox", || async {
+        env.sandbox.stats().creates > 5
+    })
+    .await;
+    victim.kill().await;
+    assert!(
+        env.pending().await > 0,
+        "everything finished before the kill"
+    );
+    // The lock died with the process: a replacement starts.
+    let mut replacement = Proc::spawn(&vars, &["run"]);
+    replacement.ready().await;
+    env.settle(Duration::from_secs(60)).await;
+
+    let stats = env.sandbox.stats();
+    assert_eq!(env.sandbox.users().len(), 30);
+    assert_eq!(stats.creates, 30, "no user was created twice");
+    assert_eq!(stats.duplicate_attempts, 0);
+    assert!(env.open_conflicts().await.is_empty());
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM user_sync.events WHERE state <> 'applied'")
+            .await,
+        0
+    );
+    let (status, log) = replacement.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "SIGTERM ends the worker: {status}\n{log}");
+    env.finish().await;
+}
+
 // ---------------------------------------------------------------------------
 // Ops endpoints
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_readiness_and_metrics() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn health_readiness_and_metrics(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let run = Running::start(&env).await;
     let addr = run.worker.ops_addr;
     let http = http();
@@ -487,9 +559,8 @@ async fn health_readiness_and_metrics() {
 // Logs
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_never_contain_personal_data() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn logs_never_contain_personal_data(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let mut vars = env.vars();
     vars.insert("USER_SYNC__LOG__LEVEL".into(), "debug".into());
     vars.insert("USER_SYNC__LOG__FORMAT".into(), "json".into());

@@ -1,15 +1,34 @@
-//! The continuous pipeline end to end: outbox rows in a real PostgreSQL,
-//! jobs through a real Redis, calls to the sandbox over real HTTP.
+//! The continuous pipeline end to end: outbox rows in a real PostgreSQL
+//! with jobs through a real Redis, or in a SQLite file with its queue,
+//! calls to the sandbox over real HTTP. The core cases run on both
+//! backends; what only one backend has (Redis, several processes on one
+//! database, PostgreSQL's concurrent transactions) is tested there.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
 use common::process::Running;
-use common::{Env, KEY};
+use common::{Backend, Env, KEY};
 use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions, SandboxUser};
 
 const SETTLE: Duration = Duration::from_secs(30);
+
+on_each_backend!(
+    signup_change_and_closure_reach_the_api_and_erase_personal_data,
+    latest_event_wins_and_older_ones_are_superseded,
+    a_create_whose_answer_was_lost_is_adopted_not_duplicated,
+    a_username_held_in_embedded_is_one_open_conflict,
+    two_host_users_with_one_username_conflict_before_any_call,
+    a_refused_rename_is_a_conflict_never_a_delete,
+    closing_a_user_deleted_outside_is_success,
+    bad_events_get_a_reason_and_block_nothing,
+    server_errors_and_429_storms_are_retried_to_completion,
+    a_refused_key_pauses_everything_and_fails_nothing,
+    shutdown_lets_running_jobs_finish,
+    a_user_closed_before_the_first_sync_costs_no_call,
+);
 
 fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
     users
@@ -18,9 +37,8 @@ fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn signup_change_and_closure_reach_the_api_and_erase_personal_data() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn signup_change_and_closure_reach_the_api_and_erase_personal_data(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let run = Running::start(&env).await;
 
     env.signup("u1", " Ada@Example.com ", Some("Ada Lovelace"))
@@ -68,39 +86,41 @@ async fn signup_change_and_closure_reach_the_api_and_erase_personal_data() {
     env.settle(SETTLE).await;
     assert!(env.sandbox.users().is_empty());
     assert_eq!(env.event_state(closure).await.0, "applied");
-    let (embedded, outcome): (Option<String>, String) = sqlx::query_as(
-        "SELECT embedded_user_id, outcome FROM user_sync.erasures WHERE host_user_id = 'u1'",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .expect("an erasure row");
-    assert_eq!(embedded.as_deref(), Some(id.as_str()));
-    assert_eq!(outcome, "deleted");
-    let leftovers: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM user_sync.events
-                  WHERE host_user_id = 'u1' AND (email IS NOT NULL OR full_name IS NOT NULL))
-              + (SELECT count(*) FROM user_sync.users
-                  WHERE host_user_id = 'u1' AND (username IS NOT NULL OR full_name IS NOT NULL))",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .expect("count leftovers");
+    let erasures = env
+        .pairs("SELECT embedded_user_id, outcome FROM user_sync.erasures WHERE host_user_id = 'u1'")
+        .await;
+    assert_eq!(
+        erasures,
+        vec![(Some(id.clone()), Some("deleted".to_owned()))],
+        "one erasure row"
+    );
+    let leftovers = env
+        .scalar(
+            "SELECT (SELECT count(*) FROM user_sync.events
+                      WHERE host_user_id = 'u1' AND (email IS NOT NULL OR full_name IS NOT NULL))
+                  + (SELECT count(*) FROM user_sync.users
+                      WHERE host_user_id = 'u1' AND (username IS NOT NULL OR full_name IS NOT NULL))",
+        )
+        .await;
     assert_eq!(
         leftovers, 0,
         "the closed user's email or name is still stored"
     );
-    let dump = env.redis_dump().await;
+    let dump = env.queue_dump().await;
+    if backend == Backend::Sqlite {
+        // Finished jobs stay in the file until the sweeper clears them.
+        assert!(dump.contains("u1"), "the queue dump reads the jobs: {dump}");
+    }
     for secret in ["ada@", "Ada", "lovelace", KEY] {
-        assert!(!dump.contains(secret), "Redis holds {secret:?}");
+        assert!(!dump.contains(secret), "the queue holds {secret:?}");
     }
 
     run.stop().await;
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latest_event_wins_and_older_ones_are_superseded() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn latest_event_wins_and_older_ones_are_superseded(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let first = env.signup("u1", "old@example.com", Some("Old")).await;
     let second = env
         .event(
@@ -139,12 +159,14 @@ async fn latest_event_wins_and_older_ones_are_superseded() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated() {
-    let env = Env::start(SandboxOptions {
-        drop_rate: 1.0,
-        ..SandboxOptions::default()
-    })
+async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(backend: Backend) {
+    let env = Env::start_on(
+        backend,
+        SandboxOptions {
+            drop_rate: 1.0,
+            ..SandboxOptions::default()
+        },
+    )
     .await;
     let run = Running::start(&env).await;
     let event = env
@@ -184,9 +206,8 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_username_held_in_embedded_is_one_open_conflict() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn a_username_held_in_embedded_is_one_open_conflict(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let holder = env
         .sandbox
         .insert_user("taken@example.com", Some("Someone Else"));
@@ -213,9 +234,8 @@ async fn a_username_held_in_embedded_is_one_open_conflict() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_host_users_with_one_username_conflict_before_any_call() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn two_host_users_with_one_username_conflict_before_any_call(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let run = Running::start(&env).await;
     env.signup("first", "same@example.com", None).await;
     env.settle(SETTLE).await;
@@ -238,12 +258,14 @@ async fn two_host_users_with_one_username_conflict_before_any_call() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_rename_is_a_conflict_never_a_delete() {
-    let env = Env::start(SandboxOptions {
-        refuse_rename: true,
-        ..SandboxOptions::default()
-    })
+async fn a_refused_rename_is_a_conflict_never_a_delete(backend: Backend) {
+    let env = Env::start_on(
+        backend,
+        SandboxOptions {
+            refuse_rename: true,
+            ..SandboxOptions::default()
+        },
+    )
     .await;
     let run = Running::start(&env).await;
     env.signup("u1", "before@example.com", Some("Name")).await;
@@ -272,9 +294,8 @@ async fn a_refused_rename_is_a_conflict_never_a_delete() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_a_user_deleted_outside_is_success() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn closing_a_user_deleted_outside_is_success(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let run = Running::start(&env).await;
     env.signup("u1", "gone@example.com", None).await;
     env.settle(SETTLE).await;
@@ -293,17 +314,15 @@ async fn closing_a_user_deleted_outside_is_success() {
 
     assert_eq!(env.event_state(closure).await.0, "applied");
     assert_eq!(env.event_state(never).await.0, "applied");
-    let outcomes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT host_user_id, outcome FROM user_sync.erasures ORDER BY host_user_id",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .expect("erasures");
+    let outcomes = env
+        .pairs("SELECT host_user_id, outcome FROM user_sync.erasures ORDER BY host_user_id")
+        .await;
+    let some = |s: &str| Some(s.to_owned());
     assert_eq!(
         outcomes,
         vec![
-            ("nobody".to_owned(), "never_created".to_owned()),
-            ("u1".to_owned(), "already_absent".to_owned())
+            (some("nobody"), some("never_created")),
+            (some("u1"), some("already_absent"))
         ]
     );
 
@@ -311,9 +330,8 @@ async fn closing_a_user_deleted_outside_is_success() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_events_get_a_reason_and_block_nothing() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn bad_events_get_a_reason_and_block_nothing(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     let unknown = env
         .event(Some("b1"), "upgrade", Some("b1@example.com"), None)
         .await;
@@ -361,14 +379,16 @@ async fn bad_events_get_a_reason_and_block_nothing() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_errors_and_429_storms_are_retried_to_completion() {
-    let env = Env::start(SandboxOptions {
-        fail_rate: 0.3,
-        rate_limit: Some(20),
-        seed: Some(7),
-        ..SandboxOptions::default()
-    })
+async fn server_errors_and_429_storms_are_retried_to_completion(backend: Backend) {
+    let env = Env::start_on(
+        backend,
+        SandboxOptions {
+            fail_rate: 0.3,
+            rate_limit: Some(20),
+            seed: Some(7),
+            ..SandboxOptions::default()
+        },
+    )
     .await;
     for i in 0..60 {
         env.signup(&format!("u{i}"), &format!("user{i}@example.com"), None)
@@ -382,20 +402,17 @@ async fn server_errors_and_429_storms_are_retried_to_completion() {
     assert_eq!(stats.creates, 60, "no duplicate create");
     assert!(stats.failed > 0, "faults were injected");
     assert!(stats.max_admitted_per_second <= 20);
-    let failed: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE state <> 'applied'")
-            .fetch_one(&env.pool)
-            .await
-            .expect("count");
+    let failed = env
+        .scalar("SELECT count(*) FROM user_sync.events WHERE state <> 'applied'")
+        .await;
     assert_eq!(failed, 0);
 
     run.stop().await;
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_key_pauses_everything_and_fails_nothing() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn a_refused_key_pauses_everything_and_fails_nothing(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     env.sandbox.update_faults(FaultUpdate {
         api_key: Some("rotated-key".into()),
         ..FaultUpdate::default()
@@ -406,13 +423,12 @@ async fn a_refused_key_pauses_everything_and_fails_nothing() {
             .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let states: Vec<String> = sqlx::query_scalar("SELECT DISTINCT state FROM user_sync.events")
-        .fetch_all(&env.pool)
-        .await
-        .expect("states");
+    let states = env
+        .pairs("SELECT DISTINCT state, NULL FROM user_sync.events")
+        .await;
     assert_eq!(
         states,
-        vec!["pending".to_owned()],
+        vec![(Some("pending".to_owned()), None)],
         "nothing is marked failed"
     );
     let unauthorized = env.sandbox.stats().total_requests;
@@ -439,7 +455,7 @@ async fn a_flushed_queue_loses_nothing() {
         .await
         .expect("redis");
     let dispatcher = user_sync::source::dispatcher::Dispatcher::new(
-        env.pool.clone(),
+        std::sync::Arc::new(user_sync::store::postgres::PgStore::new(env.pg().clone())),
         user_sync::queue::shared(queue),
         env.settings().dispatcher,
     );
@@ -522,12 +538,14 @@ async fn several_processes_create_each_user_exactly_once() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_running_jobs_finish() {
-    let env = Env::start(SandboxOptions {
-        latency: Duration::from_millis(800),
-        ..SandboxOptions::default()
-    })
+async fn shutdown_lets_running_jobs_finish(backend: Backend) {
+    let env = Env::start_on(
+        backend,
+        SandboxOptions {
+            latency: Duration::from_millis(800),
+            ..SandboxOptions::default()
+        },
+    )
     .await;
     let run = Running::start(&env).await;
     for i in 0..4 {
@@ -542,11 +560,9 @@ async fn shutdown_lets_running_jobs_finish() {
     }
     run.stop().await;
 
-    let applied: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE state = 'applied'")
-            .fetch_one(&env.pool)
-            .await
-            .expect("count");
+    let applied = env
+        .scalar("SELECT count(*) FROM user_sync.events WHERE state = 'applied'")
+        .await;
     assert_eq!(
         applied, 4,
         "in-flight jobs finished before the process stopped"
@@ -578,9 +594,9 @@ async fn an_idle_worker_is_quiet() {
         n
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = reads(env.pool.clone()).await;
+    let before = reads(env.pg().clone()).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let after = reads(env.pool.clone()).await;
+    let after = reads(env.pg().clone()).await;
     let per_second = (after - before) as f64 / 20.0;
     assert!(
         per_second <= 1.0,
@@ -593,9 +609,8 @@ async fn an_idle_worker_is_quiet() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_closed_before_the_first_sync_costs_no_call() {
-    let env = Env::start(SandboxOptions::default()).await;
+async fn a_user_closed_before_the_first_sync_costs_no_call(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
     env.signup("u1", "brief@example.com", Some("Brief")).await;
     env.event(
         Some("u1"),
@@ -610,18 +625,15 @@ async fn a_user_closed_before_the_first_sync_costs_no_call() {
 
     assert_eq!(env.sandbox.stats().total_requests, 0);
     assert_eq!(env.event_state(closure).await.0, "applied");
-    let outcome: String =
-        sqlx::query_scalar("SELECT outcome FROM user_sync.erasures WHERE host_user_id = 'u1'")
-            .fetch_one(&env.pool)
-            .await
-            .expect("an erasure row");
-    assert_eq!(outcome, "never_created");
-    let leftovers: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM user_sync.events WHERE email IS NOT NULL OR full_name IS NOT NULL",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .expect("count");
+    let outcome = env
+        .pairs("SELECT outcome, NULL FROM user_sync.erasures WHERE host_user_id = 'u1'")
+        .await;
+    assert_eq!(outcome, vec![(Some("never_created".to_owned()), None)]);
+    let leftovers = env
+        .scalar(
+            "SELECT count(*) FROM user_sync.events WHERE email IS NOT NULL OR full_name IS NOT NULL",
+        )
+        .await;
     assert_eq!(leftovers, 0);
 
     run.stop().await;
@@ -637,7 +649,7 @@ async fn an_event_committed_late_never_overwrites_a_newer_one() {
 
     // Two host transactions: the older change takes its id first but
     // commits after the newer one has been applied.
-    let mut late = env.pool.begin().await.expect("begin");
+    let mut late = env.pg().begin().await.expect("begin");
     let older: i64 = sqlx::query_scalar(
         "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
          VALUES ('u1', 'profile_change', 'a@example.com', 'Older') RETURNING id",
@@ -678,15 +690,9 @@ async fn an_event_committed_late_never_overwrites_a_newer_one() {
     env.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_for_one_user_never_overlap_across_processes() {
-    let env = Env::start(SandboxOptions {
-        latency: Duration::from_millis(20),
-        ..SandboxOptions::default()
-    })
-    .await;
-    let a = Running::start(&env).await;
-    let b = Running::start(&env).await;
+/// Forty quick changes of one user while workers run: never two calls for
+/// the user at once, one create, and the last name wins.
+async fn forty_quick_changes_of_one_user(env: &Env) {
     env.signup("u1", "busy@example.com", Some("Name 0")).await;
     for round in 1..=40 {
         env.event(
@@ -707,6 +713,37 @@ async fn calls_for_one_user_never_overlap_across_processes() {
     let users = env.sandbox.users();
     assert_eq!(users.len(), 1);
     assert_eq!(users[0].full_name.as_deref(), Some("Name 40"));
+}
+
+/// On SQLite one process works on a file: its jobs for one user never
+/// overlap either (the per-user lock is in the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_one_user_never_overlap_in_one_sqlite_process() {
+    let env = Env::start_on(
+        Backend::Sqlite,
+        SandboxOptions {
+            latency: Duration::from_millis(20),
+            ..SandboxOptions::default()
+        },
+    )
+    .await;
+    let run = Running::start(&env).await;
+    forty_quick_changes_of_one_user(&env).await;
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_one_user_never_overlap_across_processes() {
+    let env = Env::start(SandboxOptions {
+        latency: Duration::from_millis(20),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let a = Running::start(&env).await;
+    let b = Running::start(&env).await;
+    forty_quick_changes_of_one_user(&env).await;
 
     a.stop().await;
     b.stop().await;

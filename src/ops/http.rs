@@ -9,16 +9,16 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde::Serialize;
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::JobQueue;
 use crate::ratelimit::ApiGate;
+use crate::store::Reports;
 
 /// What the endpoints look at.
 #[derive(Clone)]
 pub struct OpsState {
-    pub pool: PgPool,
+    pub store: Arc<dyn Reports>,
     pub queue: Arc<dyn JobQueue>,
     pub gate: Arc<ApiGate>,
 }
@@ -61,7 +61,7 @@ pub async fn serve(
 }
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
-    let database = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
+    let database = state.store.ping().await.is_ok();
     let queue = state.queue.ping().await.is_ok();
     let api_key = !state.gate.auth_paused();
     let status = if database && queue && api_key {
@@ -82,7 +82,7 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
     // Gauges of the tables and the queue are read at scrape time: an idle
     // worker then costs no queries between scrapes.
-    if let Ok(status) = super::status::Status::load(&state.pool).await {
+    if let Ok(status) = state.store.status().await {
         metrics::gauge!("user_sync_pending_events").set(status.pending_events as f64);
         metrics::gauge!("user_sync_outbox_lag_seconds").set(status.outbox_lag_seconds);
         metrics::gauge!("user_sync_open_conflicts").set(status.open_conflicts as f64);

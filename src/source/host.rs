@@ -11,9 +11,31 @@
 //! PostgreSQL itself (`regclass`, `quote_ident`), and the condition and the
 //! query are SQL by design.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, SqliteConnection};
 
 use crate::config::{SourceTable, SourceTarget};
+
+/// A page of `$source` after `$after` on `$conn`, the same statement shape
+/// on both backends (only the connection's type differs).
+macro_rules! fetch_page {
+    ($source:expr, $conn:expr, $after:expr, $limit:expr) => {
+        match $after {
+            None => {
+                sqlx::query_as(sqlx::AssertSqlSafe($source.first_page.as_str()))
+                    .bind(i64::from($limit))
+                    .fetch_all($conn)
+                    .await
+            }
+            Some(after) => {
+                sqlx::query_as(sqlx::AssertSqlSafe($source.next_page.as_str()))
+                    .bind(i64::from($limit))
+                    .bind(after)
+                    .fetch_all($conn)
+                    .await
+            }
+        }
+    };
+}
 
 /// One host user as the source holds it, before any parsing.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -202,6 +224,144 @@ impl HostSource {
         })
     }
 
+    /// [`Self::check`] on a SQLite database: the table (`[main.]name`) and
+    /// its columns exist (`pragma_table_info`), the condition and the query
+    /// run. Identifiers are quoted here, as SQLite quotes them.
+    pub async fn check_sqlite(
+        conn: &mut SqliteConnection,
+        target: &SourceTarget,
+    ) -> Result<Self, SourceError> {
+        let source = match target {
+            SourceTarget::Table(config) => {
+                let name = config.table.strip_prefix("main.").unwrap_or(&config.table);
+                let columns: Vec<String> =
+                    sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+                        .bind(name)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                if columns.is_empty() {
+                    return Err(SourceError::UnknownTable(config.table.clone()));
+                }
+                let qualified = quote_sqlite(name);
+                let column = |key: &'static str, column: &str| {
+                    if columns.iter().any(|c| c == column) {
+                        Ok(quote_sqlite(column))
+                    } else {
+                        Err(SourceError::UnknownColumn {
+                            key,
+                            table: qualified.clone(),
+                            column: column.to_owned(),
+                        })
+                    }
+                };
+                let id = column("source.id_column", &config.id_column)?;
+                let email = column("source.email_column", &config.email_column)?;
+                let name_column = config
+                    .name_column
+                    .as_deref()
+                    .map(|n| column("source.name_column", n))
+                    .transpose()?;
+                let open = match &config.closed_condition {
+                    Some(condition) => format!("NOT COALESCE(({condition}), 0)"),
+                    None => "1".to_owned(),
+                };
+                let name_expr = name_column
+                    .as_deref()
+                    .map(|n| format!("CAST({n} AS TEXT)"))
+                    .unwrap_or_else(|| "NULL".into());
+                let select = format!(
+                    "SELECT CAST({id} AS TEXT) AS host_user_id, CAST({email} AS TEXT) AS email,
+                            {name_expr} AS full_name
+                     FROM {qualified}"
+                );
+                // The id column's affinity applies to the bound text: ids
+                // compare as the column's type, in the order of its index.
+                Self {
+                    first_page: format!("{select} WHERE {open} ORDER BY {id} LIMIT ?1"),
+                    next_page: format!(
+                        "{select} WHERE {id} > ?2 AND {open} ORDER BY {id} LIMIT ?1"
+                    ),
+                    count_open: format!("SELECT count(*) FROM {qualified} WHERE {open}"),
+                    count_closed: config
+                        .closed_condition
+                        .as_ref()
+                        .map(|_| format!("SELECT count(*) FROM {qualified} WHERE NOT ({open})")),
+                    table: Some(CheckedTable {
+                        qualified: qualified.clone(),
+                        schema: "main".into(),
+                        name: name.to_owned(),
+                        id,
+                        email,
+                        name_column,
+                        closed_condition: config.closed_condition.clone(),
+                    }),
+                }
+            }
+            SourceTarget::Query(query) => {
+                let select = format!(
+                    "SELECT CAST(q.host_user_id AS TEXT) AS host_user_id,
+                            CAST(q.email AS TEXT) AS email, CAST(q.full_name AS TEXT) AS full_name
+                     FROM ({query}) AS q"
+                );
+                let key = "CAST(q.host_user_id AS TEXT)";
+                Self {
+                    first_page: format!("{select} ORDER BY {key} LIMIT ?1"),
+                    next_page: format!("{select} WHERE {key} > ?2 ORDER BY {key} LIMIT ?1"),
+                    count_open: format!("SELECT count(*) FROM ({query}) AS q"),
+                    count_closed: None,
+                    table: None,
+                }
+            }
+        };
+        // The operator's SQL: see that it runs before anything else does.
+        let probe = format!("{} LIMIT 0", source.first_page.replace("LIMIT ?1", ""));
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(probe))
+            .execute(&mut *conn)
+            .await
+        {
+            let reason = database_message(&e);
+            return Err(match &source.table {
+                Some(table) => SourceError::BadCondition {
+                    table: table.qualified.clone(),
+                    reason,
+                },
+                None if reason.contains("no such column") => SourceError::QueryColumns(reason),
+                None => SourceError::BadQuery(reason),
+            });
+        }
+        Ok(source)
+    }
+
+    /// [`Self::page`] on SQLite.
+    pub async fn page_sqlite(
+        &self,
+        conn: &mut SqliteConnection,
+        after: Option<&str>,
+        limit: u32,
+    ) -> sqlx::Result<Vec<HostRow>> {
+        fetch_page!(self, conn, after, limit)
+    }
+
+    /// [`Self::count_open`] and [`Self::count_closed`] on SQLite.
+    pub async fn counts_sqlite(
+        &self,
+        conn: &mut SqliteConnection,
+    ) -> sqlx::Result<(u64, Option<u64>)> {
+        let open: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(self.count_open.as_str()))
+            .fetch_one(&mut *conn)
+            .await?;
+        let closed = match &self.count_closed {
+            Some(sql) => {
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                Some(u64::try_from(n).unwrap_or(0))
+            }
+            None => None,
+        };
+        Ok((u64::try_from(open).unwrap_or(0), closed))
+    }
+
     /// Up to `limit` host users after `after` (the last id of the page
     /// before, `None` for the first page), in id order.
     pub async fn page(
@@ -210,21 +370,7 @@ impl HostSource {
         after: Option<&str>,
         limit: u32,
     ) -> sqlx::Result<Vec<HostRow>> {
-        match after {
-            None => {
-                sqlx::query_as(sqlx::AssertSqlSafe(self.first_page.as_str()))
-                    .bind(i64::from(limit))
-                    .fetch_all(conn)
-                    .await
-            }
-            Some(after) => {
-                sqlx::query_as(sqlx::AssertSqlSafe(self.next_page.as_str()))
-                    .bind(i64::from(limit))
-                    .bind(after)
-                    .fetch_all(conn)
-                    .await
-            }
-        }
+        fetch_page!(self, conn, after, limit)
     }
 
     pub async fn count_open(&self, conn: &mut PgConnection) -> sqlx::Result<u64> {
@@ -249,6 +395,11 @@ impl HostSource {
     pub fn checked_table(&self) -> Result<&CheckedTable, SourceError> {
         self.table.as_ref().ok_or(SourceError::NotATable)
     }
+}
+
+/// An identifier as SQLite quotes it.
+fn quote_sqlite(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// The server's message for a failed statement, in one line.

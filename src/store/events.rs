@@ -146,8 +146,9 @@ pub struct NextEvent {
     pub synced: Synced,
 }
 
+/// The row [`newest_pending`] reads, on either backend.
 #[derive(sqlx::FromRow)]
-struct NextEventRow {
+pub(super) struct NextEventRow {
     #[sqlx(flatten)]
     event: OutboxEvent,
     older_pending: i64,
@@ -178,23 +179,27 @@ pub async fn newest_pending(
     .bind(host.as_str())
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|r| {
-        let synced = match r.user_state.as_deref() {
+    Ok(row.map(NextEventRow::into_next))
+}
+
+impl NextEventRow {
+    pub(super) fn into_next(self) -> NextEvent {
+        let synced = match self.user_state.as_deref() {
             Some(state) => users::synced_from(
                 state,
-                r.user_embedded_id.as_deref(),
-                r.user_username.as_deref(),
-                r.user_full_name.as_deref(),
+                self.user_embedded_id.as_deref(),
+                self.user_username.as_deref(),
+                self.user_full_name.as_deref(),
             ),
             None => Synced::Nothing,
         };
         NextEvent {
-            event: r.event,
-            older_pending: r.older_pending,
-            last_acted_on: r.last_acted_on,
+            event: self.event,
+            older_pending: self.older_pending,
+            last_acted_on: self.last_acted_on,
             synced,
         }
-    }))
+    }
 }
 
 /// Ends one event.

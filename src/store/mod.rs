@@ -1,6 +1,15 @@
 //! The worker's tables: the outbox's worker-owned columns, users, conflicts
-//! and erasures. PostgreSQL is the source of truth; the queue only carries
-//! ids of rows that live here.
+//! and erasures. The database is the source of truth; the queue only
+//! carries ids of rows that live here.
+//!
+//! The pipeline reaches them through three small traits, so that one
+//! dispatcher, one sweeper and one sync job serve every backend:
+//! [`Outbox`] (what the dispatcher and the sweeper do to the outbox),
+//! [`SyncStore`] and [`UserSession`] (what a job does to one host user's
+//! rows, under that user's lock), and [`Reports`] (what `status`,
+//! `conflicts` and the ops server read). [`postgres`] implements them on
+//! PostgreSQL, [`sqlite`] on a SQLite file; [`Database`] picks one from
+//! `database.url`.
 //!
 //! SQL lives next to the code that owns the table: [`events`] (the outbox),
 //! [`users`] (users, conflicts, erasures), [`migrate`].
@@ -8,18 +17,208 @@
 pub mod events;
 pub mod migrate;
 pub mod nodelay;
+pub mod postgres;
+pub mod sqlite;
 pub mod users;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
+use sqlx::SqlitePool;
 
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseKind, DatabaseSettings};
+use crate::domain::{EmbeddedUserId, HostUserId, Username};
+use crate::ops::status::{ConflictRow, Status};
+use crate::queue::JobQueue;
+use crate::sync::plan::Profile;
+use events::{EventState, NextEvent};
+use users::{Claim, ErasureOutcome, NewConflict};
 
-/// Opens a pool on the configured database. Statement logging is off: a
+/// What the dispatcher and the sweeper do to the outbox.
+pub trait Outbox: Send + Sync {
+    /// Claims up to `limit` events due for dispatch and pushes one job per
+    /// event to `queue`. The events count as dispatched only once the queue
+    /// took them: a failed push, or a crash before it, leaves them to
+    /// dispatch again. Several dispatchers never claim one event at once.
+    /// Returns how many went to the queue.
+    fn dispatch_due<'a>(
+        &'a self,
+        limit: u32,
+        queue: &'a dyn JobQueue,
+    ) -> BoxFuture<'a, anyhow::Result<usize>>;
+    /// How long until the next snoozed event is due, if any is waiting.
+    fn next_due_in(&self) -> BoxFuture<'_, sqlx::Result<Option<Duration>>>;
+    /// Events dispatched more than `after` ago and still pending go back to
+    /// be dispatched (their job was lost). Returns how many.
+    fn sweep_stale(&self, after: Duration) -> BoxFuture<'_, sqlx::Result<u64>>;
+    /// What wakes the dispatcher when the host writes an event.
+    fn wake_ups(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn WakeUps>>>;
+}
+
+/// Signals that new events may be waiting in the outbox.
+pub trait WakeUps: Send {
+    /// Resolves at the next signal (and swallows those already there: one
+    /// batch serves them all). Never resolving is allowed: the dispatcher
+    /// polls as well.
+    fn next(&mut self) -> BoxFuture<'_, ()>;
+}
+
+/// What a sync job needs outside a user's lock.
+pub trait SyncStore: Send + Sync {
+    /// Takes the exclusive right to act on `host`, across every process
+    /// sharing the database, if nobody holds it.
+    fn lock_user<'a>(
+        &'a self,
+        host: &'a HostUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<Box<dyn UserSession>>>>;
+    /// Ends an event that has no valid host user to lock.
+    fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Puts an event back to be dispatched after `delay`, without counting
+    /// an attempt (its user was busy).
+    fn snooze(&self, id: i64, delay: Duration) -> BoxFuture<'_, sqlx::Result<()>>;
+}
+
+/// One host user's rows, under that user's lock. Every write commits on
+/// its own: an intent recorded here is durable before the API call it
+/// announces. Dropping the session without [`UserSession::release`]
+/// releases the lock too (with the connection).
+pub trait UserSession: Send {
+    /// The newest pending event of the user, with what the job must know
+    /// around it, in one round trip.
+    fn newest_pending(&mut self) -> BoxFuture<'_, sqlx::Result<Option<NextEvent>>>;
+    /// Ends one event.
+    fn finish<'a>(
+        &'a mut self,
+        id: i64,
+        state: EventState,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Ends every pending event of the user older than `newest`; returns
+    /// how many.
+    fn supersede_older(&mut self, newest: i64) -> BoxFuture<'_, sqlx::Result<u64>>;
+    /// Puts an event back to be dispatched after `delay`; `failed` counts
+    /// an attempt.
+    fn snooze<'a>(
+        &'a mut self,
+        id: i64,
+        delay: Duration,
+        failed: bool,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Records the intent to create `profile`, durably, before the create
+    /// is sent; a username another host user holds is refused.
+    fn claim_for_create<'a>(
+        &'a mut self,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Claim>>;
+    /// The other host user holding or claiming `username`, if any.
+    fn holder_of<'a>(
+        &'a mut self,
+        username: &'a Username,
+    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>>;
+    /// Records the user's Embedded user and profile and resolves its open
+    /// conflicts; with `applied`, that event ends `applied` too.
+    fn mark_synced<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        profile: &'a Profile,
+        event_id: i64,
+        applied: Option<i64>,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Records that the user has no Embedded user (in `state`), releasing
+    /// any username claim.
+    fn mark_without_user<'a>(
+        &'a mut self,
+        state: &'a str,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Reports a conflict once; returns whether a row was added.
+    fn report_conflict<'a>(
+        &'a mut self,
+        conflict: &'a NewConflict<'a>,
+    ) -> BoxFuture<'a, sqlx::Result<bool>>;
+    /// Completes a closure in one transaction: scrubs the user's email and
+    /// name from every table, records the erasure, ends the event.
+    fn erase<'a>(
+        &'a mut self,
+        embedded_user_id: Option<&'a EmbeddedUserId>,
+        closure_event_id: i64,
+        outcome: ErasureOutcome,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Releases the lock.
+    fn release(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>>;
+}
+
+/// What operators read: `status`, `conflicts`, `/readyz`, `/metrics`.
+pub trait Reports: Send + Sync {
+    /// Whether the database answers.
+    fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>>;
+    fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>>;
+    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>>;
+}
+
+/// Everything the pipeline needs of a backend.
+pub trait Store: Outbox + SyncStore + Reports {}
+
+impl<T: Outbox + SyncStore + Reports> Store for T {}
+
+/// The database `database.url` names, connected: PostgreSQL (beside Redis)
+/// or a SQLite file (the embedded default, queue included).
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Database {
+    /// Connects with at least `min_size` connections.
+    pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<Self> {
+        Ok(match settings.kind()? {
+            DatabaseKind::Postgres => Self::Postgres(connect(settings, min_size).await?),
+            DatabaseKind::Sqlite => Self::Sqlite(sqlite::connect(settings, min_size).await?),
+        })
+    }
+
+    /// Applies the migrations not applied yet; returns how many ran.
+    pub async fn migrate(&self) -> anyhow::Result<usize> {
+        match self {
+            Self::Postgres(pool) => migrate::run(pool).await,
+            Self::Sqlite(pool) => sqlite::migrate(pool).await,
+        }
+    }
+
+    /// Fails, saying what to run, when a migration is missing.
+    pub async fn check_current(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Postgres(pool) => migrate::check_current(pool).await,
+            Self::Sqlite(pool) => sqlite::check_current(pool).await,
+        }
+    }
+
+    /// The pipeline's storage on this database. One per process: on
+    /// SQLite it holds the process's per-user locks.
+    pub fn into_store(self) -> Arc<dyn Store> {
+        match self {
+            Self::Postgres(pool) => Arc::new(postgres::PgStore::new(pool)),
+            Self::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool)),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Postgres(pool) => pool.close().await,
+            Self::Sqlite(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Opens a pool on the configured PostgreSQL database. Statement logging is off: a
 /// logged statement would print bound values, emails among them.
 pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<PgPool> {
     use anyhow::Context;
@@ -45,7 +244,7 @@ pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Resu
     Ok(pool)
 }
 
-/// A job outcome that wants the event tried again later.
+/// Whether `error` is a unique-constraint violation.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool};
 
 use crate::config::WorkerSettings;
 use crate::domain::{EmbeddedUserId, HostUserId, Username};
 use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser, UserRef, UserUpdate};
 use crate::ratelimit::{ApiGate, GateRefusal, full_jitter};
-use crate::store::events::{self, EventState, OutboxEvent};
-use crate::store::users::{self, Claim, ConflictReason, ErasureOutcome, NewConflict, UserLock};
+use crate::store::events::{EventState, OutboxEvent};
+use crate::store::users::{self, Claim, ConflictReason, ErasureOutcome, NewConflict};
+use crate::store::{SyncStore, UserSession};
 use crate::sync::plan::{Desired, Profile, SyncPlan, Synced, plan};
 
 /// What travels through the queue: ids only, never an email or a name.
@@ -31,9 +31,10 @@ pub struct SyncJob {
 }
 
 /// Everything a job needs, shared by all jobs of a process.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SyncContext {
-    pub pool: PgPool,
+    /// The worker's tables, whichever database holds them.
+    pub store: Arc<dyn SyncStore>,
     pub api: EmbeddedClient,
     pub gate: Arc<ApiGate>,
     pub worker: WorkerSettings,
@@ -63,35 +64,38 @@ pub async fn run(ctx: &SyncContext, job: &SyncJob) -> anyhow::Result<()> {
     let host = match job.host_user_id.as_deref().map(HostUserId::parse) {
         Some(Ok(host)) => host,
         Some(Err(reason)) => {
-            events::mark_invalid(&ctx.pool, job.event_id, &reason.to_string()).await?;
+            ctx.store
+                .mark_invalid(job.event_id, &reason.to_string())
+                .await?;
             count_event("unknown", "invalid");
             return Ok(());
         }
         None => {
-            events::mark_invalid(&ctx.pool, job.event_id, "host_user_id is missing").await?;
+            ctx.store
+                .mark_invalid(job.event_id, "host_user_id is missing")
+                .await?;
             count_event("unknown", "invalid");
             return Ok(());
         }
     };
-    let Some(mut lock) = UserLock::try_acquire(&ctx.pool, &host).await? else {
+    let Some(mut session) = ctx.store.lock_user(&host).await? else {
         // Another job is applying this user's events; it may have read them
         // before this one arrived, so this event comes back shortly.
-        let mut conn = ctx.pool.acquire().await?;
-        events::snooze(&mut conn, job.event_id, BUSY_RETRY, false, None).await?;
+        ctx.store.snooze(job.event_id, BUSY_RETRY).await?;
         return Ok(());
     };
-    let result = apply_pending(ctx, &host, lock.conn()).await;
-    lock.release().await?;
+    let result = apply_pending(ctx, &host, session.as_mut()).await;
+    session.release().await?;
     result
 }
 
 async fn apply_pending(
     ctx: &SyncContext,
     host: &HostUserId,
-    conn: &mut PgConnection,
+    session: &mut dyn UserSession,
 ) -> anyhow::Result<()> {
     for _ in 0..MAX_EVENTS_PER_JOB {
-        let Some(next) = events::newest_pending(conn, host).await? else {
+        let Some(next) = session.newest_pending().await? else {
             return Ok(());
         };
         let event = next.event;
@@ -104,25 +108,27 @@ async fn apply_pending(
         {
             // Committed late, after a newer event of this user was acted
             // on (concurrent host transactions): older data never wins.
-            let stale = events::supersede_older(conn, host, last).await?;
+            let stale = session.supersede_older(last).await?;
             count_superseded(stale);
             continue;
         }
         let desired = match event.desired() {
             Ok(desired) => desired,
             Err(reason) => {
-                events::finish(conn, event.id, EventState::Invalid, Some(&reason)).await?;
+                session
+                    .finish(event.id, EventState::Invalid, Some(&reason))
+                    .await?;
                 count_event(kind_label(&event), "invalid");
                 tracing::warn!(event_id = event.id, host_user_id = %host, %reason, "invalid event");
                 continue;
             }
         };
         if next.older_pending > 0 {
-            count_superseded(events::supersede_older(conn, host, event.id).await?);
+            count_superseded(session.supersede_older(event.id).await?);
         }
         // One event applied per job: a newer event arriving meanwhile has
         // a job of its own.
-        return apply_event(ctx, conn, host, &event, &desired, next.synced)
+        return apply_event(ctx, session, host, &event, &desired, next.synced)
             .await
             .map(|_| ());
     }
@@ -132,7 +138,7 @@ async fn apply_pending(
 /// Carries out the newest event of `host`.
 async fn apply_event(
     ctx: &SyncContext,
-    conn: &mut PgConnection,
+    session: &mut dyn UserSession,
     host: &HostUserId,
     event: &OutboxEvent,
     desired: &Desired,
@@ -143,7 +149,7 @@ async fn apply_event(
     for _ in 0..3 {
         let step = match plan(desired, &synced) {
             SyncPlan::Nothing => {
-                finish(conn, event, EventState::Applied, None).await?;
+                finish(session, event, EventState::Applied, None).await?;
                 Step::Done
             }
             SyncPlan::Confirm { username } => {
@@ -151,7 +157,8 @@ async fn apply_event(
                     Ok(found) => {
                         // The lost create happened: adopt its user.
                         let profile = profile_of(&found);
-                        users::mark_synced(conn, host, &found.user_id, &profile, event.id, None)
+                        session
+                            .mark_synced(&found.user_id, &profile, event.id, None)
                             .await?;
                         tracing::info!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, "adopted the user of an unconfirmed create");
                         synced = Synced::Present {
@@ -164,7 +171,7 @@ async fn apply_event(
                         synced = Synced::Nothing;
                         continue;
                     }
-                    Err(stop) => return stopped(ctx, conn, event, stop).await,
+                    Err(stop) => return stopped(ctx, session, event, stop).await,
                 }
             }
             SyncPlan::Create(new_user) => {
@@ -172,16 +179,17 @@ async fn apply_event(
                     username: new_user.username.clone(),
                     full_name: new_user.full_name.clone(),
                 };
-                if let Claim::TakenBy(holder) =
-                    users::claim_for_create(conn, host, &profile, event.id).await?
+                if let Claim::TakenBy(holder) = session.claim_for_create(&profile, event.id).await?
                 {
-                    return taken_by_host_user(conn, host, &profile.username, &holder, event).await;
+                    return taken_by_host_user(session, host, &profile.username, &holder, event)
+                        .await;
                 }
                 // The gate right before the call: the API sees requests
                 // spaced as the gate spaced them, not blurred by the claim.
                 match call(ctx, || ctx.api.create_user(&new_user)).await {
                     Ok(id) => {
-                        users::mark_synced(conn, host, &id, &profile, event.id, Some(event.id))
+                        session
+                            .mark_synced(&id, &profile, event.id, Some(event.id))
                             .await?;
                         count_event(kind_label(event), EventState::Applied.as_str());
                         Step::Done
@@ -189,8 +197,9 @@ async fn apply_event(
                     Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
                         // A definite refusal: nothing was created. Release
                         // the claim before looking for who holds the name.
-                        users::mark_without_user(conn, host, "failed", event.id).await?;
-                        refused_create(ctx, conn, host, &profile.username, event, &refused).await?
+                        session.mark_without_user("failed", event.id).await?;
+                        refused_create(ctx, session, host, &profile.username, event, &refused)
+                            .await?
                     }
                     Err(
                         stop @ (Stop::Gate(_)
@@ -201,18 +210,20 @@ async fn apply_event(
                         // Nothing was sent, or it was refused before anything
                         // was done: release the claim, so that no lookup is
                         // needed next time.
-                        users::mark_without_user(conn, host, users::NOT_CREATED, event.id).await?;
-                        return stopped(ctx, conn, event, stop).await;
+                        session
+                            .mark_without_user(users::NOT_CREATED, event.id)
+                            .await?;
+                        return stopped(ctx, session, event, stop).await;
                     }
                     // The row stays `creating`: the next attempt confirms.
-                    Err(stop) => return stopped(ctx, conn, event, stop).await,
+                    Err(stop) => return stopped(ctx, session, event, stop).await,
                 }
             }
             SyncPlan::Update { id, update } => {
                 let Desired::Present(want) = desired else {
                     unreachable!("plan updates only a present user")
                 };
-                match update_user(ctx, conn, host, event, &id, update, want).await? {
+                match update_user(ctx, session, host, event, &id, update, want).await? {
                     Some(step) => step,
                     None => {
                         // Deleted outside the worker: create it again.
@@ -227,10 +238,10 @@ async fn apply_event(
                     Some(user) => match call(ctx, || ctx.api.delete_user(user)).await {
                         Ok(()) => ErasureOutcome::Deleted,
                         Err(Stop::Api(ApiError::NotFound)) => ErasureOutcome::AlreadyAbsent,
-                        Err(stop) => return stopped(ctx, conn, event, stop).await,
+                        Err(stop) => return stopped(ctx, session, event, stop).await,
                     },
                 };
-                users::erase(conn, host, id.as_ref(), event.id, outcome).await?;
+                session.erase(id.as_ref(), event.id, outcome).await?;
                 count_event(kind_label(event), "applied");
                 metrics::counter!("user_sync_erasures_total", "outcome" => outcome.as_str())
                     .increment(1);
@@ -243,7 +254,7 @@ async fn apply_event(
     // Only a user deleted outside twice in one job gets here.
     stopped(
         ctx,
-        conn,
+        session,
         event,
         Stop::Gate(GateRefusal::Backoff(ctx.worker.backoff_base)),
     )
@@ -254,7 +265,7 @@ async fn apply_event(
 /// a permanent failure otherwise.
 async fn refused_create(
     ctx: &SyncContext,
-    conn: &mut PgConnection,
+    session: &mut dyn UserSession,
     host: &HostUserId,
     username: &Username,
     event: &OutboxEvent,
@@ -262,7 +273,7 @@ async fn refused_create(
 ) -> anyhow::Result<Step> {
     match call(ctx, || ctx.api.get_user(UserRef::Username(username))).await {
         Ok(holder) => {
-            users::mark_without_user(conn, host, "conflict", event.id).await?;
+            session.mark_without_user("conflict", event.id).await?;
             let conflict = NewConflict {
                 host,
                 username,
@@ -271,20 +282,26 @@ async fn refused_create(
                 holder_embedded_user_id: Some(&holder.user_id),
                 event_id: Some(event.id),
             };
-            end_in_conflict(conn, event, &conflict).await
+            end_in_conflict(session, event, &conflict).await
         }
         Err(Stop::Api(ApiError::NotFound)) => {
-            finish(conn, event, EventState::Failed, Some(&refusal.to_string())).await?;
+            finish(
+                session,
+                event,
+                EventState::Failed,
+                Some(&refusal.to_string()),
+            )
+            .await?;
             Ok(Step::Done)
         }
-        Err(stop) => stopped(ctx, conn, event, stop).await,
+        Err(stop) => stopped(ctx, session, event, stop).await,
     }
 }
 
 /// Sends an update. `None` when the user no longer exists in Embedded.
 async fn update_user(
     ctx: &SyncContext,
-    conn: &mut PgConnection,
+    session: &mut dyn UserSession,
     host: &HostUserId,
     event: &OutboxEvent,
     id: &EmbeddedUserId,
@@ -292,25 +309,33 @@ async fn update_user(
     want: &Profile,
 ) -> anyhow::Result<Option<Step>> {
     if let Some(new_username) = &update.username
-        && let Some(holder) = users::holder_of(conn, new_username, host).await?
+        && let Some(holder) = session.holder_of(new_username).await?
     {
-        return taken_by_host_user(conn, host, new_username, &holder, event)
+        return taken_by_host_user(session, host, new_username, &holder, event)
             .await
             .map(Some);
     }
     match call(ctx, || ctx.api.update_user(id, &update)).await {
         Ok(_) => {
-            users::mark_synced(conn, host, id, want, event.id, Some(event.id)).await?;
+            session
+                .mark_synced(id, want, event.id, Some(event.id))
+                .await?;
             count_event(kind_label(event), EventState::Applied.as_str());
             Ok(Some(Step::Done))
         }
         Err(Stop::Api(ApiError::NotFound)) => {
-            users::mark_without_user(conn, host, "failed", event.id).await?;
+            session.mark_without_user("failed", event.id).await?;
             Ok(None)
         }
         Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
             let Some(new_username) = &update.username else {
-                finish(conn, event, EventState::Failed, Some(&refused.to_string())).await?;
+                finish(
+                    session,
+                    event,
+                    EventState::Failed,
+                    Some(&refused.to_string()),
+                )
+                .await?;
                 return Ok(Some(Step::Done));
             };
             // Who refused the rename: a holder of the new name, or the API
@@ -319,7 +344,7 @@ async fn update_user(
             {
                 Ok(found) if &found.user_id != id => Some(found.user_id),
                 Ok(_) | Err(Stop::Api(ApiError::NotFound)) => None,
-                Err(stop) => return stopped(ctx, conn, event, stop).await.map(Some),
+                Err(stop) => return stopped(ctx, session, event, stop).await.map(Some),
             };
             let reason = if holder.is_some() {
                 ConflictReason::TakenInEmbedded
@@ -334,14 +359,14 @@ async fn update_user(
                 holder_embedded_user_id: holder.as_ref(),
                 event_id: Some(event.id),
             };
-            end_in_conflict(conn, event, &conflict).await.map(Some)
+            end_in_conflict(session, event, &conflict).await.map(Some)
         }
-        Err(stop) => stopped(ctx, conn, event, stop).await.map(Some),
+        Err(stop) => stopped(ctx, session, event, stop).await.map(Some),
     }
 }
 
 async fn taken_by_host_user(
-    conn: &mut PgConnection,
+    session: &mut dyn UserSession,
     host: &HostUserId,
     username: &Username,
     holder: &HostUserId,
@@ -355,18 +380,18 @@ async fn taken_by_host_user(
         holder_embedded_user_id: None,
         event_id: Some(event.id),
     };
-    end_in_conflict(conn, event, &conflict).await
+    end_in_conflict(session, event, &conflict).await
 }
 
 /// Reports `conflict` (once) and ends `event` in it.
 async fn end_in_conflict(
-    conn: &mut PgConnection,
+    session: &mut dyn UserSession,
     event: &OutboxEvent,
     conflict: &NewConflict<'_>,
 ) -> anyhow::Result<Step> {
-    report(conn, conflict).await?;
+    report(session, conflict).await?;
     finish(
-        conn,
+        session,
         event,
         EventState::Conflict,
         Some(conflict.reason.as_str()),
@@ -375,25 +400,27 @@ async fn end_in_conflict(
     Ok(Step::Done)
 }
 
-/// Reports a conflict once, counted and logged (ids and a fingerprint of
-/// the username only). The backfill reports through here too.
-pub(crate) async fn report(
-    conn: &mut PgConnection,
-    conflict: &NewConflict<'_>,
-) -> anyhow::Result<()> {
-    if users::report_conflict(conn, conflict).await? {
-        metrics::counter!("user_sync_conflicts_total", "reason" => conflict.reason.as_str())
-            .increment(1);
-        tracing::warn!(
-            host_user_id = %conflict.host,
-            username_fingerprint = %conflict.username.fingerprint(),
-            reason = conflict.reason.as_str(),
-            holder_host_user_id = conflict.holder_host_user_id.map(HostUserId::as_str),
-            holder_embedded_user_id = conflict.holder_embedded_user_id.map(EmbeddedUserId::as_str),
-            "username conflict reported"
-        );
+/// Reports a conflict once, counted and logged.
+async fn report(session: &mut dyn UserSession, conflict: &NewConflict<'_>) -> anyhow::Result<()> {
+    if session.report_conflict(conflict).await? {
+        reported(conflict);
     }
     Ok(())
+}
+
+/// Counts and logs a newly reported conflict (ids and a fingerprint of the
+/// username only). The backfill reports through here too.
+pub(crate) fn reported(conflict: &NewConflict<'_>) {
+    metrics::counter!("user_sync_conflicts_total", "reason" => conflict.reason.as_str())
+        .increment(1);
+    tracing::warn!(
+        host_user_id = %conflict.host,
+        username_fingerprint = %conflict.username.fingerprint(),
+        reason = conflict.reason.as_str(),
+        holder_host_user_id = conflict.holder_host_user_id.map(HostUserId::as_str),
+        holder_embedded_user_id = conflict.holder_embedded_user_id.map(EmbeddedUserId::as_str),
+        "username conflict reported"
+    );
 }
 
 /// One API call through the gate; the gate learns from the answer.
@@ -417,7 +444,7 @@ fn observed<T>(ctx: &SyncContext, answer: Result<T, ApiError>) -> Result<T, Stop
 /// The event cannot finish now: snooze it, or give up on it for good.
 async fn stopped(
     ctx: &SyncContext,
-    conn: &mut PgConnection,
+    session: &mut dyn UserSession,
     event: &OutboxEvent,
     stop: Stop,
 ) -> anyhow::Result<Step> {
@@ -452,30 +479,32 @@ async fn stopped(
         Stop::Api(error @ ApiError::Unavailable { .. }) => {
             if attempts + 1 >= ctx.worker.max_attempts {
                 let reason = format!("gave up after {} attempts: {error}", attempts + 1);
-                finish(conn, event, EventState::Failed, Some(&reason)).await?;
+                finish(session, event, EventState::Failed, Some(&reason)).await?;
                 return Ok(Step::Done);
             }
             (backoff(), true, error.to_string())
         }
         Stop::Api(error) => {
             // NotFound or a refusal where none was expected: permanent.
-            finish(conn, event, EventState::Failed, Some(&error.to_string())).await?;
+            finish(session, event, EventState::Failed, Some(&error.to_string())).await?;
             return Ok(Step::Done);
         }
     };
-    events::snooze(conn, event.id, delay, failed, Some(&reason)).await?;
+    session
+        .snooze(event.id, delay, failed, Some(&reason))
+        .await?;
     metrics::counter!("user_sync_events_snoozed_total").increment(1);
     tracing::debug!(event_id = event.id, delay_ms = delay.as_millis() as u64, %reason, "event snoozed");
     Ok(Step::Snoozed)
 }
 
 async fn finish(
-    conn: &mut PgConnection,
+    session: &mut dyn UserSession,
     event: &OutboxEvent,
     state: EventState,
     reason: Option<&str>,
 ) -> anyhow::Result<()> {
-    events::finish(conn, event.id, state, reason).await?;
+    session.finish(event.id, state, reason).await?;
     count_event(kind_label(event), state.as_str());
     if state == EventState::Failed {
         tracing::warn!(event_id = event.id, reason, "event failed");

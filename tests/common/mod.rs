@@ -1,15 +1,42 @@
-//! What the integration tests share: a PostgreSQL database and a Redis
-//! namespace of their own, a sandbox, settings pointing at all three, and
-//! ways to write outbox events and wait for the pipeline.
+//! What the integration tests share: a database of their own (PostgreSQL
+//! with a Redis namespace, or a SQLite file), a sandbox, settings pointing
+//! at them, and ways to write outbox events and wait for the pipeline on
+//! either backend.
 
 #![allow(dead_code)]
 
 pub mod process;
+mod redis_ns;
+
+/// Runs each named test on PostgreSQL with Redis and on SQLite: one test
+/// function, `name::postgres` and `name::sqlite`.
+#[allow(unused_macros)]
+macro_rules! on_each_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::common::Backend;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(Backend::Postgres).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(Backend::Sqlite).await;
+                }
+            }
+        )*
+    };
+}
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use user_sync::config::Settings;
 use user_sync::embedded::sandbox::{Sandbox, SandboxOptions};
@@ -30,10 +57,21 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{:016x}", rand::random::<u64>())
 }
 
+/// Where a test keeps the worker's tables (and its queue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL, with the queue on Redis.
+    Postgres,
+    /// One SQLite file, queue included.
+    Sqlite,
+}
+
 /// A database of one test, dropped when the test ends well.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// A SQLite test's folder (the file and its lock), removed on drop.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {
@@ -51,7 +89,22 @@ impl TestDb {
             Some(i) => format!("{}/{name}", &base[..i]),
             None => panic!("admin URL has no database part"),
         };
-        Self { name, url }
+        Self {
+            name,
+            url,
+            dir: None,
+        }
+    }
+
+    /// A SQLite file in a folder of its own.
+    pub fn create_sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("host.db");
+        Self {
+            name: path.display().to_string(),
+            url: format!("sqlite:{}", path.display()),
+            dir: Some(dir),
+        }
     }
 
     pub async fn pool(&self) -> PgPool {
@@ -61,6 +114,9 @@ impl TestDb {
     }
 
     pub async fn drop_db(self) {
+        if self.dir.is_some() {
+            return;
+        }
         if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -72,23 +128,58 @@ impl TestDb {
     }
 }
 
+/// A test's own connections to its database.
+pub enum DbPool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
 /// Everything one pipeline test runs against.
 pub struct Env {
+    pub backend: Backend,
     pub db: TestDb,
-    pub pool: PgPool,
+    pub db_pool: DbPool,
     pub namespace: String,
     pub sandbox: Sandbox,
 }
 
 impl Env {
-    /// A migrated database, a fresh namespace and a sandbox with `options`.
+    /// A migrated PostgreSQL database, a fresh Redis namespace and a
+    /// sandbox with `options`.
     pub async fn start(options: SandboxOptions) -> Self {
+        Self::start_on(Backend::Postgres, options).await
+    }
+
+    /// A migrated database on `backend` and a sandbox with `options`.
+    pub async fn start_on(backend: Backend, options: SandboxOptions) -> Self {
         init_logs();
-        let db = TestDb::create().await;
-        let pool = db.pool().await;
-        user_sync::store::migrate::run(&pool)
-            .await
-            .expect("migrations run");
+        let (db, db_pool) = match backend {
+            Backend::Postgres => {
+                let db = TestDb::create().await;
+                let pool = db.pool().await;
+                user_sync::store::migrate::run(&pool)
+                    .await
+                    .expect("migrations run");
+                (db, DbPool::Postgres(pool))
+            }
+            Backend::Sqlite => {
+                let db = TestDb::create_sqlite();
+                let options = SqliteConnectOptions::from_str(&db.url)
+                    .expect("a SQLite URL")
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await
+                    .expect("open the test database");
+                user_sync::store::sqlite::migrate(&pool)
+                    .await
+                    .expect("migrations run");
+                (db, DbPool::Sqlite(pool))
+            }
+        };
         let sandbox = Sandbox::start(
             "127.0.0.1:0".parse().expect("address"),
             SandboxOptions {
@@ -99,8 +190,9 @@ impl Env {
         .await
         .expect("sandbox starts");
         Self {
+            backend,
             db,
-            pool,
+            db_pool,
             namespace: unique("test").replace('_', "-"),
             sandbox,
         }
@@ -147,6 +239,73 @@ impl Env {
         self.settings_with(&[])
     }
 
+    /// The PostgreSQL pool of a test that runs on PostgreSQL only.
+    pub fn pg(&self) -> &PgPool {
+        match &self.db_pool {
+            DbPool::Postgres(pool) => pool,
+            DbPool::Sqlite(_) => panic!("a PostgreSQL-only test runs on SQLite"),
+        }
+    }
+
+    /// `sql`, written for PostgreSQL, in the dialect of this test's
+    /// database: on SQLite the tables are `user_sync_*` and parameters `?N`.
+    pub fn sql(&self, sql: &str) -> String {
+        match self.backend {
+            Backend::Postgres => sql.to_owned(),
+            Backend::Sqlite => sql.replace("user_sync.", "user_sync_").replace('$', "?"),
+        }
+    }
+
+    /// The one integer `sql` returns.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(self.sql(sql));
+        match &self.db_pool {
+            DbPool::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            DbPool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .expect("a scalar query")
+    }
+
+    /// The rows `sql` returns.
+    pub async fn rows<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + Send
+            + Unpin,
+    {
+        let sql = sqlx::AssertSqlSafe(self.sql(sql));
+        match &self.db_pool {
+            DbPool::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            DbPool::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        }
+        .expect("a query")
+    }
+
+    /// The rows of two text columns `sql` returns.
+    pub async fn pairs(&self, sql: &str) -> Vec<(Option<String>, Option<String>)> {
+        self.rows(sql).await
+    }
+
+    /// Runs `sql`, with `$1` bound to `n` when it has one.
+    pub async fn execute(&self, sql: &str, n: i64) {
+        let binds = sql.contains("$1");
+        let sql = sqlx::AssertSqlSafe(self.sql(sql));
+        match &self.db_pool {
+            DbPool::Postgres(pool) => {
+                let query = sqlx::query(sql);
+                let query = if binds { query.bind(n) } else { query };
+                query.execute(pool).await.map(|_| ())
+            }
+            DbPool::Sqlite(pool) => {
+                let query = sqlx::query(sql);
+                let query = if binds { query.bind(n) } else { query };
+                query.execute(pool).await.map(|_| ())
+            }
+        }
+        .expect("a statement");
+    }
+
     /// Writes one outbox event the way a host app does; returns its id.
     pub async fn event(
         &self,
@@ -155,16 +314,30 @@ impl Env {
         email: Option<&str>,
         full_name: Option<&str>,
     ) -> i64 {
-        sqlx::query_scalar(
+        let sql = sqlx::AssertSqlSafe(self.sql(
             "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
              VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(host_user_id)
-        .bind(kind)
-        .bind(email)
-        .bind(full_name)
-        .fetch_one(&self.pool)
-        .await
+        ));
+        match &self.db_pool {
+            DbPool::Postgres(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(host_user_id)
+                    .bind(kind)
+                    .bind(email)
+                    .bind(full_name)
+                    .fetch_one(pool)
+                    .await
+            }
+            DbPool::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(host_user_id)
+                    .bind(kind)
+                    .bind(email)
+                    .bind(full_name)
+                    .fetch_one(pool)
+                    .await
+            }
+        }
         .expect("insert an outbox event")
     }
 
@@ -173,18 +346,19 @@ impl Env {
     }
 
     pub async fn pending(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE state = 'pending'")
-            .fetch_one(&self.pool)
+        self.scalar("SELECT count(*) FROM user_sync.events WHERE state = 'pending'")
             .await
-            .expect("count pending events")
     }
 
     pub async fn event_state(&self, id: i64) -> (String, Option<String>) {
-        sqlx::query_as("SELECT state, reason FROM user_sync.events WHERE id = $1")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await
-            .expect("read an event")
+        let sql = sqlx::AssertSqlSafe(
+            self.sql("SELECT state, reason FROM user_sync.events WHERE id = $1"),
+        );
+        match &self.db_pool {
+            DbPool::Postgres(pool) => sqlx::query_as(sql).bind(id).fetch_one(pool).await,
+            DbPool::Sqlite(pool) => sqlx::query_as(sql).bind(id).fetch_one(pool).await,
+        }
+        .expect("read an event")
     }
 
     /// Waits until no event is pending (or panics after `limit`).
@@ -205,12 +379,23 @@ impl Env {
 
     /// The Embedded user id stored for `host`, if synced.
     pub async fn embedded_id(&self, host: &str) -> Option<String> {
-        sqlx::query_scalar(
+        let sql = sqlx::AssertSqlSafe(self.sql(
             "SELECT embedded_user_id FROM user_sync.users WHERE host_user_id = $1 AND state = 'synced'",
-        )
-        .bind(host)
-        .fetch_optional(&self.pool)
-        .await
+        ));
+        match &self.db_pool {
+            DbPool::Postgres(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(host)
+                    .fetch_optional(pool)
+                    .await
+            }
+            DbPool::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(host)
+                    .fetch_optional(pool)
+                    .await
+            }
+        }
         .expect("read users")
         .flatten()
     }
@@ -218,89 +403,43 @@ impl Env {
     pub async fn open_conflicts(
         &self,
     ) -> Vec<(String, String, String, Option<String>, Option<String>)> {
-        sqlx::query_as(
+        let sql = sqlx::AssertSqlSafe(self.sql(
             "SELECT host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id
              FROM user_sync.conflicts WHERE status = 'open' ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await
+        ));
+        match &self.db_pool {
+            DbPool::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            DbPool::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        }
         .expect("read conflicts")
     }
 
-    /// A connection to the tests' Redis and the keys of this test's namespace.
-    async fn namespace_keys(&self) -> (redis::aio::MultiplexedConnection, Vec<String>) {
-        let client = redis::Client::open(redis_url()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis is reachable");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.namespace))
-            .query_async(&mut conn)
-            .await
-            .expect("list keys");
-        (conn, keys)
-    }
-
-    /// Removes every key of this test's namespace, as a flushed Redis would.
-    pub async fn flush_namespace(&self) {
-        let (mut conn, keys) = self.namespace_keys().await;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .expect("delete keys");
-        }
-    }
-
-    /// Every value stored under this test's namespace, for leak checks.
-    pub async fn redis_dump(&self) -> String {
-        let (mut conn, keys) = self.namespace_keys().await;
-        let mut out = String::new();
-        for key in keys {
-            let kind: String = redis::cmd("TYPE")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .expect("type");
-            let value: redis::Value = match kind.as_str() {
-                "hash" => redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await,
-                "list" => {
-                    redis::cmd("LRANGE")
-                        .arg(&key)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut conn)
+    /// Everything the queue holds, for leak checks: the Redis namespace, or
+    /// the jobs (payloads and results) of the SQLite queue.
+    pub async fn queue_dump(&self) -> String {
+        match &self.db_pool {
+            DbPool::Postgres(_) => self.redis_dump().await,
+            DbPool::Sqlite(pool) => {
+                let rows: Vec<(Option<String>, Option<String>)> =
+                    sqlx::query_as("SELECT CAST(job AS TEXT), last_result FROM Jobs ORDER BY id")
+                        .fetch_all(pool)
                         .await
-                }
-                "set" => {
-                    redis::cmd("SMEMBERS")
-                        .arg(&key)
-                        .query_async(&mut conn)
-                        .await
-                }
-                "zset" => {
-                    redis::cmd("ZRANGE")
-                        .arg(&key)
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(&mut conn)
-                        .await
-                }
-                _ => redis::cmd("GET").arg(&key).query_async(&mut conn).await,
+                        .expect("read the queue's jobs");
+                rows.into_iter()
+                    .flat_map(|(job, result)| [job, result])
+                    .flatten()
+                    .collect::<Vec<_>>()
+                    .join("\n")
             }
-            .expect("read a key");
-            out.push_str(&key);
-            flatten(&value, &mut out);
-            out.push('\n');
         }
-        out
     }
 
     pub async fn finish(self) {
         self.flush_namespace().await;
-        self.pool.close().await;
+        match &self.db_pool {
+            DbPool::Postgres(pool) => pool.close().await,
+            DbPool::Sqlite(pool) => pool.close().await,
+        }
         self.sandbox.shutdown().await;
         self.db.drop_db().await;
     }
@@ -308,27 +447,6 @@ impl Env {
 
 pub fn config_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
-}
-
-fn flatten(value: &redis::Value, out: &mut String) {
-    match value {
-        redis::Value::BulkString(bytes) => {
-            out.push(' ');
-            out.push_str(&String::from_utf8_lossy(bytes));
-        }
-        redis::Value::SimpleString(text) => {
-            out.push(' ');
-            out.push_str(text);
-        }
-        redis::Value::Array(items) | redis::Value::Set(items) => {
-            items.iter().for_each(|item| flatten(item, out));
-        }
-        redis::Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
-            flatten(k, out);
-            flatten(v, out);
-        }),
-        other => out.push_str(&format!(" {other:?}")),
-    }
 }
 
 /// Logs of the code under test, at RUST_LOG's level (warnings by default),

@@ -13,11 +13,11 @@ use std::collections::HashSet;
 
 use crate::domain::{FullName, HostUserId, Username};
 use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
-use crate::store::users::{self, Claim, ClaimIntent, ConflictReason, Found};
+use crate::store::users::{Claim, ClaimIntent, ConflictReason, Found};
 use crate::sync::plan::Profile;
 
 use super::decide::ConflictFound;
-use super::{Pending, Retry, Run, profile_of, snapshot};
+use super::{Pending, Retry, Run, profile_of};
 
 /// Rounds of "snapshot, link what was created, send again what was not".
 const MAX_ROUNDS: usize = 3;
@@ -42,7 +42,7 @@ impl Run {
             profile: c.1.clone(),
             unconfirmed: c.2,
         };
-        match users::claim_many_for_create(&mut self.conn, &intents).await {
+        match self.db.claim_many_for_create(&intents).await {
             Ok(()) => return Ok(creates.iter().map(pending).collect()),
             Err(e) if crate::store::is_unique_violation(&e) => {}
             Err(e) => return Err(e.into()),
@@ -51,8 +51,10 @@ impl Run {
         // one by one, as the jobs do.
         let mut claimed = Vec::new();
         for create in creates {
-            let last = users::last_event_id(&mut self.conn, create.0).await?;
-            match users::claim_for_create(&mut self.conn, create.0, create.1, last.unwrap_or(0))
+            let last = self.db.last_event_id(create.0).await?;
+            match self
+                .db
+                .claim_for_create(create.0, create.1, last.unwrap_or(0))
                 .await?
             {
                 Claim::Claimed => claimed.push(pending(create)),
@@ -86,7 +88,7 @@ impl Run {
             .await;
         let outcome = self.answered(&entries, &result).await;
         let hosts: Vec<&str> = entries.iter().map(|e| e.host.as_str()).collect();
-        users::unlock_many(&mut self.conn, &hosts).await?;
+        self.db.unlock_many(&hosts).await?;
         outcome?;
         if let Err(ApiError::Unauthorized { status }) = result {
             anyhow::bail!(
@@ -144,7 +146,7 @@ impl Run {
     /// otherwise — except that the holder of an unconfirmed create's name
     /// is that create's user.
     async fn refused(&mut self, entry: &Pending) -> anyhow::Result<()> {
-        users::set_without_user(&mut self.conn, &entry.host, "failed").await?;
+        self.db.set_without_user(&entry.host, "failed").await?;
         let api = &self.api;
         let username = &entry.profile.username;
         let found = api
@@ -160,7 +162,7 @@ impl Run {
                     user: &user.user_id,
                     profile: &profile,
                 }];
-                users::mark_synced_many(&mut self.conn, &found).await?;
+                self.db.mark_synced_many(&found).await?;
                 self.summary.resumed += 1;
             }
             Ok(user) => {
@@ -188,7 +190,7 @@ impl Run {
     /// a fresh `GET /users`; sends again what no batch created.
     pub(super) async fn confirm_creates(&mut self) -> anyhow::Result<()> {
         for round in 0..MAX_ROUNDS {
-            if users::count_unconfirmed_since(&mut self.conn, self.started_at).await? == 0 {
+            if self.db.count_unconfirmed_since(self.started_at).await? == 0 {
                 return Ok(());
             }
             if round > 0 && self.cancel.is_cancelled() {
@@ -198,30 +200,27 @@ impl Run {
             let mut after = String::new();
             let mut resent = 0u64;
             loop {
-                let rows = users::unconfirmed_since(
-                    &mut self.conn,
-                    self.started_at,
-                    &after,
-                    i64::from(self.page_size),
-                )
-                .await?;
+                let rows = self
+                    .db
+                    .unconfirmed_since(self.started_at, &after, i64::from(self.page_size))
+                    .await?;
                 let Some(last) = rows.last() else { break };
                 after = last.host_user_id.clone();
                 let ids: Vec<&str> = rows.iter().map(|r| r.host_user_id.as_str()).collect();
-                let locked = users::try_lock_many(&mut self.conn, &ids).await?;
+                let locked = self.db.try_lock_many(&ids).await?;
                 let locked_ids: Vec<&str> = locked.iter().map(String::as_str).collect();
                 // Read again under the lock: a job may have confirmed some.
-                let rows = users::unconfirmed_of(&mut self.conn, &locked_ids).await?;
+                let rows = self.db.unconfirmed_of(&locked_ids).await?;
                 let still: HashSet<&str> = rows.iter().map(|r| r.host_user_id.as_str()).collect();
                 let done: Vec<&str> = locked_ids
                     .iter()
                     .copied()
                     .filter(|h| !still.contains(h))
                     .collect();
-                users::unlock_many(&mut self.conn, &done).await?;
+                self.db.unlock_many(&done).await?;
                 let usernames: Vec<&str> =
                     rows.iter().filter_map(|r| r.username.as_deref()).collect();
-                let found = snapshot::find(&mut self.conn, &usernames).await?;
+                let found = self.db.find_in_snapshot(&usernames).await?;
                 let mut linked: Vec<(HostUserId, crate::embedded::EmbeddedUser)> = Vec::new();
                 let mut again: Vec<Pending> = Vec::new();
                 let mut release: Vec<String> = Vec::new();
@@ -252,11 +251,11 @@ impl Run {
                 self.mark_linked(&linked).await?;
                 self.summary.created += linked.len() as u64;
                 let release: Vec<&str> = release.iter().map(String::as_str).collect();
-                users::unlock_many(&mut self.conn, &release).await?;
+                self.db.unlock_many(&release).await?;
                 if self.cancel.is_cancelled() {
                     // Leave them `creating`: the next run sends them.
                     let hosts: Vec<&str> = again.iter().map(|p| p.host.as_str()).collect();
-                    users::unlock_many(&mut self.conn, &hosts).await?;
+                    self.db.unlock_many(&hosts).await?;
                     continue;
                 }
                 resent += again.len() as u64;
@@ -278,7 +277,7 @@ impl Run {
                 "creates with no user in Embedded were sent again"
             );
         }
-        let unresolved = users::count_unconfirmed_since(&mut self.conn, self.started_at).await?;
+        let unresolved = self.db.count_unconfirmed_since(self.started_at).await?;
         if unresolved > 0 {
             tracing::warn!(
                 unresolved,

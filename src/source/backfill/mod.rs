@@ -31,10 +31,12 @@
 //! run does next.
 
 mod batch;
+mod db;
 pub mod decide;
 pub mod report;
 mod single;
 mod snapshot;
+mod sqlite;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -42,19 +44,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Settings, WorkerSettings};
+use crate::config::{DatabaseKind, Settings, SourceTarget, WorkerSettings};
 use crate::domain::{FullName, HostUserId, Username};
 use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser};
 use crate::ratelimit::{ApiGate, GateRefusal, full_jitter};
 use crate::source::host::{HostRow, HostSource};
-use crate::store;
-use crate::store::users::{self, ConflictReason, Found, NewConflict};
+use crate::store::postgres::PgStore;
+use crate::store::sqlite::ProcessLock;
+use crate::store::users::{ConflictReason, Found, NewConflict};
+use crate::store::{self, Database, SyncStore};
 use crate::sync::job::{self, SyncContext};
 use crate::sync::plan::Profile;
 
+use db::{BackfillDb, PgBackfillDb};
 use decide::{ConflictFound, Decision, decide};
 use report::{ConflictLine, Output, Progress};
 pub use report::{OutputFormat, Summary};
@@ -124,31 +128,26 @@ pub async fn run(
         "--batch-size must be between 1 and {}",
         crate::embedded::MAX_BATCH
     );
-    let pool = store::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
-    // The backfill's own session: its temporary tables and the locks of
-    // the users it acts on live and die with it, so it never goes back to
-    // the pool.
-    let mut conn = pool.acquire().await?.detach();
-    let migrated: Option<String> =
-        sqlx::query_scalar("SELECT to_regclass('user_sync.users')::text")
-            .fetch_one(&mut conn)
-            .await?;
-    anyhow::ensure!(
-        migrated.is_some(),
-        "schema user_sync is missing: run `user-sync migrate` first"
-    );
-    let source = HostSource::check(&mut conn, target).await?;
+    let opened = match settings.database.kind()? {
+        DatabaseKind::Postgres => open_postgres(settings, target).await?,
+        DatabaseKind::Sqlite => sqlite::open(settings, target).await?,
+    };
+    let Opened {
+        mut db,
+        source,
+        store,
+        database,
+        file_lock,
+    } = opened;
     let client = EmbeddedClient::new(&settings.embedded)?;
     let gate = Arc::new(ApiGate::new(&settings.rate_limit));
-    let total = source.count_open(&mut conn).await?;
-    let started_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
-        .fetch_one(&mut conn)
-        .await?;
-    snapshot::prepare(&mut conn).await?;
+    let total = db.count_open(&source).await?;
+    let started_at = db.now().await?;
+    db.prepare_snapshot().await?;
 
     let mut output = Output::new(out, options.format);
     let mut run = Run {
-        conn,
+        db,
         source,
         api: Api {
             client: client.clone(),
@@ -156,7 +155,7 @@ pub async fn run(
             worker: settings.worker.clone(),
         },
         jobs: SyncContext {
-            pool: pool.clone(),
+            store,
             api: client,
             gate,
             worker: settings.worker.clone(),
@@ -183,16 +182,15 @@ pub async fn run(
         open_accounts = total,
         "backfill starting"
     );
-    run.summary.closed_skipped = run.source.count_closed(&mut run.conn).await?;
+    run.summary.closed_skipped = run.db.count_closed(&run.source).await?;
     run.go(&mut output).await?;
     run.summary.elapsed_seconds = started.elapsed().as_secs_f64();
     run.progress.finish();
-    snapshot::discard(&mut run.conn).await?;
+    run.db.discard_snapshot().await?;
     let summary = run.summary.clone();
-    if let Err(e) = run.conn.close().await {
-        tracing::debug!(error = %e, "closing the backfill session");
-    }
-    pool.close().await;
+    run.db.close().await;
+    database.close().await;
+    drop(file_lock);
     tracing::info!(
         scanned = summary.scanned,
         in_sync = summary.in_sync,
@@ -210,6 +208,42 @@ pub async fn run(
     Ok(summary)
 }
 
+/// What a run works with, opened on the configured database.
+struct Opened {
+    db: Box<dyn BackfillDb>,
+    source: HostSource,
+    /// For `--mode single`: the pipeline's storage (sharing the per-user
+    /// locks with `db`).
+    store: Arc<dyn SyncStore>,
+    database: Database,
+    /// On SQLite, this process's right to the file.
+    file_lock: Option<ProcessLock>,
+}
+
+async fn open_postgres(settings: &Settings, target: &SourceTarget) -> anyhow::Result<Opened> {
+    let pool = store::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
+    // The backfill's own session: its temporary tables and the locks of
+    // the users it acts on live and die with it, so it never goes back to
+    // the pool.
+    let mut conn = pool.acquire().await?.detach();
+    let migrated: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('user_sync.users')::text")
+            .fetch_one(&mut conn)
+            .await?;
+    anyhow::ensure!(
+        migrated.is_some(),
+        "schema user_sync is missing: run `user-sync migrate` first"
+    );
+    let source = HostSource::check(&mut conn, target).await?;
+    Ok(Opened {
+        db: Box::new(PgBackfillDb { conn }),
+        source,
+        store: Arc::new(PgStore::new(pool.clone())),
+        database: Database::Postgres(pool),
+        file_lock: None,
+    })
+}
+
 /// A create waiting for its batch; its lock is held until the batch is
 /// answered.
 struct Pending {
@@ -222,8 +256,8 @@ struct Pending {
 
 /// One backfill run.
 struct Run {
-    /// The backfill's session: temporary tables and held user locks.
-    conn: PgConnection,
+    /// The backfill's session: working tables and held user locks.
+    db: Box<dyn BackfillDb>,
     source: HostSource,
     api: Api,
     /// For `--mode single`: the pipeline's job, run in this process.
@@ -277,8 +311,8 @@ impl Run {
                 return Ok(());
             }
             let rows = self
-                .source
-                .page(&mut self.conn, cursor.as_deref(), self.page_size)
+                .db
+                .page(&self.source, cursor.as_deref(), self.page_size)
                 .await
                 .context("reading the host's users ([source])")?;
             let Some(last) = rows.iter().rev().find_map(|r| r.host_user_id.clone()) else {
@@ -338,7 +372,7 @@ impl Run {
         users: Vec<(HostUserId, Profile)>,
         output: &mut Output<'_>,
     ) -> anyhow::Result<()> {
-        let known = snapshot::lookup(&mut self.conn, &users).await?;
+        let known = self.db.lookup(&users).await?;
         let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
         let mut planned = Vec::new();
         for ((host, want), known) in users.iter().zip(&known) {
@@ -363,7 +397,7 @@ impl Run {
                 }
             }
         }
-        snapshot::plan_creates(&mut self.conn, &planned).await?;
+        self.db.plan_creates(&planned).await?;
         Ok(())
     }
 
@@ -374,7 +408,7 @@ impl Run {
         }
         // Users already synced need no lock: only a closure changes that,
         // and it is the pipeline's.
-        let known = snapshot::lookup(&mut self.conn, &users).await?;
+        let known = self.db.lookup(&users).await?;
         let mut todo = Vec::with_capacity(users.len());
         for (user, known) in users.into_iter().zip(known) {
             if !known.closing && known.state.as_deref() == Some("synced") {
@@ -387,10 +421,8 @@ impl Run {
             return Ok(());
         }
         let ids: Vec<&str> = todo.iter().map(|(h, _)| h.as_str()).collect();
-        let locked: std::collections::HashSet<String> = users::try_lock_many(&mut self.conn, &ids)
-            .await?
-            .into_iter()
-            .collect();
+        let locked: std::collections::HashSet<String> =
+            self.db.try_lock_many(&ids).await?.into_iter().collect();
         let (mine, busy): (Vec<_>, Vec<_>) = todo
             .into_iter()
             .partition(|(h, _)| locked.contains(h.as_str()));
@@ -407,7 +439,7 @@ impl Run {
     }
 
     async fn act_locked(&mut self, mine: &[(HostUserId, Profile)]) -> anyhow::Result<()> {
-        let known = snapshot::lookup(&mut self.conn, mine).await?;
+        let known = self.db.lookup(mine).await?;
         let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
         let mut adopt: Vec<(&HostUserId, EmbeddedUser)> = Vec::new();
         let mut creates: Vec<(&HostUserId, &Profile, bool)> = Vec::new();
@@ -450,7 +482,7 @@ impl Run {
                         .map(|(h, _, _)| h.as_str())
                         .filter(|h| !claimed_hosts.contains(h)),
                 );
-                users::unlock_many(&mut self.conn, &release).await?;
+                self.db.unlock_many(&release).await?;
                 for pending in claimed {
                     self.pending.push(pending);
                     if self.pending.len() >= self.options.batch_size {
@@ -459,9 +491,9 @@ impl Run {
                 }
             }
             Mode::Single => {
-                let events = single::record_signups(&mut self.conn, &creates).await?;
+                let events = self.db.record_signups(&creates).await?;
                 release.extend(creates.iter().map(|(h, _, _)| h.as_str()));
-                users::unlock_many(&mut self.conn, &release).await?;
+                self.db.unlock_many(&release).await?;
                 self.run_jobs(events).await?;
             }
         }
@@ -484,7 +516,7 @@ impl Run {
                 profile,
             })
             .collect();
-        users::mark_synced_many(&mut self.conn, &found).await?;
+        self.db.mark_synced_many(&found).await?;
         Ok(())
     }
 
@@ -499,19 +531,18 @@ impl Run {
 
     /// Records and reports a conflict, once, as the pipeline does.
     async fn conflict(&mut self, host: &HostUserId, c: &ConflictFound) -> anyhow::Result<()> {
-        users::set_without_user(&mut self.conn, host, "conflict").await?;
-        job::report(
-            &mut self.conn,
-            &NewConflict {
-                host,
-                username: &c.username,
-                reason: c.reason,
-                holder_host_user_id: c.holder_host_user_id.as_ref(),
-                holder_embedded_user_id: c.holder_embedded_user_id.as_ref(),
-                event_id: None,
-            },
-        )
-        .await?;
+        self.db.set_without_user(host, "conflict").await?;
+        let conflict = NewConflict {
+            host,
+            username: &c.username,
+            reason: c.reason,
+            holder_host_user_id: c.holder_host_user_id.as_ref(),
+            holder_embedded_user_id: c.holder_embedded_user_id.as_ref(),
+            event_id: None,
+        };
+        if self.db.report_conflict(&conflict).await? {
+            job::reported(&conflict);
+        }
         self.summary.conflicts += 1;
         Ok(())
     }
@@ -526,7 +557,7 @@ impl Run {
                 .call(Retry::Always, || api.client.list_users_stream())
                 .await
                 .context("GET /users (the snapshot of Embedded users)")?;
-            match snapshot::load(&mut self.conn, stream).await {
+            match self.db.load_snapshot(stream).await {
                 Ok(n) => {
                     tracing::info!(embedded_users = n, "snapshot of Embedded users taken");
                     return Ok(n);

@@ -58,7 +58,7 @@ pub(super) async fn record_signups(
 }
 
 /// The state of some events, and when a pending one comes due.
-async fn states(
+pub(super) async fn states(
     conn: &mut PgConnection,
     ids: &[i64],
 ) -> sqlx::Result<Vec<(i64, String, DateTime<Utc>)>> {
@@ -97,7 +97,7 @@ impl Run {
 
     async fn count_outcomes(&mut self, events: Vec<(i64, HostUserId)>) -> anyhow::Result<()> {
         let ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
-        let states = states(&mut self.conn, &ids).await?;
+        let states = self.db.event_states(&ids).await?;
         for (id, state, _) in states {
             match state.as_str() {
                 "applied" => self.summary.created += 1,
@@ -126,7 +126,7 @@ impl Run {
             }
             let snoozed = std::mem::take(&mut self.snoozed);
             let ids: Vec<i64> = snoozed.iter().map(|(id, _)| *id).collect();
-            let states = states(&mut self.conn, &ids).await?;
+            let states = self.db.event_states(&ids).await?;
             let now = Utc::now();
             let due_at = states
                 .iter()

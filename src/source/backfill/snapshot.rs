@@ -45,10 +45,6 @@ pub async fn discard(conn: &mut PgConnection) -> sqlx::Result<()> {
 /// Fills the snapshot from a `GET /users` stream, replacing what it held.
 /// Returns how many users it holds. An error mid-stream leaves a partial
 /// snapshot: the caller starts again.
-///
-/// The answer is read and parsed on a task of its own while the chunk
-/// before is written, so the two overlap; at most [`CHUNKS_AHEAD`] chunks
-/// wait in between, which keeps memory flat however long the list is.
 pub async fn load(
     conn: &mut PgConnection,
     stream: crate::embedded::client::UserStream,
@@ -56,47 +52,72 @@ pub async fn load(
     sqlx::query("TRUNCATE pg_temp.backfill_embedded")
         .execute(&mut *conn)
         .await?;
-    let (chunks, mut arriving) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
-    let reader = tokio::spawn(read_chunks(stream, chunks));
+    let mut chunks = ReadAhead::start(stream);
     let mut total = 0u64;
-    while let Some(chunk) = arriving.recv().await {
-        // On an error the receiver drops, and the reader stops at its next
-        // send.
-        total += insert(conn, &chunk?).await?;
+    while let Some(chunk) = chunks.next().await? {
+        total += insert(conn, &chunk).await?;
     }
-    // The channel closes when the reader has sent everything (or its
-    // error), or when it panicked: only a clean end is a whole snapshot.
-    reader.await.map_err(|_| LoadError::ReaderStopped)?;
     Ok(total)
 }
 
-/// Chunks parsed ahead of the one being written.
-const CHUNKS_AHEAD: usize = 2;
+/// The `GET /users` answer, read and parsed on a task of its own in chunks
+/// of [`SNAPSHOT_CHUNK`] users while the chunk before is written, so the
+/// two overlap. At most [`ReadAhead::CHUNKS`] chunks wait in between, which
+/// keeps memory flat however long the list is.
+struct ReadAhead {
+    arriving: tokio::sync::mpsc::Receiver<Result<Vec<EmbeddedUser>, ApiError>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
 
-/// Reads the stream into chunks of [`SNAPSHOT_CHUNK`] users; an error is
-/// the last item sent.
-async fn read_chunks(
-    mut stream: crate::embedded::client::UserStream,
-    chunks: tokio::sync::mpsc::Sender<Result<Vec<EmbeddedUser>, ApiError>>,
-) {
-    let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
-    while let Some(user) = stream.next().await {
-        match user {
-            Ok(user) => chunk.push(user),
-            Err(error) => {
-                let _ = chunks.send(Err(error)).await;
-                return;
-            }
-        }
-        if chunk.len() == SNAPSHOT_CHUNK {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(SNAPSHOT_CHUNK));
-            if chunks.send(Ok(full)).await.is_err() {
-                return;
-            }
+impl ReadAhead {
+    const CHUNKS: usize = 2;
+
+    fn start(stream: crate::embedded::client::UserStream) -> Self {
+        let (chunks, arriving) = tokio::sync::mpsc::channel(Self::CHUNKS);
+        Self {
+            arriving,
+            reader: Some(tokio::spawn(Self::read(stream, chunks))),
         }
     }
-    if !chunk.is_empty() {
-        let _ = chunks.send(Ok(chunk)).await;
+
+    /// The next chunk; `None` at the end of a whole answer. Dropping the
+    /// reader early (on an error) stops its task at its next send.
+    async fn next(&mut self) -> Result<Option<Vec<EmbeddedUser>>, LoadError> {
+        if let Some(chunk) = self.arriving.recv().await {
+            return Ok(Some(chunk?));
+        }
+        // The channel closes when the task has sent everything (or its
+        // error), or when it panicked: only a clean end is a whole answer.
+        if let Some(reader) = self.reader.take() {
+            reader.await.map_err(|_| LoadError::ReaderStopped)?;
+        }
+        Ok(None)
+    }
+
+    /// Sends the stream's users in chunks; an error is the last item sent.
+    async fn read(
+        mut stream: crate::embedded::client::UserStream,
+        chunks: tokio::sync::mpsc::Sender<Result<Vec<EmbeddedUser>, ApiError>>,
+    ) {
+        let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
+        while let Some(user) = stream.next().await {
+            match user {
+                Ok(user) => chunk.push(user),
+                Err(error) => {
+                    let _ = chunks.send(Err(error)).await;
+                    return;
+                }
+            }
+            if chunk.len() == SNAPSHOT_CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(SNAPSHOT_CHUNK));
+                if chunks.send(Ok(full)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = chunks.send(Ok(chunk)).await;
+        }
     }
 }
 
@@ -176,8 +197,9 @@ pub async fn plan_creates(conn: &mut PgConnection, planned: &[(&str, &str)]) -> 
     Ok(())
 }
 
+/// One row of a page lookup, on either backend.
 #[derive(sqlx::FromRow)]
-struct LookupRow {
+pub(super) struct LookupRow {
     state: Option<String>,
     holder: Option<String>,
     s_user_id: Option<String>,
@@ -237,22 +259,26 @@ pub async fn lookup(
     .bind(&usernames)
     .fetch_all(conn)
     .await?;
-    let host = |h: Option<String>| h.and_then(|h| HostUserId::parse(&h).ok());
-    Ok(rows
-        .into_iter()
-        .map(|r| Known {
-            state: r.state,
-            claimed_found: embedded(r.c_user_id, r.c_username, r.c_full_name),
-            holder: host(r.holder),
-            in_embedded: embedded(r.s_user_id, r.s_username, r.s_full_name),
-            in_embedded_mapped_to: host(r.s_mapped_to),
-            planned_by: host(r.planned_by),
-            closing: r.closing,
-        })
-        .collect())
+    Ok(rows.into_iter().map(LookupRow::into_known).collect())
 }
 
-fn embedded(
+impl LookupRow {
+    pub(super) fn into_known(self) -> Known {
+        let host = |h: Option<String>| h.and_then(|h| HostUserId::parse(&h).ok());
+        Known {
+            state: self.state,
+            claimed_found: embedded(self.c_user_id, self.c_username, self.c_full_name),
+            holder: host(self.holder),
+            in_embedded: embedded(self.s_user_id, self.s_username, self.s_full_name),
+            in_embedded_mapped_to: host(self.s_mapped_to),
+            planned_by: host(self.planned_by),
+            closing: self.closing,
+        }
+    }
+}
+
+/// An Embedded user from a snapshot row, if the row has one.
+pub(super) fn embedded(
     id: Option<String>,
     username: Option<String>,
     full_name: Option<String>,
@@ -262,4 +288,171 @@ fn embedded(
         username: Username::from_api(&username?),
         full_name: full_name.as_deref().map(FullName::from_api),
     })
+}
+
+/// The same working tables on SQLite: temporary tables of the backfill's
+/// own connection (they live with it), read and filled the same way. Lists
+/// travel as one JSON parameter (`json_each`), the way SQLite takes an
+/// array.
+pub(super) mod on_sqlite {
+    use std::collections::HashMap;
+
+    use serde_json::json;
+    use sqlx::SqliteConnection;
+
+    use crate::domain::{FullName, HostUserId, Username};
+    use crate::embedded::EmbeddedUser;
+    use crate::embedded::client::UserStream;
+    use crate::sync::plan::Profile;
+
+    use super::super::decide::Known;
+    use super::{LoadError, LookupRow, ReadAhead};
+
+    /// `items` as a JSON array: one parameter for `json_each`.
+    pub(in crate::source::backfill) fn json_list<T: serde::Serialize>(
+        items: impl Iterator<Item = T>,
+    ) -> String {
+        serde_json::Value::Array(items.map(|i| json!(i)).collect()).to_string()
+    }
+
+    /// Creates (or empties) the working tables of this connection.
+    pub async fn prepare(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        for statement in [
+            "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
+                 (username TEXT PRIMARY KEY, user_id TEXT NOT NULL, full_name TEXT)",
+            "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
+                 (username TEXT PRIMARY KEY, host_user_id TEXT NOT NULL)",
+            "DELETE FROM temp.backfill_embedded",
+            "DELETE FROM temp.backfill_planned",
+        ] {
+            sqlx::query(statement).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Drops the working tables (the connection would, at its end).
+    pub async fn discard(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        for statement in [
+            "DROP TABLE IF EXISTS temp.backfill_embedded",
+            "DROP TABLE IF EXISTS temp.backfill_planned",
+        ] {
+            sqlx::query(statement).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Fills the snapshot from a `GET /users` stream, replacing it.
+    pub async fn load(conn: &mut SqliteConnection, stream: UserStream) -> Result<u64, LoadError> {
+        sqlx::query("DELETE FROM temp.backfill_embedded")
+            .execute(&mut *conn)
+            .await?;
+        let mut chunks = ReadAhead::start(stream);
+        let mut total = 0u64;
+        while let Some(chunk) = chunks.next().await? {
+            total += insert(&mut *conn, &chunk).await?;
+        }
+        Ok(total)
+    }
+
+    /// Embedded users of the snapshot by username.
+    pub async fn find(
+        conn: &mut SqliteConnection,
+        usernames: &[&str],
+    ) -> sqlx::Result<HashMap<Username, EmbeddedUser>> {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT username, user_id, full_name FROM temp.backfill_embedded
+             WHERE username IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_list(usernames.iter()))
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(username, id, name)| {
+                let user = super::embedded(Some(id), Some(username), name)?;
+                Some((user.username.clone(), user))
+            })
+            .collect())
+    }
+
+    /// Records usernames the dry run would create.
+    pub async fn plan_creates(
+        conn: &mut SqliteConnection,
+        planned: &[(&str, &str)],
+    ) -> sqlx::Result<()> {
+        if planned.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO temp.backfill_planned (username, host_user_id)
+             SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(json_list(planned.iter().map(|(u, h)| [u, h])))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// What is known of each host user of a page, in the order given.
+    pub async fn lookup(
+        conn: &mut SqliteConnection,
+        users: &[(HostUserId, Profile)],
+    ) -> sqlx::Result<Vec<Known>> {
+        let list = json_list(users.iter().map(|(h, p)| [h.as_str(), p.username.as_str()]));
+        let rows: Vec<LookupRow> = sqlx::query_as(
+            "SELECT u.state,
+                    (SELECT o.host_user_id FROM user_sync_users o
+                      WHERE o.username = n.username AND o.state IN ('creating', 'synced')
+                        AND o.host_user_id <> n.host LIMIT 1) AS holder,
+                    s.user_id AS s_user_id, s.username AS s_username,
+                    s.full_name AS s_full_name,
+                    (SELECT m.host_user_id FROM user_sync_users m
+                      WHERE m.embedded_user_id = s.user_id AND m.host_user_id <> n.host
+                      LIMIT 1) AS s_mapped_to,
+                    c.user_id AS c_user_id, c.username AS c_username,
+                    c.full_name AS c_full_name,
+                    p.host_user_id AS planned_by,
+                    EXISTS (SELECT 1 FROM user_sync_events e
+                            WHERE e.host_user_id = n.host AND e.state = 'pending'
+                              AND trim(e.kind) = 'account_closure') AS closing
+             FROM (SELECT CAST(key AS INTEGER) AS ord, value ->> 0 AS host,
+                          value ->> 1 AS username
+                   FROM json_each(?1)) AS n
+             LEFT JOIN user_sync_users u ON u.host_user_id = n.host
+             LEFT JOIN temp.backfill_embedded s ON s.username = n.username
+             LEFT JOIN temp.backfill_embedded c
+                 ON u.state = 'creating' AND c.username = u.username
+             LEFT JOIN temp.backfill_planned p
+                 ON p.username = n.username AND p.host_user_id <> n.host
+             ORDER BY n.ord",
+        )
+        .bind(list)
+        .fetch_all(&mut *conn)
+        .await?;
+        Ok(rows.into_iter().map(LookupRow::into_known).collect())
+    }
+
+    async fn insert(conn: &mut SqliteConnection, users: &[EmbeddedUser]) -> sqlx::Result<u64> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let list = json_list(users.iter().map(|u| {
+            json!([
+                u.username.as_str(),
+                u.user_id.as_str(),
+                u.full_name.as_ref().map(FullName::as_str)
+            ])
+        }));
+        // Usernames are unique in any letter case; a repeat keeps the first.
+        let result = sqlx::query(
+            "INSERT INTO temp.backfill_embedded (username, user_id, full_name)
+             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) WHERE true
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(list)
+        .execute(conn)
+        .await?;
+        Ok(result.rows_affected())
+    }
 }

@@ -1,19 +1,13 @@
-//! The job queue between the dispatcher and the sync workers: apalis on
-//! Redis.
+//! The job queue on Redis (apalis-redis), beside PostgreSQL.
 //!
-//! The queue only carries work; PostgreSQL holds the truth. A job is a
-//! [`SyncJob`] (ids only), so a flushed or restarted Redis loses nothing the
-//! sweeper cannot dispatch again. Workers are woken by the Redis pub/sub
-//! message apalis-redis publishes on every push, with the worker heartbeat as
-//! the safety net, so an idle worker does not poll.
+//! Workers are woken by the Redis pub/sub message apalis-redis publishes on
+//! every push, with the worker heartbeat as the safety net, so an idle
+//! worker does not poll.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use apalis::prelude::{
-    BackendFactory, BoxDynError, Data, TaskSink, WorkerBuilder, WorkerBuilderExt, WorkerError,
-};
+use apalis::prelude::{BackendFactory, TaskSink};
 use apalis_core::backend::Vacuum;
 use apalis_redis::RedisStorage;
 use apalis_redis::factory::RedisStorageFactory;
@@ -22,26 +16,9 @@ use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
+use super::{HEARTBEAT, JobQueue, MISSED_HEARTBEATS, pause, restart_after, run_sync_worker};
 use crate::config::RedisSettings;
-use crate::sync::job::{self, SyncContext, SyncJob};
-
-/// How often a worker proves it is alive; a worker silent for
-/// `HEARTBEAT * MISSED_HEARTBEATS` has its jobs handed to the others.
-const HEARTBEAT: Duration = Duration::from_secs(5);
-const MISSED_HEARTBEATS: usize = 3;
-
-/// Where the dispatcher puts jobs. Behind a trait so the pipeline does not
-/// care which queue carries them.
-pub trait JobQueue: Send + Sync {
-    /// Enqueues all `jobs`, or none on an error.
-    fn push(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>>;
-    /// Whether the queue answers.
-    fn ping(&self) -> BoxFuture<'_, anyhow::Result<()>>;
-    /// Jobs waiting to be taken.
-    fn depth(&self) -> BoxFuture<'_, anyhow::Result<u64>>;
-    /// Drops what finished jobs left behind; returns how many jobs.
-    fn vacuum(&self) -> BoxFuture<'_, anyhow::Result<usize>>;
-}
+use crate::sync::job::{SyncContext, SyncJob};
 
 /// The Redis queue of one namespace.
 #[derive(Clone)]
@@ -140,37 +117,15 @@ impl RedisQueue {
                         continue;
                     }
                 };
-            let worker = WorkerBuilder::new(name.as_str())
-                .backend(backend)
-                .concurrency(concurrency.max(1))
-                .data(ctx.clone())
-                .build(handle);
-            let stop = shutdown.clone();
-            let run = worker.run_until(async move {
-                stop.cancelled().await;
-                Ok::<(), WorkerError>(())
-            });
-            tokio::pin!(run);
-            let outcome = tokio::select! {
-                outcome = &mut run => Some(outcome),
-                () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => None,
-            };
-            match outcome {
-                None => {
-                    tracing::warn!(
-                        grace_ms = grace.as_millis() as u64,
-                        "jobs still running at the end of the shutdown timeout; their events stay pending and are dispatched again"
-                    );
-                    return;
-                }
-                Some(Ok(())) if shutdown.is_cancelled() => return,
-                Some(Ok(())) => failures = 0,
-                Some(Err(error)) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(%error, "the queue worker stopped; it restarts");
-                }
-            }
-            if pause(&shutdown, failures).await {
+            let ended = run_sync_worker!(
+                backend,
+                name.as_str(),
+                ctx.clone(),
+                concurrency.max(1),
+                shutdown,
+                grace
+            );
+            if restart_after(ended, &shutdown, &mut failures).await {
                 return;
             }
         }
@@ -246,44 +201,4 @@ fn queue_config(namespace: &str) -> apalis_redis::Config {
         .queue(format!("{namespace}.sync"))
         .heartbeat_interval(HEARTBEAT)
         .missed_heartbeats(MISSED_HEARTBEATS)
-}
-
-/// A worker name unique to this process, readable in `CLIENT LIST` and logs.
-pub fn worker_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
-    let nonce: u32 = rand::random();
-    format!("user-sync-{host}-{}-{nonce:08x}", std::process::id())
-}
-
-/// Waits before a restart; `true` when shutdown came first.
-async fn pause(shutdown: &CancellationToken, failures: u32) -> bool {
-    let wait = Duration::from_millis(250u64.saturating_mul(1 << failures.min(5)));
-    tokio::select! {
-        () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(wait) => false,
-    }
-}
-
-/// One job. The job records every outcome in the database itself; an `Err`
-/// here means the database failed, and apalis schedules the job again (the
-/// sweeper is the backstop). The error text is generic: a database message
-/// could quote a value, and job results are stored in Redis.
-async fn handle(job: SyncJob, ctx: Data<SyncContext>) -> Result<(), BoxDynError> {
-    // apalis polls every job of a worker on one task; a task of its own
-    // lets jobs use every runtime thread.
-    let ctx: SyncContext = (*ctx).clone();
-    let event_id = job.event_id;
-    let ran = tokio::spawn(async move { job::run(&ctx, &job).await }).await;
-    match ran.unwrap_or_else(|join| Err(anyhow::anyhow!("the job panicked: {join}"))) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            tracing::warn!(event_id, error = %format!("{error:#}"), "job failed; the event stays pending");
-            Err("the job could not reach the database; the event stays pending".into())
-        }
-    }
-}
-
-/// Shares one queue between the dispatcher, the ops server and the workers.
-pub fn shared(queue: RedisQueue) -> Arc<dyn JobQueue> {
-    Arc::new(queue)
 }

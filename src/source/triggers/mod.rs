@@ -14,7 +14,10 @@
 //! - an open row whose id changed: a closure of the old id and a signup of
 //!   the new one.
 //!
-//! Installing again replaces both (idempotent); `--drop` removes them.
+//! Installing again replaces both (idempotent); `--drop` removes them. On
+//! SQLite, three triggers do the same ([`sqlite`]).
+
+pub mod sqlite;
 
 use sqlx::{Connection, PgConnection};
 
@@ -89,10 +92,18 @@ pub async fn drop(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Resu
     })
 }
 
-/// `user_sync.events_from_<schema>_<table>`, with every character that is
-/// not a letter, a digit or `_` replaced, and cut to PostgreSQL's 63 bytes.
+/// `user_sync.events_from_<schema>_<table>`, sanitised.
 fn function_name(table: &CheckedTable) -> String {
-    let raw = format!("events_from_{}_{}", table.schema, table.name);
+    format!(
+        "user_sync.{}",
+        sanitised(&format!("events_from_{}_{}", table.schema, table.name))
+    )
+}
+
+/// `raw` as an identifier: every character that is not a letter, a digit
+/// or `_` replaced, cut to 63 bytes, with a fingerprint of `raw` when it
+/// had to change (two names that sanitise alike must not collide).
+fn sanitised(raw: &str) -> String {
     let mut name: String = raw
         .chars()
         .map(|c| {
@@ -104,12 +115,11 @@ fn function_name(table: &CheckedTable) -> String {
         })
         .collect();
     if name.len() > 63 || name != raw.to_ascii_lowercase() {
-        // Two tables whose names sanitise alike must not share a function.
-        let tag = crate::domain::fingerprint(&raw);
+        let tag = crate::domain::fingerprint(raw);
         name.truncate(63 - tag.len() - 1);
         name = format!("{name}_{tag}");
     }
-    format!("user_sync.{name}")
+    name
 }
 
 /// The PL/pgSQL of the trigger function. The row is read through

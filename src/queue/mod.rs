@@ -1,0 +1,146 @@
+//! The job queue between the dispatcher and the sync workers: apalis, on
+//! Redis beside PostgreSQL ([`redis`]), or in the same SQLite file as the
+//! worker's tables ([`sqlite`]).
+//!
+//! The queue only carries work; the database holds the truth. A job is a
+//! [`SyncJob`] (ids only), so a lost job loses nothing the sweeper cannot
+//! dispatch again.
+
+pub mod redis;
+pub mod sqlite;
+
+pub use self::redis::RedisQueue;
+pub use self::sqlite::SqliteQueue;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::{BoxDynError, Data, WorkerError};
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::sync::job::{self, SyncContext, SyncJob};
+
+/// How often a worker proves it is alive; a worker silent for
+/// `HEARTBEAT * MISSED_HEARTBEATS` has its jobs handed to the others.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const MISSED_HEARTBEATS: usize = 3;
+
+/// Where the dispatcher puts jobs. Behind a trait so the pipeline does not
+/// care which queue carries them.
+pub trait JobQueue: Send + Sync {
+    /// Enqueues all `jobs`, or none on an error.
+    fn push(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Whether the queue answers.
+    fn ping(&self) -> BoxFuture<'_, anyhow::Result<()>>;
+    /// Jobs waiting to be taken.
+    fn depth(&self) -> BoxFuture<'_, anyhow::Result<u64>>;
+    /// Drops what finished jobs left behind; returns how many jobs.
+    fn vacuum(&self) -> BoxFuture<'_, anyhow::Result<usize>>;
+}
+
+/// A worker name unique to this process, readable in `CLIENT LIST` and logs.
+pub fn worker_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    let nonce: u32 = rand::random();
+    format!("user-sync-{host}-{}-{nonce:08x}", std::process::id())
+}
+
+/// Waits before a restart; `true` when shutdown came first.
+async fn pause(shutdown: &CancellationToken, failures: u32) -> bool {
+    let wait = Duration::from_millis(250u64.saturating_mul(1 << failures.min(5)));
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// How a run of an apalis worker ended.
+enum Ended {
+    /// The worker stopped by itself (an error, or the shutdown).
+    Stopped(Result<(), WorkerError>),
+    /// Jobs were still running at the end of the shutdown grace period.
+    OutOfGrace,
+}
+
+/// Builds an apalis worker of sync jobs named `$name` on `$backend`, runs it
+/// until `$shutdown` (then `$grace` for the running jobs) and returns how it
+/// [`Ended`]. A macro because the queues' apalis backends share no trait the
+/// worker builder accepts in generic code.
+macro_rules! run_sync_worker {
+    ($backend:expr, $name:expr, $ctx:expr, $concurrency:expr, $shutdown:expr, $grace:expr) => {{
+        use apalis::prelude::WorkerBuilderExt as _;
+        let worker = apalis::prelude::WorkerBuilder::new($name)
+            .backend($backend)
+            .concurrency($concurrency)
+            .data($ctx)
+            .build($crate::queue::handle);
+        let stop = $shutdown.clone();
+        let run = worker.run_until(async move {
+            stop.cancelled().await;
+            Ok::<(), apalis::prelude::WorkerError>(())
+        });
+        $crate::queue::run_with_grace(run, &$shutdown, $grace).await
+    }};
+}
+pub(crate) use run_sync_worker;
+
+/// After a worker run: `true` when the process is stopping; otherwise logs
+/// a failure and waits before the restart (longer after each failure).
+async fn restart_after(ended: Ended, shutdown: &CancellationToken, failures: &mut u32) -> bool {
+    match ended {
+        Ended::OutOfGrace => return true,
+        Ended::Stopped(Ok(())) if shutdown.is_cancelled() => return true,
+        Ended::Stopped(Ok(())) => *failures = 0,
+        Ended::Stopped(Err(error)) => {
+            *failures = failures.saturating_add(1);
+            tracing::warn!(%error, "the queue worker stopped; it restarts");
+        }
+    }
+    pause(shutdown, *failures).await
+}
+
+/// Drives `run` (an apalis worker that stops taking work on `shutdown`)
+/// and gives its running jobs `grace` after the shutdown to finish.
+async fn run_with_grace(
+    run: impl Future<Output = Result<(), WorkerError>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Ended {
+    tokio::pin!(run);
+    tokio::select! {
+        outcome = &mut run => Ended::Stopped(outcome),
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "jobs still running at the end of the shutdown timeout; their events stay pending and are dispatched again"
+            );
+            Ended::OutOfGrace
+        }
+    }
+}
+
+/// One job. The job records every outcome in the database itself; an `Err`
+/// here means the database failed, and apalis schedules the job again (the
+/// sweeper is the backstop). The error text is generic: a database message
+/// could quote a value, and job results are stored in the queue.
+async fn handle(job: SyncJob, ctx: Data<SyncContext>) -> Result<(), BoxDynError> {
+    // apalis polls every job of a worker on one task; a task of its own
+    // lets jobs use every runtime thread.
+    let ctx: SyncContext = (*ctx).clone();
+    let event_id = job.event_id;
+    let ran = tokio::spawn(async move { job::run(&ctx, &job).await }).await;
+    match ran.unwrap_or_else(|join| Err(anyhow::anyhow!("the job panicked: {join}"))) {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            tracing::warn!(event_id, error = %format!("{error:#}"), "job failed; the event stays pending");
+            Err("the job could not reach the database; the event stays pending".into())
+        }
+    }
+}
+
+/// Shares one queue between the dispatcher, the ops server and the workers.
+pub fn shared(queue: impl JobQueue + 'static) -> Arc<dyn JobQueue> {
+    Arc::new(queue)
+}

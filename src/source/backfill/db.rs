@@ -1,0 +1,310 @@
+//! What the backfill reads and writes, behind one trait so that one run
+//! (the scan, the decisions, both modes, the confirmation of creates)
+//! serves PostgreSQL and SQLite.
+//!
+//! A [`BackfillDb`] is the backfill's own session: its working tables
+//! (the `GET /users` snapshot, the dry run's planned creates) and the
+//! per-user locks it holds live with it and go with it, killed or not.
+//! [`PgBackfillDb`] forwards to the PostgreSQL queries next to their
+//! tables ([`snapshot`], [`users`], [`single`]); the SQLite session is in
+//! [`super::sqlite`].
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use sqlx::{Connection, PgConnection};
+
+use crate::domain::{HostUserId, Username};
+use crate::embedded::EmbeddedUser;
+use crate::embedded::client::UserStream;
+use crate::source::host::{HostRow, HostSource};
+use crate::store::users::{self, Claim, ClaimIntent, Found, NewConflict, Unconfirmed};
+use crate::sync::plan::Profile;
+
+use super::decide::Known;
+use super::single;
+use super::snapshot::{self, LoadError};
+
+/// An event's state, and when it comes due if pending: (id, state, due).
+pub(super) type EventState = (i64, String, DateTime<Utc>);
+
+/// One user to create in single mode: (host, profile, row was `creating`).
+pub(super) type Create<'a> = (&'a HostUserId, &'a Profile, bool);
+
+/// The backfill's session on the worker's database.
+pub(super) trait BackfillDb: Send {
+    /// The database's clock.
+    fn now(&mut self) -> BoxFuture<'_, sqlx::Result<DateTime<Utc>>>;
+
+    // The host's users ([source]).
+    fn page<'a>(
+        &'a mut self,
+        source: &'a HostSource,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<HostRow>>>;
+    fn count_open<'a>(&'a mut self, source: &'a HostSource) -> BoxFuture<'a, sqlx::Result<u64>>;
+    fn count_closed<'a>(
+        &'a mut self,
+        source: &'a HostSource,
+    ) -> BoxFuture<'a, sqlx::Result<Option<u64>>>;
+
+    // The snapshot of `GET /users` and the dry run's plan.
+    fn prepare_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>>;
+    fn discard_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>>;
+    fn load_snapshot<'a>(&'a mut self, stream: UserStream)
+    -> BoxFuture<'a, Result<u64, LoadError>>;
+    fn find_in_snapshot<'a>(
+        &'a mut self,
+        usernames: &'a [&'a str],
+    ) -> BoxFuture<'a, sqlx::Result<HashMap<Username, EmbeddedUser>>>;
+    fn plan_creates<'a>(
+        &'a mut self,
+        planned: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    fn lookup<'a>(
+        &'a mut self,
+        users: &'a [(HostUserId, Profile)],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Known>>>;
+
+    // The per-user locks, shared with the jobs of the pipeline.
+    fn try_lock_many<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<String>>>;
+    fn unlock_many<'a>(&'a mut self, hosts: &'a [&'a str]) -> BoxFuture<'a, sqlx::Result<()>>;
+
+    // The worker's tables.
+    fn claim_many_for_create<'a>(
+        &'a mut self,
+        intents: &'a [ClaimIntent<'a>],
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    fn last_event_id<'a>(
+        &'a mut self,
+        host: &'a HostUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<i64>>>;
+    fn claim_for_create<'a>(
+        &'a mut self,
+        host: &'a HostUserId,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Claim>>;
+    fn mark_synced_many<'a>(
+        &'a mut self,
+        found: &'a [Found<'a>],
+    ) -> BoxFuture<'a, sqlx::Result<u64>>;
+    fn set_without_user<'a>(
+        &'a mut self,
+        host: &'a HostUserId,
+        state: &'a str,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    fn report_conflict<'a>(
+        &'a mut self,
+        conflict: &'a NewConflict<'a>,
+    ) -> BoxFuture<'a, sqlx::Result<bool>>;
+    fn unconfirmed_since<'a>(
+        &'a mut self,
+        since: DateTime<Utc>,
+        after: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>>;
+    fn unconfirmed_of<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>>;
+    fn count_unconfirmed_since(&mut self, since: DateTime<Utc>)
+    -> BoxFuture<'_, sqlx::Result<u64>>;
+
+    // Single mode: signups through the pipeline's job.
+    fn record_signups<'a>(
+        &'a mut self,
+        creates: &'a [Create<'a>],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<(i64, HostUserId)>>>;
+    fn event_states<'a>(
+        &'a mut self,
+        ids: &'a [i64],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<EventState>>>;
+
+    /// Ends the session (its working tables and locks go with it).
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// The backfill's PostgreSQL session: a connection of its own, out of the
+/// pool, holding temporary tables and advisory locks.
+pub(super) struct PgBackfillDb {
+    pub(super) conn: PgConnection,
+}
+
+impl BackfillDb for PgBackfillDb {
+    fn now(&mut self) -> BoxFuture<'_, sqlx::Result<DateTime<Utc>>> {
+        Box::pin(sqlx::query_scalar("SELECT now()").fetch_one(&mut self.conn))
+    }
+
+    fn page<'a>(
+        &'a mut self,
+        source: &'a HostSource,
+        after: Option<&'a str>,
+        limit: u32,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<HostRow>>> {
+        Box::pin(source.page(&mut self.conn, after, limit))
+    }
+
+    fn count_open<'a>(&'a mut self, source: &'a HostSource) -> BoxFuture<'a, sqlx::Result<u64>> {
+        Box::pin(source.count_open(&mut self.conn))
+    }
+
+    fn count_closed<'a>(
+        &'a mut self,
+        source: &'a HostSource,
+    ) -> BoxFuture<'a, sqlx::Result<Option<u64>>> {
+        Box::pin(source.count_closed(&mut self.conn))
+    }
+
+    fn prepare_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(snapshot::prepare(&mut self.conn))
+    }
+
+    fn discard_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(snapshot::discard(&mut self.conn))
+    }
+
+    fn load_snapshot<'a>(
+        &'a mut self,
+        stream: UserStream,
+    ) -> BoxFuture<'a, Result<u64, LoadError>> {
+        Box::pin(snapshot::load(&mut self.conn, stream))
+    }
+
+    fn find_in_snapshot<'a>(
+        &'a mut self,
+        usernames: &'a [&'a str],
+    ) -> BoxFuture<'a, sqlx::Result<HashMap<Username, EmbeddedUser>>> {
+        Box::pin(snapshot::find(&mut self.conn, usernames))
+    }
+
+    fn plan_creates<'a>(
+        &'a mut self,
+        planned: &'a [(&'a str, &'a str)],
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        Box::pin(snapshot::plan_creates(&mut self.conn, planned))
+    }
+
+    fn lookup<'a>(
+        &'a mut self,
+        users: &'a [(HostUserId, Profile)],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Known>>> {
+        Box::pin(snapshot::lookup(&mut self.conn, users))
+    }
+
+    fn try_lock_many<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<String>>> {
+        Box::pin(users::try_lock_many(&mut self.conn, hosts))
+    }
+
+    fn unlock_many<'a>(&'a mut self, hosts: &'a [&'a str]) -> BoxFuture<'a, sqlx::Result<()>> {
+        Box::pin(users::unlock_many(&mut self.conn, hosts))
+    }
+
+    fn claim_many_for_create<'a>(
+        &'a mut self,
+        intents: &'a [ClaimIntent<'a>],
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        Box::pin(users::claim_many_for_create(&mut self.conn, intents))
+    }
+
+    fn last_event_id<'a>(
+        &'a mut self,
+        host: &'a HostUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<i64>>> {
+        Box::pin(users::last_event_id(&mut self.conn, host))
+    }
+
+    fn claim_for_create<'a>(
+        &'a mut self,
+        host: &'a HostUserId,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Claim>> {
+        Box::pin(users::claim_for_create(
+            &mut self.conn,
+            host,
+            profile,
+            event_id,
+        ))
+    }
+
+    fn mark_synced_many<'a>(
+        &'a mut self,
+        found: &'a [Found<'a>],
+    ) -> BoxFuture<'a, sqlx::Result<u64>> {
+        Box::pin(users::mark_synced_many(&mut self.conn, found))
+    }
+
+    fn set_without_user<'a>(
+        &'a mut self,
+        host: &'a HostUserId,
+        state: &'a str,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        Box::pin(users::set_without_user(&mut self.conn, host, state))
+    }
+
+    fn report_conflict<'a>(
+        &'a mut self,
+        conflict: &'a NewConflict<'a>,
+    ) -> BoxFuture<'a, sqlx::Result<bool>> {
+        Box::pin(users::report_conflict(&mut self.conn, conflict))
+    }
+
+    fn unconfirmed_since<'a>(
+        &'a mut self,
+        since: DateTime<Utc>,
+        after: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>> {
+        Box::pin(users::unconfirmed_since(
+            &mut self.conn,
+            since,
+            after,
+            limit,
+        ))
+    }
+
+    fn unconfirmed_of<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>> {
+        Box::pin(users::unconfirmed_of(&mut self.conn, hosts))
+    }
+
+    fn count_unconfirmed_since(
+        &mut self,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'_, sqlx::Result<u64>> {
+        Box::pin(users::count_unconfirmed_since(&mut self.conn, since))
+    }
+
+    fn record_signups<'a>(
+        &'a mut self,
+        creates: &'a [Create<'a>],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<(i64, HostUserId)>>> {
+        Box::pin(single::record_signups(&mut self.conn, creates))
+    }
+
+    fn event_states<'a>(
+        &'a mut self,
+        ids: &'a [i64],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<EventState>>> {
+        Box::pin(single::states(&mut self.conn, ids))
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.conn.close().await {
+                tracing::debug!(error = %e, "closing the backfill session");
+            }
+        })
+    }
+}
