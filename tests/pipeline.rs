@@ -214,6 +214,46 @@ async fn a_username_held_in_embedded_is_one_open_conflict() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_made_outside_is_never_adopted_nor_deleted_when_answers_are_lost() {
+    // Every answer to a change is lost, the refusal of a taken username
+    // too, and lookups fail now and then.
+    let env = Env::start(SandboxOptions {
+        drop_rate: 1.0,
+        fail_rate: 0.3,
+        seed: Some(7),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let holder = env
+        .sandbox
+        .insert_user("taken@example.com", Some("Someone Else"));
+    let run = Running::start(&env).await;
+    let signup = env
+        .signup("u1", "Taken@Example.com", Some("Host User"))
+        .await;
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.event_state(signup).await.0, "conflict");
+    let conflicts = env.open_conflicts().await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].2, "taken_in_embedded");
+    assert_eq!(conflicts[0].4.as_deref(), Some(holder.as_str()));
+    assert_eq!(env.embedded_id("u1").await, None, "not adopted");
+
+    // Closing the account must not delete someone else's user.
+    env.event(Some("u1"), "account_closure", None, None).await;
+    env.settle(SETTLE).await;
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1, "the outside user is still there");
+    assert_eq!(users[0].user_id, holder);
+    assert_eq!(users[0].full_name.as_deref(), Some("Someone Else"));
+    assert_eq!(env.sandbox.stats().route_total("DELETE /users/{id}"), 0);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_host_users_with_one_username_conflict_before_any_call() {
     let env = Env::start(SandboxOptions::default()).await;
     let run = Running::start(&env).await;

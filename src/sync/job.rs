@@ -138,6 +138,9 @@ async fn apply_event(
     desired: &Desired,
     mut synced: Synced,
 ) -> anyhow::Result<Step> {
+    // A username this job has just seen free in Embedded: no need to look
+    // again before creating it.
+    let mut seen_free: Option<Username> = None;
     // At most: confirm an unconfirmed create, find a user deleted outside,
     // then act. Each round learns something, so three rounds end it.
     for _ in 0..3 {
@@ -161,6 +164,7 @@ async fn apply_event(
                         continue;
                     }
                     Err(Stop::Api(ApiError::NotFound)) => {
+                        seen_free = Some(username);
                         synced = Synced::Nothing;
                         continue;
                     }
@@ -172,6 +176,35 @@ async fn apply_event(
                     username: new_user.username.clone(),
                     full_name: new_user.full_name.clone(),
                 };
+                // Another host user's username: a conflict before any call.
+                if let Some(holder) = users::holder_of(conn, &profile.username, host).await? {
+                    return taken_by_host_user(conn, host, &profile.username, &holder, event).await;
+                }
+                // Looked up before it is claimed: a claim (`creating`) then
+                // means the username was free, so the user a later
+                // confirmation finds is the one a lost answer created. A
+                // user made outside the worker is a conflict, never adopted
+                // (and deleted on closure) in its place.
+                if seen_free.as_ref() != Some(&profile.username) {
+                    match call(ctx, || {
+                        ctx.api.get_user(UserRef::Username(&profile.username))
+                    })
+                    .await
+                    {
+                        Ok(holder) => {
+                            return taken_in_embedded(
+                                conn,
+                                host,
+                                &profile.username,
+                                &holder,
+                                event,
+                            )
+                            .await;
+                        }
+                        Err(Stop::Api(ApiError::NotFound)) => {}
+                        Err(stop) => return stopped(ctx, conn, event, stop).await,
+                    }
+                }
                 if let Claim::TakenBy(holder) =
                     users::claim_for_create(conn, host, &profile, event.id).await?
                 {
@@ -261,18 +294,7 @@ async fn refused_create(
     refusal: &ApiError,
 ) -> anyhow::Result<Step> {
     match call(ctx, || ctx.api.get_user(UserRef::Username(username))).await {
-        Ok(holder) => {
-            users::mark_without_user(conn, host, "conflict", event.id).await?;
-            let conflict = NewConflict {
-                host,
-                username,
-                reason: ConflictReason::TakenInEmbedded,
-                holder_host_user_id: None,
-                holder_embedded_user_id: Some(&holder.user_id),
-                event_id: Some(event.id),
-            };
-            end_in_conflict(conn, event, &conflict).await
-        }
+        Ok(holder) => taken_in_embedded(conn, host, username, &holder, event).await,
         Err(Stop::Api(ApiError::NotFound)) => {
             finish(conn, event, EventState::Failed, Some(&refusal.to_string())).await?;
             Ok(Step::Done)
@@ -338,6 +360,27 @@ async fn update_user(
         }
         Err(stop) => stopped(ctx, conn, event, stop).await.map(Some),
     }
+}
+
+/// `username` belongs to an Embedded user the worker did not create for
+/// `host`: release the claim and report the conflict.
+async fn taken_in_embedded(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    username: &Username,
+    holder: &EmbeddedUser,
+    event: &OutboxEvent,
+) -> anyhow::Result<Step> {
+    users::mark_without_user(conn, host, "conflict", event.id).await?;
+    let conflict = NewConflict {
+        host,
+        username,
+        reason: ConflictReason::TakenInEmbedded,
+        holder_host_user_id: None,
+        holder_embedded_user_id: Some(&holder.user_id),
+        event_id: Some(event.id),
+    };
+    end_in_conflict(conn, event, &conflict).await
 }
 
 async fn taken_by_host_user(
