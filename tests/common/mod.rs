@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod services;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,24 +35,34 @@ fn unique(prefix: &str) -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The server's administrative database, to drop this one from.
+    admin: String,
 }
 
 impl TestDb {
     pub async fn create() -> Self {
+        Self::create_on(&admin_url()).await
+    }
+
+    /// A database on the server of `admin` (a URL naming some database).
+    pub async fn create_on(admin: &str) -> Self {
         let name = unique("user_sync_test");
-        let mut admin = PgConnection::connect(&admin_url())
+        let mut conn = PgConnection::connect(admin)
             .await
             .expect("PostgreSQL is reachable (see README: Tests)");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
+            .execute(&mut conn)
             .await
             .expect("create the test database");
-        let base = admin_url();
-        let url = match base.rfind('/') {
-            Some(i) => format!("{}/{name}", &base[..i]),
+        let url = match admin.rfind('/') {
+            Some(i) => format!("{}/{name}", &admin[..i]),
             None => panic!("admin URL has no database part"),
         };
-        Self { name, url }
+        Self {
+            name,
+            url,
+            admin: admin.to_owned(),
+        }
     }
 
     pub async fn pool(&self) -> PgPool {
@@ -61,7 +72,7 @@ impl TestDb {
     }
 
     pub async fn drop_db(self) {
-        if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
@@ -76,6 +87,7 @@ impl TestDb {
 pub struct Env {
     pub db: TestDb,
     pub pool: PgPool,
+    pub redis_url: String,
     pub namespace: String,
     pub sandbox: Sandbox,
 }
@@ -83,8 +95,13 @@ pub struct Env {
 impl Env {
     /// A migrated database, a fresh namespace and a sandbox with `options`.
     pub async fn start(options: SandboxOptions) -> Self {
+        Self::start_on(&admin_url(), &redis_url(), options).await
+    }
+
+    /// The same on the PostgreSQL server of `admin` and the Redis at `redis`.
+    pub async fn start_on(admin: &str, redis: &str, options: SandboxOptions) -> Self {
         init_logs();
-        let db = TestDb::create().await;
+        let db = TestDb::create_on(admin).await;
         let pool = db.pool().await;
         user_sync::store::migrate::run(&pool)
             .await
@@ -101,6 +118,7 @@ impl Env {
         Self {
             db,
             pool,
+            redis_url: redis.to_owned(),
             namespace: unique("test").replace('_', "-"),
             sandbox,
         }
@@ -111,7 +129,7 @@ impl Env {
     pub fn vars(&self) -> HashMap<String, String> {
         let mut vars = HashMap::new();
         vars.insert("DATABASE_URL".into(), self.db.url.clone());
-        vars.insert("REDIS_URL".into(), redis_url());
+        vars.insert("REDIS_URL".into(), self.redis_url.clone());
         vars.insert("EMBEDDED_API_KEY".into(), KEY.into());
         for (key, value) in [
             ("EMBEDDED__BASE_URL", self.sandbox.base_url().to_string()),
@@ -229,13 +247,18 @@ impl Env {
 
     /// A connection to the tests' Redis and the keys of this test's namespace.
     async fn namespace_keys(&self) -> (redis::aio::MultiplexedConnection, Vec<String>) {
-        let client = redis::Client::open(redis_url()).expect("redis url");
+        self.keys(&format!("{}*", self.namespace)).await
+    }
+
+    /// A connection to the tests' Redis and the keys matching `pattern`.
+    async fn keys(&self, pattern: &str) -> (redis::aio::MultiplexedConnection, Vec<String>) {
+        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
             .expect("redis is reachable");
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.namespace))
+            .arg(pattern)
             .query_async(&mut conn)
             .await
             .expect("list keys");
@@ -256,7 +279,13 @@ impl Env {
 
     /// Every value stored under this test's namespace, for leak checks.
     pub async fn redis_dump(&self) -> String {
-        let (mut conn, keys) = self.namespace_keys().await;
+        self.redis_dump_matching(&format!("{}*", self.namespace))
+            .await
+    }
+
+    /// Every key matching `pattern` and its value, one key a line.
+    pub async fn redis_dump_matching(&self, pattern: &str) -> String {
+        let (mut conn, keys) = self.keys(pattern).await;
         let mut out = String::new();
         for key in keys {
             let kind: String = redis::cmd("TYPE")
