@@ -73,11 +73,18 @@ pub struct OwnPostgres {
 impl OwnPostgres {
     pub async fn start() -> Self {
         let bin = postgres_bin();
+        let as_postgres = is_root();
+        // The postgres user must reach the folder: not under a TMPDIR of
+        // root's own.
+        let parent = if as_postgres {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
         let dir = tempfile::Builder::new()
             .prefix("user-sync-pg")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("a temporary folder");
-        let as_postgres = is_root();
         if as_postgres {
             run(Command::new("chown")
                 .args(["-R", "postgres:"])
