@@ -196,12 +196,6 @@ pub fn check(
             })
         };
         if outside.contains(name) {
-            match embedded.get(name) {
-                Some(user) if !created_ids.contains(user.user_id.as_str()) => {}
-                _ => members
-                    .iter()
-                    .for_each(|m| v.violate("user created outside the worker replaced", *m)),
-            }
             for member in members {
                 if row_holds(member) {
                     v.violate(CONFLICT_MISSED, *member);
@@ -235,6 +229,25 @@ pub fn check(
         winners.insert(name, winner);
         for member in members.iter().filter(|m| **m != winner) {
             expected_conflicts.push((member, name));
+        }
+    }
+
+    // Users made outside the worker: still there, untouched.
+    for (email, seeded_name) in &model.outside {
+        let name = username(email);
+        let intact = embedded.get(&name).is_some_and(|user| {
+            !created_ids.contains(user.user_id.as_str()) && user.full_name == *seeded_name
+        });
+        if !intact {
+            let who = owners
+                .get(&name)
+                .map(|o| o.iter().copied().collect::<Vec<_>>().join("+"))
+                .unwrap_or_else(|| {
+                    // Its token, not the email itself.
+                    let token = tokens(&name).into_iter().next().unwrap_or_default();
+                    format!("outside:{token}")
+                });
+            v.violate("user made outside the worker changed or deleted", who);
         }
     }
 
