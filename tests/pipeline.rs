@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::process::Running;
-use common::{Env, KEY};
+use common::{Env, KEY, eventually};
 use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions, SandboxUser};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -153,14 +153,10 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated() {
 
     // Every mutating answer is lost; wait until the create happened, then
     // let answers through so that the worker can confirm.
-    let deadline = std::time::Instant::now() + SETTLE;
-    while env.sandbox.stats().creates == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the create never reached the API"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(SETTLE, "the create reaches the API", || async {
+        env.sandbox.stats().creates > 0
+    })
+    .await;
     env.sandbox.update_faults(FaultUpdate {
         drop_rate: Some(0.0),
         ..FaultUpdate::default()
@@ -179,6 +175,59 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated() {
         "a lost answer is no conflict"
     );
     assert!(env.sandbox.stats().dropped >= 1);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_undone_after_its_answer_was_lost_is_undone_in_embedded() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("u1", "undo@example.com", Some("First Name"))
+        .await;
+    env.settle(SETTLE).await;
+
+    // The rename is applied but its answer lost, again and again.
+    env.sandbox.update_faults(FaultUpdate {
+        drop_rate: Some(1.0),
+        ..FaultUpdate::default()
+    });
+    env.event(
+        Some("u1"),
+        "profile_change",
+        Some("undo@example.com"),
+        Some("Second Name"),
+    )
+    .await;
+    eventually(SETTLE, "the rename reaches the API", || async {
+        env.sandbox.users()[0].full_name.as_deref() == Some("Second Name")
+    })
+    .await;
+    // The host undoes it before the worker learnt that it happened.
+    let undo = env
+        .event(
+            Some("u1"),
+            "profile_change",
+            Some("undo@example.com"),
+            Some("First Name"),
+        )
+        .await;
+    eventually(SETTLE, "the worker looks at the undo", || async {
+        env.event_state(undo).await.0 != "pending"
+            || env.sandbox.stats().count("GET /users/{id}", 200) > 0
+    })
+    .await;
+    env.sandbox.update_faults(FaultUpdate {
+        drop_rate: Some(0.0),
+        ..FaultUpdate::default()
+    });
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.event_state(undo).await.0, "applied");
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].full_name.as_deref(), Some("First Name"));
 
     run.stop().await;
     env.finish().await;

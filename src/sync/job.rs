@@ -122,11 +122,53 @@ async fn apply_pending(
         }
         // One event applied per job: a newer event arriving meanwhile has
         // a job of its own.
-        return apply_event(ctx, conn, host, &event, &desired, next.synced)
+        let synced = if next.last_acted_unfinished {
+            match read_back(ctx, conn, host, event.id, next.synced).await? {
+                Ok(synced) => synced,
+                Err(stop) => return stopped(ctx, conn, &event, stop).await.map(|_| ()),
+            }
+        } else {
+            next.synced
+        };
+        return apply_event(ctx, conn, host, &event, &desired, synced)
             .await
             .map(|_| ());
     }
     Ok(())
+}
+
+/// An update of `host` was sent and never recorded as done (its answer
+/// lost, its worker killed, its event superseded meanwhile): Embedded may
+/// hold it already, so the last synced state is read back before planning.
+/// Without this, an event asking for the state from before that update
+/// would look like no change and cost no call, and Embedded would keep the
+/// update for good.
+async fn read_back(
+    ctx: &SyncContext,
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    event_id: i64,
+    synced: Synced,
+) -> anyhow::Result<Result<Synced, Stop>> {
+    let Synced::Present { id, .. } = &synced else {
+        return Ok(Ok(synced));
+    };
+    match call(ctx, || ctx.api.get_user(UserRef::Id(id))).await {
+        Ok(found) => {
+            let profile = profile_of(&found);
+            users::record_found(conn, host, &found.user_id, &profile, event_id).await?;
+            Ok(Ok(Synced::Present {
+                id: found.user_id,
+                profile,
+            }))
+        }
+        // Deleted outside: created again, as when an update finds it gone.
+        Err(Stop::Api(ApiError::NotFound)) => {
+            users::mark_without_user(conn, host, "failed", event_id).await?;
+            Ok(Ok(Synced::Nothing))
+        }
+        Err(stop) => Ok(Err(stop)),
+    }
 }
 
 /// Carries out the newest event of `host`.
@@ -320,6 +362,7 @@ async fn update_user(
             .await
             .map(Some);
     }
+    users::note_update_sent(conn, host, event.id).await?;
     match call(ctx, || ctx.api.update_user(id, &update)).await {
         Ok(_) => {
             users::mark_synced(conn, host, id, want, event.id, Some(event.id)).await?;
