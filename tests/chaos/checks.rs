@@ -232,6 +232,24 @@ pub fn check(
         }
     }
 
+    // An account in conflict because it changed its email into a taken one
+    // keeps the Embedded user it had, if any, under an older username.
+    let mut kept: BTreeMap<&str, &str> = BTreeMap::new();
+    for (host, _) in &expected_conflicts {
+        let user = &model.users[*host];
+        let Some(row) = seen.rows.get(*host) else {
+            continue;
+        };
+        if let (Some(name), Some(id)) = (row.username.as_deref(), row.embedded_user_id.as_deref())
+            && row.state == "synced"
+            && name != user.username()
+            && user.usernames.contains(name)
+            && embedded.get(name).is_some_and(|u| u.user_id == id)
+        {
+            kept.insert(name, &user.id);
+        }
+    }
+
     // Users made outside the worker: still there, untouched.
     for (email, seeded_name) in &model.outside {
         let name = username(email);
@@ -253,7 +271,10 @@ pub fn check(
 
     // Every Embedded user belongs to a group or was made outside.
     for (name, user) in &embedded {
-        if !groups.contains_key(name) && !outside.contains(name) {
+        if !groups.contains_key(name)
+            && !outside.contains(name)
+            && !kept.contains_key(name.as_str())
+        {
             let who = owners
                 .get(name)
                 .map(|o| {
@@ -318,13 +339,17 @@ pub fn check(
         }
     }
 
-    // Conflicts: every reported one real, every real one reported once.
+    // Conflicts: every reported one real, every real one open once (an
+    // account that leaves a conflict and comes back to it has a resolved
+    // row and a new open one).
     let mut reported: BTreeMap<(&str, &str), Vec<&ConflictRow>> = BTreeMap::new();
     for row in &seen.conflicts {
-        reported
-            .entry((&row.host_user_id, &row.username))
-            .or_default()
-            .push(row);
+        if row.status == "open" {
+            reported
+                .entry((&row.host_user_id, &row.username))
+                .or_default()
+                .push(row);
+        }
         let held = model
             .users
             .get(&row.host_user_id)
@@ -350,9 +375,6 @@ pub fn check(
             v.violate(CONFLICT_MISSED, *host);
             continue;
         };
-        if row.status != "open" {
-            v.violate(CONFLICT_MISSED, *host);
-        }
         let holder_ok = match row.reason.as_str() {
             "taken_by_host_user" => {
                 row.holder_host_user_id.as_deref() == winners.get(*name).copied()
@@ -482,18 +504,19 @@ fn owner_label(model: &Model, token: &str) -> String {
     }
 }
 
-/// Every `q` + 7 digits + `x` in lower-cased `text`.
+/// Every `q_` + 7 digits + `_x` in lower-cased `text`.
 pub fn tokens(text: &str) -> BTreeSet<String> {
+    const LEN: usize = 11;
     let bytes = text.as_bytes();
     let mut found = BTreeSet::new();
     let mut i = 0;
-    while i + 9 <= bytes.len() {
-        if bytes[i] == b'q'
-            && bytes[i + 8] == b'x'
-            && bytes[i + 1..i + 8].iter().all(u8::is_ascii_digit)
+    while i + LEN <= bytes.len() {
+        if bytes[i..i + 2] == *b"q_"
+            && bytes[i + 9..i + LEN] == *b"_x"
+            && bytes[i + 2..i + 9].iter().all(u8::is_ascii_digit)
         {
-            found.insert(String::from_utf8_lossy(&bytes[i..i + 9]).into_owned());
-            i += 9;
+            found.insert(String::from_utf8_lossy(&bytes[i..i + LEN]).into_owned());
+            i += LEN;
         } else {
             i += 1;
         }

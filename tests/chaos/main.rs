@@ -14,7 +14,6 @@ mod common;
 mod model;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -120,6 +119,10 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
     let mut vars = process_vars(&env);
     for (key, value) in [
         ("WORKER__MAX_ATTEMPTS", "1000"),
+        // Retries far enough apart for the host to write in between, as in
+        // production (500 ms base there).
+        ("WORKER__BACKOFF_BASE_MS", "250"),
+        ("WORKER__BACKOFF_CAP_MS", "1000"),
         ("WORKER__CONCURRENCY", "8"),
         ("SOURCE__TABLE", "public.accounts"),
         ("SOURCE__NAME_COLUMN", "display_name"),
@@ -135,22 +138,28 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
 
     // The live workload, and breakage meanwhile.
     let live_started = Instant::now();
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_workload(
-        env.db.url.clone(),
-        model,
-        mode,
-        done.clone(),
-    ));
-    let chaos = break_things(&env, &pg, &redis, &mut fleet, mode, seed).await;
-    done.store(true, Ordering::SeqCst);
-    let (model, bad_ids, good_ids) = writer.await.expect("the writer finishes");
+    let done = AtomicBool::new(false);
+    let ((model, bad_ids, good_ids), chaos) =
+        tokio::join!(write_workload(&env, model, mode, &done), async {
+            let chaos = break_things(&env, &pg, &redis, &mut fleet, mode, seed).await;
+            done.store(true, Ordering::SeqCst);
+            chaos
+        });
     figures.insert(
         "live phase".into(),
         format!("{:.0} s", live_started.elapsed().as_secs_f64()),
     );
 
     // Quiet: faults stay on; every event must still end.
+    let backlog: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE state = 'pending'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or(-1);
+    figures.insert(
+        "pending at the end of the live phase".into(),
+        backlog.to_string(),
+    );
     let quiet_started = Instant::now();
     let quiet = settle(&env.pool, mode.settle).await;
     figures.insert(
@@ -376,14 +385,14 @@ impl Fleet {
 /// ticks, with bursts) until `done`; returns the model and the ids of the
 /// bad and the good events.
 async fn write_workload(
-    url: String,
+    env: &Env,
     mut model: Model,
     mode: Mode,
-    done: Arc<AtomicBool>,
+    done: &AtomicBool,
 ) -> (Model, BTreeSet<i64>, BTreeSet<i64>) {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
-        .connect(&url)
+        .connect(&env.db.url)
         .await
         .expect("the writer connects");
     let mut rng = StdRng::from_os_rng();
@@ -394,8 +403,16 @@ async fn write_workload(
     while !done.load(Ordering::SeqCst) {
         let burst = if rng.random_bool(0.02) { 5.0 } else { 1.0 };
         let n = (per_tick * burst * rng.random_range(0.5..1.5)).round() as usize;
-        for _ in 0..n {
-            let event = model.next_event();
+        let names: BTreeSet<String> = env
+            .sandbox
+            .users()
+            .into_iter()
+            .filter_map(|u| u.full_name)
+            .collect();
+        let undos = model.undos_due(|name| names.contains(name));
+        let new = std::iter::repeat_with(|| None).take(n);
+        for event in undos.into_iter().map(Some).chain(new) {
+            let event = event.unwrap_or_else(|| model.next_event());
             let id = insert(&pool, &event).await;
             if event.bad {
                 bad.insert(id);

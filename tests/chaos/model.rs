@@ -2,9 +2,10 @@
 //! it wrote into the outbox for each, and what the end state must therefore
 //! be. The expectations come from here, never from the worker's tables.
 //!
-//! Every email and name the run writes carries a token `q` + 7 digits + `x`
-//! (case aside) found nowhere else, so that a leak check looks for one
-//! pattern instead of thousands of strings, and finds who it belongs to.
+//! Every email and name the run writes carries a token `q_` + 7 digits +
+//! `_x` (case aside) found nowhere else (not in ids, hex or base32), so that
+//! a leak check looks for one pattern instead of thousands of strings, and
+//! finds who it belongs to.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +31,9 @@ pub struct HostUser {
     /// The email as last written (spacing and letter case as written).
     pub email: String,
     pub name: String,
+    /// The email and name before the last change, for the host to go back
+    /// to them.
+    pub before: Option<(String, String)>,
     /// Times it became open: the most Embedded users it may ever get.
     pub lives: u32,
     /// Holds a username that others use too: never closes nor changes email,
@@ -75,6 +79,9 @@ pub struct Model {
     pub outside: BTreeMap<String, Option<String>>,
     /// Token (lower-case) to whom it belongs.
     pub tokens: BTreeMap<String, Owner>,
+    /// Changes the host undoes as soon as Embedded holds them, whether or
+    /// not the worker has learnt it yet: (host id, new name, ticks left).
+    undo_soon: Vec<(String, String, u32)>,
     /// Host ids of bad signups of made-up users: none may get anything.
     pub ghosts: BTreeSet<String>,
     pub counts: BTreeMap<&'static str, u64>,
@@ -95,6 +102,7 @@ impl Model {
             protected: Vec::new(),
             outside: BTreeMap::new(),
             tokens: BTreeMap::new(),
+            undo_soon: Vec::new(),
             ghosts: BTreeSet::new(),
             counts: BTreeMap::new(),
         }
@@ -102,7 +110,7 @@ impl Model {
 
     fn token(&mut self, owner: Owner) -> String {
         self.next_token += 1;
-        let token = format!("q{:07}x", self.next_token);
+        let token = format!("q_{:07}_x", self.next_token);
         self.tokens.insert(token.clone(), owner);
         token
     }
@@ -190,6 +198,7 @@ impl Model {
             },
             email,
             name,
+            before: None,
             lives: u32::from(open),
             protected: false,
             frozen: false,
@@ -290,8 +299,10 @@ impl Model {
                 50..=61 => self.email_change(),
                 62..=71 => self.closure(),
                 72..=79 => self.resignup(),
-                80..=84 => self.duplicate_signup(),
-                85..=90 => self.repeat(),
+                80..=83 => self.duplicate_signup(),
+                84..=85 => self.rename_into_taken(),
+                86..=88 => self.undo(None),
+                89..=90 => self.repeat(),
                 _ => self.bad_event(),
             };
             if let Some(event) = event {
@@ -327,9 +338,14 @@ impl Model {
         // The same email, perhaps spelled otherwise: no new username.
         let email = self.variant(&email);
         let user = self.users.get_mut(&id)?;
+        user.before = Some((user.email.clone(), user.name.clone()));
         user.name = name;
         user.email = email;
         self.count("name changes");
+        if self.rng.random_bool(0.25) {
+            let name = self.users[&id].name.clone();
+            self.undo_soon.push((id.clone(), name, 30));
+        }
         Some(self.event(&id, "profile_change", &self.users[&id]))
     }
 
@@ -340,12 +356,17 @@ impl Model {
         let rename_too = self.rng.random_bool(0.5);
         let name = rename_too.then(|| self.fresh_name(Owner::Host(id.clone())));
         let user = self.users.get_mut(&id)?;
+        user.before = Some((user.email.clone(), user.name.clone()));
         user.usernames.insert(username(&email));
         user.email = email;
         if let Some(name) = name {
             user.name = name;
         }
         self.count("email changes");
+        if rename_too && self.rng.random_bool(0.25) {
+            let name = self.users[&id].name.clone();
+            self.undo_soon.push((id.clone(), name, 30));
+        }
         Some(self.event(&id, "profile_change", &self.users[&id]))
     }
 
@@ -386,19 +407,77 @@ impl Model {
 
     /// A new account whose email is already another's: a real conflict.
     fn duplicate_signup(&mut self) -> Option<Event> {
-        let taken = if self.rng.random_bool(0.7) {
-            let holder = self.random_of(&self.protected.clone())?;
-            self.users[&holder].email.clone()
-        } else {
-            let k = self.rng.random_range(0..self.outside.len().max(1));
-            self.outside.keys().nth(k)?.clone()
-        };
+        let taken = self.taken_email()?;
         let id = self.new_host_id();
         let email = self.variant(&taken);
         let name = self.fresh_name(Owner::Host(id.clone()));
         self.add_user(id.clone(), email, name, true);
         self.count("duplicate-email signups");
         Some(self.event(&id, "signup", &self.users[&id]))
+    }
+
+    /// An account changes its email to one that is already taken: a real
+    /// conflict. Nothing is written for it afterwards, so that the rename
+    /// stays its newest event.
+    fn rename_into_taken(&mut self) -> Option<Event> {
+        let id = self.pick_open(true)?;
+        let taken = self.taken_email()?;
+        let email = self.variant(&taken);
+        let user = self.users.get_mut(&id)?;
+        user.usernames.insert(username(&email));
+        user.email = email;
+        user.frozen = true;
+        self.count("renames into a taken email");
+        Some(self.event(&id, "profile_change", &self.users[&id]))
+    }
+
+    /// The email of an account that keeps it all run long, or of a user
+    /// made outside the worker.
+    fn taken_email(&mut self) -> Option<String> {
+        if self.rng.random_bool(0.7) {
+            let holder = self.random_of(&self.protected.clone())?;
+            Some(self.users[&holder].email.clone())
+        } else {
+            let k = self.rng.random_range(0..self.outside.len().max(1));
+            self.outside.keys().nth(k).cloned()
+        }
+    }
+
+    /// Undoes the watched changes that `in_embedded` (a name) says have
+    /// reached Embedded; forgets those not seen within their ticks.
+    pub fn undos_due(&mut self, in_embedded: impl Fn(&str) -> bool) -> Vec<Event> {
+        let watched = std::mem::take(&mut self.undo_soon);
+        let mut due = Vec::new();
+        for (id, name, left) in watched {
+            if self.users[&id].name != name {
+                continue;
+            }
+            if in_embedded(&name) {
+                due.extend(self.undo(Some(id)));
+            } else if left > 1 {
+                self.undo_soon.push((id, name, left - 1));
+            }
+        }
+        due
+    }
+
+    /// The host goes back to the email and name from before the last
+    /// change, often right after it: an update undone.
+    fn undo(&mut self, id: Option<String>) -> Option<Event> {
+        let id = match id {
+            Some(id) => id,
+            None => self.pick_open(true)?,
+        };
+        let user = self.users.get_mut(&id)?;
+        if !user.open || user.frozen || user.protected {
+            return None;
+        }
+        let (email, name) = user.before.take()?;
+        user.before = Some((user.email.clone(), user.name.clone()));
+        user.email = email;
+        user.name = name;
+        self.count("changes undone");
+        Some(self.event(&id, "profile_change", &self.users[&id]))
     }
 
     /// The same state written again (a replayed or duplicated event).
