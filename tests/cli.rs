@@ -8,10 +8,10 @@ mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::process::{Proc, Running, process_vars, run_once};
-use common::{Backend, Env, KEY, TestDb};
+use common::{Backend, Env, KEY, TestDb, eventually};
 use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -33,19 +33,6 @@ async fn get(http: &reqwest::Client, addr: SocketAddr, path: &str) -> (u16, Stri
         .unwrap_or_else(|e| panic!("GET {path}: {e}"));
     let status = response.status().as_u16();
     (status, response.text().await.expect("a body"))
-}
-
-/// Polls `condition` every 100 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn count(pool: &sqlx::PgPool, sql: &'static str) -> i64 {

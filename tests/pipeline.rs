@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::process::Running;
-use common::{Backend, Env, KEY};
+use common::{Backend, Env, KEY, eventually};
 use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions, SandboxUser};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -19,7 +19,9 @@ on_each_backend!(
     signup_change_and_closure_reach_the_api_and_erase_personal_data,
     latest_event_wins_and_older_ones_are_superseded,
     a_create_whose_answer_was_lost_is_adopted_not_duplicated,
+    a_change_undone_after_its_answer_was_lost_is_undone_in_embedded,
     a_username_held_in_embedded_is_one_open_conflict,
+    a_user_made_outside_is_never_adopted_nor_deleted_when_answers_are_lost,
     two_host_users_with_one_username_conflict_before_any_call,
     a_refused_rename_is_a_conflict_never_a_delete,
     closing_a_user_deleted_outside_is_success,
@@ -175,14 +177,10 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(backend: Backe
 
     // Every mutating answer is lost; wait until the create happened, then
     // let answers through so that the worker can confirm.
-    let deadline = std::time::Instant::now() + SETTLE;
-    while env.sandbox.stats().creates == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the create never reached the API"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(SETTLE, "the create reaches the API", || async {
+        env.sandbox.stats().creates > 0
+    })
+    .await;
     env.sandbox.update_faults(FaultUpdate {
         drop_rate: Some(0.0),
         ..FaultUpdate::default()
@@ -201,6 +199,58 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(backend: Backe
         "a lost answer is no conflict"
     );
     assert!(env.sandbox.stats().dropped >= 1);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+async fn a_change_undone_after_its_answer_was_lost_is_undone_in_embedded(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("u1", "undo@example.com", Some("First Name"))
+        .await;
+    env.settle(SETTLE).await;
+
+    // The rename is applied but its answer lost, again and again.
+    env.sandbox.update_faults(FaultUpdate {
+        drop_rate: Some(1.0),
+        ..FaultUpdate::default()
+    });
+    env.event(
+        Some("u1"),
+        "profile_change",
+        Some("undo@example.com"),
+        Some("Second Name"),
+    )
+    .await;
+    eventually(SETTLE, "the rename reaches the API", || async {
+        env.sandbox.users()[0].full_name.as_deref() == Some("Second Name")
+    })
+    .await;
+    // The host undoes it before the worker learnt that it happened.
+    let undo = env
+        .event(
+            Some("u1"),
+            "profile_change",
+            Some("undo@example.com"),
+            Some("First Name"),
+        )
+        .await;
+    eventually(SETTLE, "the worker looks at the undo", || async {
+        env.event_state(undo).await.0 != "pending"
+            || env.sandbox.stats().count("GET /users/{id}", 200) > 0
+    })
+    .await;
+    env.sandbox.update_faults(FaultUpdate {
+        drop_rate: Some(0.0),
+        ..FaultUpdate::default()
+    });
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.event_state(undo).await.0, "applied");
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].full_name.as_deref(), Some("First Name"));
 
     run.stop().await;
     env.finish().await;
@@ -229,6 +279,48 @@ async fn a_username_held_in_embedded_is_one_open_conflict(backend: Backend) {
     assert_eq!(holder_embedded.as_deref(), Some(holder.as_str()));
     assert_eq!(env.sandbox.users().len(), 1, "nothing created");
     assert_eq!(env.embedded_id("u1").await, None);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+async fn a_user_made_outside_is_never_adopted_nor_deleted_when_answers_are_lost(backend: Backend) {
+    // Every answer to a change is lost, the refusal of a taken username
+    // too, and lookups fail now and then.
+    let env = Env::start_on(
+        backend,
+        SandboxOptions {
+            drop_rate: 1.0,
+            fail_rate: 0.3,
+            seed: Some(7),
+            ..SandboxOptions::default()
+        },
+    )
+    .await;
+    let holder = env
+        .sandbox
+        .insert_user("taken@example.com", Some("Someone Else"));
+    let run = Running::start(&env).await;
+    let signup = env
+        .signup("u1", "Taken@Example.com", Some("Host User"))
+        .await;
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.event_state(signup).await.0, "conflict");
+    let conflicts = env.open_conflicts().await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].2, "taken_in_embedded");
+    assert_eq!(conflicts[0].4.as_deref(), Some(holder.as_str()));
+    assert_eq!(env.embedded_id("u1").await, None, "not adopted");
+
+    // Closing the account must not delete someone else's user.
+    env.event(Some("u1"), "account_closure", None, None).await;
+    env.settle(SETTLE).await;
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1, "the outside user is still there");
+    assert_eq!(users[0].user_id, holder);
+    assert_eq!(users[0].full_name.as_deref(), Some("Someone Else"));
+    assert_eq!(env.sandbox.stats().route_total("DELETE /users/{id}"), 0);
 
     run.stop().await;
     env.finish().await;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::Env;
 use common::process::{Proc, Running, process_vars};
+use common::services::OwnRedis;
 use user_sync::embedded::sandbox::SandboxOptions;
 use user_sync::ratelimit::shared::Slot;
 
@@ -152,41 +153,6 @@ async fn adaptive_mode_finds_an_unknown_limit() {
     );
     worker.stop().await;
     env.finish().await;
-}
-
-/// A Redis of this test alone, so that it can be stopped.
-struct OwnRedis {
-    child: tokio::process::Child,
-    url: String,
-}
-
-impl OwnRedis {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed (see .ci/run)");
-        let url = format!("redis://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let up = match redis::Client::open(url.as_str()) {
-                Ok(client) => client.get_multiplexed_async_connection().await.is_ok(),
-                Err(_) => false,
-            };
-            if up {
-                return Self { child, url };
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 /// Admitted calls within `span`, calling as fast as the limit allows.

@@ -613,6 +613,43 @@ async fn a_dropped_mutation_is_applied_then_its_connection_cut() {
 }
 
 #[tokio::test]
+async fn every_create_is_journaled_deleted_users_and_batches_included() {
+    let sb = sandbox(SandboxOptions::default()).await;
+    let api = client(&sb, KEY);
+    let first = api
+        .create_user(&new_user("one@example.com", Some("One")))
+        .await
+        .expect("created");
+    api.delete_user(&first).await.expect("deleted");
+    // Created again after its deletion: a second entry, as it should be.
+    api.create_user(&new_user("one@example.com", None))
+        .await
+        .expect("created again");
+    api.create_users_batch(&[new_user("two@example.com", None)])
+        .await
+        .expect("batch");
+    sb.insert_user("seeded@example.com", None);
+    let refused = api.create_user(&new_user("ONE@example.com", None)).await;
+    assert!(refused.is_err(), "a taken username is refused");
+
+    let created: Vec<(String, Option<String>)> = sb
+        .created()
+        .into_iter()
+        .map(|u| (u.username, u.full_name))
+        .collect();
+    assert_eq!(
+        created,
+        [
+            ("one@example.com".into(), Some("One".into())),
+            ("one@example.com".into(), None),
+            ("two@example.com".into(), None),
+        ]
+    );
+    assert_eq!(sb.created()[0].user_id, first.as_str());
+    sb.shutdown().await;
+}
+
+#[tokio::test]
 async fn admin_routes_need_no_key_and_are_not_counted() {
     let sb = sandbox(SandboxOptions::default()).await;
     let raw = Raw::new(&sb);

@@ -575,6 +575,9 @@ struct SandboxState {
     /// creating users does not shift the fault sequence.
     id_rng: StdRng,
     users: Directory,
+    /// Every user created through the API, as created, deleted ones too:
+    /// lets a test prove that no user was ever created twice.
+    created: Vec<SandboxUser>,
     stats: SandboxStats,
     received: Window,
     /// Doubles as the rate limiter: a request is admitted while this window
@@ -598,6 +601,7 @@ impl SandboxState {
             fault_rng,
             id_rng,
             users: Directory::default(),
+            created: Vec::new(),
             stats: SandboxStats::default(),
             received: Window::default(),
             admitted: Window::default(),
@@ -683,6 +687,11 @@ impl SandboxState {
             return Err(Taken);
         }
         let id = self.new_user_id();
+        self.created.push(SandboxUser {
+            user_id: id.clone(),
+            username: username.to_owned(),
+            full_name: full_name.clone(),
+        });
         self.users.insert(id.clone(), username, full_name);
         self.stats.creates += 1;
         Ok(id)
@@ -918,6 +927,13 @@ impl Sandbox {
             .into_iter()
             .cloned()
             .collect()
+    }
+
+    /// Every user ever created through the API (single and batch creates,
+    /// not seeded users), in creation order and as created: users deleted
+    /// or renamed since are included.
+    pub fn created(&self) -> Vec<SandboxUser> {
+        self.shared.lock().created.clone()
     }
 
     /// When each current user was created, by username: lets a benchmark

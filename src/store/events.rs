@@ -142,6 +142,9 @@ pub struct NextEvent {
     pub older_pending: i64,
     /// The newest event the worker has acted on for the user.
     pub last_acted_on: Option<i64>,
+    /// That event never finished (pending, or superseded while pending): an
+    /// update sent for it may have been applied without the worker knowing.
+    pub last_acted_unfinished: bool,
     /// What the worker last knew of the user's Embedded user.
     pub synced: Synced,
 }
@@ -153,6 +156,7 @@ pub(super) struct NextEventRow {
     event: OutboxEvent,
     older_pending: i64,
     last_acted_on: Option<i64>,
+    last_acted_unfinished: bool,
     user_state: Option<String>,
     user_embedded_id: Option<String>,
     user_username: Option<String>,
@@ -168,7 +172,10 @@ pub async fn newest_pending(
                 e.attempts, e.available_at,
                 (SELECT count(*) FROM user_sync.events o
                   WHERE o.host_user_id = $1 AND o.state = 'pending' AND o.id < e.id) AS older_pending,
-                u.last_event_id AS last_acted_on, u.state AS user_state,
+                u.last_event_id AS last_acted_on,
+                COALESCE((SELECT l.state IN ('pending', 'superseded') FROM user_sync.events l
+                          WHERE l.id = u.last_event_id), false) AS last_acted_unfinished,
+                u.state AS user_state,
                 u.embedded_user_id AS user_embedded_id, u.username AS user_username,
                 u.full_name AS user_full_name
          FROM user_sync.events e
@@ -197,6 +204,7 @@ impl NextEventRow {
             event: self.event,
             older_pending: self.older_pending,
             last_acted_on: self.last_acted_on,
+            last_acted_unfinished: self.last_acted_unfinished,
             synced,
         }
     }

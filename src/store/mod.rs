@@ -122,6 +122,19 @@ pub trait UserSession: Send {
         &'a mut self,
         username: &'a Username,
     ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>>;
+    /// Records that an update for `event_id` is about to be sent: until that
+    /// event finishes, the row may not say what Embedded holds (see
+    /// `NextEvent::last_acted_unfinished`).
+    fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>>;
+    /// Records what Embedded was found to hold, read back after an update of
+    /// unknown outcome, as known while acting on `event_id`. Conflicts and
+    /// events are left as they are.
+    fn record_found<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
     /// Records the user's Embedded user and profile and resolves its open
     /// conflicts; with `applied`, that event ends `applied` too.
     fn mark_synced<'a>(

@@ -187,6 +187,29 @@ impl UserSession for PgUserSession {
         Box::pin(users::holder_of(self.lock.conn(), username, &self.host))
     }
 
+    fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(users::note_update_sent(
+            self.lock.conn(),
+            &self.host,
+            event_id,
+        ))
+    }
+
+    fn record_found<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        Box::pin(users::record_found(
+            self.lock.conn(),
+            &self.host,
+            id,
+            profile,
+            event_id,
+        ))
+    }
+
     fn mark_synced<'a>(
         &'a mut self,
         id: &'a EmbeddedUserId,

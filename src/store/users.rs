@@ -218,6 +218,51 @@ pub async fn mark_synced(
     Ok(())
 }
 
+/// Records that an update for `event_id` is about to be sent: until that
+/// event finishes, the row may not say what Embedded holds (see
+/// `NextEvent::last_acted_unfinished`).
+pub async fn note_update_sent(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    event_id: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE user_sync.users SET last_event_id = $2, updated_at = now()
+         WHERE host_user_id = $1",
+    )
+    .bind(host.as_str())
+    .bind(event_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records what Embedded was found to hold for `host`, read back after an
+/// update of unknown outcome, as known while acting on `event_id`.
+/// Conflicts and events are left as they are.
+pub async fn record_found(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    id: &EmbeddedUserId,
+    profile: &Profile,
+    event_id: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE user_sync.users
+         SET embedded_user_id = $2, username = $3, full_name = $4, state = 'synced',
+             last_event_id = $5, updated_at = now()
+         WHERE host_user_id = $1",
+    )
+    .bind(host.as_str())
+    .bind(id.as_str())
+    .bind(profile.username.as_str())
+    .bind(profile.full_name.as_ref().map(FullName::as_str))
+    .bind(event_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The state of a host user whose create was refused before it was made
 /// (`429`, `401`): nothing exists in Embedded and nothing is claimed.
 pub const NOT_CREATED: &str = "not_created";

@@ -128,11 +128,54 @@ async fn apply_pending(
         }
         // One event applied per job: a newer event arriving meanwhile has
         // a job of its own.
-        return apply_event(ctx, session, host, &event, &desired, next.synced)
+        let synced = if next.last_acted_unfinished {
+            match read_back(ctx, session, event.id, next.synced).await? {
+                Ok(synced) => synced,
+                Err(stop) => return stopped(ctx, session, &event, stop).await.map(|_| ()),
+            }
+        } else {
+            next.synced
+        };
+        return apply_event(ctx, session, host, &event, &desired, synced)
             .await
             .map(|_| ());
     }
     Ok(())
+}
+
+/// An update of `host` was sent and never recorded as done (its answer
+/// lost, its worker killed, its event superseded meanwhile): Embedded may
+/// hold it already, so the last synced state is read back before planning.
+/// Without this, an event asking for the state from before that update
+/// would look like no change and cost no call, and Embedded would keep the
+/// update for good.
+async fn read_back(
+    ctx: &SyncContext,
+    session: &mut dyn UserSession,
+    event_id: i64,
+    synced: Synced,
+) -> anyhow::Result<Result<Synced, Stop>> {
+    let Synced::Present { id, .. } = &synced else {
+        return Ok(Ok(synced));
+    };
+    match call(ctx, || ctx.api.get_user(UserRef::Id(id))).await {
+        Ok(found) => {
+            let profile = profile_of(&found);
+            session
+                .record_found(&found.user_id, &profile, event_id)
+                .await?;
+            Ok(Ok(Synced::Present {
+                id: found.user_id,
+                profile,
+            }))
+        }
+        // Deleted outside: created again, as when an update finds it gone.
+        Err(Stop::Api(ApiError::NotFound)) => {
+            session.mark_without_user("failed", event_id).await?;
+            Ok(Ok(Synced::Nothing))
+        }
+        Err(stop) => Ok(Err(stop)),
+    }
 }
 
 /// Carries out the newest event of `host`.
@@ -144,6 +187,9 @@ async fn apply_event(
     desired: &Desired,
     mut synced: Synced,
 ) -> anyhow::Result<Step> {
+    // A username this job has just seen free in Embedded: no need to look
+    // again before creating it.
+    let mut seen_free: Option<Username> = None;
     // At most: confirm an unconfirmed create, find a user deleted outside,
     // then act. Each round learns something, so three rounds end it.
     for _ in 0..3 {
@@ -168,6 +214,7 @@ async fn apply_event(
                         continue;
                     }
                     Err(Stop::Api(ApiError::NotFound)) => {
+                        seen_free = Some(username);
                         synced = Synced::Nothing;
                         continue;
                     }
@@ -179,6 +226,36 @@ async fn apply_event(
                     username: new_user.username.clone(),
                     full_name: new_user.full_name.clone(),
                 };
+                // Another host user's username: a conflict before any call.
+                if let Some(holder) = session.holder_of(&profile.username).await? {
+                    return taken_by_host_user(session, host, &profile.username, &holder, event)
+                        .await;
+                }
+                // Looked up before it is claimed: a claim (`creating`) then
+                // means the username was free, so the user a later
+                // confirmation finds is the one a lost answer created. A
+                // user made outside the worker is a conflict, never adopted
+                // (and deleted on closure) in its place.
+                if seen_free.as_ref() != Some(&profile.username) {
+                    match call(ctx, || {
+                        ctx.api.get_user(UserRef::Username(&profile.username))
+                    })
+                    .await
+                    {
+                        Ok(holder) => {
+                            return taken_in_embedded(
+                                session,
+                                host,
+                                &profile.username,
+                                &holder,
+                                event,
+                            )
+                            .await;
+                        }
+                        Err(Stop::Api(ApiError::NotFound)) => {}
+                        Err(stop) => return stopped(ctx, session, event, stop).await,
+                    }
+                }
                 if let Claim::TakenBy(holder) = session.claim_for_create(&profile, event.id).await?
                 {
                     return taken_by_host_user(session, host, &profile.username, &holder, event)
@@ -272,18 +349,7 @@ async fn refused_create(
     refusal: &ApiError,
 ) -> anyhow::Result<Step> {
     match call(ctx, || ctx.api.get_user(UserRef::Username(username))).await {
-        Ok(holder) => {
-            session.mark_without_user("conflict", event.id).await?;
-            let conflict = NewConflict {
-                host,
-                username,
-                reason: ConflictReason::TakenInEmbedded,
-                holder_host_user_id: None,
-                holder_embedded_user_id: Some(&holder.user_id),
-                event_id: Some(event.id),
-            };
-            end_in_conflict(session, event, &conflict).await
-        }
+        Ok(holder) => taken_in_embedded(session, host, username, &holder, event).await,
         Err(Stop::Api(ApiError::NotFound)) => {
             finish(
                 session,
@@ -315,6 +381,7 @@ async fn update_user(
             .await
             .map(Some);
     }
+    session.note_update_sent(event.id).await?;
     match call(ctx, || ctx.api.update_user(id, &update)).await {
         Ok(_) => {
             session
@@ -363,6 +430,27 @@ async fn update_user(
         }
         Err(stop) => stopped(ctx, session, event, stop).await.map(Some),
     }
+}
+
+/// `username` belongs to an Embedded user the worker did not create for
+/// `host`: release the claim and report the conflict.
+async fn taken_in_embedded(
+    session: &mut dyn UserSession,
+    host: &HostUserId,
+    username: &Username,
+    holder: &EmbeddedUser,
+    event: &OutboxEvent,
+) -> anyhow::Result<Step> {
+    session.mark_without_user("conflict", event.id).await?;
+    let conflict = NewConflict {
+        host,
+        username,
+        reason: ConflictReason::TakenInEmbedded,
+        holder_host_user_id: None,
+        holder_embedded_user_id: Some(&holder.user_id),
+        event_id: Some(event.id),
+    };
+    end_in_conflict(session, event, &conflict).await
 }
 
 async fn taken_by_host_user(

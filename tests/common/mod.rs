@@ -7,6 +7,7 @@
 
 pub mod process;
 mod redis_ns;
+pub mod services;
 
 /// Runs each named test on PostgreSQL with Redis and on SQLite: one test
 /// function, `name::postgres` and `name::sqlite`.
@@ -72,27 +73,35 @@ pub struct TestDb {
     pub url: String,
     /// A SQLite test's folder (the file and its lock), removed on drop.
     dir: Option<tempfile::TempDir>,
+    /// The server's administrative database, to drop this one from
+    /// (PostgreSQL only).
+    admin: String,
 }
 
 impl TestDb {
     pub async fn create() -> Self {
+        Self::create_on(&admin_url()).await
+    }
+
+    /// A database on the server of `admin` (a URL naming some database).
+    pub async fn create_on(admin: &str) -> Self {
         let name = unique("user_sync_test");
-        let mut admin = PgConnection::connect(&admin_url())
+        let mut conn = PgConnection::connect(admin)
             .await
             .expect("PostgreSQL is reachable (see README: Tests)");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
+            .execute(&mut conn)
             .await
             .expect("create the test database");
-        let base = admin_url();
-        let url = match base.rfind('/') {
-            Some(i) => format!("{}/{name}", &base[..i]),
+        let url = match admin.rfind('/') {
+            Some(i) => format!("{}/{name}", &admin[..i]),
             None => panic!("admin URL has no database part"),
         };
         Self {
             name,
             url,
             dir: None,
+            admin: admin.to_owned(),
         }
     }
 
@@ -104,6 +113,7 @@ impl TestDb {
             name: path.display().to_string(),
             url: format!("sqlite:{}", path.display()),
             dir: Some(dir),
+            admin: String::new(),
         }
     }
 
@@ -117,7 +127,7 @@ impl TestDb {
         if self.dir.is_some() {
             return;
         }
-        if let Ok(mut admin) = PgConnection::connect(&admin_url()).await {
+        if let Ok(mut admin) = PgConnection::connect(&self.admin).await {
             let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
@@ -139,6 +149,8 @@ pub struct Env {
     pub backend: Backend,
     pub db: TestDb,
     pub db_pool: DbPool,
+    /// The Redis of a PostgreSQL test's queue.
+    pub redis_url: String,
     pub namespace: String,
     pub sandbox: Sandbox,
 }
@@ -152,10 +164,21 @@ impl Env {
 
     /// A migrated database on `backend` and a sandbox with `options`.
     pub async fn start_on(backend: Backend, options: SandboxOptions) -> Self {
+        Self::start_with(backend, &admin_url(), &redis_url(), options).await
+    }
+
+    /// The same on the PostgreSQL server of `admin` and the Redis at
+    /// `redis` (both unused on SQLite).
+    pub async fn start_with(
+        backend: Backend,
+        admin: &str,
+        redis: &str,
+        options: SandboxOptions,
+    ) -> Self {
         init_logs();
         let (db, db_pool) = match backend {
             Backend::Postgres => {
-                let db = TestDb::create().await;
+                let db = TestDb::create_on(admin).await;
                 let pool = db.pool().await;
                 user_sync::store::migrate::run(&pool)
                     .await
@@ -193,6 +216,7 @@ impl Env {
             backend,
             db,
             db_pool,
+            redis_url: redis.to_owned(),
             namespace: unique("test").replace('_', "-"),
             sandbox,
         }
@@ -203,7 +227,7 @@ impl Env {
     pub fn vars(&self) -> HashMap<String, String> {
         let mut vars = HashMap::new();
         vars.insert("DATABASE_URL".into(), self.db.url.clone());
-        vars.insert("REDIS_URL".into(), redis_url());
+        vars.insert("REDIS_URL".into(), self.redis_url.clone());
         vars.insert("EMBEDDED_API_KEY".into(), KEY.into());
         for (key, value) in [
             ("EMBEDDED__BASE_URL", self.sandbox.base_url().to_string()),
@@ -442,6 +466,19 @@ impl Env {
         }
         self.sandbox.shutdown().await;
         self.db.drop_db().await;
+    }
+}
+
+/// Polls `condition` every 100 ms until it holds or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

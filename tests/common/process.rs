@@ -129,13 +129,23 @@ impl Proc {
         }
     }
 
-    /// SIGKILL: no chance to clean anything up.
-    pub async fn kill(mut self) {
+    /// SIGKILL: no chance to clean anything up. Returns everything the
+    /// process wrote.
+    pub async fn kill(mut self) -> String {
         self.child.start_kill().expect("send SIGKILL");
         tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
             .expect("a SIGKILLed process ends")
             .expect("wait for the process");
+        self.drain().await
+    }
+
+    /// Waits for the readers to reach the end of the closed pipes.
+    async fn drain(&mut self) -> String {
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+        }
+        self.log()
     }
 
     /// SIGTERM, then waits at most `limit`; returns the exit status and
@@ -155,10 +165,7 @@ impl Proc {
             ),
         };
         // The pipes close with the process: the readers finish.
-        for reader in self.readers.drain(..) {
-            let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-        }
-        (status, self.log())
+        (status, self.drain().await)
     }
 }
 

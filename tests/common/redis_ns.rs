@@ -1,18 +1,23 @@
 //! The tests' Redis namespace: flushing it as a lost Redis would, and
 //! reading every value in it for leak checks.
 
-use super::{Env, redis_url};
+use super::Env;
 
 impl Env {
     /// A connection to the tests' Redis and the keys of this test's namespace.
     async fn namespace_keys(&self) -> (redis::aio::MultiplexedConnection, Vec<String>) {
-        let client = redis::Client::open(redis_url()).expect("redis url");
+        self.keys(&format!("{}*", self.namespace)).await
+    }
+
+    /// A connection to the tests' Redis and the keys matching `pattern`.
+    async fn keys(&self, pattern: &str) -> (redis::aio::MultiplexedConnection, Vec<String>) {
+        let client = redis::Client::open(self.redis_url.as_str()).expect("redis url");
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
             .expect("redis is reachable");
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.namespace))
+            .arg(pattern)
             .query_async(&mut conn)
             .await
             .expect("list keys");
@@ -33,7 +38,13 @@ impl Env {
 
     /// Every value stored under this test's namespace, for leak checks.
     pub async fn redis_dump(&self) -> String {
-        let (mut conn, keys) = self.namespace_keys().await;
+        self.redis_dump_matching(&format!("{}*", self.namespace))
+            .await
+    }
+
+    /// Every key matching `pattern` and its value, one key a line.
+    pub async fn redis_dump_matching(&self, pattern: &str) -> String {
+        let (mut conn, keys) = self.keys(pattern).await;
         let mut out = String::new();
         for key in keys {
             let kind: String = redis::cmd("TYPE")

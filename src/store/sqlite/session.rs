@@ -298,7 +298,11 @@ impl UserSession for SqliteUserSession {
                         (SELECT count(*) FROM user_sync_events o
                           WHERE o.host_user_id = ?1 AND o.state = 'pending' AND o.id < e.id)
                           AS older_pending,
-                        u.last_event_id AS last_acted_on, u.state AS user_state,
+                        u.last_event_id AS last_acted_on,
+                        COALESCE((SELECT l.state IN ('pending', 'superseded')
+                                  FROM user_sync_events l WHERE l.id = u.last_event_id), 0)
+                          AS last_acted_unfinished,
+                        u.state AS user_state,
                         u.embedded_user_id AS user_embedded_id, u.username AS user_username,
                         u.full_name AS user_full_name
                  FROM user_sync_events e
@@ -360,6 +364,46 @@ impl UserSession for SqliteUserSession {
         username: &'a Username,
     ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
         Box::pin(holder_of(&self.pool, username, &self.host))
+    }
+
+    fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE user_sync_users SET last_event_id = ?2, updated_at = ?3
+                 WHERE host_user_id = ?1",
+            )
+            .bind(self.host.as_str())
+            .bind(event_id)
+            .bind(now_text())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn record_found<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE user_sync_users
+                 SET embedded_user_id = ?2, username = ?3, full_name = ?4, state = 'synced',
+                     last_event_id = ?5, updated_at = ?6
+                 WHERE host_user_id = ?1",
+            )
+            .bind(self.host.as_str())
+            .bind(id.as_str())
+            .bind(profile.username.as_str())
+            .bind(profile.full_name.as_ref().map(FullName::as_str))
+            .bind(event_id)
+            .bind(now_text())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
     }
 
     fn mark_synced<'a>(
