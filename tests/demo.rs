@@ -12,7 +12,8 @@ use common::process::{run_once, user_sync};
 async fn the_demo_syncs_every_account_reports_every_conflict_and_erases_every_closure() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let vars = HashMap::new();
-    let started = std::time::Instant::now();
+    // A hang guard, not a speed check: the demo prints its own elapsed
+    // time, and speed is measured, never asserted in a test.
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(120),
         user_sync(
@@ -33,11 +34,6 @@ async fn the_demo_syncs_every_account_reports_every_conflict_and_erases_every_cl
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(60),
-        "the demo took {:?}",
-        started.elapsed()
-    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
     for line in [
         "Embedded users created",
