@@ -138,13 +138,8 @@ impl Worker {
             settings.worker.auth_retry_interval,
             shutdown.clone(),
         ));
-        let ctx = SyncContext {
-            store,
-            api,
-            gate,
-            worker: settings.worker.clone(),
-        };
-        let concurrency = settings.worker.concurrency;
+        let ctx = SyncContext::new(store, api, gate, settings.worker.clone());
+        let concurrency = jobs_in_flight(settings);
         let grace = settings.worker.shutdown_timeout;
         let worker_name = name.clone();
         tasks.spawn(async move {
@@ -181,6 +176,14 @@ impl Worker {
         }
         tracing::info!(worker = %self.name, "user-sync stopped");
     }
+}
+
+/// Jobs run at once: enough for `worker.concurrency` API calls in flight
+/// while other users' statements are on their way to the database.
+fn jobs_in_flight(settings: &Settings) -> usize {
+    (2 * settings.worker.concurrency)
+        .div_ceil(settings.dispatcher.users_per_job.max(1))
+        .max(2)
 }
 
 /// Connections: one per job slot, plus the dispatcher, its listener, the

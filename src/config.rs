@@ -167,6 +167,8 @@ pub struct WorkerSettings {
 #[derive(Debug, Clone)]
 pub struct DispatcherSettings {
     pub batch_size: u32,
+    /// Host users per queue job.
+    pub users_per_job: usize,
     pub poll_interval: Duration,
 }
 
@@ -317,6 +319,7 @@ struct RawWorker {
 #[derive(Deserialize)]
 struct RawDispatcher {
     batch_size: u32,
+    users_per_job: usize,
     poll_interval_ms: u64,
 }
 
@@ -505,6 +508,10 @@ impl Settings {
             u64::from(raw.dispatcher.batch_size),
         )?;
         positive(
+            "dispatcher.users_per_job",
+            raw.dispatcher.users_per_job as u64,
+        )?;
+        positive(
             "rate_limit.requests_per_second",
             u64::from(raw.rate_limit.requests_per_second),
         )?;
@@ -563,6 +570,7 @@ impl Settings {
             },
             dispatcher: DispatcherSettings {
                 batch_size: raw.dispatcher.batch_size,
+                users_per_job: raw.dispatcher.users_per_job,
                 poll_interval: millis(
                     "dispatcher.poll_interval_ms",
                     raw.dispatcher.poll_interval_ms,

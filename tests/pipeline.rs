@@ -30,6 +30,7 @@ on_each_backend!(
     a_refused_key_pauses_everything_and_fails_nothing,
     shutdown_lets_running_jobs_finish,
     a_user_closed_before_the_first_sync_costs_no_call,
+    users_of_one_job_sharing_an_email_get_one_embedded_user,
 );
 
 fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
@@ -839,5 +840,112 @@ async fn calls_for_one_user_never_overlap_across_processes() {
 
     a.stop().await;
     b.stop().await;
+    env.finish().await;
+}
+
+/// Forty host users dispatched together travel in two jobs, whose users
+/// work at once; ten of them share one email. Whatever rounds their claims
+/// land in, one of the ten gets the Embedded user, the nine others one
+/// conflict each, and no create is sent for them.
+async fn users_of_one_job_sharing_an_email_get_one_embedded_user(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    for i in 0..40 {
+        let email = if i % 4 == 0 {
+            "shared@example.com".to_owned()
+        } else {
+            format!("own{i}@example.com")
+        };
+        env.signup(&format!("u{i}"), &email, None).await;
+    }
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+
+    let users = env.sandbox.users();
+    assert_eq!(find(&users, "shared@example.com").len(), 1);
+    assert_eq!(users.len(), 31, "30 own emails and the shared one");
+    let stats = env.sandbox.stats();
+    assert_eq!(
+        stats.route_total("POST /users/"),
+        31,
+        "no create for a taken username"
+    );
+    assert_eq!(stats.duplicate_attempts, 0);
+    let conflicts = env.open_conflicts().await;
+    assert_eq!(conflicts.len(), 9, "{conflicts:?}");
+    let mut sharing: Vec<String> = (0..40).step_by(4).map(|i| format!("u{i}")).collect();
+    let mut holders = Vec::new();
+    for host in &sharing {
+        if env.embedded_id(host).await.is_some() {
+            holders.push(host.clone());
+        }
+    }
+    assert_eq!(holders.len(), 1, "one of the ten holds the username");
+    sharing.retain(|host| host != &holders[0]);
+    for (host, _, reason, holder, ..) in &conflicts {
+        assert!(sharing.contains(host), "{host}");
+        assert_eq!(reason, "taken_by_host_user");
+        assert_eq!(holder.as_deref(), Some(holders[0].as_str()));
+    }
+    for i in (0..40).filter(|i| i % 4 != 0) {
+        assert!(env.embedded_id(&format!("u{i}")).await.is_some(), "u{i}");
+    }
+
+    run.stop().await;
+    env.finish().await;
+}
+
+/// The users of one job share one connection and its advisory locks: a
+/// user stays locked until its session is released (or, for a session
+/// dropped mid-way, until the job's last session is gone), and a user
+/// released early is free while the others are still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_users_are_locked_until_released_or_dropped() {
+    use user_sync::domain::HostUserId;
+    use user_sync::store::Database;
+
+    let env = Env::start(SandboxOptions::default()).await;
+    let settings = env.settings();
+    let store = Database::connect(&settings.database, 4)
+        .await
+        .expect("connect")
+        .into_store();
+    let host = |h: &str| HostUserId::parse(h).expect("a host user id");
+    let (a, b, c) = (host("a"), host("b"), host("c"));
+    let locked = |sessions: &[Option<Box<dyn user_sync::store::UserSession>>]| {
+        sessions.iter().map(Option::is_some).collect::<Vec<bool>>()
+    };
+
+    let mut first = store
+        .lock_users(&[a.clone(), b.clone()])
+        .await
+        .expect("lock a and b");
+    assert_eq!(locked(&first), [true, true]);
+    let again = store
+        .lock_users(&[a.clone(), b.clone(), c.clone()])
+        .await
+        .expect("lock again");
+    assert_eq!(locked(&again), [false, false, true], "a and b are held");
+    drop(again);
+
+    // b released: free at once, while a is still held.
+    let b_session = first[1].take().expect("b's session");
+    b_session.release().await.expect("release b");
+    let now = store
+        .lock_users(&[a.clone(), b.clone()])
+        .await
+        .expect("lock after b's release");
+    assert_eq!(locked(&now), [false, true]);
+    drop(now);
+
+    // a's session dropped without a release (its job cancelled): the
+    // connection is closed with it, which frees a.
+    drop(first);
+    eventually(Duration::from_secs(5), "a is free again", || async {
+        let Ok(sessions) = store.lock_users(std::slice::from_ref(&a)).await else {
+            return false;
+        };
+        sessions.into_iter().next().flatten().is_some()
+    })
+    .await;
     env.finish().await;
 }

@@ -129,13 +129,14 @@ async fn handle(job: SyncJob, ctx: Data<SyncContext>) -> Result<(), BoxDynError>
     // apalis polls every job of a worker on one task; a task of its own
     // lets jobs use every runtime thread.
     let ctx: SyncContext = (*ctx).clone();
-    let event_id = job.event_id;
+    let first_event_id = job.events.first().map(|e| e.event_id);
+    let events = job.events.len();
     let ran = tokio::spawn(async move { job::run(&ctx, &job).await }).await;
     match ran.unwrap_or_else(|join| Err(anyhow::anyhow!("the job panicked: {join}"))) {
         Ok(()) => Ok(()),
         Err(error) => {
-            tracing::warn!(event_id, error = %format!("{error:#}"), "job failed; the event stays pending");
-            Err("the job could not reach the database; the event stays pending".into())
+            tracing::warn!(first_event_id, events, error = %format!("{error:#}"), "job failed; its unfinished events stay pending");
+            Err("the job could not reach the database; its unfinished events stay pending".into())
         }
     }
 }

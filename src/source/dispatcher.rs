@@ -38,7 +38,11 @@ impl Dispatcher {
     pub async fn dispatch_once(&self) -> anyhow::Result<usize> {
         let count = self
             .outbox
-            .dispatch_due(self.settings.batch_size, self.queue.as_ref())
+            .dispatch_due(
+                self.settings.batch_size,
+                self.settings.users_per_job,
+                self.queue.as_ref(),
+            )
             .await?;
         if count > 0 {
             metrics::counter!("user_sync_events_dispatched_total").increment(count as u64);

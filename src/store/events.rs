@@ -85,6 +85,17 @@ pub struct Claimed {
     pub host_user_id: Option<String>,
 }
 
+/// The claimed events as the queue carries them.
+pub fn job_events(claimed: Vec<Claimed>) -> Vec<crate::sync::job::JobEvent> {
+    claimed
+        .into_iter()
+        .map(|c| crate::sync::job::JobEvent {
+            event_id: c.id,
+            host_user_id: c.host_user_id,
+        })
+        .collect()
+}
+
 /// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay
 /// locked (and skipped by other dispatchers) until the caller commits, which
 /// it does only once the jobs are in the queue. A crash before the commit
@@ -149,7 +160,7 @@ pub struct NextEvent {
     pub synced: Synced,
 }
 
-/// The row [`newest_pending`] reads, on either backend.
+/// The row [`newest_pending_many`] reads, on either backend.
 #[derive(sqlx::FromRow)]
 pub(super) struct NextEventRow {
     #[sqlx(flatten)]
@@ -163,15 +174,19 @@ pub(super) struct NextEventRow {
     user_full_name: Option<String>,
 }
 
-pub async fn newest_pending(
+/// [`NextEvent`] of each of `hosts` (in their order), read in one round
+/// trip for all of them: `None` for a host with no pending event.
+pub async fn newest_pending_many(
     conn: &mut PgConnection,
-    host: &HostUserId,
-) -> sqlx::Result<Option<NextEvent>> {
-    let row: Option<NextEventRow> = sqlx::query_as(
-        "SELECT e.id, e.host_user_id, e.kind, e.email, e.full_name, e.occurred_at,
+    hosts: &[&str],
+) -> sqlx::Result<Vec<Option<NextEvent>>> {
+    let rows: Vec<NextEventRow> = sqlx::query_as(
+        "SELECT DISTINCT ON (e.host_user_id)
+                e.id, e.host_user_id, e.kind, e.email, e.full_name, e.occurred_at,
                 e.attempts, e.available_at,
                 (SELECT count(*) FROM user_sync.events o
-                  WHERE o.host_user_id = $1 AND o.state = 'pending' AND o.id < e.id) AS older_pending,
+                  WHERE o.host_user_id = e.host_user_id AND o.state = 'pending'
+                    AND o.id < e.id) AS older_pending,
                 u.last_event_id AS last_acted_on,
                 COALESCE((SELECT l.state IN ('pending', 'superseded') FROM user_sync.events l
                           WHERE l.id = u.last_event_id), false) AS last_acted_unfinished,
@@ -179,14 +194,24 @@ pub async fn newest_pending(
                 u.embedded_user_id AS user_embedded_id, u.username AS user_username,
                 u.full_name AS user_full_name
          FROM user_sync.events e
-         LEFT JOIN user_sync.users u ON u.host_user_id = $1
-         WHERE e.host_user_id = $1 AND e.state = 'pending'
-         ORDER BY e.id DESC LIMIT 1",
+         LEFT JOIN user_sync.users u ON u.host_user_id = e.host_user_id
+         WHERE e.host_user_id = ANY($1::text[]) AND e.state = 'pending'
+         ORDER BY e.host_user_id, e.id DESC",
     )
-    .bind(host.as_str())
-    .fetch_optional(conn)
+    // Planned for these rows each time: a plan cached while the table was
+    // small would read all of it once it has grown.
+    .persistent(false)
+    .bind(hosts)
+    .fetch_all(conn)
     .await?;
-    Ok(row.map(NextEventRow::into_next))
+    let mut by_host: std::collections::HashMap<String, NextEvent> = rows
+        .into_iter()
+        .filter_map(|row| {
+            let host = row.event.host_user_id.clone()?;
+            Some((host, row.into_next()))
+        })
+        .collect();
+    Ok(hosts.iter().map(|host| by_host.remove(*host)).collect())
 }
 
 impl NextEventRow {
@@ -217,13 +242,28 @@ pub async fn finish(
     state: EventState,
     reason: Option<&str>,
 ) -> sqlx::Result<()> {
+    finish_many(conn, &[(id, state, reason)]).await
+}
+
+/// Ends several events, each in its own state and with its own reason.
+pub async fn finish_many(
+    conn: &mut PgConnection,
+    ends: &[(i64, EventState, Option<&str>)],
+) -> sqlx::Result<()> {
+    let ids: Vec<i64> = ends.iter().map(|(id, _, _)| *id).collect();
+    let states: Vec<&str> = ends.iter().map(|(_, state, _)| state.as_str()).collect();
+    let reasons: Vec<Option<&str>> = ends.iter().map(|(_, _, reason)| *reason).collect();
     sqlx::query(
-        "UPDATE user_sync.events SET state = $2, reason = $3, finished_at = now()
-         WHERE id = $1 AND state = 'pending'",
+        "UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now()
+         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
+         WHERE e.id = t.id AND e.state = 'pending'",
     )
-    .bind(id)
-    .bind(state.as_str())
-    .bind(reason)
+    // Planned for these rows each time: a plan cached while the table was
+    // small would read all of it once it has grown.
+    .persistent(false)
+    .bind(&ids)
+    .bind(&states)
+    .bind(&reasons)
     .execute(conn)
     .await?;
     Ok(())

@@ -41,14 +41,15 @@ use users::{Claim, ErasureOutcome, NewConflict};
 
 /// What the dispatcher and the sweeper do to the outbox.
 pub trait Outbox: Send + Sync {
-    /// Claims up to `limit` events due for dispatch and pushes one job per
-    /// event to `queue`. The events count as dispatched only once the queue
+    /// Claims up to `limit` events due for dispatch and pushes them to
+    /// `queue`, in jobs of at most `users_per_job` host users each. The events count as dispatched only once the queue
     /// took them: a failed push, or a crash before it, leaves them to
     /// dispatch again. Several dispatchers never claim one event at once.
     /// Returns how many went to the queue.
     fn dispatch_due<'a>(
         &'a self,
         limit: u32,
+        users_per_job: usize,
         queue: &'a dyn JobQueue,
     ) -> BoxFuture<'a, anyhow::Result<usize>>;
     /// How long until the next snoozed event is due, if any is waiting.
@@ -68,14 +69,15 @@ pub trait WakeUps: Send {
     fn next(&mut self) -> BoxFuture<'_, ()>;
 }
 
+/// One session per host user asked for, in order; `None` for a busy one.
+pub type Sessions = Vec<Option<Box<dyn UserSession>>>;
+
 /// What a sync job needs outside a user's lock.
 pub trait SyncStore: Send + Sync {
-    /// Takes the exclusive right to act on `host`, across every process
-    /// sharing the database, if nobody holds it.
-    fn lock_user<'a>(
-        &'a self,
-        host: &'a HostUserId,
-    ) -> BoxFuture<'a, sqlx::Result<Option<Box<dyn UserSession>>>>;
+    /// Takes the exclusive right to act on each of `hosts` (distinct),
+    /// across every process sharing the database, where nobody holds it:
+    /// one session per host, in order, `None` for a busy one.
+    fn lock_users<'a>(&'a self, hosts: &'a [HostUserId]) -> BoxFuture<'a, sqlx::Result<Sessions>>;
     /// Ends an event that has no valid host user to lock.
     fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>>;
     /// Puts an event back to be dispatched after `delay`, without counting

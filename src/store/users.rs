@@ -1,76 +1,10 @@
 //! `user_sync.users` (host id ↔ Embedded userId and the last synced state),
 //! `user_sync.conflicts` and `user_sync.erasures`, and the per-user lock.
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::PgConnection;
 
 use crate::domain::{EmbeddedUserId, FullName, HostUserId, Username};
 use crate::sync::plan::{Profile, Synced};
-
-/// Exclusive right to act on one host user, across every process.
-///
-/// A session-level advisory lock held on a connection taken out of the
-/// pool. Released explicitly on the normal path; if the holder is cancelled
-/// or crashes, the connection is closed instead of going back to the pool,
-/// and PostgreSQL releases the lock with the session.
-pub struct UserLock {
-    conn: Option<PoolConnection<Postgres>>,
-    key: i64,
-}
-
-impl UserLock {
-    /// Takes the lock if nobody holds it.
-    pub async fn try_acquire(pool: &PgPool, host: &HostUserId) -> sqlx::Result<Option<Self>> {
-        let mut conn = pool.acquire().await?;
-        let (key, got): (i64, bool) = sqlx::query_as(
-            "SELECT k, pg_try_advisory_lock(k)
-             FROM (SELECT hashtextextended('user_sync:' || $1, 0) AS k) key",
-        )
-        .bind(host.as_str())
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok(got.then_some(Self {
-            conn: Some(conn),
-            key,
-        }))
-    }
-
-    /// The locked connection, for the holder's reads and writes. Each
-    /// statement commits on its own: an intent written here is durable
-    /// before the API call it announces.
-    pub fn conn(&mut self) -> &mut PgConnection {
-        match self.conn.as_mut() {
-            Some(conn) => conn,
-            // `conn` is only taken by `release` and `drop`, which consume
-            // or end the lock.
-            None => unreachable!("a released lock is never used"),
-        }
-    }
-
-    pub async fn release(mut self) -> sqlx::Result<()> {
-        if let Some(mut conn) = self.conn.take() {
-            let result = sqlx::query("SELECT pg_advisory_unlock($1)")
-                .bind(self.key)
-                .execute(&mut *conn)
-                .await;
-            if result.is_err() {
-                // Unknown state: never hand a possibly locked session back.
-                drop(conn.detach());
-            }
-            result?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for UserLock {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // Closing the session releases the lock.
-            drop(conn.detach());
-        }
-    }
-}
 
 /// The newest event the worker has acted on for `host`, if any.
 pub async fn last_event_id(
@@ -117,6 +51,14 @@ pub enum Claim {
     TakenBy(HostUserId),
 }
 
+/// An intent to create, recorded before the create is sent.
+#[derive(Debug, Clone)]
+pub struct NewClaim {
+    pub host: HostUserId,
+    pub profile: Profile,
+    pub event_id: i64,
+}
+
 /// Records the intent to create `username` for `host`, durably, before the
 /// create is sent. The unique index on claimed usernames makes two host
 /// users with one username a conflict caught here, before any call.
@@ -126,39 +68,83 @@ pub async fn claim_for_create(
     profile: &Profile,
     event_id: i64,
 ) -> sqlx::Result<Claim> {
+    let claim = NewClaim {
+        host: host.clone(),
+        profile: profile.clone(),
+        event_id,
+    };
+    let mut claims = claim_each_for_create(conn, std::slice::from_ref(&claim)).await?;
+    Ok(claims.pop().unwrap_or(Claim::Claimed))
+}
+
+/// [`claim_for_create`] for several host users (distinct, locked by the
+/// caller) in one statement; one [`Claim`] per intent, in order. With two
+/// or more intents, a unique violation (two of them, or another process,
+/// claiming one username at once) fails the whole statement and claims
+/// nothing: the caller then claims one by one.
+pub async fn claim_each_for_create(
+    conn: &mut PgConnection,
+    claims: &[NewClaim],
+) -> sqlx::Result<Vec<Claim>> {
+    let hosts: Vec<&str> = claims.iter().map(|c| c.host.as_str()).collect();
+    let usernames: Vec<&str> = claims.iter().map(|c| c.profile.username.as_str()).collect();
+    let names: Vec<Option<&str>> = claims
+        .iter()
+        .map(|c| c.profile.full_name.as_ref().map(FullName::as_str))
+        .collect();
+    let events: Vec<i64> = claims.iter().map(|c| c.event_id).collect();
     // Claimed only when no other host user holds the name: a refused insert
     // would make PostgreSQL log the username in its own server log. The
     // unique index still settles a race between two claims.
     let claimed = sqlx::query_scalar::<_, String>(
         "INSERT INTO user_sync.users (host_user_id, username, full_name, state, last_event_id)
-         SELECT $1, $2, $3, 'creating', $4
+         SELECT t.h, t.u, t.n, 'creating', t.e
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(h, u, n, e)
          WHERE NOT EXISTS (
              SELECT 1 FROM user_sync.users
-             WHERE username = $2 AND state IN ('creating', 'synced') AND host_user_id <> $1)
+             WHERE username = t.u AND state IN ('creating', 'synced') AND host_user_id <> t.h)
          ON CONFLICT (host_user_id) DO UPDATE
          SET username = EXCLUDED.username, full_name = EXCLUDED.full_name,
              embedded_user_id = NULL, state = 'creating',
              last_event_id = EXCLUDED.last_event_id, updated_at = now()
          RETURNING host_user_id",
     )
-    .bind(host.as_str())
-    .bind(profile.username.as_str())
-    .bind(profile.full_name.as_ref().map(FullName::as_str))
-    .bind(event_id)
-    .fetch_optional(&mut *conn)
+    // Planned for these rows each time: a plan cached while the table was
+    // small would read all of it once it has grown.
+    .persistent(false)
+    .bind(&hosts)
+    .bind(&usernames)
+    .bind(&names)
+    .bind(&events)
+    .fetch_all(&mut *conn)
     .await;
-    match claimed {
-        Ok(Some(_)) => Ok(Claim::Claimed),
-        Ok(None) => {
-            let holder = holder_of(conn, &profile.username, host).await?;
-            Ok(Claim::TakenBy(holder.unwrap_or_else(|| host.clone())))
-        }
-        Err(e) if super::is_unique_violation(&e) => {
-            let holder = holder_of(conn, &profile.username, host).await?;
-            Ok(Claim::TakenBy(holder.unwrap_or_else(|| host.clone())))
-        }
-        Err(e) => Err(e),
-    }
+    let claimed: std::collections::HashSet<String> = match claimed {
+        Ok(claimed) => claimed.into_iter().collect(),
+        // One intent: nothing was claimed, and whoever claimed first is
+        // found below.
+        Err(e) if claims.len() == 1 && super::is_unique_violation(&e) => Default::default(),
+        Err(e) => return Err(e),
+    };
+    let refused: Vec<&NewClaim> = claims
+        .iter()
+        .filter(|c| !claimed.contains(c.host.as_str()))
+        .collect();
+    let lookups: Vec<(&Username, &HostUserId)> = refused
+        .iter()
+        .map(|c| (&c.profile.username, &c.host))
+        .collect();
+    let mut holders: std::collections::HashMap<&str, Option<HostUserId>> = refused
+        .iter()
+        .map(|c| c.host.as_str())
+        .zip(holders_of(conn, &lookups).await?)
+        .collect();
+    Ok(claims
+        .iter()
+        .map(|c| match holders.remove(c.host.as_str()) {
+            None => Claim::Claimed,
+            Some(holder) => Claim::TakenBy(holder.unwrap_or_else(|| c.host.clone())),
+        })
+        .collect())
 }
 
 /// The other host user holding or claiming a username, if any.
@@ -167,52 +153,99 @@ pub async fn holder_of(
     username: &Username,
     except: &HostUserId,
 ) -> sqlx::Result<Option<HostUserId>> {
-    let holder: Option<String> = sqlx::query_scalar(
-        "SELECT host_user_id FROM user_sync.users
-         WHERE username = $1 AND state IN ('creating', 'synced') AND host_user_id <> $2
-         LIMIT 1",
-    )
-    .bind(username.as_str())
-    .bind(except.as_str())
-    .fetch_optional(conn)
-    .await?;
-    Ok(holder.and_then(|h| HostUserId::parse(&h).ok()))
+    Ok(holders_of(conn, &[(username, except)])
+        .await?
+        .pop()
+        .flatten())
 }
 
-/// Records that `host` now has Embedded user `id` with `profile`, and closes
-/// the host user's open conflicts: they are resolved. With `applied`, that
-/// event ends `applied` in the same statement.
-pub async fn mark_synced(
+/// [`holder_of`] for several (username, host user) pairs, in order, in one
+/// round trip.
+pub async fn holders_of(
     conn: &mut PgConnection,
-    host: &HostUserId,
-    id: &EmbeddedUserId,
-    profile: &Profile,
-    event_id: i64,
-    applied: Option<i64>,
-) -> sqlx::Result<()> {
+    lookups: &[(&Username, &HostUserId)],
+) -> sqlx::Result<Vec<Option<HostUserId>>> {
+    if lookups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let usernames: Vec<&str> = lookups.iter().map(|(u, _)| u.as_str()).collect();
+    let hosts: Vec<&str> = lookups.iter().map(|(_, h)| h.as_str()).collect();
+    let holders: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT (SELECT u.host_user_id FROM user_sync.users u
+                 WHERE u.username = t.username AND u.state IN ('creating', 'synced')
+                   AND u.host_user_id <> t.host
+                 LIMIT 1)
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(username, host, i)
+         ORDER BY t.i",
+    )
+    // Planned for these rows each time: a plan cached while the table was
+    // small would read all of it once it has grown.
+    .persistent(false)
+    .bind(&usernames)
+    .bind(&hosts)
+    .fetch_all(conn)
+    .await?;
+    Ok(holders
+        .into_iter()
+        .map(|h| h.and_then(|h| HostUserId::parse(&h).ok()))
+        .collect())
+}
+
+/// What a job found Embedded to hold for a host user, for [`mark_synced`].
+#[derive(Debug, Clone)]
+pub struct SyncedUser {
+    pub host: HostUserId,
+    pub id: EmbeddedUserId,
+    pub profile: Profile,
+    /// The event acted on, kept as the user's last event.
+    pub event_id: i64,
+    /// The event that ends `applied` with it, if any.
+    pub applied: Option<i64>,
+}
+
+/// Records that each host user now has its Embedded user and profile, and
+/// resolves its open conflicts over other usernames; each `applied` event
+/// ends `applied` in the same statement.
+pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx::Result<()> {
+    let hosts: Vec<&str> = users.iter().map(|u| u.host.as_str()).collect();
+    let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    let usernames: Vec<&str> = users.iter().map(|u| u.profile.username.as_str()).collect();
+    let names: Vec<Option<&str>> = users
+        .iter()
+        .map(|u| u.profile.full_name.as_ref().map(FullName::as_str))
+        .collect();
+    let events: Vec<i64> = users.iter().map(|u| u.event_id).collect();
+    let applied: Vec<Option<i64>> = users.iter().map(|u| u.applied).collect();
     sqlx::query(
-        "WITH synced AS (
+        "WITH t AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                                  $6::bigint[]) AS t(h, i, u, n, e, a)),
+         synced AS (
              INSERT INTO user_sync.users
                  (host_user_id, embedded_user_id, username, full_name, state, last_event_id)
-             VALUES ($1, $2, $3, $4, 'synced', $5)
+             SELECT h, i, u, n, 'synced', e FROM t
              ON CONFLICT (host_user_id) DO UPDATE
              SET embedded_user_id = EXCLUDED.embedded_user_id, username = EXCLUDED.username,
                  full_name = EXCLUDED.full_name, state = 'synced',
                  last_event_id = EXCLUDED.last_event_id, updated_at = now()
-             RETURNING host_user_id),
+             RETURNING host_user_id, username),
          applied AS (
-             UPDATE user_sync.events SET state = 'applied', reason = NULL, finished_at = now()
-             WHERE id = $6 AND state = 'pending')
-         UPDATE user_sync.conflicts SET status = 'resolved', resolved_at = now()
-         WHERE host_user_id = (SELECT host_user_id FROM synced)
-           AND status = 'open' AND username <> $3",
+             UPDATE user_sync.events e
+             SET state = 'applied', reason = NULL, finished_at = now()
+             FROM t WHERE e.id = t.a AND e.state = 'pending')
+         UPDATE user_sync.conflicts c SET status = 'resolved', resolved_at = now()
+         FROM synced s
+         WHERE c.host_user_id = s.host_user_id AND c.status = 'open' AND c.username <> s.username",
     )
-    .bind(host.as_str())
-    .bind(id.as_str())
-    .bind(profile.username.as_str())
-    .bind(profile.full_name.as_ref().map(FullName::as_str))
-    .bind(event_id)
-    .bind(applied)
+    // Planned for these rows each time: a plan cached while the table was
+    // small would read all of it once it has grown.
+    .persistent(false)
+    .bind(&hosts)
+    .bind(&ids)
+    .bind(&usernames)
+    .bind(&names)
+    .bind(&events)
+    .bind(&applied)
     .execute(conn)
     .await?;
     Ok(())
@@ -427,7 +460,7 @@ pub async fn erase(
 // ---------------------------------------------------------------------------
 
 /// Takes the per-user locks of many host users on one session (the same
-/// advisory locks as [`UserLock`], so a job of `user-sync run` and the
+/// advisory locks as a job of `user-sync run` takes, so a job and the
 /// backfill never act on one user at once). Returns the hosts whose lock
 /// was free and is now held; the others are busy.
 ///

@@ -7,10 +7,12 @@
 //! in the outbox to dispatch). A snoozed job holds no worker slot while it
 //! waits: the wait is a time in the outbox, not a sleep.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use crate::config::WorkerSettings;
 use crate::domain::{EmbeddedUserId, HostUserId, Username};
@@ -22,12 +24,71 @@ use crate::store::{SyncStore, UserSession};
 use crate::sync::plan::{Desired, Profile, SyncPlan, Synced, plan};
 
 /// What travels through the queue: ids only, never an email or a name.
+///
+/// One job carries the events of up to `dispatcher.users_per_job` host
+/// users, all of one user's events in the same job; the job works on its
+/// users at once, and on PostgreSQL their statements share round trips.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "WireJob")]
 pub struct SyncJob {
+    pub events: Vec<JobEvent>,
+}
+
+/// One event of a [`SyncJob`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
     pub event_id: i64,
     /// `None` when the outbox row had no host user id; the job then only
     /// records the event as invalid.
     pub host_user_id: Option<String>,
+}
+
+/// A job as found in the queue: jobs pushed before jobs carried several
+/// events held one event each, and are still understood.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum WireJob {
+    Batch { events: Vec<JobEvent> },
+    One(JobEvent),
+}
+
+impl From<WireJob> for SyncJob {
+    fn from(wire: WireJob) -> Self {
+        match wire {
+            WireJob::Batch { events } => Self { events },
+            WireJob::One(event) => Self {
+                events: vec![event],
+            },
+        }
+    }
+}
+
+impl SyncJob {
+    /// Packs `events` into jobs of at most `users_per_job` host users each,
+    /// every event of one user in the same job, in the order given.
+    pub fn pack(events: Vec<JobEvent>, users_per_job: usize) -> Vec<Self> {
+        let users_per_job = users_per_job.max(1);
+        let mut jobs: Vec<Self> = Vec::new();
+        let mut job_of: HashMap<String, usize> = HashMap::new();
+        let mut users_in_last = 0;
+        for event in events {
+            if let Some(job) = event.host_user_id.as_ref().and_then(|h| job_of.get(h)) {
+                jobs[*job].events.push(event);
+                continue;
+            }
+            if jobs.is_empty() || users_in_last == users_per_job {
+                jobs.push(Self { events: Vec::new() });
+                users_in_last = 0;
+            }
+            let last = jobs.len() - 1;
+            if let Some(host) = &event.host_user_id {
+                job_of.insert(host.clone(), last);
+            }
+            users_in_last += 1;
+            jobs[last].events.push(event);
+        }
+        jobs
+    }
 }
 
 /// Everything a job needs, shared by all jobs of a process.
@@ -38,6 +99,26 @@ pub struct SyncContext {
     pub api: EmbeddedClient,
     pub gate: Arc<ApiGate>,
     pub worker: WorkerSettings,
+    /// API calls in flight in this process: at most `worker.concurrency`.
+    calls: Arc<Semaphore>,
+}
+
+impl SyncContext {
+    pub fn new(
+        store: Arc<dyn SyncStore>,
+        api: EmbeddedClient,
+        gate: Arc<ApiGate>,
+        worker: WorkerSettings,
+    ) -> Self {
+        let calls = Arc::new(Semaphore::new(worker.concurrency.max(1)));
+        Self {
+            store,
+            api,
+            gate,
+            worker,
+            calls,
+        }
+    }
 }
 
 /// How long a job whose user is busy waits before its event is dispatched
@@ -58,33 +139,56 @@ enum Step {
     Snoozed,
 }
 
-/// Runs one job. An `Err` is an infrastructure failure (the database); the
-/// event stays pending and is dispatched again.
+/// Runs one job: each of its host users at once. An `Err` is an
+/// infrastructure failure (the database); the events not finished stay
+/// pending and are dispatched again.
 pub async fn run(ctx: &SyncContext, job: &SyncJob) -> anyhow::Result<()> {
-    let host = match job.host_user_id.as_deref().map(HostUserId::parse) {
-        Some(Ok(host)) => host,
-        Some(Err(reason)) => {
-            ctx.store
-                .mark_invalid(job.event_id, &reason.to_string())
-                .await?;
-            count_event("unknown", "invalid");
-            return Ok(());
-        }
-        None => {
-            ctx.store
-                .mark_invalid(job.event_id, "host_user_id is missing")
-                .await?;
-            count_event("unknown", "invalid");
-            return Ok(());
-        }
-    };
-    let Some(mut session) = ctx.store.lock_user(&host).await? else {
-        // Another job is applying this user's events; it may have read them
-        // before this one arrived, so this event comes back shortly.
-        ctx.store.snooze(job.event_id, BUSY_RETRY).await?;
+    let mut hosts: Vec<HostUserId> = Vec::new();
+    let mut events_of: HashMap<HostUserId, Vec<i64>> = HashMap::new();
+    for event in &job.events {
+        let reason = match event.host_user_id.as_deref().map(HostUserId::parse) {
+            Some(Ok(host)) => {
+                let events = events_of.entry(host.clone()).or_default();
+                if events.is_empty() {
+                    hosts.push(host);
+                }
+                events.push(event.event_id);
+                continue;
+            }
+            Some(Err(reason)) => reason.to_string(),
+            None => "host_user_id is missing".to_owned(),
+        };
+        ctx.store.mark_invalid(event.event_id, &reason).await?;
+        count_event("unknown", "invalid");
+    }
+    if hosts.is_empty() {
         return Ok(());
-    };
-    let result = apply_pending(ctx, &host, session.as_mut()).await;
+    }
+    let sessions = ctx.store.lock_users(&hosts).await?;
+    let mut busy = Vec::new();
+    let mut work = Vec::new();
+    for (host, session) in hosts.iter().zip(sessions) {
+        match session {
+            Some(session) => work.push(apply_locked(ctx, host, session)),
+            // Another job is applying this user's events; it may have read
+            // them before these arrived, so they come back shortly.
+            None => busy.extend(events_of.get(host).into_iter().flatten().copied()),
+        }
+    }
+    for event_id in busy {
+        ctx.store.snooze(event_id, BUSY_RETRY).await?;
+    }
+    let results = futures::future::join_all(work).await;
+    results.into_iter().collect()
+}
+
+/// Applies the pending events of one locked host user, then releases it.
+async fn apply_locked(
+    ctx: &SyncContext,
+    host: &HostUserId,
+    mut session: Box<dyn UserSession>,
+) -> anyhow::Result<()> {
+    let result = apply_pending(ctx, host, session.as_mut()).await;
     session.release().await?;
     result
 }
@@ -517,6 +621,9 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
+    // A slot first, then the gate right before the call: the API sees
+    // requests spaced as the gate spaced them.
+    let _slot = ctx.calls.acquire().await.ok();
     ctx.gate.acquire().await.map_err(Stop::Gate)?;
     observed(ctx, make().await)
 }
@@ -624,5 +731,72 @@ fn count_superseded(count: u64) {
     if count > 0 {
         metrics::counter!("user_sync_events_total", "kind" => "any", "outcome" => "superseded")
             .increment(count);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: i64, host: Option<&str>) -> JobEvent {
+        JobEvent {
+            event_id: id,
+            host_user_id: host.map(str::to_owned),
+        }
+    }
+
+    fn hosts(job: &SyncJob) -> Vec<(i64, Option<&str>)> {
+        job.events
+            .iter()
+            .map(|e| (e.event_id, e.host_user_id.as_deref()))
+            .collect()
+    }
+
+    #[test]
+    fn packs_users_per_job_with_every_event_of_a_user_in_its_job() {
+        let events = vec![
+            event(1, Some("a")),
+            event(2, Some("b")),
+            event(3, Some("a")),
+            event(4, None),
+            event(5, Some("c")),
+            event(6, Some("b")),
+            event(7, Some("d")),
+        ];
+        let jobs = SyncJob::pack(events, 2);
+        let packed: Vec<_> = jobs.iter().map(hosts).collect();
+        assert_eq!(
+            packed,
+            [
+                vec![
+                    (1, Some("a")),
+                    (2, Some("b")),
+                    (3, Some("a")),
+                    (6, Some("b"))
+                ],
+                vec![(4, None), (5, Some("c"))],
+                vec![(7, Some("d"))],
+            ]
+        );
+        assert!(SyncJob::pack(Vec::new(), 32).is_empty());
+    }
+
+    #[test]
+    fn reads_jobs_of_both_shapes_and_writes_ids_only() {
+        let job = SyncJob {
+            events: vec![event(7, Some("host-1")), event(8, None)],
+        };
+        let json = serde_json::to_string(&job).expect("serialise");
+        assert_eq!(
+            json,
+            r#"{"events":[{"event_id":7,"host_user_id":"host-1"},{"event_id":8,"host_user_id":null}]}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<SyncJob>(&json).expect("a job of several events"),
+            job
+        );
+        let old: SyncJob = serde_json::from_str(r#"{"event_id":3,"host_user_id":"h"}"#)
+            .expect("a job of one event, as pushed before");
+        assert_eq!(old.events, [event(3, Some("h"))]);
     }
 }

@@ -154,12 +154,7 @@ pub async fn run(
             gate: gate.clone(),
             worker: settings.worker.clone(),
         },
-        jobs: SyncContext {
-            store,
-            api: client,
-            gate,
-            worker: settings.worker.clone(),
-        },
+        jobs: SyncContext::new(store, client, gate, settings.worker.clone()),
         options: options.clone(),
         summary: Summary {
             dry_run: options.dry_run,

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use sqlx::PgConnection;
 
 use crate::domain::{FullName, HostUserId};
-use crate::sync::job::{self, SyncJob};
+use crate::sync::job::{self, JobEvent, SyncJob};
 use crate::sync::plan::Profile;
 
 use super::Run;
@@ -81,8 +81,10 @@ impl Run {
         let results: Vec<anyhow::Result<()>> = futures::stream::iter(events.iter())
             .map(|(id, host)| async move {
                 let job = SyncJob {
-                    event_id: *id,
-                    host_user_id: Some(host.as_str().to_owned()),
+                    events: vec![JobEvent {
+                        event_id: *id,
+                        host_user_id: Some(host.as_str().to_owned()),
+                    }],
                 };
                 job::run(ctx, &job).await
             })

@@ -1,7 +1,10 @@
 //! The pipeline's storage on PostgreSQL: the outbox rows are claimed with
 //! `FOR UPDATE SKIP LOCKED`, the dispatcher is woken by `NOTIFY`, and the
 //! per-user lock is a session-level advisory lock, so any number of
-//! processes may share the database.
+//! processes may share the database. A job's users share one connection,
+//! and their statements go in batches ([`batch`]).
+
+mod batch;
 
 use std::time::Duration;
 
@@ -9,15 +12,13 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
-use crate::domain::{EmbeddedUserId, HostUserId, Username};
+use crate::domain::HostUserId;
 use crate::ops::status::{self, ConflictRow, Status};
 use crate::queue::JobQueue;
 use crate::sync::job::SyncJob;
-use crate::sync::plan::Profile;
 
-use super::events::{self, EventState, NextEvent};
-use super::users::{self, Claim, ErasureOutcome, NewConflict, UserLock};
-use super::{Outbox, Reports, SyncStore, UserSession, WakeUps};
+use super::events;
+use super::{Outbox, Reports, SyncStore, WakeUps};
 
 /// The channel the outbox trigger notifies.
 pub const CHANNEL: &str = "user_sync_events";
@@ -42,6 +43,7 @@ impl Outbox for PgStore {
     fn dispatch_due<'a>(
         &'a self,
         limit: u32,
+        users_per_job: usize,
         queue: &'a dyn JobQueue,
     ) -> BoxFuture<'a, anyhow::Result<usize>> {
         Box::pin(async move {
@@ -55,15 +57,10 @@ impl Outbox for PgStore {
                 tx.commit().await?;
                 return Ok(0);
             }
-            let jobs: Vec<SyncJob> = claimed
-                .into_iter()
-                .map(|c| SyncJob {
-                    event_id: c.id,
-                    host_user_id: c.host_user_id,
-                })
-                .collect();
-            let count = jobs.len();
-            queue.push(jobs).await?;
+            let count = claimed.len();
+            queue
+                .push(SyncJob::pack(events::job_events(claimed), users_per_job))
+                .await?;
             tx.commit().await?;
             Ok(count)
         })
@@ -102,19 +99,11 @@ impl WakeUps for Notified {
 }
 
 impl SyncStore for PgStore {
-    fn lock_user<'a>(
+    fn lock_users<'a>(
         &'a self,
-        host: &'a HostUserId,
-    ) -> BoxFuture<'a, sqlx::Result<Option<Box<dyn UserSession>>>> {
-        Box::pin(async move {
-            let lock = UserLock::try_acquire(&self.pool, host).await?;
-            Ok(lock.map(|lock| {
-                Box::new(PgUserSession {
-                    lock,
-                    host: host.clone(),
-                }) as Box<dyn UserSession>
-            }))
-        })
+        hosts: &'a [HostUserId],
+    ) -> BoxFuture<'a, sqlx::Result<super::Sessions>> {
+        Box::pin(batch::lock_each(&self.pool, hosts))
     }
 
     fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>> {
@@ -126,144 +115,6 @@ impl SyncStore for PgStore {
             let mut conn = self.pool.acquire().await?;
             events::snooze(&mut conn, id, delay, false, None).await
         })
-    }
-}
-
-/// A host user's rows on the connection holding the user's advisory lock.
-struct PgUserSession {
-    lock: UserLock,
-    host: HostUserId,
-}
-
-impl UserSession for PgUserSession {
-    fn newest_pending(&mut self) -> BoxFuture<'_, sqlx::Result<Option<NextEvent>>> {
-        Box::pin(events::newest_pending(self.lock.conn(), &self.host))
-    }
-
-    fn finish<'a>(
-        &'a mut self,
-        id: i64,
-        state: EventState,
-        reason: Option<&'a str>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(events::finish(self.lock.conn(), id, state, reason))
-    }
-
-    fn supersede_older(&mut self, newest: i64) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(events::supersede_older(
-            self.lock.conn(),
-            &self.host,
-            newest,
-        ))
-    }
-
-    fn snooze<'a>(
-        &'a mut self,
-        id: i64,
-        delay: Duration,
-        failed: bool,
-        reason: Option<&'a str>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(events::snooze(self.lock.conn(), id, delay, failed, reason))
-    }
-
-    fn claim_for_create<'a>(
-        &'a mut self,
-        profile: &'a Profile,
-        event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<Claim>> {
-        Box::pin(users::claim_for_create(
-            self.lock.conn(),
-            &self.host,
-            profile,
-            event_id,
-        ))
-    }
-
-    fn holder_of<'a>(
-        &'a mut self,
-        username: &'a Username,
-    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
-        Box::pin(users::holder_of(self.lock.conn(), username, &self.host))
-    }
-
-    fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(users::note_update_sent(
-            self.lock.conn(),
-            &self.host,
-            event_id,
-        ))
-    }
-
-    fn record_found<'a>(
-        &'a mut self,
-        id: &'a EmbeddedUserId,
-        profile: &'a Profile,
-        event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::record_found(
-            self.lock.conn(),
-            &self.host,
-            id,
-            profile,
-            event_id,
-        ))
-    }
-
-    fn mark_synced<'a>(
-        &'a mut self,
-        id: &'a EmbeddedUserId,
-        profile: &'a Profile,
-        event_id: i64,
-        applied: Option<i64>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::mark_synced(
-            self.lock.conn(),
-            &self.host,
-            id,
-            profile,
-            event_id,
-            applied,
-        ))
-    }
-
-    fn mark_without_user<'a>(
-        &'a mut self,
-        state: &'a str,
-        event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::mark_without_user(
-            self.lock.conn(),
-            &self.host,
-            state,
-            event_id,
-        ))
-    }
-
-    fn report_conflict<'a>(
-        &'a mut self,
-        conflict: &'a NewConflict<'a>,
-    ) -> BoxFuture<'a, sqlx::Result<bool>> {
-        Box::pin(users::report_conflict(self.lock.conn(), conflict))
-    }
-
-    fn erase<'a>(
-        &'a mut self,
-        embedded_user_id: Option<&'a EmbeddedUserId>,
-        closure_event_id: i64,
-        outcome: ErasureOutcome,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::erase(
-            self.lock.conn(),
-            &self.host,
-            embedded_user_id,
-            closure_event_id,
-            outcome,
-        ))
-    }
-
-    fn release(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
-        Box::pin(self.lock.release())
     }
 }
 

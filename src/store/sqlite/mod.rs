@@ -265,6 +265,7 @@ impl Outbox for SqliteStore {
     fn dispatch_due<'a>(
         &'a self,
         limit: u32,
+        users_per_job: usize,
         queue: &'a dyn JobQueue,
     ) -> BoxFuture<'a, anyhow::Result<usize>> {
         Box::pin(async move {
@@ -289,14 +290,8 @@ impl Outbox for SqliteStore {
                 return Ok(0);
             }
             let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-            let jobs: Vec<SyncJob> = claimed
-                .into_iter()
-                .map(|c| SyncJob {
-                    event_id: c.id,
-                    host_user_id: c.host_user_id,
-                })
-                .collect();
-            let count = jobs.len();
+            let count = claimed.len();
+            let jobs = SyncJob::pack(super::events::job_events(claimed), users_per_job);
             if let Err(error) = queue.push(jobs).await {
                 let ids = serde_json::to_string(&ids)?;
                 sqlx::query(
@@ -356,18 +351,23 @@ impl WakeUps for Poll {
 }
 
 impl SyncStore for SqliteStore {
-    fn lock_user<'a>(
+    fn lock_users<'a>(
         &'a self,
-        host: &'a HostUserId,
-    ) -> BoxFuture<'a, sqlx::Result<Option<Box<dyn UserSession>>>> {
+        hosts: &'a [HostUserId],
+    ) -> BoxFuture<'a, sqlx::Result<super::Sessions>> {
         Box::pin(async move {
-            Ok(self.locks.try_lock(host).map(|guard| {
-                Box::new(session::SqliteUserSession::new(
-                    self.pool.clone(),
-                    host.clone(),
-                    guard,
-                )) as Box<dyn UserSession>
-            }))
+            Ok(hosts
+                .iter()
+                .map(|host| {
+                    self.locks.try_lock(host).map(|guard| {
+                        Box::new(session::SqliteUserSession::new(
+                            self.pool.clone(),
+                            host.clone(),
+                            guard,
+                        )) as Box<dyn UserSession>
+                    })
+                })
+                .collect())
         })
     }
 

@@ -1,0 +1,465 @@
+//! The sessions of a job's host users, all on one connection.
+//!
+//! A job carries the events of many host users. Each user's session holds
+//! that user's advisory lock and runs the sync job's steps as before, one
+//! statement at a time, each committed on its own. What changes is where
+//! the statements go: every session of the job sends its statements to one
+//! task that owns the connection. That task takes whatever the sessions
+//! have sent while its previous round ran, and carries the statements of
+//! one kind out together, in one round trip: 32 users claiming their
+//! usernames cost one `INSERT … SELECT FROM unnest(…)`, not 32.
+//!
+//! A statement is still durable before its session goes on: a session
+//! waits for the round that carries its statement to commit. Sessions are
+//! independent: a batched statement refused by the database (a unique
+//! violation, when two users of one round claim one username) is run again
+//! for each session alone, so that only the one at fault sees the error.
+//!
+//! The locks live as long as the connection's session. A session released
+//! normally unlocks its user. When the last session is gone, a connection
+//! that still holds a lock (a job cancelled mid-way) or whose state is
+//! unknown (a statement failed) is closed, never handed back to the pool:
+//! PostgreSQL then releases every lock it held.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{EmbeddedUserId, HostUserId, Username};
+use crate::store::events::{self, EventState, NextEvent};
+use crate::store::users::{
+    self, Claim, ConflictReason, ErasureOutcome, NewClaim, NewConflict, SyncedUser,
+};
+use crate::store::{Sessions, UserSession};
+use crate::sync::plan::Profile;
+
+/// Locks as many of `hosts` as are free, all on one connection, and
+/// returns a session for each of them (`None` for a busy one), in order.
+pub async fn lock_each(pool: &PgPool, hosts: &[HostUserId]) -> sqlx::Result<Sessions> {
+    let mut conn = pool.acquire().await?;
+    let names: Vec<&str> = hosts.iter().map(HostUserId::as_str).collect();
+    let locked = match users::try_lock_many(&mut conn, &names).await {
+        Ok(locked) => locked,
+        Err(error) => {
+            // Some locks may be held: only closing the session frees them.
+            drop(conn.detach());
+            return Err(error);
+        }
+    };
+    if locked.is_empty() {
+        return Ok(hosts.iter().map(|_| None).collect());
+    }
+    let (requests, inbox) = mpsc::unbounded_channel();
+    tokio::spawn(serve(conn, inbox, locked.len()));
+    let locked: std::collections::HashSet<String> = locked.into_iter().collect();
+    Ok(hosts
+        .iter()
+        .map(|host| {
+            locked.contains(host.as_str()).then(|| {
+                Box::new(BatchSession {
+                    host: host.clone(),
+                    requests: requests.clone(),
+                }) as Box<dyn UserSession>
+            })
+        })
+        .collect())
+}
+
+type Answer<T> = oneshot::Sender<sqlx::Result<T>>;
+
+/// A statement run alone; it answers its session itself and says whether
+/// it succeeded.
+type Alone = Box<dyn for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, bool> + Send>;
+
+/// What a session asks of the connection.
+enum Request {
+    Newest(HostUserId, Answer<Option<NextEvent>>),
+    HolderOf(Username, HostUserId, Answer<Option<HostUserId>>),
+    Claim(NewClaim, Answer<Claim>),
+    Synced(SyncedUser, Answer<()>),
+    Finish(i64, EventState, Option<String>, Answer<()>),
+    Unlock(HostUserId, Answer<()>),
+    Alone(Alone),
+}
+
+/// Serves the sessions' requests until the last session is gone.
+async fn serve(
+    mut conn: PoolConnection<Postgres>,
+    mut inbox: mpsc::UnboundedReceiver<Request>,
+    mut held: usize,
+) {
+    let mut sound = true;
+    while let Some(first) = inbox.recv().await {
+        // Sessions woken by the previous round's answers send their next
+        // statements now: give them a moment to join this round.
+        tokio::task::yield_now().await;
+        let mut round = vec![first];
+        while let Ok(more) = inbox.try_recv() {
+            round.push(more);
+        }
+        let (ok, unlocked) = run_round(&mut conn, round).await;
+        sound &= ok;
+        held = held.saturating_sub(unlocked);
+    }
+    if sound && held > 0 {
+        // A session ended without releasing its user (its job was
+        // cancelled).
+        sound = sqlx::query("SELECT pg_advisory_unlock_all()")
+            .execute(&mut *conn)
+            .await
+            .is_ok();
+        held = 0;
+    }
+    if !sound || held > 0 {
+        drop(conn.detach());
+    }
+}
+
+/// Runs one round: the statements run alone first, in the order they came,
+/// then one statement per kind for the rest. Returns whether every
+/// statement succeeded and how many users were unlocked.
+async fn run_round(conn: &mut PgConnection, round: Vec<Request>) -> (bool, usize) {
+    let mut ok = true;
+    let mut newest = Vec::new();
+    let mut holders = Vec::new();
+    let mut claims = Vec::new();
+    let mut synced = Vec::new();
+    let mut finishes = Vec::new();
+    let mut unlocks = Vec::new();
+    for request in round {
+        match request {
+            Request::Alone(run) => ok &= run(conn).await,
+            Request::Newest(host, answer) => newest.push((host, answer)),
+            Request::HolderOf(username, host, answer) => holders.push(((username, host), answer)),
+            Request::Claim(claim, answer) => claims.push((claim, answer)),
+            Request::Synced(user, answer) => synced.push((user, answer)),
+            Request::Finish(id, state, reason, answer) => {
+                finishes.push(((id, state, reason), answer));
+            }
+            Request::Unlock(host, answer) => unlocks.push((host, answer)),
+        }
+    }
+    ok &= together(conn, newest, |conn, hosts| {
+        Box::pin(async move {
+            let names: Vec<&str> = hosts.iter().map(HostUserId::as_str).collect();
+            events::newest_pending_many(conn, &names).await
+        })
+    })
+    .await;
+    ok &= together(conn, holders, |conn, lookups| {
+        Box::pin(async move {
+            let lookups: Vec<(&Username, &HostUserId)> =
+                lookups.iter().map(|(u, h)| (u, h)).collect();
+            users::holders_of(conn, &lookups).await
+        })
+    })
+    .await;
+    ok &= together(conn, claims, |conn, claims| {
+        Box::pin(users::claim_each_for_create(conn, claims))
+    })
+    .await;
+    ok &= together(conn, synced, |conn, synced| {
+        Box::pin(async move {
+            users::mark_synced(conn, synced).await?;
+            Ok(vec![(); synced.len()])
+        })
+    })
+    .await;
+    ok &= together(conn, finishes, |conn, ends| {
+        Box::pin(async move {
+            let ends: Vec<(i64, EventState, Option<&str>)> = ends
+                .iter()
+                .map(|(id, state, reason)| (*id, *state, reason.as_deref()))
+                .collect();
+            events::finish_many(conn, &ends).await?;
+            Ok(vec![(); ends.len()])
+        })
+    })
+    .await;
+    let count = unlocks.len();
+    let unlocked = together(conn, unlocks, |conn, hosts| {
+        Box::pin(async move {
+            let names: Vec<&str> = hosts.iter().map(HostUserId::as_str).collect();
+            users::unlock_many(conn, &names).await?;
+            Ok(vec![(); names.len()])
+        })
+    })
+    .await;
+    ok &= unlocked;
+    (ok, if unlocked { count } else { 0 })
+}
+
+/// Runs `statement` once for all `requests` and answers each with its own
+/// result. A statement the database refuses is run again for each request
+/// alone, so that only the one at fault sees the error. Returns whether
+/// every request got a result.
+async fn together<I, T, F>(
+    conn: &mut PgConnection,
+    requests: Vec<(I, Answer<T>)>,
+    statement: F,
+) -> bool
+where
+    F: for<'c> Fn(&'c mut PgConnection, &'c [I]) -> BoxFuture<'c, sqlx::Result<Vec<T>>>,
+{
+    if requests.is_empty() {
+        return true;
+    }
+    let (inputs, answers): (Vec<I>, Vec<Answer<T>>) = requests.into_iter().unzip();
+    match statement(conn, &inputs).await {
+        Ok(results) if results.len() == inputs.len() => {
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(Ok(result));
+            }
+            true
+        }
+        Ok(_) => {
+            for answer in answers {
+                let _ = answer.send(Err(sqlx::Error::Protocol(
+                    "a batched statement answered for a different number of rows".into(),
+                )));
+            }
+            false
+        }
+        Err(sqlx::Error::Database(_)) if inputs.len() > 1 => {
+            let mut ok = true;
+            for (input, answer) in inputs.iter().zip(answers) {
+                let result =
+                    statement(conn, std::slice::from_ref(input))
+                        .await
+                        .and_then(|mut one| {
+                            one.pop().ok_or_else(|| {
+                                sqlx::Error::Protocol("a statement answered for no row".into())
+                            })
+                        });
+                ok &= result.is_ok();
+                let _ = answer.send(result);
+            }
+            ok
+        }
+        Err(error) => {
+            let mut answers = answers.into_iter();
+            if let Some(first) = answers.next() {
+                let _ = first.send(Err(error));
+            }
+            for answer in answers {
+                let _ = answer.send(Err(sqlx::Error::Protocol(
+                    "a statement batched with this one failed".into(),
+                )));
+            }
+            false
+        }
+    }
+}
+
+/// One host user's session: its statements go to the connection's task.
+struct BatchSession {
+    host: HostUserId,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+fn gone() -> sqlx::Error {
+    sqlx::Error::Protocol("the locked connection is gone".into())
+}
+
+impl BatchSession {
+    /// Sends a request and waits for its answer.
+    async fn ask<T>(&self, request: impl FnOnce(Answer<T>) -> Request) -> sqlx::Result<T> {
+        let (answer, reply) = oneshot::channel();
+        self.requests.send(request(answer)).map_err(|_| gone())?;
+        reply.await.map_err(|_| gone())?
+    }
+
+    /// Runs `statement` alone on the connection and waits for its result.
+    async fn alone<T: Send + 'static>(
+        &self,
+        statement: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<T>>
+        + Send
+        + 'static,
+    ) -> sqlx::Result<T> {
+        self.ask(|answer| {
+            Request::Alone(Box::new(move |conn| {
+                Box::pin(async move {
+                    let result = statement(conn).await;
+                    let ok = result.is_ok();
+                    let _ = answer.send(result);
+                    ok
+                })
+            }))
+        })
+        .await
+    }
+}
+
+impl UserSession for BatchSession {
+    fn newest_pending(&mut self) -> BoxFuture<'_, sqlx::Result<Option<NextEvent>>> {
+        Box::pin(self.ask(|answer| Request::Newest(self.host.clone(), answer)))
+    }
+
+    fn finish<'a>(
+        &'a mut self,
+        id: i64,
+        state: EventState,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        let reason = reason.map(str::to_owned);
+        Box::pin(self.ask(move |answer| Request::Finish(id, state, reason, answer)))
+    }
+
+    fn supersede_older(&mut self, newest: i64) -> BoxFuture<'_, sqlx::Result<u64>> {
+        let host = self.host.clone();
+        Box::pin(self.alone(move |conn| {
+            Box::pin(async move { events::supersede_older(conn, &host, newest).await })
+        }))
+    }
+
+    fn snooze<'a>(
+        &'a mut self,
+        id: i64,
+        delay: Duration,
+        failed: bool,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        let reason = reason.map(str::to_owned);
+        Box::pin(self.alone(move |conn| {
+            Box::pin(
+                async move { events::snooze(conn, id, delay, failed, reason.as_deref()).await },
+            )
+        }))
+    }
+
+    fn claim_for_create<'a>(
+        &'a mut self,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<Claim>> {
+        let claim = NewClaim {
+            host: self.host.clone(),
+            profile: profile.clone(),
+            event_id,
+        };
+        Box::pin(self.ask(move |answer| Request::Claim(claim, answer)))
+    }
+
+    fn holder_of<'a>(
+        &'a mut self,
+        username: &'a Username,
+    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
+        let (username, host) = (username.clone(), self.host.clone());
+        Box::pin(self.ask(move |answer| Request::HolderOf(username, host, answer)))
+    }
+
+    fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>> {
+        let host = self.host.clone();
+        Box::pin(self.alone(move |conn| {
+            Box::pin(async move { users::note_update_sent(conn, &host, event_id).await })
+        }))
+    }
+
+    fn record_found<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        profile: &'a Profile,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        let (host, id, profile) = (self.host.clone(), id.clone(), profile.clone());
+        Box::pin(self.alone(move |conn| {
+            Box::pin(async move { users::record_found(conn, &host, &id, &profile, event_id).await })
+        }))
+    }
+
+    fn mark_synced<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        profile: &'a Profile,
+        event_id: i64,
+        applied: Option<i64>,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        let user = SyncedUser {
+            host: self.host.clone(),
+            id: id.clone(),
+            profile: profile.clone(),
+            event_id,
+            applied,
+        };
+        Box::pin(self.ask(move |answer| Request::Synced(user, answer)))
+    }
+
+    fn mark_without_user<'a>(
+        &'a mut self,
+        state: &'a str,
+        event_id: i64,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        let (host, state) = (self.host.clone(), state.to_owned());
+        Box::pin(self.alone(move |conn| {
+            Box::pin(async move { users::mark_without_user(conn, &host, &state, event_id).await })
+        }))
+    }
+
+    fn report_conflict<'a>(
+        &'a mut self,
+        conflict: &'a NewConflict<'a>,
+    ) -> BoxFuture<'a, sqlx::Result<bool>> {
+        let owned = OwnedConflict::of(conflict);
+        Box::pin(self.alone(move |conn| {
+            Box::pin(async move { users::report_conflict(conn, &owned.borrowed()).await })
+        }))
+    }
+
+    fn erase<'a>(
+        &'a mut self,
+        embedded_user_id: Option<&'a EmbeddedUserId>,
+        closure_event_id: i64,
+        outcome: ErasureOutcome,
+    ) -> BoxFuture<'a, sqlx::Result<()>> {
+        let (host, user) = (self.host.clone(), embedded_user_id.cloned());
+        Box::pin(self.alone(move |conn| {
+            Box::pin(async move {
+                users::erase(conn, &host, user.as_ref(), closure_event_id, outcome).await
+            })
+        }))
+    }
+
+    fn release(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
+        Box::pin(async move {
+            let host = self.host.clone();
+            self.ask(move |answer| Request::Unlock(host, answer)).await
+        })
+    }
+}
+
+/// A [`NewConflict`] that can travel to the connection's task.
+struct OwnedConflict {
+    host: HostUserId,
+    username: Username,
+    reason: ConflictReason,
+    holder_host_user_id: Option<HostUserId>,
+    holder_embedded_user_id: Option<EmbeddedUserId>,
+    event_id: Option<i64>,
+}
+
+impl OwnedConflict {
+    fn of(c: &NewConflict<'_>) -> Self {
+        Self {
+            host: c.host.clone(),
+            username: c.username.clone(),
+            reason: c.reason,
+            holder_host_user_id: c.holder_host_user_id.cloned(),
+            holder_embedded_user_id: c.holder_embedded_user_id.cloned(),
+            event_id: c.event_id,
+        }
+    }
+
+    fn borrowed(&self) -> NewConflict<'_> {
+        NewConflict {
+            host: &self.host,
+            username: &self.username,
+            reason: self.reason,
+            holder_host_user_id: self.holder_host_user_id.as_ref(),
+            holder_embedded_user_id: self.holder_embedded_user_id.as_ref(),
+            event_id: self.event_id,
+        }
+    }
+}
