@@ -1,7 +1,7 @@
 //! `user-sync run`: one worker process, assembled.
 //!
-//! A process runs the dispatcher, the sweeper, `worker.concurrency` sync
-//! jobs at a time, the auth probe and the ops HTTP server, until its
+//! A process runs the dispatcher, the sweeper, sync jobs (at most
+//! `worker.concurrency` API calls in flight among them), the auth probe and the ops HTTP server, until its
 //! shutdown token is cancelled (SIGTERM or Ctrl-C from the command line).
 //! Shutdown stops taking work first, then gives the running jobs
 //! `worker.shutdown_timeout` to finish. Any number of processes may share
@@ -186,8 +186,9 @@ fn jobs_in_flight(settings: &Settings) -> usize {
         .max(2)
 }
 
-/// Connections: one per job slot, plus the dispatcher, its listener, the
-/// sweeper and the ops server.
+/// Connections: one per job slot (never more slots than
+/// `worker.concurrency`), plus the dispatcher, its listener, the sweeper and
+/// the ops server.
 fn pool_size(settings: &Settings) -> u32 {
     u32::try_from(settings.worker.concurrency)
         .unwrap_or(u32::MAX)

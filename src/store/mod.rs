@@ -87,8 +87,9 @@ pub trait SyncStore: Send + Sync {
 
 /// One host user's rows, under that user's lock. Every write commits on
 /// its own: an intent recorded here is durable before the API call it
-/// announces. Dropping the session without [`UserSession::release`]
-/// releases the lock too (with the connection).
+/// announces. A session dropped without [`UserSession::release`] still
+/// frees its user: at once on SQLite, when the job's last session is gone on
+/// PostgreSQL (whose sessions of one job share a connection).
 pub trait UserSession: Send {
     /// The newest pending event of the user, with what the job must know
     /// around it, in one round trip.

@@ -147,20 +147,8 @@ pub async fn claim_each_for_create(
         .collect())
 }
 
-/// The other host user holding or claiming a username, if any.
-pub async fn holder_of(
-    conn: &mut PgConnection,
-    username: &Username,
-    except: &HostUserId,
-) -> sqlx::Result<Option<HostUserId>> {
-    Ok(holders_of(conn, &[(username, except)])
-        .await?
-        .pop()
-        .flatten())
-}
-
-/// [`holder_of`] for several (username, host user) pairs, in order, in one
-/// round trip.
+/// The other host user holding or claiming each username, if any, for
+/// several (username, host user) pairs, in order, in one round trip.
 pub async fn holders_of(
     conn: &mut PgConnection,
     lookups: &[(&Username, &HostUserId)],
