@@ -537,7 +537,9 @@ async fn update_user(
 }
 
 /// `username` belongs to an Embedded user the worker did not create for
-/// `host`: release the claim and report the conflict.
+/// `host`: release the claim and report the conflict. When another host
+/// user has claimed it since this job looked (users of one job work at
+/// once), that user holds it: the conflict is with them.
 async fn taken_in_embedded(
     session: &mut dyn UserSession,
     host: &HostUserId,
@@ -545,6 +547,9 @@ async fn taken_in_embedded(
     holder: &EmbeddedUser,
     event: &OutboxEvent,
 ) -> anyhow::Result<Step> {
+    if let Some(holder) = session.holder_of(username).await? {
+        return taken_by_host_user(session, host, username, &holder, event).await;
+    }
     session.mark_without_user("conflict", event.id).await?;
     let conflict = NewConflict {
         host,
