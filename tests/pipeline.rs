@@ -31,6 +31,7 @@ on_each_backend!(
     shutdown_lets_running_jobs_finish,
     a_user_closed_before_the_first_sync_costs_no_call,
     users_of_one_job_sharing_an_email_get_one_embedded_user,
+    a_create_never_made_leaves_no_claim_when_the_next_username_is_taken,
 );
 
 fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
@@ -947,5 +948,41 @@ async fn a_jobs_users_are_locked_until_released_or_dropped() {
         sessions.into_iter().next().flatten().is_some()
     })
     .await;
+    env.finish().await;
+}
+
+/// A create that failed before it was made (a 5xx) leaves its claim in
+/// `creating`; the user then changes to an email another host user holds.
+/// The next job confirms the first create was never made, meets the
+/// conflict, and must leave no claim behind: a `creating` row with nothing
+/// pending would wait for a confirmation that never comes.
+async fn a_create_never_made_leaves_no_claim_when_the_next_username_is_taken(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("a", "taken@example.com", None).await;
+    env.settle(SETTLE).await;
+    // What a job leaves when its create was answered 503.
+    env.execute(
+        "INSERT INTO user_sync.users (host_user_id, username, state)
+         VALUES ('b', 'never-made@example.com', 'creating')",
+        0,
+    )
+    .await;
+    env.event(Some("b"), "profile_change", Some("taken@example.com"), None)
+        .await;
+    env.settle(SETTLE).await;
+
+    let creating = env
+        .scalar("SELECT count(*) FROM user_sync.users WHERE state = 'creating'")
+        .await;
+    assert_eq!(creating, 0, "no claim is left waiting");
+    let conflicts = env.open_conflicts().await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].0, "b");
+    assert_eq!(conflicts[0].2, "taken_by_host_user");
+    assert_eq!(conflicts[0].3.as_deref(), Some("a"));
+    assert_eq!(env.sandbox.stats().route_total("POST /users/"), 1);
+
+    run.stop().await;
     env.finish().await;
 }

@@ -318,6 +318,12 @@ async fn apply_event(
                         continue;
                     }
                     Err(Stop::Api(ApiError::NotFound)) => {
+                        // The create was never made: its claim goes now,
+                        // so that a conflict met from here on leaves no
+                        // claim waiting for a confirmation.
+                        session
+                            .mark_without_user(users::NOT_CREATED, event.id)
+                            .await?;
                         seen_free = Some(username);
                         synced = Synced::Nothing;
                         continue;
