@@ -986,3 +986,123 @@ async fn a_create_never_made_leaves_no_claim_when_the_next_username_is_taken(bac
     run.stop().await;
     env.finish().await;
 }
+
+/// The outbox after a burst: 20,000 pending events that the planner's
+/// statistics, taken before the burst, say do not exist. A job's statements
+/// must still reach their rows by key: each reads a few rows per user, not
+/// every pending event. Each step runs seven times on one connection, so
+/// that a statement prepared once has moved to its generic plan (made
+/// without the rows' values) by the end. Counted with PostgreSQL's
+/// per-transaction statistics, so nothing here depends on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
+    use user_sync::domain::{HostUserId, Username};
+    use user_sync::store::events::{self, EventState};
+    use user_sync::store::users::{self, NewClaim, SyncedUser};
+    use user_sync::sync::plan::Profile;
+
+    let db = common::TestDb::create().await;
+    let pool = db.pool().await;
+    user_sync::store::migrate::run(&pool)
+        .await
+        .expect("migrate");
+    for sql in [
+        "ALTER TABLE user_sync.events SET (autovacuum_enabled = false)",
+        "ALTER TABLE user_sync.users SET (autovacuum_enabled = false)",
+        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name, state)
+         SELECT 'old' || i, 'signup', 'old' || i || '@example.com', 'Old', 'applied'
+         FROM generate_series(1, 500) AS i",
+        "ANALYZE user_sync.events",
+        "ANALYZE user_sync.users",
+        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+         SELECT 'burst' || i, 'signup', 'burst' || i || '@example.com', 'Burst'
+         FROM generate_series(1, 20000) AS i",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect(sql);
+    }
+
+    let mut conn = pool.acquire().await.expect("a connection");
+    let hosts: Vec<String> = (1..=8).map(|i| format!("burst{}", i * 997)).collect();
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let profile = |h: &str| Profile {
+        username: Username::from_email(&format!("{h}@example.com")).expect("a username"),
+        full_name: None,
+    };
+    let host = |h: &str| HostUserId::parse(h).expect("a host user id");
+
+    for round in 0..7 {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+        let before = rows_read(&mut tx).await;
+        let next = events::newest_pending_many(&mut tx, &names)
+            .await
+            .expect("newest pending");
+        let ids: Vec<i64> = next
+            .iter()
+            .map(|n| n.as_ref().expect("a pending event").event.id)
+            .collect();
+        let lookups: Vec<(Username, HostUserId)> = names
+            .iter()
+            .map(|h| (profile(h).username, host(h)))
+            .collect();
+        let refs: Vec<(&Username, &HostUserId)> = lookups.iter().map(|(u, h)| (u, h)).collect();
+        users::holders_of(&mut tx, &refs).await.expect("holders");
+        let claims: Vec<NewClaim> = names
+            .iter()
+            .zip(&ids)
+            .map(|(h, id)| NewClaim {
+                host: host(h),
+                profile: profile(h),
+                event_id: *id,
+            })
+            .collect();
+        users::claim_each_for_create(&mut tx, &claims)
+            .await
+            .expect("claims");
+        let synced: Vec<SyncedUser> = names
+            .iter()
+            .zip(&ids)
+            .map(|(h, id)| SyncedUser {
+                host: host(h),
+                id: user_sync::domain::EmbeddedUserId::parse(&format!("u-{h}")).expect("a user id"),
+                profile: profile(h),
+                event_id: *id,
+                applied: None,
+            })
+            .collect();
+        users::mark_synced(&mut tx, &synced).await.expect("synced");
+        let ends: Vec<(i64, EventState, Option<&str>)> = ids
+            .iter()
+            .map(|id| (*id, EventState::Applied, None))
+            .collect();
+        events::finish_many(&mut tx, &ends).await.expect("finish");
+        let after = rows_read(&mut tx).await;
+        tx.rollback().await.expect("rollback");
+        // A few rows per user and statement; a scan of the pending events
+        // alone would be 20,000.
+        assert!(
+            after - before < 1_000,
+            "round {round}: {} rows read for {} users",
+            after - before,
+            names.len()
+        );
+    }
+    drop(conn);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// Rows and index entries read in the current transaction, over every table
+/// and index of the worker's schema.
+async fn rows_read(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(pg_stat_get_xact_tuples_returned(c.oid)
+                          + pg_stat_get_xact_tuples_fetched(c.oid)), 0)::int8
+         FROM pg_class c WHERE c.relnamespace = 'user_sync'::regnamespace",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("statistics")
+}

@@ -102,16 +102,17 @@ pub async fn claim_each_for_create(
          FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(h, u, n, e)
          WHERE NOT EXISTS (
              SELECT 1 FROM user_sync.users
-             WHERE username = t.u AND state IN ('creating', 'synced') AND host_user_id <> t.h)
+             WHERE username = t.u AND state IN ('creating', 'synced') AND host_user_id <> t.h
+             OFFSET 0)
          ON CONFLICT (host_user_id) DO UPDATE
          SET username = EXCLUDED.username, full_name = EXCLUDED.full_name,
              embedded_user_id = NULL, state = 'creating',
              last_event_id = EXCLUDED.last_event_id, updated_at = now()
          RETURNING host_user_id",
     )
-    // Planned for these rows each time: a plan cached while the table was
-    // small would read all of it once it has grown.
-    .persistent(false)
+    // `OFFSET 0` keeps the check a probe of the username index per intent
+    // (see `events`, "Plans that do not depend on statistics"): the plan is
+    // the same at any size, and reused.
     .bind(&hosts)
     .bind(&usernames)
     .bind(&names)
@@ -166,9 +167,8 @@ pub async fn holders_of(
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(username, host, i)
          ORDER BY t.i",
     )
-    // Planned for these rows each time: a plan cached while the table was
-    // small would read all of it once it has grown.
-    .persistent(false)
+    // A scalar subquery is a probe per row: the plan is the same at any
+    // size, and reused.
     .bind(&usernames)
     .bind(&hosts)
     .fetch_all(conn)
@@ -220,10 +220,11 @@ pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx:
          applied AS (
              UPDATE user_sync.events e
              SET state = 'applied', reason = NULL, finished_at = now()
-             FROM t WHERE e.id = t.a AND e.state = 'pending')
+             FROM t WHERE e.id = t.a AND e.state IS NOT DISTINCT FROM 'pending')
          UPDATE user_sync.conflicts c SET status = 'resolved', resolved_at = now()
          FROM synced s
-         WHERE c.host_user_id = s.host_user_id AND c.status = 'open' AND c.username <> s.username",
+         WHERE c.host_user_id = ANY($1::text[]) AND c.host_user_id = s.host_user_id
+           AND c.status = 'open' AND c.username <> s.username",
     )
     // Planned for these rows each time: a plan cached while the table was
     // small would read all of it once it has grown.
@@ -566,7 +567,8 @@ pub async fn mark_synced_many(conn: &mut PgConnection, found: &[Found<'_>]) -> s
     sqlx::query(
         "UPDATE user_sync.conflicts c SET status = 'resolved', resolved_at = now()
          FROM unnest($1::text[], $2::text[]) AS t(h, u)
-         WHERE c.host_user_id = t.h AND c.status = 'open' AND c.username <> t.u",
+         WHERE c.host_user_id = ANY($1::text[]) AND c.host_user_id = t.h
+           AND c.status = 'open' AND c.username <> t.u",
     )
     .bind(&hosts)
     .bind(&usernames)
