@@ -85,6 +85,14 @@ enum Request {
     Alone(Alone),
 }
 
+/// How long a round waits for the job's other sessions once one has asked:
+/// a session that is in an API call joins the round if its call ends by
+/// then. Users of one job move through the same steps (read, claim, record)
+/// a few milliseconds apart, so waiting this long turns a step of 64 users
+/// into one or two statements instead of one per straggler, for at most
+/// this much latency per step.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// Serves the sessions' requests until the last session is gone.
 async fn serve(
     mut conn: PoolConnection<Postgres>,
@@ -93,10 +101,16 @@ async fn serve(
 ) {
     let mut sound = true;
     while let Some(first) = inbox.recv().await {
-        // Sessions woken by the previous round's answers send their next
-        // statements now: give them a moment to join this round.
-        tokio::task::yield_now().await;
+        // A session asks one thing at a time: once as many requests as
+        // sessions hold a user are here, nobody else is coming.
         let mut round = vec![first];
+        let deadline = tokio::time::Instant::now() + GATHER;
+        while round.len() < held {
+            match tokio::time::timeout_at(deadline, inbox.recv()).await {
+                Ok(Some(more)) => round.push(more),
+                Ok(None) | Err(_) => break,
+            }
+        }
         while let Ok(more) = inbox.try_recv() {
             round.push(more);
         }
