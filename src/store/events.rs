@@ -141,6 +141,9 @@ pub async fn claim_due(
          WHERE e.id = due.id
          RETURNING e.id, e.host_user_id",
     )
+    // Joins the batch back to the table: planned for its rows each time
+    // (see "Plans that do not depend on statistics" above).
+    .persistent(false)
     .bind(i64::from(limit))
     .fetch_all(&mut **tx)
     .await
