@@ -3,11 +3,11 @@
 //! A process runs the dispatcher, the sweeper, sync jobs (at most
 //! `worker.concurrency` API calls in flight among them), the auth probe and
 //! the ops HTTP server, until its shutdown token is cancelled (SIGTERM or
-//! Ctrl-C from the command line). Shutdown stops taking work first, then gives the running jobs
-//! `worker.shutdown_timeout` to finish. Any number of processes may share
-//! one PostgreSQL database and one Redis; on SQLite (queue in the same
-//! file, no Redis) one process works on a file, and a second refuses to
-//! start.
+//! Ctrl-C from the command line). Shutdown stops taking work first, then
+//! gives the running jobs `worker.shutdown_timeout` to finish. Any number of
+//! processes may share one PostgreSQL database and one Redis; on SQLite
+//! (queue in the same file, no Redis) one process works on a file, and a
+//! second refuses to start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
