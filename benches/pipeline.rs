@@ -16,6 +16,7 @@
 //! - `idle`: outbox reads per second and RSS of an idle worker.
 //!
 //! `BENCH_EVENTS` (default 5000) sets the size of the throughput runs;
+//! `BENCH_THROUGHPUT_ONLY=1` stops after the `ratio` line;
 //! `USER_SYNC__…` variables set for the bench reach the worker (after the
 //! bench's own), to try other settings.
 
@@ -71,6 +72,12 @@ async fn main() {
         "ratio       throughput / baseline (median of 2 runs before, 1 after = {after:.0}): rate={throughput:.0} baseline={baseline:.0} ratio={:.2}",
         throughput / baseline
     );
+    if std::env::var_os("BENCH_THROUGHPUT_ONLY").is_some() {
+        let _ = worker.start_kill();
+        let _ = worker.wait().await;
+        env.finish().await;
+        return;
+    }
 
     let (p50, p99, max) = latency(&env, 50, Duration::from_secs(10)).await;
     println!(

@@ -1106,3 +1106,101 @@ async fn rows_read(conn: &mut sqlx::PgConnection) -> i64 {
     .await
     .expect("statistics")
 }
+
+/// Intents commit durably, outcomes without waiting for the disk: a
+/// trigger of the test's records `synchronous_commit` as each write of a
+/// job's session sees it. The relaxed setting ends with its transaction:
+/// the connection, handed back to the pool, commits durably again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
+    use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
+    use user_sync::store::SyncStore;
+    use user_sync::store::events::EventState;
+    use user_sync::store::users::Claim;
+    use user_sync::sync::plan::Profile;
+
+    let env = Env::start(SandboxOptions::default()).await;
+    env.signup("a", "a@example.com", None).await;
+    env.signup("b", "b@example.com", None).await;
+    for sql in [
+        "CREATE TABLE public.commits (tbl text, state text, setting text)",
+        "CREATE FUNCTION public.note_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.commits
+             VALUES (TG_TABLE_NAME, NEW.state, current_setting('synchronous_commit'));
+             RETURN NULL;
+         END $$",
+        "CREATE TRIGGER note_commit AFTER INSERT OR UPDATE ON user_sync.users
+         FOR EACH ROW EXECUTE FUNCTION public.note_commit()",
+        "CREATE TRIGGER note_commit AFTER UPDATE ON user_sync.events
+         FOR EACH ROW EXECUTE FUNCTION public.note_commit()",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(env.pg())
+            .await
+            .expect(sql);
+    }
+    // One connection: the sessions' and the check's afterwards.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*env.pg().connect_options()).clone())
+        .await
+        .expect("connect");
+    let store = user_sync::store::postgres::PgStore::new(pool.clone());
+    let a_event = env
+        .scalar("SELECT id FROM user_sync.events WHERE host_user_id = 'a'")
+        .await;
+    let b_event = env
+        .scalar("SELECT id FROM user_sync.events WHERE host_user_id = 'b'")
+        .await;
+    let hosts = [
+        HostUserId::parse("a").expect("a host user id"),
+        HostUserId::parse("b").expect("a host user id"),
+    ];
+    let mut sessions = store.lock_users(&hosts).await.expect("lock a and b");
+    let mut a = sessions[0].take().expect("a is free");
+    let mut b = sessions[1].take().expect("b is free");
+    let profile = Profile {
+        username: Username::from_email("a@example.com").expect("a username"),
+        full_name: None,
+    };
+    let claim = a
+        .claim_for_create(&profile, a_event)
+        .await
+        .expect("claim a's username");
+    assert!(matches!(claim, Claim::Claimed));
+    let user = EmbeddedUserId::parse("user-a").expect("a userId");
+    a.mark_synced(&user, &profile, a_event, Some(a_event))
+        .await
+        .expect("a synced");
+    b.finish(b_event, EventState::Invalid, Some("a test's reason"))
+        .await
+        .expect("b ended");
+    a.release().await.expect("release a");
+    b.release().await.expect("release b");
+
+    let seen: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT tbl, state, setting FROM public.commits ORDER BY tbl, state")
+            .fetch_all(env.pg())
+            .await
+            .expect("the commits seen");
+    let seen: Vec<(&str, &str, &str)> = seen
+        .iter()
+        .map(|(t, s, c)| (t.as_str(), s.as_str(), c.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("events", "applied", "off"),
+            ("events", "invalid", "off"),
+            ("users", "creating", "on"),
+            ("users", "synced", "off"),
+        ]
+    );
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .expect("the setting");
+    assert_eq!(setting, "on", "the pool's connection commits durably again");
+    env.finish().await;
+}

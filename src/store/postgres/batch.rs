@@ -9,8 +9,15 @@
 //! one kind out together, in one round trip: 32 users claiming their
 //! usernames cost one `INSERT … SELECT FROM unnest(…)`, not 32.
 //!
-//! A statement is still durable before its session goes on: a session
-//! waits for the round that carries its statement to commit. Sessions are
+//! A session waits for the round that carries its statement to commit.
+//! An intent (a username claimed before its create, an update noted before
+//! it is sent) is durable before its session goes on to call the API. An
+//! outcome (a user synced, an event ended) commits without waiting for its
+//! WAL to reach the disk ([`OUTCOME`]): lost in a crash of the database
+//! server, it is learned again, because its event is still pending and its
+//! intent still recorded, and the retry confirms with a lookup what the
+//! lost outcome said. Either way an intent committed later flushes every
+//! outcome before it. Sessions are
 //! independent: a batched statement refused by the database (a unique
 //! violation, when two users of one round claim one username) is run again
 //! for each session alone, so that only the one at fault sees the error.
@@ -25,7 +32,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{EmbeddedUserId, HostUserId, Username};
@@ -92,6 +99,12 @@ enum Request {
 /// into one or two statements instead of one per straggler, for at most
 /// this much latency per step.
 const GATHER: Duration = Duration::from_millis(5);
+
+/// Opens the transaction of an outcome: its commit returns before its WAL
+/// is on disk (see the module's doc for why that loses nothing). The
+/// setting is local to the transaction: the connection's next statement
+/// commits durably again.
+pub(super) const OUTCOME: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 /// Serves the sessions' requests until the last session is gone.
 async fn serve(
@@ -177,7 +190,9 @@ async fn run_round(conn: &mut PgConnection, round: Vec<Request>) -> (bool, usize
     .await;
     ok &= together(conn, synced, |conn, synced| {
         Box::pin(async move {
-            users::mark_synced(conn, synced).await?;
+            let mut tx = conn.begin_with(OUTCOME).await?;
+            users::mark_synced(&mut tx, synced).await?;
+            tx.commit().await?;
             Ok(vec![(); synced.len()])
         })
     })
@@ -188,7 +203,9 @@ async fn run_round(conn: &mut PgConnection, round: Vec<Request>) -> (bool, usize
                 .iter()
                 .map(|(id, state, reason)| (*id, *state, reason.as_deref()))
                 .collect();
-            events::finish_many(conn, &ends).await?;
+            let mut tx = conn.begin_with(OUTCOME).await?;
+            events::finish_many(&mut tx, &ends).await?;
+            tx.commit().await?;
             Ok(vec![(); ends.len()])
         })
     })

@@ -9,8 +9,8 @@ mod batch;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgPool};
 
 use crate::domain::HostUserId;
 use crate::ops::status::{self, ConflictRow, Status};
@@ -50,8 +50,11 @@ impl Outbox for PgStore {
             // The claimed rows stay locked (and skipped by other
             // dispatchers) until the commit, which comes only once the jobs
             // are in the queue; on a push failure the transaction rolls
-            // back and nothing is marked.
-            let mut tx = self.pool.begin().await?;
+            // back and nothing is marked. The marks commit as an outcome
+            // does, without waiting for the disk: marks lost in a crash of
+            // the database server only dispatch their events once more.
+            let mut conn = self.pool.acquire().await?;
+            let mut tx = conn.begin_with(batch::OUTCOME).await?;
             let claimed = events::claim_due(&mut tx, limit).await?;
             if claimed.is_empty() {
                 tx.commit().await?;
