@@ -16,7 +16,9 @@
 //!   `NOT NULL` column but does not let the planner pick a partial index on
 //!   pending events to find the keys;
 //! - per host user, through a `LATERAL` subquery with a `LIMIT`, which is
-//!   always run once per user and through the index on its key;
+//!   always run once per user and through the index on its key (all of the
+//!   user's events, `events_by_user`: a user has few, and an index of the
+//!   pending ones alone cost two more index entries per event);
 //! - an `EXISTS` that must stay a per-row probe carries `OFFSET 0`, which
 //!   keeps PostgreSQL from turning it into a join over the whole table.
 //!
