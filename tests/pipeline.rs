@@ -333,20 +333,27 @@ async fn two_host_users_with_one_username_conflict_before_any_call(backend: Back
     let run = Running::start(&env).await;
     env.signup("first", "same@example.com", None).await;
     env.settle(SETTLE).await;
-    let creates_before = env.sandbox.stats().route_total("POST /users/");
+    let requests_before = env.sandbox.stats().total_requests;
     env.signup("second", "SAME@example.com ", None).await;
+    // A tab the worker trims and the database's `btrim` does not: the
+    // holder read with the event is for another username, and the worker
+    // asks again instead of trusting it.
+    env.signup("third", "\tSame@Example.com", None).await;
     env.settle(SETTLE).await;
 
     assert_eq!(
-        env.sandbox.stats().route_total("POST /users/"),
-        creates_before,
-        "the duplicate was caught before any call"
+        env.sandbox.stats().total_requests,
+        requests_before,
+        "the duplicates were caught before any call"
     );
-    let conflicts = env.open_conflicts().await;
-    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
-    assert_eq!(conflicts[0].0, "second");
-    assert_eq!(conflicts[0].2, "taken_by_host_user");
-    assert_eq!(conflicts[0].3.as_deref(), Some("first"));
+    let mut conflicts = env.open_conflicts().await;
+    conflicts.sort();
+    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    for (conflict, host) in conflicts.iter().zip(["second", "third"]) {
+        assert_eq!(conflict.0, host);
+        assert_eq!(conflict.2, "taken_by_host_user");
+        assert_eq!(conflict.3.as_deref(), Some("first"));
+    }
 
     run.stop().await;
     env.finish().await;

@@ -191,6 +191,31 @@ pub struct NextEvent {
     pub last_acted_unfinished: bool,
     /// What the worker last knew of the user's Embedded user.
     pub synced: Synced,
+    /// Who else held the event's username when it was read, if the read
+    /// could tell (see [`HolderProbe`]).
+    pub holder_probe: Option<HolderProbe>,
+}
+
+/// The other host user holding or claiming a username, looked up in the
+/// same statement as the event, so that a create needs no statement of its
+/// own to check it. The database derives the username from the email
+/// itself (`lower(btrim(email))`); the probe answers only for `username`,
+/// and a caller whose own normalisation differs asks again.
+#[derive(Debug, Clone)]
+pub struct HolderProbe {
+    pub username: String,
+    pub holder: Option<String>,
+}
+
+impl HolderProbe {
+    /// The holder of `username` as read, if the probe was for it.
+    pub fn answer(&self, username: &Username) -> Option<Option<HostUserId>> {
+        (self.username == username.as_str()).then(|| {
+            self.holder
+                .as_deref()
+                .and_then(|h| HostUserId::parse(h).ok())
+        })
+    }
 }
 
 /// The row [`newest_pending_many`] reads, on either backend.
@@ -205,6 +230,10 @@ pub(super) struct NextEventRow {
     user_embedded_id: Option<String>,
     user_username: Option<String>,
     user_full_name: Option<String>,
+    #[sqlx(default)]
+    probe_username: Option<String>,
+    #[sqlx(default)]
+    probe_holder: Option<String>,
 }
 
 /// [`NextEvent`] of each of `hosts` (in their order), read in one round
@@ -224,14 +253,20 @@ pub async fn newest_pending_many(
                           WHERE l.id = u.last_event_id), false) AS last_acted_unfinished,
                 u.state AS user_state,
                 u.embedded_user_id AS user_embedded_id, u.username AS user_username,
-                u.full_name AS user_full_name
+                u.full_name AS user_full_name,
+                p.username AS probe_username,
+                (SELECT o.host_user_id FROM user_sync.users o
+                  WHERE o.username = p.username AND o.state IN ('creating', 'synced')
+                    AND o.host_user_id <> h.host
+                  LIMIT 1) AS probe_holder
          FROM unnest($1::text[]) AS h(host)
          CROSS JOIN LATERAL (
              SELECT * FROM user_sync.events e
              WHERE e.host_user_id = h.host AND e.state = 'pending'
              ORDER BY e.id DESC LIMIT 1) e
          LEFT JOIN LATERAL (
-             SELECT * FROM user_sync.users u WHERE u.host_user_id = h.host LIMIT 1) u ON true",
+             SELECT * FROM user_sync.users u WHERE u.host_user_id = h.host LIMIT 1) u ON true
+         CROSS JOIN LATERAL (SELECT lower(btrim(e.email)) AS username) p",
     )
     // Per-user probes only: the plan is the same at any size, and reused.
     .bind(hosts)
@@ -264,6 +299,10 @@ impl NextEventRow {
             last_acted_on: self.last_acted_on,
             last_acted_unfinished: self.last_acted_unfinished,
             synced,
+            holder_probe: self.probe_username.map(|username| HolderProbe {
+                username,
+                holder: self.probe_holder,
+            }),
         }
     }
 }

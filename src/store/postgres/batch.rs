@@ -36,7 +36,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{EmbeddedUserId, HostUserId, Username};
-use crate::store::events::{self, EventState, NextEvent};
+use crate::store::events::{self, EventState, HolderProbe, NextEvent};
 use crate::store::users::{
     self, Claim, ConflictReason, ErasureOutcome, NewClaim, NewConflict, SyncedUser,
 };
@@ -69,6 +69,7 @@ pub async fn lock_each(pool: &PgPool, hosts: &[HostUserId]) -> sqlx::Result<Sess
                 Box::new(BatchSession {
                     host: host.clone(),
                     requests: requests.clone(),
+                    probe: None,
                 }) as Box<dyn UserSession>
             })
         })
@@ -289,6 +290,9 @@ where
 struct BatchSession {
     host: HostUserId,
     requests: mpsc::UnboundedSender<Request>,
+    /// The holder of the newest event's username, read with the event: a
+    /// create checks it without a round of its own.
+    probe: Option<HolderProbe>,
 }
 
 fn gone() -> sqlx::Error {
@@ -326,7 +330,13 @@ impl BatchSession {
 
 impl UserSession for BatchSession {
     fn newest_pending(&mut self) -> BoxFuture<'_, sqlx::Result<Option<NextEvent>>> {
-        Box::pin(self.ask(|answer| Request::Newest(self.host.clone(), answer)))
+        Box::pin(async move {
+            let next = self
+                .ask(|answer| Request::Newest(self.host.clone(), answer))
+                .await?;
+            self.probe = next.as_ref().and_then(|n| n.holder_probe.clone());
+            Ok(next)
+        })
     }
 
     fn finish<'a>(
@@ -378,6 +388,11 @@ impl UserSession for BatchSession {
         &'a mut self,
         username: &'a Username,
     ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
+        // Answered once from the read, then asked again: a later check
+        // (after a conflict met, a create refused) looks afresh.
+        if let Some(holder) = self.probe.take().and_then(|p| p.answer(username)) {
+            return Box::pin(std::future::ready(Ok(holder)));
+        }
         let (username, host) = (username.clone(), self.host.clone());
         Box::pin(self.ask(move |answer| Request::HolderOf(username, host, answer)))
     }
