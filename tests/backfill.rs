@@ -287,6 +287,7 @@ on_each_backend!(
     a_batch_backfill_killed_mid_run_resumes_without_duplicates,
     a_single_backfill_killed_mid_run_resumes_without_duplicates,
     adopt_existing_links_users_created_before_the_worker,
+    adopt_existing_never_links_a_user_mapped_to_another_host_user,
     a_bad_source_fails_at_start_naming_the_key,
     a_custom_query_source_is_paged_too,
 );
@@ -459,6 +460,44 @@ async fn adopt_existing_links_users_created_before_the_worker(backend: Backend) 
             .expect("seeded");
         assert_eq!(env.embedded_id(&id.to_string()).await, Some(held.user_id));
     }
+    env.finish().await;
+}
+
+/// An Embedded user already mapped to a host user under another username
+/// (renamed outside the worker since) is never adopted for a second host
+/// user: a conflict naming the first.
+async fn adopt_existing_never_links_a_user_mapped_to_another_host_user(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    host_accounts(&env, 2100).await;
+    let held = env
+        .sandbox
+        .users()
+        .into_iter()
+        .find(|u| u.username == "user2001@example.com")
+        .expect("seeded");
+    env.execute(
+        &format!(
+            "INSERT INTO user_sync.users (host_user_id, embedded_user_id, username, state)
+             VALUES ('99999', '{}', 'before-the-rename@example.com', 'synced')",
+            held.user_id
+        ),
+        0,
+    )
+    .await;
+    let adopt = BackfillOptions {
+        adopt_existing: true,
+        ..options(Mode::Batch)
+    };
+    let (done, _) = backfill_with(&env, &[], adopt).await;
+    assert_eq!(done.adopted, 17, "the open accounts among 2002..=2020");
+    assert_eq!(env.embedded_id("2001").await, None);
+    let conflicts = env.open_conflicts().await;
+    let conflict = conflicts
+        .iter()
+        .find(|c| c.0 == "2001")
+        .expect("a conflict for 2001");
+    assert_eq!(conflict.2, "taken_by_host_user");
+    assert_eq!(conflict.3.as_deref(), Some("99999"));
     env.finish().await;
 }
 

@@ -1211,3 +1211,67 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
     assert_eq!(setting, "on", "the pool's connection commits durably again");
     env.finish().await;
 }
+
+/// A claim turning into a synced user changes no indexed column, so that
+/// PostgreSQL keeps the new row on its page and writes no index entry (a
+/// HOT update): counted with the transaction's own statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
+    use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
+    use user_sync::store::users::{self, NewClaim, SyncedUser};
+    use user_sync::sync::plan::Profile;
+
+    let db = common::TestDb::create().await;
+    let pool = db.pool().await;
+    user_sync::store::migrate::run(&pool)
+        .await
+        .expect("migrate");
+    let mut conn = pool.acquire().await.expect("a connection");
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+    let user = |i: usize| {
+        let host = HostUserId::parse(&format!("h{i}")).expect("a host user id");
+        let profile = Profile {
+            username: Username::from_email(&format!("h{i}@example.com")).expect("a username"),
+            full_name: None,
+        };
+        (host, profile)
+    };
+    let claims: Vec<NewClaim> = (0..32)
+        .map(|i| {
+            let (host, profile) = user(i);
+            NewClaim {
+                host,
+                profile,
+                event_id: i as i64,
+            }
+        })
+        .collect();
+    users::claim_each_for_create(&mut tx, &claims)
+        .await
+        .expect("claims");
+    let synced: Vec<SyncedUser> = (0..32)
+        .map(|i| {
+            let (host, profile) = user(i);
+            SyncedUser {
+                id: EmbeddedUserId::parse(&format!("user-{i}")).expect("a userId"),
+                host,
+                profile,
+                event_id: i as i64,
+                applied: None,
+            }
+        })
+        .collect();
+    users::mark_synced(&mut tx, &synced).await.expect("synced");
+    let (updated, hot): (i64, i64) = sqlx::query_as(
+        "SELECT pg_stat_get_xact_tuples_updated('user_sync.users'::regclass),
+                pg_stat_get_xact_tuples_hot_updated('user_sync.users'::regclass)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("statistics");
+    assert_eq!((updated, hot), (32, 32), "(updated, HOT-updated) users");
+    tx.rollback().await.expect("rollback");
+    drop(conn);
+    pool.close().await;
+    db.drop_db().await;
+}

@@ -301,7 +301,7 @@ pub async fn mark_without_user(
         "INSERT INTO user_sync.users (host_user_id, state, last_event_id)
          VALUES ($1, $2, $3)
          ON CONFLICT (host_user_id) DO UPDATE
-         SET embedded_user_id = NULL, state = EXCLUDED.state,
+         SET embedded_user_id = NULL, username = NULL, state = EXCLUDED.state,
              last_event_id = EXCLUDED.last_event_id, updated_at = now()",
     )
     .bind(host.as_str())
@@ -616,7 +616,8 @@ pub async fn set_without_user(
     sqlx::query(
         "INSERT INTO user_sync.users (host_user_id, state) VALUES ($1, $2)
          ON CONFLICT (host_user_id) DO UPDATE
-         SET embedded_user_id = NULL, state = EXCLUDED.state, updated_at = now()",
+         SET embedded_user_id = NULL, username = NULL, state = EXCLUDED.state,
+             updated_at = now()",
     )
     .bind(host.as_str())
     .bind(state)

@@ -24,7 +24,8 @@ const SNAPSHOT_CHUNK: usize = 2_000;
 pub async fn prepare(conn: &mut PgConnection) -> sqlx::Result<()> {
     for statement in [
         "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
-             (username text PRIMARY KEY, user_id text NOT NULL, full_name text)",
+             (username text PRIMARY KEY, user_id text NOT NULL, full_name text,
+              mapped_to text)",
         "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
              (username text PRIMARY KEY, host_user_id text NOT NULL)",
         "TRUNCATE pg_temp.backfill_embedded, pg_temp.backfill_planned",
@@ -57,7 +58,30 @@ pub async fn load(
     while let Some(chunk) = chunks.next().await? {
         total += insert(conn, &chunk).await?;
     }
+    note_mappings(conn).await?;
     Ok(total)
+}
+
+/// Notes on each Embedded user of the snapshot the host user it is mapped
+/// to, if any, in one pass over `user_sync.users`, which has no index on
+/// `embedded_user_id` (so that a claim turning into a synced user is a HOT
+/// update). A mapping the run makes itself, or the live worker makes
+/// meanwhile, has the Embedded user's username, and the lookup finds it
+/// by username.
+async fn note_mappings(conn: &mut PgConnection) -> sqlx::Result<()> {
+    // Statistics first: the join is then planned as the hash join over
+    // both tables that it must be, never a scan of users per snapshot row.
+    sqlx::query("ANALYZE pg_temp.backfill_embedded")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE pg_temp.backfill_embedded s SET mapped_to = m.host_user_id
+         FROM user_sync.users m
+         WHERE m.embedded_user_id IS NOT NULL AND m.embedded_user_id = s.user_id",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The `GET /users` answer, read and parsed on a task of its own in chunks
@@ -223,7 +247,7 @@ pub async fn lookup(
     let rows: Vec<LookupRow> = sqlx::query_as(
         "SELECT u.state, h.host_user_id AS holder,
                 s.user_id AS s_user_id, s.username AS s_username, s.full_name AS s_full_name,
-                m.host_user_id AS s_mapped_to,
+                CASE WHEN s.mapped_to <> n.host THEN s.mapped_to END AS s_mapped_to,
                 c.user_id AS c_user_id, c.username AS c_username, c.full_name AS c_full_name,
                 p.host_user_id AS planned_by,
                 EXISTS (SELECT 1 FROM user_sync.events e
@@ -241,12 +265,9 @@ pub async fn lookup(
                AND o.host_user_id <> n.host
              LIMIT 1) h ON true
          LEFT JOIN LATERAL (
-             SELECT s.user_id, s.username, s.full_name FROM pg_temp.backfill_embedded s
+             SELECT s.user_id, s.username, s.full_name, s.mapped_to
+             FROM pg_temp.backfill_embedded s
              WHERE g.open AND s.username = n.username) s ON true
-         LEFT JOIN LATERAL (
-             SELECT m.host_user_id FROM user_sync.users m
-             WHERE g.open AND m.embedded_user_id = s.user_id AND m.host_user_id <> n.host
-             LIMIT 1) m ON true
          LEFT JOIN LATERAL (
              SELECT c.user_id, c.username, c.full_name FROM pg_temp.backfill_embedded c
              WHERE u.state = 'creating' AND c.username = u.username) c ON true
