@@ -1009,10 +1009,7 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
     use user_sync::sync::plan::Profile;
 
     let db = common::TestDb::create().await;
-    let pool = db.pool().await;
-    user_sync::store::migrate::run(&pool)
-        .await
-        .expect("migrate");
+    let pool = db.migrated_pool().await;
     for sql in [
         "ALTER TABLE user_sync.events SET (autovacuum_enabled = false)",
         "ALTER TABLE user_sync.users SET (autovacuum_enabled = false)",
@@ -1222,10 +1219,7 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
     use user_sync::sync::plan::Profile;
 
     let db = common::TestDb::create().await;
-    let pool = db.pool().await;
-    user_sync::store::migrate::run(&pool)
-        .await
-        .expect("migrate");
+    let pool = db.migrated_pool().await;
     let mut conn = pool.acquire().await.expect("a connection");
     let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
     let user = |i: usize| {

@@ -123,6 +123,15 @@ impl TestDb {
             .expect("connect to the test database")
     }
 
+    /// A pool on the database with the worker's migrations applied.
+    pub async fn migrated_pool(&self) -> PgPool {
+        let pool = self.pool().await;
+        user_sync::store::migrate::run(&pool)
+            .await
+            .expect("migrate");
+        pool
+    }
+
     pub async fn drop_db(self) {
         if self.dir.is_some() {
             return;
