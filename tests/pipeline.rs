@@ -32,6 +32,7 @@ on_each_backend!(
     a_user_closed_before_the_first_sync_costs_no_call,
     users_of_one_job_sharing_an_email_get_one_embedded_user,
     a_create_never_made_leaves_no_claim_when_the_next_username_is_taken,
+    an_unconfirmed_create_never_adopts_a_user_mapped_to_another_host_user,
 );
 
 fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
@@ -994,6 +995,53 @@ async fn a_create_never_made_leaves_no_claim_when_the_next_username_is_taken(bac
     env.finish().await;
 }
 
+/// A create of unknown outcome finds its username held by a user that is
+/// already mapped to another host user (renamed to that username since,
+/// outside the worker or by a rename whose outcome was lost): a conflict
+/// naming that host user, never a second mapping of one Embedded user.
+async fn an_unconfirmed_create_never_adopts_a_user_mapped_to_another_host_user(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let renamed = env.sandbox.insert_user("renamed@example.com", None);
+    env.execute(
+        &format!(
+            "INSERT INTO user_sync.users (host_user_id, embedded_user_id, username, state)
+             VALUES ('h', '{renamed}', 'before@example.com', 'synced')"
+        ),
+        0,
+    )
+    .await;
+    // What a job leaves when its create's answer was lost.
+    env.execute(
+        "INSERT INTO user_sync.users (host_user_id, username, state)
+         VALUES ('n', 'renamed@example.com', 'creating')",
+        0,
+    )
+    .await;
+    env.signup("n", "renamed@example.com", None).await;
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+
+    assert_eq!(env.embedded_id("n").await, None, "n is not mapped");
+    assert_eq!(env.embedded_id("h").await, Some(renamed.clone()));
+    let conflicts = env.open_conflicts().await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].0, "n");
+    assert_eq!(conflicts[0].2, "taken_by_host_user");
+    assert_eq!(conflicts[0].3.as_deref(), Some("h"));
+    assert_eq!(conflicts[0].4.as_deref(), Some(renamed.as_str()));
+    assert_eq!(env.sandbox.stats().route_total("POST /users/"), 0);
+    let claims = env
+        .scalar(
+            "SELECT count(*) FROM user_sync.users
+             WHERE host_user_id = 'n' AND state IN ('creating', 'synced')",
+        )
+        .await;
+    assert_eq!(claims, 0, "n's claim is released");
+
+    run.stop().await;
+    env.finish().await;
+}
+
 /// The outbox after a burst: 20,000 pending events that the planner's
 /// statistics, taken before the burst, say do not exist. A job's statements
 /// must still reach their rows by key: each reads a few rows per user, not
@@ -1264,6 +1312,15 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
     .await
     .expect("statistics");
     assert_eq!((updated, hot), (32, 32), "(updated, HOT-updated) users");
+    // The index names no state: a row that stops holding its username must
+    // clear it, or the username would stay held.
+    let kept = sqlx::query("UPDATE user_sync.users SET state = 'failed' WHERE host_user_id = 'h0'")
+        .execute(&mut *tx)
+        .await;
+    assert!(
+        matches!(&kept, Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_username_only_while_held")),
+        "{kept:?}"
+    );
     tx.rollback().await.expect("rollback");
     drop(conn);
     pool.close().await;

@@ -15,12 +15,19 @@ DROP INDEX IF EXISTS user_sync.events_pending_by_user;
 --    states that release a claim clear it, so the unique index need not
 --    name the state.
 --  * embedded_user_id has no index: the host app reads users by
---    host_user_id, a userId comes from a create of a username the row holds
---    alone, and the backfill finds existing mappings once per run.
+--    host_user_id. A userId comes from a create of a username the row holds
+--    alone, or from adopting the user a lost create made, which first
+--    checks (reading the table, on that rare path) that no other host user
+--    is mapped to it; the backfill notes existing mappings once per run.
 UPDATE user_sync.users SET username = NULL
     WHERE username IS NOT NULL AND state NOT IN ('creating', 'synced');
 DROP INDEX IF EXISTS user_sync.users_username_claim;
 CREATE UNIQUE INDEX IF NOT EXISTS users_username_held ON user_sync.users (username)
     WHERE username IS NOT NULL;
+-- A writer that releases a claim without clearing the username (a worker
+-- from before this migration, still running during a deploy) fails here
+-- instead of leaving the username held; its event is retried.
+ALTER TABLE user_sync.users ADD CONSTRAINT users_username_only_while_held
+    CHECK (username IS NULL OR state IN ('creating', 'synced'));
 ALTER TABLE user_sync.users DROP CONSTRAINT IF EXISTS users_embedded_user_id_key;
 ALTER TABLE user_sync.users SET (fillfactor = 50);

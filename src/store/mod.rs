@@ -147,6 +147,17 @@ pub trait UserSession: Send {
         event_id: i64,
         applied: Option<i64>,
     ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Another host user already mapped to the Embedded user `id`, if any.
+    fn mapped_elsewhere<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>>;
+    /// Makes every outcome recorded so far durable before an irreversible
+    /// call that relies on it (a delete). A no-op where outcomes commit
+    /// durably anyway.
+    fn flush_outcomes(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// Records that the user has no Embedded user (in `state`), releasing
     /// any username claim.
     fn mark_without_user<'a>(

@@ -285,6 +285,34 @@ pub async fn record_found(
     Ok(())
 }
 
+/// Another host user mapped to the Embedded user `id`, if any. There is no
+/// index on `embedded_user_id` (a claim turning synced is then a HOT
+/// update), so this reads the table: it runs only when a create's outcome
+/// was unknown and its username turned out to be held.
+pub async fn mapped_elsewhere(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    id: &EmbeddedUserId,
+) -> sqlx::Result<Option<HostUserId>> {
+    let other: Option<String> = sqlx::query_scalar(
+        "SELECT host_user_id FROM user_sync.users
+         WHERE embedded_user_id = $2 AND host_user_id <> $1 LIMIT 1",
+    )
+    .bind(host.as_str())
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(other.and_then(|h| HostUserId::parse(&h).ok()))
+}
+
+/// Forces every commit made so far on the server to disk: a transaction
+/// with a transaction id commits durably, and its commit record is flushed
+/// with all the WAL before it, outcomes committed without waiting included.
+pub async fn flush_outcomes(conn: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SELECT txid_current()").execute(conn).await?;
+    Ok(())
+}
+
 /// The state of a host user whose create was refused before it was made
 /// (`429`, `401`): nothing exists in Embedded and nothing is claimed.
 pub const NOT_CREATED: &str = "not_created";

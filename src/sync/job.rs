@@ -305,6 +305,21 @@ async fn apply_event(
             SyncPlan::Confirm { username } => {
                 match call(ctx, || ctx.api.get_user(UserRef::Username(&username))).await {
                     Ok(found) => {
+                        // A user already mapped to another host user (and
+                        // renamed to this username since) is theirs: never
+                        // a second mapping of one Embedded user.
+                        if let Some(other) = session.mapped_elsewhere(&found.user_id).await? {
+                            session.mark_without_user("conflict", event.id).await?;
+                            let conflict = NewConflict {
+                                host,
+                                username: &username,
+                                reason: ConflictReason::TakenByHostUser,
+                                holder_host_user_id: Some(&other),
+                                holder_embedded_user_id: Some(&found.user_id),
+                                event_id: Some(event.id),
+                            };
+                            return end_in_conflict(session, event, &conflict).await;
+                        }
                         // The lost create happened: adopt its user.
                         let profile = profile_of(&found);
                         session
@@ -422,11 +437,17 @@ async fn apply_event(
             SyncPlan::Erase { id } => {
                 let outcome = match &id {
                     None => ErasureOutcome::NeverCreated,
-                    Some(user) => match call(ctx, || ctx.api.delete_user(user)).await {
-                        Ok(()) => ErasureOutcome::Deleted,
-                        Err(Stop::Api(ApiError::NotFound)) => ErasureOutcome::AlreadyAbsent,
-                        Err(stop) => return stopped(ctx, session, event, stop).await,
-                    },
+                    // What the delete relies on (the user's mapping) is on
+                    // disk before the delete is sent: the proof of erasure
+                    // then names the user even after a crash of the server.
+                    Some(user) => {
+                        session.flush_outcomes().await?;
+                        match call(ctx, || ctx.api.delete_user(user)).await {
+                            Ok(()) => ErasureOutcome::Deleted,
+                            Err(Stop::Api(ApiError::NotFound)) => ErasureOutcome::AlreadyAbsent,
+                            Err(stop) => return stopped(ctx, session, event, stop).await,
+                        }
+                    }
                 };
                 session.erase(id.as_ref(), event.id, outcome).await?;
                 count_event(kind_label(event), "applied");

@@ -433,6 +433,20 @@ impl UserSession for BatchSession {
         Box::pin(self.ask(move |answer| Request::Synced(user, answer)))
     }
 
+    fn mapped_elsewhere<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
+        let (host, id) = (self.host.clone(), id.clone());
+        Box::pin(self.alone(move |conn| {
+            Box::pin(async move { users::mapped_elsewhere(conn, &host, &id).await })
+        }))
+    }
+
+    fn flush_outcomes(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(self.alone(|conn| Box::pin(users::flush_outcomes(conn))))
+    }
+
     fn mark_without_user<'a>(
         &'a mut self,
         state: &'a str,

@@ -366,6 +366,23 @@ impl UserSession for SqliteUserSession {
         Box::pin(holder_of(&self.pool, username, &self.host))
     }
 
+    fn mapped_elsewhere<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
+        Box::pin(async move {
+            let other: Option<String> = sqlx::query_scalar(
+                "SELECT host_user_id FROM user_sync_users
+                 WHERE embedded_user_id = ?2 AND host_user_id <> ?1 LIMIT 1",
+            )
+            .bind(self.host.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(other.and_then(|h| HostUserId::parse(&h).ok()))
+        })
+    }
+
     fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>> {
         Box::pin(async move {
             sqlx::query(
