@@ -464,23 +464,37 @@ async fn adopt_existing_links_users_created_before_the_worker(backend: Backend) 
 }
 
 /// An Embedded user already mapped to a host user under another username
-/// (renamed outside the worker since) is never adopted for a second host
-/// user: a conflict naming the first.
+/// (renamed outside the worker since) is never linked to a second host
+/// user, adopted or found by an earlier run's claim: a conflict naming the
+/// first.
 async fn adopt_existing_never_links_a_user_mapped_to_another_host_user(backend: Backend) {
     let env = Env::start_on(backend, SandboxOptions::default()).await;
     host_accounts(&env, 2100).await;
-    let held = env
-        .sandbox
-        .users()
-        .into_iter()
-        .find(|u| u.username == "user2001@example.com")
-        .expect("seeded");
+    let seeded = |username: &str| {
+        env.sandbox
+            .users()
+            .into_iter()
+            .find(|u| u.username == username)
+            .expect("seeded")
+            .user_id
+    };
+    // 2001 finds its username held by a user mapped to 99999; 2002 had
+    // claimed its username in an earlier run, and the user holding it now
+    // is mapped to 99998.
     env.execute(
         &format!(
             "INSERT INTO user_sync.users (host_user_id, embedded_user_id, username, state)
-             VALUES ('99999', '{}', 'before-the-rename@example.com', 'synced')",
-            held.user_id
+             VALUES ('99999', '{}', 'before-the-rename@example.com', 'synced'),
+                    ('99998', '{}', 'before-the-other-rename@example.com', 'synced')",
+            seeded("user2001@example.com"),
+            seeded("user2002@example.com")
         ),
+        0,
+    )
+    .await;
+    env.execute(
+        "INSERT INTO user_sync.users (host_user_id, username, state)
+         VALUES ('2002', 'user2002@example.com', 'creating')",
         0,
     )
     .await;
@@ -489,15 +503,17 @@ async fn adopt_existing_never_links_a_user_mapped_to_another_host_user(backend: 
         ..options(Mode::Batch)
     };
     let (done, _) = backfill_with(&env, &[], adopt).await;
-    assert_eq!(done.adopted, 17, "the open accounts among 2002..=2020");
-    assert_eq!(env.embedded_id("2001").await, None);
+    assert_eq!(done.adopted, 16, "the open accounts among 2003..=2020");
     let conflicts = env.open_conflicts().await;
-    let conflict = conflicts
-        .iter()
-        .find(|c| c.0 == "2001")
-        .expect("a conflict for 2001");
-    assert_eq!(conflict.2, "taken_by_host_user");
-    assert_eq!(conflict.3.as_deref(), Some("99999"));
+    for (host, holder) in [("2001", "99999"), ("2002", "99998")] {
+        assert_eq!(env.embedded_id(host).await, None, "{host} is not mapped");
+        let conflict = conflicts
+            .iter()
+            .find(|c| c.0 == host)
+            .expect("a conflict for each");
+        assert_eq!(conflict.2, "taken_by_host_user");
+        assert_eq!(conflict.3.as_deref(), Some(holder));
+    }
     env.finish().await;
 }
 

@@ -19,6 +19,9 @@ pub struct Known {
     /// The Embedded user holding the username a `creating` row claimed: the
     /// create of an earlier run (or of a job) happened.
     pub claimed_found: Option<EmbeddedUser>,
+    /// The host user already mapped to that Embedded user, if another (it
+    /// was renamed to the claimed username since).
+    pub claimed_found_mapped_to: Option<HostUserId>,
     /// Another host user holding or claiming the username.
     pub holder: Option<HostUserId>,
     /// The Embedded user holding the username, in the snapshot.
@@ -69,6 +72,15 @@ pub fn decide(host: &HostUserId, want: &Profile, known: &Known, adopt_existing: 
         Some("erased") => return Decision::Closed,
         Some("creating") => {
             if let Some(user) = &known.claimed_found {
+                if let Some(other) = &known.claimed_found_mapped_to {
+                    // Never a second mapping of one Embedded user.
+                    return Decision::Conflict(ConflictFound {
+                        username: want.username.clone(),
+                        reason: ConflictReason::TakenByHostUser,
+                        holder_host_user_id: Some(other.clone()),
+                        holder_embedded_user_id: Some(user.user_id.clone()),
+                    });
+                }
                 return Decision::Adopt {
                     user: user.clone(),
                     resumed: true,
@@ -178,6 +190,21 @@ mod tests {
             }
         );
         assert_eq!(decide(&h, &w, &state("creating"), false), Decision::Create);
+        // Found, but mapped to another host user (renamed to this username
+        // since): a conflict with them, never a second mapping.
+        let mapped = Known {
+            claimed_found_mapped_to: Some(host("h0")),
+            ..found
+        };
+        assert_eq!(
+            decide(&h, &w, &mapped, true),
+            Decision::Conflict(ConflictFound {
+                username: w.username.clone(),
+                reason: ConflictReason::TakenByHostUser,
+                holder_host_user_id: Some(host("h0")),
+                holder_embedded_user_id: Some(EmbeddedUserId::parse("e1").unwrap()),
+            })
+        );
     }
 
     #[test]

@@ -233,6 +233,7 @@ pub(super) struct LookupRow {
     c_user_id: Option<String>,
     c_username: Option<String>,
     c_full_name: Option<String>,
+    c_mapped_to: Option<String>,
     planned_by: Option<String>,
     closing: bool,
 }
@@ -249,6 +250,7 @@ pub async fn lookup(
                 s.user_id AS s_user_id, s.username AS s_username, s.full_name AS s_full_name,
                 CASE WHEN s.mapped_to <> n.host THEN s.mapped_to END AS s_mapped_to,
                 c.user_id AS c_user_id, c.username AS c_username, c.full_name AS c_full_name,
+                CASE WHEN c.mapped_to <> n.host THEN c.mapped_to END AS c_mapped_to,
                 p.host_user_id AS planned_by,
                 EXISTS (SELECT 1 FROM user_sync.events e
                         WHERE e.host_user_id = n.host AND e.state = 'pending'
@@ -269,7 +271,8 @@ pub async fn lookup(
              FROM pg_temp.backfill_embedded s
              WHERE g.open AND s.username = n.username) s ON true
          LEFT JOIN LATERAL (
-             SELECT c.user_id, c.username, c.full_name FROM pg_temp.backfill_embedded c
+             SELECT c.user_id, c.username, c.full_name, c.mapped_to
+             FROM pg_temp.backfill_embedded c
              WHERE u.state = 'creating' AND c.username = u.username) c ON true
          LEFT JOIN LATERAL (
              SELECT p.host_user_id FROM pg_temp.backfill_planned p
@@ -289,6 +292,7 @@ impl LookupRow {
         Known {
             state: self.state,
             claimed_found: embedded(self.c_user_id, self.c_username, self.c_full_name),
+            claimed_found_mapped_to: host(self.c_mapped_to),
             holder: host(self.holder),
             in_embedded: embedded(self.s_user_id, self.s_username, self.s_full_name),
             in_embedded_mapped_to: host(self.s_mapped_to),
@@ -433,6 +437,9 @@ pub(super) mod on_sqlite {
                       LIMIT 1) AS s_mapped_to,
                     c.user_id AS c_user_id, c.username AS c_username,
                     c.full_name AS c_full_name,
+                    (SELECT m.host_user_id FROM user_sync_users m
+                      WHERE m.embedded_user_id = c.user_id AND m.host_user_id <> n.host
+                      LIMIT 1) AS c_mapped_to,
                     p.host_user_id AS planned_by,
                     EXISTS (SELECT 1 FROM user_sync_events e
                             WHERE e.host_user_id = n.host AND e.state = 'pending'
