@@ -23,10 +23,10 @@ use crate::ops::http::{self, OpsState};
 use crate::queue::{self, JobQueue, RedisQueue, SqliteQueue};
 use crate::ratelimit::ApiGate;
 use crate::ratelimit::shared::SharedLimit;
-use crate::source::dispatcher::Dispatcher;
-use crate::source::sweeper;
-use crate::store::Database;
-use crate::store::sqlite::ProcessLock;
+use crate::outbox::dispatcher::Dispatcher;
+use crate::outbox::sweeper;
+use crate::storage::Database;
+use crate::storage::sqlite::ProcessLock;
 use crate::sync::job::SyncContext;
 
 /// A started worker process.
@@ -138,7 +138,12 @@ impl Worker {
             settings.worker.auth_retry_interval,
             shutdown.clone(),
         ));
-        let ctx = SyncContext::new(store, api, gate, settings.worker.clone());
+        let handler = queue::Handler::new(SyncContext::new(
+            store,
+            api,
+            gate,
+            settings.worker.clone(),
+        ));
         let concurrency = jobs_in_flight(settings);
         let grace = settings.worker.shutdown_timeout;
         let worker_name = name.clone();
@@ -146,12 +151,12 @@ impl Worker {
             match queue {
                 Queue::Redis(redis) => {
                     redis
-                        .run_workers(worker_name, ctx, concurrency, shutdown, grace)
+                        .run_workers(worker_name, handler, concurrency, shutdown, grace)
                         .await;
                 }
                 Queue::Sqlite(sqlite) => {
                     sqlite
-                        .run_workers(worker_name, ctx, concurrency, shutdown, grace)
+                        .run_workers(worker_name, handler, concurrency, shutdown, grace)
                         .await;
                 }
             }

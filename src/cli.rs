@@ -11,10 +11,10 @@ use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::demo::{self, DemoArgs};
 use crate::embedded::sandbox::{self, SandboxArgs};
 use crate::ops::status::{self, ConflictFormat};
-use crate::source::backfill::{self, BackfillOptions, Mode, OutputFormat};
-use crate::source::host::HostSource;
-use crate::source::triggers;
-use crate::store::Database;
+use crate::host::backfill::{self, BackfillOptions, Mode, OutputFormat};
+use crate::host::table::HostTable;
+use crate::host::triggers;
+use crate::storage::Database;
 use crate::telemetry;
 
 /// Keeps a host product's users in step with its Embedded iPaaS account.
@@ -219,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", status.table());
+                print!("{}", status::status_table(&status));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -261,7 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match Database::connect(&settings.database, 1).await? {
                 Database::Postgres(pool) => {
                     let mut conn = pool.acquire().await?;
-                    let source = HostSource::check(&mut conn, target).await?;
+                    let source = HostTable::check(&mut conn, target).await?;
                     let table = source.checked_table()?;
                     if drop {
                         let done = triggers::drop(&mut conn, table).await?;
@@ -281,7 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Database::Sqlite(pool) => {
                     let mut conn = pool.acquire().await?;
-                    let source = HostSource::check_sqlite(&mut conn, target).await?;
+                    let source = HostTable::check_sqlite(&mut conn, target).await?;
                     let table = source.checked_table()?;
                     if drop {
                         let done = triggers::sqlite::drop(&mut conn, table).await?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::{Backend, Env};
 use tokio_util::sync::CancellationToken;
 use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions};
-use user_sync::source::backfill::{self, BackfillOptions, Mode, OutputFormat, Summary};
+use user_sync::host::backfill::{self, BackfillOptions, Mode, OutputFormat, Summary};
 
 /// Host accounts `1..=n` in `public.accounts`:
 /// - every 10th is closed;
@@ -639,13 +639,13 @@ async fn events(env: &Env) -> Vec<(String, String, Option<String>, Option<String
 async fn triggers_twice(env: &Env, drop: bool) {
     let settings = env.settings_with(&source_vars(env));
     let target = settings.source.target().expect("a source");
-    use user_sync::source::host::HostSource;
-    use user_sync::source::triggers;
+    use user_sync::host::table::HostTable;
+    use user_sync::host::triggers;
     for _ in 0..2 {
         match &env.db_pool {
             common::DbPool::Postgres(pool) => {
                 let mut conn = pool.acquire().await.expect("conn");
-                let source = HostSource::check(&mut conn, target)
+                let source = HostTable::check(&mut conn, target)
                     .await
                     .expect("source checks");
                 let table = source.checked_table().expect("a table");
@@ -657,7 +657,7 @@ async fn triggers_twice(env: &Env, drop: bool) {
             }
             common::DbPool::Sqlite(pool) => {
                 let mut conn = pool.acquire().await.expect("conn");
-                let source = HostSource::check_sqlite(&mut conn, target)
+                let source = HostTable::check_sqlite(&mut conn, target)
                     .await
                     .expect("source checks");
                 let table = source.checked_table().expect("a table");

@@ -556,8 +556,8 @@ async fn a_flushed_queue_loses_nothing() {
     let queue = user_sync::queue::RedisQueue::connect(&env.settings().redis)
         .await
         .expect("redis");
-    let dispatcher = user_sync::source::dispatcher::Dispatcher::new(
-        std::sync::Arc::new(user_sync::store::postgres::PgStore::new(env.pg().clone())),
+    let dispatcher = user_sync::outbox::dispatcher::Dispatcher::new(
+        std::sync::Arc::new(user_sync::storage::pg::PgStore::new(env.pg().clone())),
         user_sync::queue::shared(queue),
         env.settings().dispatcher,
     );
@@ -910,7 +910,7 @@ async fn users_of_one_job_sharing_an_email_get_one_embedded_user(backend: Backen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_users_are_locked_until_released_or_dropped() {
     use user_sync::domain::HostUserId;
-    use user_sync::store::Database;
+    use user_sync::storage::Database;
 
     let env = Env::start(SandboxOptions::default()).await;
     let settings = env.settings();
@@ -920,7 +920,7 @@ async fn a_jobs_users_are_locked_until_released_or_dropped() {
         .into_store();
     let host = |h: &str| HostUserId::parse(h).expect("a host user id");
     let (a, b, c) = (host("a"), host("b"), host("c"));
-    let locked = |sessions: &[Option<Box<dyn user_sync::store::UserSession>>]| {
+    let locked = |sessions: &[Option<Box<dyn user_sync::storage::UserSession>>]| {
         sessions.iter().map(Option::is_some).collect::<Vec<bool>>()
     };
 
@@ -1052,9 +1052,10 @@ async fn an_unconfirmed_create_never_adopts_a_user_mapped_to_another_host_user(b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
     use user_sync::domain::{HostUserId, Username};
-    use user_sync::store::events::{self, EventState};
-    use user_sync::store::users::{self, NewClaim, SyncedUser};
-    use user_sync::sync::plan::Profile;
+    use user_sync::domain::EventState;
+    use user_sync::storage::events;
+    use user_sync::storage::users::{self, NewClaim, SyncedUser};
+    use user_sync::domain::Profile;
 
     let db = common::TestDb::create().await;
     let pool = db.migrated_pool().await;
@@ -1166,10 +1167,10 @@ async fn rows_read(conn: &mut sqlx::PgConnection) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
-    use user_sync::store::SyncStore;
-    use user_sync::store::events::EventState;
-    use user_sync::store::users::Claim;
-    use user_sync::sync::plan::Profile;
+    use user_sync::storage::SyncStore;
+    use user_sync::domain::EventState;
+    use user_sync::storage::users::Claim;
+    use user_sync::domain::Profile;
 
     let env = Env::start(SandboxOptions::default()).await;
     env.signup("a", "a@example.com", None).await;
@@ -1198,7 +1199,7 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
         .connect_with((*env.pg().connect_options()).clone())
         .await
         .expect("connect");
-    let store = user_sync::store::postgres::PgStore::new(pool.clone());
+    let store = user_sync::storage::pg::PgStore::new(pool.clone());
     let a_event = env
         .scalar("SELECT id FROM user_sync.events WHERE host_user_id = 'a'")
         .await;
@@ -1263,8 +1264,8 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
-    use user_sync::store::users::{self, NewClaim, SyncedUser};
-    use user_sync::sync::plan::Profile;
+    use user_sync::storage::users::{self, NewClaim, SyncedUser};
+    use user_sync::domain::Profile;
 
     let db = common::TestDb::create().await;
     let pool = db.migrated_pool().await;

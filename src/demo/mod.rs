@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Worker;
 use crate::config::Settings;
 use crate::embedded::sandbox::{Sandbox, SandboxOptions};
-use crate::source::backfill::{self, BackfillOptions};
-use crate::store::Reports;
-use crate::store::sqlite::{self, SqliteStore};
+use crate::host::backfill::{self, BackfillOptions};
+use crate::storage::Reports;
+use crate::storage::sqlite::{self, SqliteStore};
 
 pub use summary::Report;
 

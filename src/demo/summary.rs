@@ -8,10 +8,10 @@ use std::collections::HashSet;
 use sqlx::SqlitePool;
 
 use crate::embedded::sandbox::Sandbox;
-use crate::ops::status::ConflictRow;
-use crate::source::backfill::Summary;
-use crate::store::Reports;
-use crate::store::sqlite::SqliteStore;
+use crate::domain::ConflictRow;
+use crate::host::backfill::Summary;
+use crate::storage::Reports;
+use crate::storage::sqlite::SqliteStore;
 
 use super::seed::{Burst, Seeded};
 

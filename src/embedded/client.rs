@@ -16,7 +16,7 @@ use url::Url;
 
 use super::error::{ApiError, UnavailableCause};
 use crate::config::EmbeddedSettings;
-use crate::domain::{EmbeddedUserId, FullName, Username, redact_emails};
+use crate::domain::{EmbeddedUserId, FullName, Profile, Username, redact_emails};
 
 /// The most users one `POST /users/batch` accepts.
 pub const MAX_BATCH: usize = 1_000;
@@ -117,6 +117,15 @@ pub fn dialect_for(version: &str) -> Option<Arc<dyn Dialect>> {
 pub struct NewUser {
     pub username: Username,
     pub full_name: Option<FullName>,
+}
+
+impl From<&Profile> for NewUser {
+    fn from(profile: &Profile) -> Self {
+        Self {
+            username: profile.username.clone(),
+            full_name: profile.full_name.clone(),
+        }
+    }
 }
 
 /// A change to an existing user; `None` leaves a field as it is.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::queue::JobQueue;
 use crate::ratelimit::ApiGate;
-use crate::store::Reports;
+use crate::storage::Reports;
 
 /// What the endpoints look at.
 #[derive(Clone)]

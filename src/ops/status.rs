@@ -1,98 +1,23 @@
 //! `user-sync status` and `user-sync conflicts`: what an operator asks of the
 //! worker's tables.
 
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use sqlx::PgPool;
+use crate::domain::{ConflictRow, Status};
 
-/// A snapshot of the pipeline.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Status {
-    /// Events not applied yet (waiting, in the queue, or snoozed).
-    pub pending_events: i64,
-    /// Events that ended in a permanent failure (see their reason).
-    pub failed_events: i64,
-    /// Events refused before any call (bad kind, id, email or name).
-    pub invalid_events: i64,
-    /// Events that ended in a conflict.
-    pub conflict_events: i64,
-    /// Host users with an Embedded user.
-    pub synced_users: i64,
-    pub open_conflicts: i64,
-    pub completed_erasures: i64,
-    /// Age of the oldest pending event, in seconds (0 when none is pending).
-    pub outbox_lag_seconds: f64,
-}
-
-impl Status {
-    pub async fn load(pool: &PgPool) -> sqlx::Result<Self> {
-        let row: (i64, i64, i64, i64, f64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE state = 'pending'),
-                    count(*) FILTER (WHERE state = 'failed'),
-                    count(*) FILTER (WHERE state = 'invalid'),
-                    count(*) FILTER (WHERE state = 'conflict'),
-                    COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE state = 'pending')), 0)::float8
-             FROM user_sync.events",
-        )
-        .fetch_one(pool)
-        .await?;
-        let (synced_users, open_conflicts, completed_erasures): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM user_sync.users WHERE state = 'synced'),
-                    (SELECT count(*) FROM user_sync.conflicts WHERE status = 'open'),
-                    (SELECT count(*) FROM user_sync.erasures)",
-        )
-        .fetch_one(pool)
-        .await?;
-        Ok(Self {
-            pending_events: row.0,
-            failed_events: row.1,
-            invalid_events: row.2,
-            conflict_events: row.3,
-            synced_users,
-            open_conflicts,
-            completed_erasures,
-            outbox_lag_seconds: row.4.max(0.0),
-        })
-    }
-
-    pub fn table(&self) -> String {
-        let rows = [
-            ("pending events", self.pending_events.to_string()),
-            ("failed events", self.failed_events.to_string()),
-            ("invalid events", self.invalid_events.to_string()),
-            ("conflict events", self.conflict_events.to_string()),
-            ("synced users", self.synced_users.to_string()),
-            ("open conflicts", self.open_conflicts.to_string()),
-            ("completed erasures", self.completed_erasures.to_string()),
-            ("outbox lag", format!("{:.1}s", self.outbox_lag_seconds)),
-        ];
-        rows.iter()
-            .map(|(k, v)| format!("{k:<20} {v:>12}\n"))
-            .collect()
-    }
-}
-
-/// One open conflict, with what an operator needs to resolve it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
-pub struct ConflictRow {
-    pub id: i64,
-    pub host_user_id: String,
-    pub username: String,
-    pub reason: String,
-    pub holder_host_user_id: Option<String>,
-    pub holder_embedded_user_id: Option<String>,
-    pub event_id: Option<i64>,
-    pub detected_at: DateTime<Utc>,
-}
-
-pub async fn open_conflicts(pool: &PgPool) -> sqlx::Result<Vec<ConflictRow>> {
-    sqlx::query_as(
-        "SELECT id, host_user_id, username, reason, holder_host_user_id,
-                holder_embedded_user_id, event_id, detected_at
-         FROM user_sync.conflicts WHERE status = 'open' ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await
+/// `user-sync status` as a table of two columns.
+pub fn status_table(status: &Status) -> String {
+    let rows = [
+        ("pending events", status.pending_events.to_string()),
+        ("failed events", status.failed_events.to_string()),
+        ("invalid events", status.invalid_events.to_string()),
+        ("conflict events", status.conflict_events.to_string()),
+        ("synced users", status.synced_users.to_string()),
+        ("open conflicts", status.open_conflicts.to_string()),
+        ("completed erasures", status.completed_erasures.to_string()),
+        ("outbox lag", format!("{:.1}s", status.outbox_lag_seconds)),
+    ];
+    rows.iter()
+        .map(|(k, v)| format!("{k:<20} {v:>12}\n"))
+        .collect()
 }
 
 /// The output formats of `user-sync conflicts`.

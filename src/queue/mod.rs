@@ -6,9 +6,11 @@
 //! [`SyncJob`] (ids only), so a lost job loses nothing the sweeper cannot
 //! dispatch again.
 
+mod job;
 pub mod redis;
 pub mod sqlite;
 
+pub use self::job::{JobEvent, SyncJob};
 pub use self::redis::RedisQueue;
 pub use self::sqlite::SqliteQueue;
 
@@ -20,7 +22,6 @@ use apalis::prelude::{BoxDynError, Data, WorkerError};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::sync::job::{self, SyncContext, SyncJob};
 
 /// How often a worker proves it is alive; a worker silent for
 /// `HEARTBEAT * MISSED_HEARTBEATS` has its jobs handed to the others.
@@ -38,6 +39,30 @@ pub trait JobQueue: Send + Sync {
     fn depth(&self) -> BoxFuture<'_, anyhow::Result<u64>>;
     /// Drops what finished jobs left behind; returns how many jobs.
     fn vacuum(&self) -> BoxFuture<'_, anyhow::Result<usize>>;
+}
+
+/// What the queue's workers run for each job they take. The queue knows
+/// jobs only as ids; what a job does is the handler's.
+pub trait JobHandler: Send + Sync + 'static {
+    /// Runs one job. An `Err` means the job could not reach what it needs
+    /// (the database): the queue runs it again later, and its unfinished
+    /// events stay pending meanwhile.
+    fn run(&self, job: SyncJob) -> BoxFuture<'static, anyhow::Result<()>>;
+}
+
+/// The handler as the queue's workers share it. A type of its own, not an
+/// alias: apalis needs the data it hands to jobs to name no lifetime.
+#[derive(Clone)]
+pub struct Handler(Arc<dyn JobHandler>);
+
+impl Handler {
+    pub fn new(handler: impl JobHandler) -> Self {
+        Self(Arc::new(handler))
+    }
+
+    fn run(&self, job: SyncJob) -> BoxFuture<'static, anyhow::Result<()>> {
+        self.0.run(job)
+    }
 }
 
 /// A worker name unique to this process, readable in `CLIENT LIST` and logs.
@@ -121,17 +146,17 @@ async fn run_with_grace(
     }
 }
 
-/// One job. The job records every outcome in the database itself; an `Err`
-/// here means the database failed, and apalis schedules the job again (the
-/// sweeper is the backstop). The error text is generic: a database message
-/// could quote a value, and job results are stored in the queue.
-async fn handle(job: SyncJob, ctx: Data<SyncContext>) -> Result<(), BoxDynError> {
-    // apalis polls every job of a worker on one task; a task of its own
-    // lets jobs use every runtime thread.
-    let ctx: SyncContext = (*ctx).clone();
+/// One job, handed to the handler. The handler records every outcome in
+/// the database itself; an `Err` here means the database failed, and
+/// apalis schedules the job again (the sweeper is the backstop). The error
+/// text is generic: a database message could quote a value, and job results
+/// are stored in the queue.
+async fn handle(job: SyncJob, handler: Data<Handler>) -> Result<(), BoxDynError> {
     let first_event_id = job.events.first().map(|e| e.event_id);
     let events = job.events.len();
-    let ran = tokio::spawn(async move { job::run(&ctx, &job).await }).await;
+    // apalis polls every job of a worker on one task; a task of its own
+    // lets jobs use every runtime thread.
+    let ran = tokio::spawn(handler.run(job)).await;
     match ran.unwrap_or_else(|join| Err(anyhow::anyhow!("the job panicked: {join}"))) {
         Ok(()) => Ok(()),
         Err(error) => {

@@ -16,9 +16,10 @@ use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use super::{HEARTBEAT, JobQueue, MISSED_HEARTBEATS, pause, restart_after, run_sync_worker};
+use super::{
+    HEARTBEAT, Handler, JobQueue, MISSED_HEARTBEATS, SyncJob, pause, restart_after, run_sync_worker,
+};
 use crate::config::RedisSettings;
-use crate::sync::job::{SyncContext, SyncJob};
 
 /// The Redis queue of one namespace.
 #[derive(Clone)]
@@ -85,7 +86,7 @@ impl RedisQueue {
     pub async fn run_workers(
         &self,
         name: String,
-        ctx: SyncContext,
+        handler: Handler,
         concurrency: usize,
         shutdown: CancellationToken,
         grace: Duration,
@@ -120,7 +121,7 @@ impl RedisQueue {
             let ended = run_sync_worker!(
                 backend,
                 name.as_str(),
-                ctx.clone(),
+                handler.clone(),
                 concurrency.max(1),
                 shutdown,
                 grace

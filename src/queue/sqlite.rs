@@ -17,9 +17,8 @@ use secrecy::ExposeSecret;
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
-use super::{HEARTBEAT, JobQueue, MISSED_HEARTBEATS, restart_after, run_sync_worker};
+use super::{HEARTBEAT, Handler, JobQueue, MISSED_HEARTBEATS, SyncJob, restart_after, run_sync_worker};
 use crate::config::DatabaseSettings;
-use crate::sync::job::{SyncContext, SyncJob};
 
 /// The queue's name in the `Jobs` table.
 const QUEUE: &str = "user_sync.sync";
@@ -55,7 +54,7 @@ impl SqliteQueue {
     pub async fn run_workers(
         &self,
         name: String,
-        ctx: SyncContext,
+        handler: Handler,
         concurrency: usize,
         shutdown: CancellationToken,
         grace: Duration,
@@ -69,7 +68,7 @@ impl SqliteQueue {
             let ended = run_sync_worker!(
                 backend,
                 name.as_str(),
-                ctx.clone(),
+                handler.clone(),
                 concurrency.max(1),
                 shutdown,
                 grace

@@ -11,85 +11,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
 use crate::config::WorkerSettings;
-use crate::domain::{EmbeddedUserId, HostUserId, Username};
+use crate::domain::{
+    ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile,
+    Synced, UserState, Username,
+};
 use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser, UserRef, UserUpdate};
 use crate::ratelimit::{ApiGate, GateRefusal, full_jitter};
-use crate::store::events::{EventState, OutboxEvent};
-use crate::store::users::{self, Claim, ConflictReason, ErasureOutcome, NewConflict};
-use crate::store::{SyncStore, UserSession};
-use crate::sync::plan::{Desired, Profile, SyncPlan, Synced, plan};
-
-/// What travels through the queue: ids only, never an email or a name.
-///
-/// One job carries the events of up to `dispatcher.users_per_job` host
-/// users, all of one user's events in the same job; the job works on its
-/// users at once, and on PostgreSQL their statements share round trips.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "WireJob")]
-pub struct SyncJob {
-    pub events: Vec<JobEvent>,
-}
-
-/// One event of a [`SyncJob`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobEvent {
-    pub event_id: i64,
-    /// `None` when the outbox row had no host user id; the job then only
-    /// records the event as invalid.
-    pub host_user_id: Option<String>,
-}
-
-/// A job as found in the queue: jobs pushed before jobs carried several
-/// events held one event each, and are still understood.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WireJob {
-    Batch { events: Vec<JobEvent> },
-    One(JobEvent),
-}
-
-impl From<WireJob> for SyncJob {
-    fn from(wire: WireJob) -> Self {
-        match wire {
-            WireJob::Batch { events } => Self { events },
-            WireJob::One(event) => Self {
-                events: vec![event],
-            },
-        }
-    }
-}
-
-impl SyncJob {
-    /// Packs `events` into jobs of at most `users_per_job` host users each,
-    /// every event of one user in the same job, in the order given.
-    pub fn pack(events: Vec<JobEvent>, users_per_job: usize) -> Vec<Self> {
-        let users_per_job = users_per_job.max(1);
-        let mut jobs: Vec<Self> = Vec::new();
-        let mut job_of: HashMap<String, usize> = HashMap::new();
-        let mut users_in_last = 0;
-        for event in events {
-            if let Some(job) = event.host_user_id.as_ref().and_then(|h| job_of.get(h)) {
-                jobs[*job].events.push(event);
-                continue;
-            }
-            if jobs.is_empty() || users_in_last == users_per_job {
-                jobs.push(Self { events: Vec::new() });
-                users_in_last = 0;
-            }
-            let last = jobs.len() - 1;
-            if let Some(host) = &event.host_user_id {
-                job_of.insert(host.clone(), last);
-            }
-            users_in_last += 1;
-            jobs[last].events.push(event);
-        }
-        jobs
-    }
-}
+use crate::storage::events::OutboxEvent;
+use crate::queue::{JobHandler, SyncJob};
+use crate::storage::users::{Claim, NewConflict};
+use crate::storage::{SyncStore, UserSession};
+use crate::sync::plan::{SyncPlan, plan};
 
 /// Everything a job needs, shared by all jobs of a process.
 #[derive(Clone)]
@@ -118,6 +54,13 @@ impl SyncContext {
             worker,
             calls,
         }
+    }
+}
+
+impl JobHandler for SyncContext {
+    fn run(&self, job: SyncJob) -> BoxFuture<'static, anyhow::Result<()>> {
+        let ctx = self.clone();
+        Box::pin(async move { run(&ctx, &job).await })
     }
 }
 
@@ -275,7 +218,7 @@ async fn read_back(
         }
         // Deleted outside: created again, as when an update finds it gone.
         Err(Stop::Api(ApiError::NotFound)) => {
-            session.mark_without_user("failed", event_id).await?;
+            session.mark_without_user(UserState::Failed, event_id).await?;
             Ok(Ok(Synced::Nothing))
         }
         Err(stop) => Ok(Err(stop)),
@@ -309,7 +252,7 @@ async fn apply_event(
                         // renamed to this username since) is theirs: never
                         // a second mapping of one Embedded user.
                         if let Some(other) = session.mapped_elsewhere(&found.user_id).await? {
-                            session.mark_without_user("conflict", event.id).await?;
+                            session.mark_without_user(UserState::Conflict, event.id).await?;
                             let conflict = NewConflict {
                                 host,
                                 username: &username,
@@ -337,7 +280,7 @@ async fn apply_event(
                         // so that a conflict met from here on leaves no
                         // claim waiting for a confirmation.
                         session
-                            .mark_without_user(users::NOT_CREATED, event.id)
+                            .mark_without_user(UserState::NotCreated, event.id)
                             .await?;
                         seen_free = Some(username);
                         synced = Synced::Nothing;
@@ -399,7 +342,7 @@ async fn apply_event(
                     Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
                         // A definite refusal: nothing was created. Release
                         // the claim before looking for who holds the name.
-                        session.mark_without_user("failed", event.id).await?;
+                        session.mark_without_user(UserState::Failed, event.id).await?;
                         refused_create(ctx, session, host, &profile.username, event, &refused)
                             .await?
                     }
@@ -413,7 +356,7 @@ async fn apply_event(
                         // was done: release the claim, so that no lookup is
                         // needed next time.
                         session
-                            .mark_without_user(users::NOT_CREATED, event.id)
+                            .mark_without_user(UserState::NotCreated, event.id)
                             .await?;
                         return stopped(ctx, session, event, stop).await;
                     }
@@ -522,7 +465,7 @@ async fn update_user(
             Ok(Some(Step::Done))
         }
         Err(Stop::Api(ApiError::NotFound)) => {
-            session.mark_without_user("failed", event.id).await?;
+            session.mark_without_user(UserState::Failed, event.id).await?;
             Ok(None)
         }
         Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
@@ -577,7 +520,7 @@ async fn taken_in_embedded(
     if let Some(holder) = session.holder_of(username).await? {
         return taken_by_host_user(session, host, username, &holder, event).await;
     }
-    session.mark_without_user("conflict", event.id).await?;
+    session.mark_without_user(UserState::Conflict, event.id).await?;
     let conflict = NewConflict {
         host,
         username,
@@ -763,72 +706,5 @@ fn count_superseded(count: u64) {
     if count > 0 {
         metrics::counter!("user_sync_events_total", "kind" => "any", "outcome" => "superseded")
             .increment(count);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(id: i64, host: Option<&str>) -> JobEvent {
-        JobEvent {
-            event_id: id,
-            host_user_id: host.map(str::to_owned),
-        }
-    }
-
-    fn hosts(job: &SyncJob) -> Vec<(i64, Option<&str>)> {
-        job.events
-            .iter()
-            .map(|e| (e.event_id, e.host_user_id.as_deref()))
-            .collect()
-    }
-
-    #[test]
-    fn packs_users_per_job_with_every_event_of_a_user_in_its_job() {
-        let events = vec![
-            event(1, Some("a")),
-            event(2, Some("b")),
-            event(3, Some("a")),
-            event(4, None),
-            event(5, Some("c")),
-            event(6, Some("b")),
-            event(7, Some("d")),
-        ];
-        let jobs = SyncJob::pack(events, 2);
-        let packed: Vec<_> = jobs.iter().map(hosts).collect();
-        assert_eq!(
-            packed,
-            [
-                vec![
-                    (1, Some("a")),
-                    (2, Some("b")),
-                    (3, Some("a")),
-                    (6, Some("b"))
-                ],
-                vec![(4, None), (5, Some("c"))],
-                vec![(7, Some("d"))],
-            ]
-        );
-        assert!(SyncJob::pack(Vec::new(), 32).is_empty());
-    }
-
-    #[test]
-    fn reads_jobs_of_both_shapes_and_writes_ids_only() {
-        let job = SyncJob {
-            events: vec![event(7, Some("host-1")), event(8, None)],
-        };
-        let json = serde_json::to_string(&job).expect("serialise");
-        assert_eq!(
-            json,
-            r#"{"events":[{"event_id":7,"host_user_id":"host-1"},{"event_id":8,"host_user_id":null}]}"#
-        );
-        assert_eq!(
-            serde_json::from_str::<SyncJob>(&json).expect("a job of several events"),
-            job
-        );
-        let old: SyncJob = serde_json::from_str(r#"{"event_id":3,"host_user_id":"h"}"#)
-            .expect("a job of one event, as pushed before");
-        assert_eq!(old.events, [event(3, Some("h"))]);
     }
 }

@@ -5,48 +5,8 @@
 //! records the result; everything it must decide is decided here and tested
 //! exhaustively below.
 
-use crate::domain::{EmbeddedUserId, FullName, Username};
+use crate::domain::{Desired, EmbeddedUserId, Synced, Username};
 use crate::embedded::{NewUser, UserUpdate};
-
-/// What an Embedded user should look like.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Profile {
-    pub username: Username,
-    pub full_name: Option<FullName>,
-}
-
-impl Profile {
-    pub fn new_user(&self) -> NewUser {
-        NewUser {
-            username: self.username.clone(),
-            full_name: self.full_name.clone(),
-        }
-    }
-}
-
-/// The state the newest event asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Desired {
-    /// Signup or profile change: the user exists with this profile.
-    Present(Profile),
-    /// Account closure: the user is deleted.
-    Absent,
-}
-
-/// What the worker last knew of the Embedded user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Synced {
-    /// No Embedded user: never created, erased, or never obtained (conflict).
-    Nothing,
-    /// A create of this username was sent and its answer never arrived: the
-    /// user may or may not exist.
-    Unconfirmed { username: Username },
-    /// The Embedded user exists, as last synced.
-    Present {
-        id: EmbeddedUserId,
-        profile: Profile,
-    },
-}
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +37,7 @@ pub fn plan(desired: &Desired, synced: &Synced) -> SyncPlan {
         (Desired::Absent, Synced::Present { id, .. }) => SyncPlan::Erase {
             id: Some(id.clone()),
         },
-        (Desired::Present(profile), Synced::Nothing) => SyncPlan::Create(profile.new_user()),
+        (Desired::Present(profile), Synced::Nothing) => SyncPlan::Create(NewUser::from(profile)),
         (Desired::Present(want), Synced::Present { id, profile: have }) => {
             let update = UserUpdate {
                 username: (want.username != have.username).then(|| want.username.clone()),
@@ -103,6 +63,7 @@ pub fn plan(desired: &Desired, synced: &Synced) -> SyncPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{FullName, Profile};
 
     fn profile(email: &str, name: Option<&str>) -> Profile {
         Profile {
@@ -127,7 +88,7 @@ mod tests {
         let want = profile("a@x.io", Some("A"));
         assert_eq!(
             plan(&Desired::Present(want.clone()), &Synced::Nothing),
-            SyncPlan::Create(want.new_user())
+            SyncPlan::Create(NewUser::from(&want))
         );
     }
 

@@ -3,7 +3,7 @@
 //!
 //! # How a run goes
 //!
-//! 1. `[source]` is checked against the database ([`HostSource`]).
+//! 1. `[source]` is checked against the database ([`HostTable`]).
 //! 2. One `GET /users`, read as a stream into a temporary table: the
 //!    snapshot of who holds which username in Embedded.
 //! 3. The host's open accounts, in keyset pages. For each page, in a few
@@ -47,16 +47,15 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseKind, Settings, SourceTarget, WorkerSettings};
-use crate::domain::{FullName, HostUserId, Username};
+use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser};
 use crate::ratelimit::{ApiGate, GateRefusal, full_jitter};
-use crate::source::host::{HostRow, HostSource};
-use crate::store::postgres::PgStore;
-use crate::store::sqlite::ProcessLock;
-use crate::store::users::{ConflictReason, Found, NewConflict};
-use crate::store::{self, Database, SyncStore};
+use crate::host::table::{HostRow, HostTable};
+use crate::storage::pg::PgStore;
+use crate::storage::sqlite::ProcessLock;
+use crate::storage::users::{Found, NewConflict};
+use crate::storage::{self, Database, SyncStore};
 use crate::sync::job::{self, SyncContext};
-use crate::sync::plan::Profile;
 
 use db::{BackfillDb, PgBackfillDb};
 use decide::{ConflictFound, Decision, decide};
@@ -206,7 +205,7 @@ pub async fn run(
 /// What a run works with, opened on the configured database.
 struct Opened {
     db: Box<dyn BackfillDb>,
-    source: HostSource,
+    source: HostTable,
     /// For `--mode single`: the pipeline's storage (sharing the per-user
     /// locks with `db`).
     store: Arc<dyn SyncStore>,
@@ -216,7 +215,7 @@ struct Opened {
 }
 
 async fn open_postgres(settings: &Settings, target: &SourceTarget) -> anyhow::Result<Opened> {
-    let pool = store::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
+    let pool = storage::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
     // The backfill's own session: its temporary tables and the locks of
     // the users it acts on live and die with it, so it never goes back to
     // the pool.
@@ -229,7 +228,7 @@ async fn open_postgres(settings: &Settings, target: &SourceTarget) -> anyhow::Re
         migrated.is_some(),
         "schema user_sync is missing: run `user-sync migrate` first"
     );
-    let source = HostSource::check(&mut conn, target).await?;
+    let source = HostTable::check(&mut conn, target).await?;
     Ok(Opened {
         db: Box::new(PgBackfillDb { conn }),
         source,
@@ -253,7 +252,7 @@ struct Pending {
 struct Run {
     /// The backfill's session: working tables and held user locks.
     db: Box<dyn BackfillDb>,
-    source: HostSource,
+    source: HostTable,
     api: Api,
     /// For `--mode single`: the pipeline's job, run in this process.
     jobs: SyncContext,
@@ -526,7 +525,7 @@ impl Run {
 
     /// Records and reports a conflict, once, as the pipeline does.
     async fn conflict(&mut self, host: &HostUserId, c: &ConflictFound) -> anyhow::Result<()> {
-        self.db.set_without_user(host, "conflict").await?;
+        self.db.set_without_user(host, UserState::Conflict).await?;
         let conflict = NewConflict {
             host,
             username: &c.username,

@@ -34,39 +34,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::domain::{FullName, HostUserId, Username};
-use crate::store::users;
-use crate::sync::plan::{Desired, Profile, Synced};
-
-/// The three kinds of the outbox contract.
-pub const KINDS: [&str; 3] = ["signup", "profile_change", "account_closure"];
-
-/// How an event ended. Each has one row state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventState {
-    /// Carried out (or nothing needed doing).
-    Applied,
-    /// A newer event of the same user was applied instead.
-    Superseded,
-    /// Ended in a reported conflict.
-    Conflict,
-    /// Refused by the API as invalid, or out of attempts.
-    Failed,
-    /// Refused before any call: bad kind, id, email or name.
-    Invalid,
-}
-
-impl EventState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Applied => "applied",
-            Self::Superseded => "superseded",
-            Self::Conflict => "conflict",
-            Self::Failed => "failed",
-            Self::Invalid => "invalid",
-        }
-    }
-}
+use crate::domain::{Desired, EventKind, EventState, FullName, HostUserId, Profile, Synced, Username};
+use crate::storage::users;
 
 /// An event as the host wrote it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -85,9 +54,12 @@ impl OutboxEvent {
     /// What the event asks for, or why it cannot be applied (a reason that
     /// never repeats the offending value).
     pub fn desired(&self) -> Result<Desired, String> {
-        match self.kind.as_deref().map(str::trim) {
-            Some("account_closure") => Ok(Desired::Absent),
-            Some("signup" | "profile_change") => {
+        let Some(kind) = self.kind.as_deref() else {
+            return Err("kind is missing".into());
+        };
+        match EventKind::parse(kind) {
+            Some(EventKind::AccountClosure) => Ok(Desired::Absent),
+            Some(EventKind::Signup | EventKind::ProfileChange) => {
                 let username = Username::from_email(self.email.as_deref().unwrap_or(""))
                     .map_err(|e| e.to_string())?;
                 let full_name = FullName::parse_optional(self.full_name.as_deref())
@@ -97,11 +69,10 @@ impl OutboxEvent {
                     full_name,
                 }))
             }
-            Some(_) => Err(format!(
+            None => Err(format!(
                 "unknown kind: expected one of {}",
-                KINDS.join(", ")
+                EventKind::list()
             )),
-            None => Err("kind is missing".into()),
         }
     }
 }
@@ -111,17 +82,6 @@ impl OutboxEvent {
 pub struct Claimed {
     pub id: i64,
     pub host_user_id: Option<String>,
-}
-
-/// The claimed events as the queue carries them.
-pub fn job_events(claimed: Vec<Claimed>) -> Vec<crate::sync::job::JobEvent> {
-    claimed
-        .into_iter()
-        .map(|c| crate::sync::job::JobEvent {
-            event_id: c.id,
-            host_user_id: c.host_user_id,
-        })
-        .collect()
 }
 
 /// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay

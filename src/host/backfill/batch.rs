@@ -11,10 +11,9 @@
 
 use std::collections::HashSet;
 
-use crate::domain::{FullName, HostUserId, Username};
+use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
-use crate::store::users::{Claim, ClaimIntent, ConflictReason, Found};
-use crate::sync::plan::Profile;
+use crate::storage::users::{Claim, ClaimIntent, Found};
 
 use super::decide::ConflictFound;
 use super::{Pending, Retry, Run, profile_of};
@@ -44,7 +43,7 @@ impl Run {
         };
         match self.db.claim_many_for_create(&intents).await {
             Ok(()) => return Ok(creates.iter().map(pending).collect()),
-            Err(e) if crate::store::is_unique_violation(&e) => {}
+            Err(e) if crate::storage::is_unique_violation(&e) => {}
             Err(e) => return Err(e.into()),
         }
         // A username was claimed by a job between the lookup and now: claim
@@ -79,7 +78,7 @@ impl Run {
             return Ok(());
         }
         let entries = std::mem::take(&mut self.pending);
-        let new_users: Vec<NewUser> = entries.iter().map(|e| e.profile.new_user()).collect();
+        let new_users: Vec<NewUser> = entries.iter().map(|e| NewUser::from(&e.profile)).collect();
         let api = &self.api;
         let result = api
             .call(Retry::UnlessApplied, || {
@@ -146,7 +145,7 @@ impl Run {
     /// otherwise — except that the holder of an unconfirmed create's name
     /// is that create's user.
     async fn refused(&mut self, entry: &Pending) -> anyhow::Result<()> {
-        self.db.set_without_user(&entry.host, "failed").await?;
+        self.db.set_without_user(&entry.host, UserState::Failed).await?;
         let api = &self.api;
         let username = &entry.profile.username;
         let found = api

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use sqlx::PgConnection;
 
-use crate::domain::{FullName, HostUserId};
-use crate::sync::job::{self, JobEvent, SyncJob};
-use crate::sync::plan::Profile;
+use crate::domain::{FullName, HostUserId, Profile};
+use crate::queue::{JobEvent, SyncJob};
+use crate::sync::job;
 
 use super::Run;
 

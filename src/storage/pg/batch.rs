@@ -35,13 +35,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{EmbeddedUserId, HostUserId, Username};
-use crate::store::events::{self, EventState, HolderProbe, NextEvent};
-use crate::store::users::{
-    self, Claim, ConflictReason, ErasureOutcome, NewClaim, NewConflict, SyncedUser,
+use crate::domain::{
+    ConflictReason, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile, UserState,
+    Username,
 };
-use crate::store::{Sessions, UserSession};
-use crate::sync::plan::Profile;
+use crate::storage::events::{self, HolderProbe, NextEvent};
+use crate::storage::users::{self, Claim, NewClaim, NewConflict, SyncedUser};
+use crate::storage::{Sessions, UserSession};
 
 /// Locks as many of `hosts` as are free, all on one connection, and
 /// returns a session for each of them (`None` for a busy one), in order.
@@ -449,12 +449,12 @@ impl UserSession for BatchSession {
 
     fn mark_without_user<'a>(
         &'a mut self,
-        state: &'a str,
+        state: UserState,
         event_id: i64,
     ) -> BoxFuture<'a, sqlx::Result<()>> {
-        let (host, state) = (self.host.clone(), state.to_owned());
+        let (host, state) = (self.host.clone(), state);
         Box::pin(self.alone(move |conn| {
-            Box::pin(async move { users::mark_without_user(conn, &host, &state, event_id).await })
+            Box::pin(async move { users::mark_without_user(conn, &host, state, event_id).await })
         }))
     }
 

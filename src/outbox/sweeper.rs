@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SweeperSettings;
 use crate::queue::JobQueue;
-use crate::store::Outbox;
+use crate::storage::Outbox;
 
 /// Every `sweeper.interval`: re-dispatches lost events and clears finished
 /// jobs out of the queue.

@@ -1,4 +1,4 @@
-//! The pipeline's storage on SQLite, the embedded default: the worker's
+//! The pipeline's storage on SQLite, the single-file mode: the worker's
 //! tables live in the host's SQLite file beside its own, prefixed
 //! `user_sync_` (SQLite has no schemas), and the queue is apalis-sqlite in
 //! the same file ([`crate::queue::sqlite`]).
@@ -32,13 +32,9 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 
 use crate::config::DatabaseSettings;
-use crate::domain::HostUserId;
-use crate::ops::status::{ConflictRow, Status};
-use crate::queue::JobQueue;
-use crate::sync::job::SyncJob;
+use crate::domain::{ConflictRow, HostUserId, Status};
 
-use super::events::Claimed;
-use super::{Outbox, Reports, SyncStore, UserSession, WakeUps};
+use super::{Claimed, ClaimedBatch, Outbox, Reports, SyncStore, UserSession, WakeUps};
 
 /// How often the dispatcher looks at the outbox (no NOTIFY on SQLite).
 pub const POLL: Duration = Duration::from_millis(200);
@@ -262,17 +258,12 @@ fn parse_at(text: &str) -> Option<DateTime<Utc>> {
 }
 
 impl Outbox for SqliteStore {
-    fn dispatch_due<'a>(
-        &'a self,
-        limit: u32,
-        users_per_job: usize,
-        queue: &'a dyn JobQueue,
-    ) -> BoxFuture<'a, anyhow::Result<usize>> {
+    fn claim_due(&self, limit: u32) -> BoxFuture<'_, sqlx::Result<Box<dyn ClaimedBatch>>> {
         Box::pin(async move {
-            // Claimed and committed first: a transaction held open across
-            // the push would make the queue's writer wait for it. A failed
-            // push hands the events back; a crash in between leaves them
-            // to the sweeper.
+            // Claimed and committed at once: a transaction held open across
+            // the push would make the queue's writer wait for it. An
+            // abandoned claim hands the events back; a crash before the
+            // push leaves them to the sweeper.
             let now = now_text();
             let claimed: Vec<Claimed> = sqlx::query_as(
                 "UPDATE user_sync_events SET dispatched_at = ?1
@@ -286,24 +277,10 @@ impl Outbox for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-            if claimed.is_empty() {
-                return Ok(0);
-            }
-            let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
-            let count = claimed.len();
-            let jobs = SyncJob::pack(super::events::job_events(claimed), users_per_job);
-            if let Err(error) = queue.push(jobs).await {
-                let ids = serde_json::to_string(&ids)?;
-                sqlx::query(
-                    "UPDATE user_sync_events SET dispatched_at = NULL
-                     WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending'",
-                )
-                .bind(ids)
-                .execute(&self.pool)
-                .await?;
-                return Err(error);
-            }
-            Ok(count)
+            Ok(Box::new(SqliteClaim {
+                pool: self.pool.clone(),
+                events: claimed,
+            }) as Box<dyn ClaimedBatch>)
         })
     }
 
@@ -341,6 +318,37 @@ impl Outbox for SqliteStore {
     }
 }
 
+/// A claim on SQLite, committed when it was made: confirming it is a no-op,
+/// abandoning it clears the marks.
+struct SqliteClaim {
+    pool: SqlitePool,
+    events: Vec<Claimed>,
+}
+
+impl ClaimedBatch for SqliteClaim {
+    fn events(&self) -> &[Claimed] {
+        &self.events
+    }
+
+    fn confirm(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn abandon(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
+        Box::pin(async move {
+            let ids: Vec<i64> = self.events.iter().map(|c| c.id).collect();
+            sqlx::query(
+                "UPDATE user_sync_events SET dispatched_at = NULL
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending'",
+            )
+            .bind(serde_json::Value::from(ids).to_string())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+}
+
 /// SQLite cannot tell another process that a row arrived: a short poll.
 struct Poll;
 
@@ -375,7 +383,7 @@ impl SyncStore for SqliteStore {
         Box::pin(session::finish(
             &self.pool,
             id,
-            super::events::EventState::Invalid,
+            crate::domain::EventState::Invalid,
             Some(reason),
         ))
     }

@@ -5,20 +5,18 @@
 //! and their statements go in batches ([`batch`]).
 
 mod batch;
+pub mod reports;
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::postgres::PgListener;
-use sqlx::{Connection, PgPool};
+use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::domain::HostUserId;
-use crate::ops::status::{self, ConflictRow, Status};
-use crate::queue::JobQueue;
-use crate::sync::job::SyncJob;
+use crate::domain::{ConflictRow, HostUserId, Status};
 
 use super::events;
-use super::{Outbox, Reports, SyncStore, WakeUps};
+use super::{Claimed, ClaimedBatch, Outbox, Reports, SyncStore, WakeUps};
 
 /// The channel the outbox trigger notifies.
 pub const CHANNEL: &str = "user_sync_events";
@@ -40,32 +38,17 @@ impl PgStore {
 }
 
 impl Outbox for PgStore {
-    fn dispatch_due<'a>(
-        &'a self,
-        limit: u32,
-        users_per_job: usize,
-        queue: &'a dyn JobQueue,
-    ) -> BoxFuture<'a, anyhow::Result<usize>> {
+    fn claim_due(&self, limit: u32) -> BoxFuture<'_, sqlx::Result<Box<dyn ClaimedBatch>>> {
         Box::pin(async move {
             // The claimed rows stay locked (and skipped by other
             // dispatchers) until the commit, which comes only once the jobs
-            // are in the queue; on a push failure the transaction rolls
+            // are in the queue; abandoned or dropped, the transaction rolls
             // back and nothing is marked. The marks commit as an outcome
             // does, without waiting for the disk: marks lost in a crash of
             // the database server only dispatch their events once more.
-            let mut conn = self.pool.acquire().await?;
-            let mut tx = conn.begin_with(batch::OUTCOME).await?;
-            let claimed = events::claim_due(&mut tx, limit).await?;
-            if claimed.is_empty() {
-                tx.commit().await?;
-                return Ok(0);
-            }
-            let count = claimed.len();
-            queue
-                .push(SyncJob::pack(events::job_events(claimed), users_per_job))
-                .await?;
-            tx.commit().await?;
-            Ok(count)
+            let mut tx = self.pool.begin_with(batch::OUTCOME).await?;
+            let events = events::claim_due(&mut tx, limit).await?;
+            Ok(Box::new(PgClaim { tx, events }) as Box<dyn ClaimedBatch>)
         })
     }
 
@@ -83,6 +66,27 @@ impl Outbox for PgStore {
             listener.listen(CHANNEL).await?;
             Ok(Box::new(Notified(listener)) as Box<dyn WakeUps>)
         })
+    }
+}
+
+/// A claim on PostgreSQL: its transaction, open until the queue took the
+/// events.
+struct PgClaim {
+    tx: Transaction<'static, Postgres>,
+    events: Vec<Claimed>,
+}
+
+impl ClaimedBatch for PgClaim {
+    fn events(&self) -> &[Claimed] {
+        &self.events
+    }
+
+    fn confirm(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
+        Box::pin(self.tx.commit())
+    }
+
+    fn abandon(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
+        Box::pin(self.tx.rollback())
     }
 }
 
@@ -130,10 +134,10 @@ impl Reports for PgStore {
     }
 
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
-        Box::pin(Status::load(&self.pool))
+        Box::pin(reports::status(&self.pool))
     }
 
     fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
-        Box::pin(status::open_conflicts(&self.pool))
+        Box::pin(reports::open_conflicts(&self.pool))
     }
 }

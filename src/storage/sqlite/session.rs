@@ -1,6 +1,6 @@
 //! One host user's rows in a SQLite file, under the process's lock of that
 //! user. The same rows and states as the PostgreSQL queries in
-//! [`crate::store::events`] and [`crate::store::users`]; where PostgreSQL
+//! [`crate::storage::events`] and [`crate::storage::users`]; where PostgreSQL
 //! does several writes in one statement, a transaction does them here,
 //! always starting with a write so that it never has to upgrade a read
 //! lock (which SQLite refuses instead of waiting).
@@ -10,11 +10,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 
-use crate::domain::{EmbeddedUserId, FullName, HostUserId, Username};
-use crate::store::events::{EventState, NextEvent, NextEventRow};
-use crate::store::users::{Claim, ErasureOutcome, NewConflict};
-use crate::store::{UserSession, is_unique_violation};
-use crate::sync::plan::Profile;
+use crate::domain::{EmbeddedUserId, ErasureOutcome, EventState, FullName, HostUserId, Profile, UserState, Username};
+use crate::storage::events::{NextEvent, NextEventRow};
+use crate::storage::users::{Claim, NewConflict};
+use crate::storage::{UserSession, is_unique_violation};
 
 use super::{UserLockGuard, now_text, text_at};
 
@@ -97,7 +96,7 @@ async fn mark_applied(
 }
 
 /// Records the intent to create `profile` for `host` (see
-/// [`crate::store::users::claim_for_create`]); a username another host
+/// [`crate::storage::users::claim_for_create`]); a username another host
 /// user holds is refused.
 pub(crate) async fn claim_for_create(
     pool: &SqlitePool,
@@ -220,7 +219,7 @@ impl SqliteUserSession {
         tx.commit().await
     }
 
-    async fn without_user(&self, state: &str, event_id: i64) -> sqlx::Result<()> {
+    async fn without_user(&self, state: UserState, event_id: i64) -> sqlx::Result<()> {
         sqlx::query(
             "INSERT INTO user_sync_users (host_user_id, state, last_event_id, updated_at)
              VALUES (?1, ?2, ?3, ?4)
@@ -229,7 +228,7 @@ impl SqliteUserSession {
                  last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
         )
         .bind(self.host.as_str())
-        .bind(state)
+        .bind(state.as_str())
         .bind(event_id)
         .bind(now_text())
         .execute(&self.pool)
@@ -435,7 +434,7 @@ impl UserSession for SqliteUserSession {
 
     fn mark_without_user<'a>(
         &'a mut self,
-        state: &'a str,
+        state: UserState,
         event_id: i64,
     ) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(self.without_user(state, event_id))

@@ -17,7 +17,7 @@
 pub mod events;
 pub mod migrate;
 pub mod nodelay;
-pub mod postgres;
+pub mod pg;
 pub mod sqlite;
 pub mod users;
 
@@ -32,26 +32,23 @@ use secrecy::ExposeSecret;
 use sqlx::SqlitePool;
 
 use crate::config::{DatabaseKind, DatabaseSettings};
-use crate::domain::{EmbeddedUserId, HostUserId, Username};
-use crate::ops::status::{ConflictRow, Status};
-use crate::queue::JobQueue;
-use crate::sync::plan::Profile;
-use events::{EventState, NextEvent};
-use users::{Claim, ErasureOutcome, NewConflict};
+use crate::domain::{
+    ConflictRow, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile, Status,
+    UserState, Username,
+};
+use events::NextEvent;
+
+pub use events::Claimed;
+use users::{Claim, NewConflict};
 
 /// What the dispatcher and the sweeper do to the outbox.
 pub trait Outbox: Send + Sync {
-    /// Claims up to `limit` events due for dispatch and pushes them to
-    /// `queue`, in jobs of at most `users_per_job` host users each. The events count as dispatched only once the queue
-    /// took them: a failed push, or a crash before it, leaves them to
-    /// dispatch again. Several dispatchers never claim one event at once.
-    /// Returns how many went to the queue.
-    fn dispatch_due<'a>(
-        &'a self,
-        limit: u32,
-        users_per_job: usize,
-        queue: &'a dyn JobQueue,
-    ) -> BoxFuture<'a, anyhow::Result<usize>>;
+    /// Claims up to `limit` events due for dispatch, oldest due first.
+    /// Several dispatchers never claim one event at once. The claim holds
+    /// until [`ClaimedBatch::confirm`] (the queue took the events) or
+    /// [`ClaimedBatch::abandon`]; a claim dropped, or lost in a crash, before
+    /// either leaves its events to dispatch again.
+    fn claim_due(&self, limit: u32) -> BoxFuture<'_, sqlx::Result<Box<dyn ClaimedBatch>>>;
     /// How long until the next snoozed event is due, if any is waiting.
     fn next_due_in(&self) -> BoxFuture<'_, sqlx::Result<Option<Duration>>>;
     /// Events dispatched more than `after` ago and still pending go back to
@@ -59,6 +56,16 @@ pub trait Outbox: Send + Sync {
     fn sweep_stale(&self, after: Duration) -> BoxFuture<'_, sqlx::Result<u64>>;
     /// What wakes the dispatcher when the host writes an event.
     fn wake_ups(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn WakeUps>>>;
+}
+
+/// Events claimed for dispatch, not yet confirmed.
+pub trait ClaimedBatch: Send {
+    /// The claimed events, in claim order.
+    fn events(&self) -> &[Claimed];
+    /// The queue took the events: they count as dispatched.
+    fn confirm(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>>;
+    /// The queue did not take them: they go back to be dispatched at once.
+    fn abandon(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>>;
 }
 
 /// Signals that new events may be waiting in the outbox.
@@ -162,7 +169,7 @@ pub trait UserSession: Send {
     /// any username claim.
     fn mark_without_user<'a>(
         &'a mut self,
-        state: &'a str,
+        state: UserState,
         event_id: i64,
     ) -> BoxFuture<'a, sqlx::Result<()>>;
     /// Reports a conflict once; returns whether a row was added.
@@ -196,7 +203,7 @@ pub trait Store: Outbox + SyncStore + Reports {}
 impl<T: Outbox + SyncStore + Reports> Store for T {}
 
 /// The database `database.url` names, connected: PostgreSQL (beside Redis)
-/// or a SQLite file (the embedded default, queue included).
+/// or a SQLite file (the single-file mode, queue included).
 #[derive(Debug, Clone)]
 pub enum Database {
     Postgres(PgPool),
@@ -232,7 +239,7 @@ impl Database {
     /// SQLite it holds the process's per-user locks.
     pub fn into_store(self) -> Arc<dyn Store> {
         match self {
-            Self::Postgres(pool) => Arc::new(postgres::PgStore::new(pool)),
+            Self::Postgres(pool) => Arc::new(pg::PgStore::new(pool)),
             Self::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool)),
         }
     }

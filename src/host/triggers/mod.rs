@@ -21,7 +21,7 @@ pub mod sqlite;
 
 use sqlx::{Connection, PgConnection};
 
-use super::host::CheckedTable;
+use super::table::CheckedTable;
 
 /// The trigger's name on the host table.
 pub const TRIGGER: &str = "user_sync_events";

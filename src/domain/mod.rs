@@ -6,6 +6,14 @@
 //! (`Username`, `FullName`) never print their content through `Debug`, so a
 //! stray `{:?}` in a log line or an error cannot leak an email or a name.
 
+mod profile;
+mod report;
+mod state;
+
+pub use profile::{Desired, Profile, Synced};
+pub use report::{ConflictRow, Status};
+pub use state::{ConflictReason, ErasureOutcome, EventKind, EventState, UserState};
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

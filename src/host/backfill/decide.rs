@@ -6,10 +6,8 @@
 //! The dry run and both modes of the real run decide here, so that the dry
 //! run's counts are what the real run then does.
 
-use crate::domain::{EmbeddedUserId, HostUserId, Username};
+use crate::domain::{ConflictReason, EmbeddedUserId, HostUserId, Profile, Username};
 use crate::embedded::EmbeddedUser;
-use crate::store::users::ConflictReason;
-use crate::sync::plan::Profile;
 
 /// What is known of one host user when it is decided.
 #[derive(Debug, Clone, Default)]

@@ -70,7 +70,7 @@ pub enum SourceError {
 
 /// A `[source]` checked against the database: its SQL, ready to page.
 #[derive(Debug, Clone)]
-pub struct HostSource {
+pub struct HostTable {
     /// The first page: no lower bound.
     first_page: String,
     /// Every later page: `$1` is the last id of the page before, as text.
@@ -98,7 +98,7 @@ pub struct CheckedTable {
     pub closed_condition: Option<String>,
 }
 
-impl HostSource {
+impl HostTable {
     /// Checks the configured source against the database: the table and its
     /// columns exist, the condition and the query run. Errors name the key.
     pub async fn check(

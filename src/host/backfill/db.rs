@@ -15,12 +15,11 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::{Connection, PgConnection};
 
-use crate::domain::{HostUserId, Username};
+use crate::domain::{HostUserId, Profile, UserState, Username};
 use crate::embedded::EmbeddedUser;
 use crate::embedded::client::UserStream;
-use crate::source::host::{HostRow, HostSource};
-use crate::store::users::{self, Claim, ClaimIntent, Found, NewConflict, Unconfirmed};
-use crate::sync::plan::Profile;
+use crate::host::table::{HostRow, HostTable};
+use crate::storage::users::{self, Claim, ClaimIntent, Found, NewConflict, Unconfirmed};
 
 use super::decide::Known;
 use super::single;
@@ -40,14 +39,14 @@ pub(super) trait BackfillDb: Send {
     // The host's users ([source]).
     fn page<'a>(
         &'a mut self,
-        source: &'a HostSource,
+        source: &'a HostTable,
         after: Option<&'a str>,
         limit: u32,
     ) -> BoxFuture<'a, sqlx::Result<Vec<HostRow>>>;
-    fn count_open<'a>(&'a mut self, source: &'a HostSource) -> BoxFuture<'a, sqlx::Result<u64>>;
+    fn count_open<'a>(&'a mut self, source: &'a HostTable) -> BoxFuture<'a, sqlx::Result<u64>>;
     fn count_closed<'a>(
         &'a mut self,
-        source: &'a HostSource,
+        source: &'a HostTable,
     ) -> BoxFuture<'a, sqlx::Result<Option<u64>>>;
 
     // The snapshot of `GET /users` and the dry run's plan.
@@ -97,7 +96,7 @@ pub(super) trait BackfillDb: Send {
     fn set_without_user<'a>(
         &'a mut self,
         host: &'a HostUserId,
-        state: &'a str,
+        state: UserState,
     ) -> BoxFuture<'a, sqlx::Result<()>>;
     fn report_conflict<'a>(
         &'a mut self,
@@ -143,20 +142,20 @@ impl BackfillDb for PgBackfillDb {
 
     fn page<'a>(
         &'a mut self,
-        source: &'a HostSource,
+        source: &'a HostTable,
         after: Option<&'a str>,
         limit: u32,
     ) -> BoxFuture<'a, sqlx::Result<Vec<HostRow>>> {
         Box::pin(source.page(&mut self.conn, after, limit))
     }
 
-    fn count_open<'a>(&'a mut self, source: &'a HostSource) -> BoxFuture<'a, sqlx::Result<u64>> {
+    fn count_open<'a>(&'a mut self, source: &'a HostTable) -> BoxFuture<'a, sqlx::Result<u64>> {
         Box::pin(source.count_open(&mut self.conn))
     }
 
     fn count_closed<'a>(
         &'a mut self,
-        source: &'a HostSource,
+        source: &'a HostTable,
     ) -> BoxFuture<'a, sqlx::Result<Option<u64>>> {
         Box::pin(source.count_closed(&mut self.conn))
     }
@@ -246,7 +245,7 @@ impl BackfillDb for PgBackfillDb {
     fn set_without_user<'a>(
         &'a mut self,
         host: &'a HostUserId,
-        state: &'a str,
+        state: UserState,
     ) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(users::set_without_user(&mut self.conn, host, state))
     }

@@ -1,8 +1,9 @@
 //! Moves due outbox events into the queue.
 //!
-//! The store claims a batch and marks it dispatched only once the queue
-//! took its jobs: a crash in between leaves the events to dispatch again,
-//! and several dispatchers never claim the same event at once. A duplicate
+//! The storage claims a batch; the dispatcher packs it into jobs, pushes
+//! them to the queue, and only then confirms the claim: a crash in between
+//! leaves the events to dispatch again, a failed push hands them back, and
+//! several dispatchers never claim the same event at once. A duplicate
 //! push (commit lost after the push) is harmless: the job serialises on the
 //! user and finds nothing left to do.
 
@@ -12,8 +13,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DispatcherSettings;
-use crate::queue::JobQueue;
-use crate::store::Outbox;
+use crate::queue::{JobEvent, JobQueue, SyncJob};
+use crate::storage::Outbox;
 
 pub struct Dispatcher {
     outbox: Arc<dyn Outbox>,
@@ -36,14 +37,29 @@ impl Dispatcher {
 
     /// Dispatches one batch; returns how many events went to the queue.
     pub async fn dispatch_once(&self) -> anyhow::Result<usize> {
-        let count = self
-            .outbox
-            .dispatch_due(
-                self.settings.batch_size,
-                self.settings.users_per_job,
-                self.queue.as_ref(),
-            )
-            .await?;
+        let claim = self.outbox.claim_due(self.settings.batch_size).await?;
+        let count = claim.events().len();
+        if count == 0 {
+            claim.confirm().await?;
+            return Ok(0);
+        }
+        let events = claim
+            .events()
+            .iter()
+            .map(|c| JobEvent {
+                event_id: c.id,
+                host_user_id: c.host_user_id.clone(),
+            })
+            .collect();
+        let jobs = SyncJob::pack(events, self.settings.users_per_job);
+        if let Err(error) = self.queue.push(jobs).await {
+            if let Err(abandon) = claim.abandon().await {
+                // Left claimed: the sweeper hands the events back later.
+                tracing::warn!(error = %abandon, "could not hand back a batch the queue refused");
+            }
+            return Err(error);
+        }
+        claim.confirm().await?;
         if count > 0 {
             metrics::counter!("user_sync_events_dispatched_total").increment(count as u64);
         }

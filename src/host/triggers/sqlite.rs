@@ -11,7 +11,7 @@
 use sqlx::{Connection, SqliteConnection};
 
 use super::Installed;
-use crate::source::host::CheckedTable;
+use crate::host::table::CheckedTable;
 
 /// The triggers' names: `user_sync_events_<operation>_<table>`.
 fn trigger_names(table: &CheckedTable) -> [String; 3] {

@@ -241,7 +241,7 @@ pub(super) struct LookupRow {
 /// What is known of each host user of a page, in the order given.
 pub async fn lookup(
     conn: &mut PgConnection,
-    users: &[(HostUserId, crate::sync::plan::Profile)],
+    users: &[(HostUserId, crate::domain::Profile)],
 ) -> sqlx::Result<Vec<Known>> {
     let hosts: Vec<&str> = users.iter().map(|(h, _)| h.as_str()).collect();
     let usernames: Vec<&str> = users.iter().map(|(_, p)| p.username.as_str()).collect();
@@ -328,13 +328,13 @@ pub(super) mod on_sqlite {
     use crate::domain::{FullName, HostUserId, Username};
     use crate::embedded::EmbeddedUser;
     use crate::embedded::client::UserStream;
-    use crate::sync::plan::Profile;
+    use crate::domain::Profile;
 
     use super::super::decide::Known;
     use super::{LoadError, LookupRow, ReadAhead};
 
     /// `items` as a JSON array: one parameter for `json_each`.
-    pub(in crate::source::backfill) fn json_list<T: serde::Serialize>(
+    pub(in crate::host::backfill) fn json_list<T: serde::Serialize>(
         items: impl Iterator<Item = T>,
     ) -> String {
         serde_json::Value::Array(items.map(|i| json!(i)).collect()).to_string()

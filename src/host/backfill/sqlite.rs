@@ -18,15 +18,14 @@ use serde_json::json;
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use crate::config::{Settings, SourceTarget};
-use crate::domain::{FullName, HostUserId, Username};
+use crate::domain::{FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::EmbeddedUser;
 use crate::embedded::client::UserStream;
-use crate::source::host::{HostRow, HostSource};
-use crate::store::Database;
-use crate::store::sqlite::session as rows;
-use crate::store::sqlite::{self, ProcessLock, SqliteStore, UserLockGuard, UserLocks, text_at};
-use crate::store::users::{Claim, ClaimIntent, Found, NewConflict, Unconfirmed};
-use crate::sync::plan::Profile;
+use crate::host::table::{HostRow, HostTable};
+use crate::storage::Database;
+use crate::storage::sqlite::session as rows;
+use crate::storage::sqlite::{self, ProcessLock, SqliteStore, UserLockGuard, UserLocks, text_at};
+use crate::storage::users::{Claim, ClaimIntent, Found, NewConflict, Unconfirmed};
 
 use super::Opened;
 use super::db::{BackfillDb, Create, EventState};
@@ -40,7 +39,7 @@ pub(super) async fn open(settings: &Settings, target: &SourceTarget) -> anyhow::
     let pool = sqlite::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
     sqlite::check_current(&pool).await?;
     let mut conn = pool.acquire().await?.detach();
-    let source = HostSource::check_sqlite(&mut conn, target).await?;
+    let source = HostTable::check_sqlite(&mut conn, target).await?;
     let store = SqliteStore::new(pool.clone());
     Ok(Opened {
         db: Box::new(SqliteBackfillDb {
@@ -73,20 +72,20 @@ impl BackfillDb for SqliteBackfillDb {
 
     fn page<'a>(
         &'a mut self,
-        source: &'a HostSource,
+        source: &'a HostTable,
         after: Option<&'a str>,
         limit: u32,
     ) -> BoxFuture<'a, sqlx::Result<Vec<HostRow>>> {
         Box::pin(source.page_sqlite(&mut self.conn, after, limit))
     }
 
-    fn count_open<'a>(&'a mut self, source: &'a HostSource) -> BoxFuture<'a, sqlx::Result<u64>> {
+    fn count_open<'a>(&'a mut self, source: &'a HostTable) -> BoxFuture<'a, sqlx::Result<u64>> {
         Box::pin(async move { Ok(source.counts_sqlite(&mut self.conn).await?.0) })
     }
 
     fn count_closed<'a>(
         &'a mut self,
-        source: &'a HostSource,
+        source: &'a HostTable,
     ) -> BoxFuture<'a, sqlx::Result<Option<u64>>> {
         Box::pin(async move { Ok(source.counts_sqlite(&mut self.conn).await?.1) })
     }
@@ -267,7 +266,7 @@ impl BackfillDb for SqliteBackfillDb {
     fn set_without_user<'a>(
         &'a mut self,
         host: &'a HostUserId,
-        state: &'a str,
+        state: UserState,
     ) -> BoxFuture<'a, sqlx::Result<()>> {
         Box::pin(async move {
             sqlx::query(
@@ -277,7 +276,7 @@ impl BackfillDb for SqliteBackfillDb {
                      updated_at = excluded.updated_at",
             )
             .bind(host.as_str())
-            .bind(state)
+            .bind(state.as_str())
             .bind(sqlite::now_text())
             .execute(&self.pool)
             .await?;

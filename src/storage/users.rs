@@ -3,8 +3,10 @@
 
 use sqlx::PgConnection;
 
-use crate::domain::{EmbeddedUserId, FullName, HostUserId, Username};
-use crate::sync::plan::{Profile, Synced};
+use crate::domain::{
+    ConflictReason, EmbeddedUserId, ErasureOutcome, FullName, HostUserId, Profile, Synced,
+    UserState, Username,
+};
 
 /// The newest event the worker has acted on for `host`, if any.
 pub async fn last_event_id(
@@ -26,11 +28,11 @@ pub(crate) fn synced_from(
     username: Option<&str>,
     full_name: Option<&str>,
 ) -> Synced {
-    match (state, embedded_user_id, username) {
-        ("creating", _, Some(username)) => Synced::Unconfirmed {
+    match (UserState::parse(state), embedded_user_id, username) {
+        (Some(UserState::Creating), _, Some(username)) => Synced::Unconfirmed {
             username: Username::from_api(username),
         },
-        ("synced", Some(id), Some(username)) => match EmbeddedUserId::parse(id) {
+        (Some(UserState::Synced), Some(id), Some(username)) => match EmbeddedUserId::parse(id) {
             Ok(id) => Synced::Present {
                 id,
                 profile: Profile {
@@ -313,16 +315,12 @@ pub async fn flush_outcomes(conn: &mut PgConnection) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// The state of a host user whose create was refused before it was made
-/// (`429`, `401`): nothing exists in Embedded and nothing is claimed.
-pub const NOT_CREATED: &str = "not_created";
-
 /// Records that `host` has no Embedded user (a refused create, or one
 /// deleted outside the worker), releasing any username claim.
 pub async fn mark_without_user(
     conn: &mut PgConnection,
     host: &HostUserId,
-    state: &str,
+    state: UserState,
     event_id: i64,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -333,32 +331,11 @@ pub async fn mark_without_user(
              last_event_id = EXCLUDED.last_event_id, updated_at = now()",
     )
     .bind(host.as_str())
-    .bind(state)
+    .bind(state.as_str())
     .bind(event_id)
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// Why a username could not be had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConflictReason {
-    /// Another host user holds the username.
-    TakenByHostUser,
-    /// An Embedded user the worker did not create holds it.
-    TakenInEmbedded,
-    /// The API refused to change the username.
-    RenameRefused,
-}
-
-impl ConflictReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TakenByHostUser => "taken_by_host_user",
-            Self::TakenInEmbedded => "taken_in_embedded",
-            Self::RenameRefused => "rename_refused",
-        }
-    }
 }
 
 /// A conflict to report.
@@ -390,26 +367,6 @@ pub async fn report_conflict(conn: &mut PgConnection, c: &NewConflict<'_>) -> sq
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
-}
-
-/// How an erasure ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErasureOutcome {
-    Deleted,
-    /// The API answered 404: someone deleted it already.
-    AlreadyAbsent,
-    /// No Embedded user was ever created (closure before the first sync).
-    NeverCreated,
-}
-
-impl ErasureOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Deleted => "deleted",
-            Self::AlreadyAbsent => "already_absent",
-            Self::NeverCreated => "never_created",
-        }
-    }
 }
 
 /// Completes a closure: in one transaction, removes every email and name of
@@ -463,7 +420,7 @@ pub async fn erase(
     super::events::finish(
         &mut tx,
         closure_event_id,
-        super::events::EventState::Applied,
+        crate::domain::EventState::Applied,
         None,
     )
     .await?;
@@ -639,7 +596,7 @@ pub async fn unconfirmed_since(
 pub async fn set_without_user(
     conn: &mut PgConnection,
     host: &HostUserId,
-    state: &str,
+    state: UserState,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO user_sync.users (host_user_id, state) VALUES ($1, $2)
@@ -648,7 +605,7 @@ pub async fn set_without_user(
              updated_at = now()",
     )
     .bind(host.as_str())
-    .bind(state)
+    .bind(state.as_str())
     .execute(conn)
     .await?;
     Ok(())
