@@ -12,10 +12,8 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use user_sync::config::EmbeddedSettings;
 use user_sync::domain::{FullName, Username};
-use user_sync::embedded::sandbox::{
-    FaultUpdate, Sandbox, SandboxArgs, SandboxOptions, SandboxStats, routes,
-};
 use user_sync::embedded::{ApiError, EmbeddedClient, InvalidBatchUser, NewUser, UserRef};
+use user_sync_sandbox::{FaultUpdate, Sandbox, SandboxArgs, SandboxOptions, SandboxStats, routes};
 
 const KEY: &str = "test-key";
 
