@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
-use user_sync::embedded::sandbox::{Sandbox, SandboxOptions};
+use user_sync_sandbox::{Sandbox, SandboxOptions};
 
 const KEY: &str = "bench-key";
 

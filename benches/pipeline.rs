@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use common::{Env, KEY};
 use tokio::process::{Child, Command};
-use user_sync::embedded::sandbox::SandboxOptions;
+use user_sync_sandbox::SandboxOptions;
 
 const CONCURRENCY: usize = 16;
 

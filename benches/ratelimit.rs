@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::Env;
 use common::process::{Proc, process_vars};
-use user_sync::embedded::sandbox::{SandboxOptions, SandboxStats};
+use user_sync_sandbox::{SandboxOptions, SandboxStats};
 
 const CREATE: &str = "POST /users/";
 

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use tokio_util::sync::CancellationToken;
+use user_sync_sandbox::SandboxArgs;
 
 use crate::app::Worker;
 use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::demo::{self, DemoArgs};
-use crate::embedded::sandbox::{self, SandboxArgs};
 use crate::ops::status::{self, ConflictFormat};
 use crate::host::backfill::{self, BackfillOptions, Mode, OutputFormat};
 use crate::host::table::HostTable;
@@ -167,7 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format: LogFormat::Auto,
                 level: "info".into(),
             });
-            sandbox::serve(args).await?;
+            user_sync_sandbox::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {

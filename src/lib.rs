@@ -13,7 +13,7 @@
 //! - [`domain`]: the vocabulary (`HostUserId`, `Username`, `EmbeddedUserId`, ...),
 //!   parsed once at the edge.
 //! - [`embedded`]: the Embedded Users API: a typed client whose every answer is
-//!   an outcome the caller can act on, and `sandbox`, a faithful local simulator.
+//!   an outcome the caller can act on.
 //! - [`store`]: the worker's tables in the host database (outbox, users,
 //!   conflicts, erasures), their migrations, and the small traits through
 //!   which the pipeline reaches them (PostgreSQL in [`store::postgres`],
@@ -31,6 +31,10 @@
 //! - [`demo`]: `user-sync demo`, the whole job on one machine: SQLite, the
 //!   sandbox, a backfill and live traffic, then a checked summary.
 //! - [`cli`]: the `user-sync` command line; `main.rs` only calls it.
+//!
+//! The sandbox, a faithful local simulator of the Embedded API that `user-sync
+//! sandbox`, the demo, the tests and the benchmarks run, is a crate of its
+//! own in this workspace: `user_sync_sandbox`, in `sandbox/`.
 
 pub mod app;
 pub mod cli;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, Env};
 use tokio_util::sync::CancellationToken;
-use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions};
 use user_sync::host::backfill::{self, BackfillOptions, Mode, OutputFormat, Summary};
+use user_sync_sandbox::{FaultUpdate, SandboxOptions};
 
 /// Host accounts `1..=n` in `public.accounts`:
 /// - every 10th is closed;

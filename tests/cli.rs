@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::process::{Proc, Running, process_vars, run_once};
 use common::{Backend, Env, KEY, TestDb, eventually};
-use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions};
+use user_sync_sandbox::{FaultUpdate, SandboxOptions};
 
 const SETTLE: Duration = Duration::from_secs(30);
 

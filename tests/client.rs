@@ -6,10 +6,10 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use user_sync::config::EmbeddedSettings;
 use user_sync::domain::{EmbeddedUserId, FullName, Username};
-use user_sync::embedded::sandbox::{FaultUpdate, Sandbox, SandboxOptions};
 use user_sync::embedded::{
     ApiError, EmbeddedClient, InvalidBatchUser, NewUser, UnavailableCause, UserRef, UserUpdate,
 };
+use user_sync_sandbox::{FaultUpdate, Sandbox, SandboxOptions};
 
 const KEY: &str = "test-key";
 

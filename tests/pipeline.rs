@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::process::Running;
 use common::{Backend, Env, KEY, eventually};
-use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions, SandboxUser};
+use user_sync_sandbox::{FaultUpdate, SandboxOptions, SandboxUser};
 
 const SETTLE: Duration = Duration::from_secs(30);
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::Env;
 use common::process::{Proc, Running, process_vars};
 use common::services::OwnRedis;
-use user_sync::embedded::sandbox::SandboxOptions;
 use user_sync::ratelimit::shared::Slot;
+use user_sync_sandbox::SandboxOptions;
 
 const LIMIT: u32 = 20;
 const BURST: u32 = 5;

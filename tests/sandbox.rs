@@ -12,10 +12,10 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use user_sync::config::EmbeddedSettings;
 use user_sync::domain::{FullName, Username};
-use user_sync::embedded::sandbox::{
-    FaultUpdate, Sandbox, SandboxArgs, SandboxOptions, SandboxStats, routes,
-};
 use user_sync::embedded::{ApiError, EmbeddedClient, InvalidBatchUser, NewUser, UserRef};
+use user_sync_sandbox::{
+    FaultUpdate, Sandbox, SandboxArgs, SandboxOptions, SandboxStats, SandboxUser, routes,
+};
 
 const KEY: &str = "test-key";
 
@@ -913,6 +913,21 @@ async fn shutdown_closes_idle_connections_and_the_port() {
         .await
         .expect("shutdown does not wait for idle connections");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// The sandbox keeps its own copy of the worker's fingerprint: a user it
+/// prints must carry the tag the worker's logs give the same username.
+#[test]
+fn a_user_prints_the_workers_fingerprint_of_its_username_and_no_name() {
+    let user = SandboxUser {
+        user_id: "u-1".into(),
+        username: "Ada@Example.com".into(),
+        full_name: Some("Ada Lovelace".into()),
+    };
+    let printed = format!("{user:?}");
+    let tag = format!("#{}", user_sync::domain::fingerprint("Ada@Example.com"));
+    assert!(printed.contains(&tag), "{printed} lacks {tag}");
+    assert!(!printed.contains("Ada"), "{printed}");
 }
 
 /// The `sandbox` subcommand's options, parsed on their own.

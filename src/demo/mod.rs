@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
+use user_sync_sandbox::{Sandbox, SandboxOptions};
 
 use crate::app::Worker;
 use crate::config::Settings;
-use crate::embedded::sandbox::{Sandbox, SandboxOptions};
 use crate::host::backfill::{self, BackfillOptions};
 use crate::storage::Reports;
 use crate::storage::sqlite::{self, SqliteStore};

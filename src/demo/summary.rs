@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 
 use sqlx::SqlitePool;
+use user_sync_sandbox::Sandbox;
 
-use crate::embedded::sandbox::Sandbox;
 use crate::domain::ConflictRow;
 use crate::host::backfill::Summary;
 use crate::storage::Reports;

@@ -1,8 +1,8 @@
-//! The Embedded Users API: client, typed outcomes, and the local sandbox.
+//! The Embedded Users API: the client and its typed outcomes. The local
+//! simulator of the API is a crate of its own, `user_sync_sandbox`.
 
 pub mod client;
 pub mod error;
-pub mod sandbox;
 
 pub use client::{
     BatchOutcome, EmbeddedClient, EmbeddedUser, InvalidBatchUser, MAX_BATCH, NewUser, UserRef,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::PgPool;
-use user_sync::embedded::sandbox::SandboxUser;
+use user_sync_sandbox::SandboxUser;
 
 use crate::model::{Model, Owner, username};
 

@@ -23,7 +23,7 @@ use common::{Backend, Env};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::PgPool;
-use user_sync::embedded::sandbox::{FaultUpdate, SandboxOptions, SandboxStats};
+use user_sync_sandbox::{FaultUpdate, SandboxOptions, SandboxStats};
 
 use crate::checks::{Observed, check};
 use crate::model::{Event, Model};

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use user_sync::config::Settings;
-use user_sync::embedded::sandbox::{Sandbox, SandboxOptions};
+use user_sync_sandbox::{Sandbox, SandboxOptions};
 
 pub const KEY: &str = "pipeline-test-key";
 
