@@ -20,11 +20,11 @@ use crate::config::{DatabaseKind, RateLimitScope, Settings};
 use crate::domain::EmbeddedUserId;
 use crate::embedded::{ApiError, EmbeddedClient, UserRef};
 use crate::ops::http::{self, OpsState};
+use crate::outbox::dispatcher::Dispatcher;
+use crate::outbox::sweeper;
 use crate::queue::{self, JobQueue, RedisQueue, SqliteQueue};
 use crate::ratelimit::ApiGate;
 use crate::ratelimit::shared::SharedLimit;
-use crate::outbox::dispatcher::Dispatcher;
-use crate::outbox::sweeper;
 use crate::storage::Database;
 use crate::storage::sqlite::ProcessLock;
 use crate::sync::job::SyncContext;
@@ -138,12 +138,8 @@ impl Worker {
             settings.worker.auth_retry_interval,
             shutdown.clone(),
         ));
-        let handler = queue::Handler::new(SyncContext::new(
-            store,
-            api,
-            gate,
-            settings.worker.clone(),
-        ));
+        let handler =
+            queue::Handler::new(SyncContext::new(store, api, gate, settings.worker.clone()));
         let concurrency = jobs_in_flight(settings);
         let grace = settings.worker.shutdown_timeout;
         let worker_name = name.clone();

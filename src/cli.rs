@@ -10,10 +10,10 @@ use user_sync_sandbox::SandboxArgs;
 use crate::app::Worker;
 use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::demo::{self, DemoArgs};
-use crate::ops::status::{self, ConflictFormat};
 use crate::host::backfill::{self, BackfillOptions, Mode, OutputFormat};
 use crate::host::table::HostTable;
 use crate::host::triggers;
+use crate::ops::status::{self, ConflictFormat};
 use crate::storage::Database;
 use crate::telemetry;
 

@@ -1051,11 +1051,11 @@ async fn an_unconfirmed_create_never_adopts_a_user_mapped_to_another_host_user(b
 /// per-transaction statistics, so nothing here depends on time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
-    use user_sync::domain::{HostUserId, Username};
     use user_sync::domain::EventState;
+    use user_sync::domain::Profile;
+    use user_sync::domain::{HostUserId, Username};
     use user_sync::storage::events;
     use user_sync::storage::users::{self, NewClaim, SyncedUser};
-    use user_sync::domain::Profile;
 
     let db = common::TestDb::create().await;
     let pool = db.migrated_pool().await;
@@ -1166,11 +1166,11 @@ async fn rows_read(conn: &mut sqlx::PgConnection) -> i64 {
 /// the connection, handed back to the pool, commits durably again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
+    use user_sync::domain::EventState;
+    use user_sync::domain::Profile;
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
     use user_sync::storage::SyncStore;
-    use user_sync::domain::EventState;
     use user_sync::storage::users::Claim;
-    use user_sync::domain::Profile;
 
     let env = Env::start(SandboxOptions::default()).await;
     env.signup("a", "a@example.com", None).await;
@@ -1263,9 +1263,9 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
 /// HOT update): counted with the transaction's own statistics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
+    use user_sync::domain::Profile;
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
     use user_sync::storage::users::{self, NewClaim, SyncedUser};
-    use user_sync::domain::Profile;
 
     let db = common::TestDb::create().await;
     let pool = db.migrated_pool().await;

@@ -16,7 +16,9 @@ impl EventKind {
 
     /// The kind an outbox row names (surrounding blanks ignored), if any.
     pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == text.trim())
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text.trim())
     }
 
     pub fn as_str(self) -> &'static str {
@@ -164,7 +166,14 @@ mod tests {
         );
         assert_eq!(EventKind::parse("Signup"), None);
         assert_eq!(EventKind::list(), "signup, profile_change, account_closure");
-        for state in ["creating", "synced", "failed", "conflict", "not_created", "erased"] {
+        for state in [
+            "creating",
+            "synced",
+            "failed",
+            "conflict",
+            "not_created",
+            "erased",
+        ] {
             assert_eq!(UserState::parse(state).map(UserState::as_str), Some(state));
         }
         assert_eq!(UserState::parse("pending"), None);

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DispatcherSettings;
 use crate::queue::{JobEvent, JobQueue, SyncJob};
+use crate::retry::Backoff;
 use crate::storage::Outbox;
 
 pub struct Dispatcher {
@@ -85,11 +86,10 @@ impl Dispatcher {
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %format!("{error:#}"), "dispatch failed; retrying");
-                    let wait = Duration::from_millis(200u64.saturating_mul(1 << failures.min(6)));
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(wait) => continue,
+                    if Backoff::RESTART.pause(failures, &shutdown).await {
+                        return Ok(());
                     }
+                    continue;
                 }
             }
             let wait = match self.outbox.next_due_in().await {

@@ -22,6 +22,7 @@ use apalis::prelude::{BoxDynError, Data, WorkerError};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use crate::retry::Backoff;
 
 /// How often a worker proves it is alive; a worker silent for
 /// `HEARTBEAT * MISSED_HEARTBEATS` has its jobs handed to the others.
@@ -72,13 +73,10 @@ pub fn worker_name() -> String {
     format!("user-sync-{host}-{}-{nonce:08x}", std::process::id())
 }
 
-/// Waits before a restart; `true` when shutdown came first.
+/// Waits before a restart, longer after each failure in a row; `true`
+/// when shutdown came first.
 async fn pause(shutdown: &CancellationToken, failures: u32) -> bool {
-    let wait = Duration::from_millis(250u64.saturating_mul(1 << failures.min(5)));
-    tokio::select! {
-        () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(wait) => false,
-    }
+    Backoff::RESTART.pause(failures, shutdown).await
 }
 
 /// How a run of an apalis worker ended.

@@ -17,7 +17,9 @@ use secrecy::ExposeSecret;
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
-use super::{HEARTBEAT, Handler, JobQueue, MISSED_HEARTBEATS, SyncJob, restart_after, run_sync_worker};
+use super::{
+    HEARTBEAT, Handler, JobQueue, MISSED_HEARTBEATS, SyncJob, restart_after, run_sync_worker,
+};
 use crate::config::DatabaseSettings;
 
 /// The queue's name in the `Jobs` table.

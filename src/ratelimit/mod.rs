@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rand::Rng;
 use tokio::time::Instant;
 
 use crate::config::RateLimitSettings;
@@ -302,26 +301,9 @@ impl ApiGate {
     }
 }
 
-/// Full-jitter exponential backoff: a random wait in
-/// `[0, min(cap, base * 2^attempt))`, never below one millisecond.
-pub fn full_jitter(attempt: u32, base: Duration, cap: Duration, rng: &mut impl Rng) -> Duration {
-    let ceiling = backoff_ceiling(attempt, base, cap);
-    let millis = u64::try_from(ceiling.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    Duration::from_millis(rng.random_range(1..=millis))
-}
-
-/// The upper bound of the jittered wait after `attempt` failures.
-pub fn backoff_ceiling(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.min(31));
-    base.saturating_mul(factor).min(cap)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     fn settings(rps: u32, burst: u32) -> RateLimitSettings {
         RateLimitSettings {
@@ -330,23 +312,6 @@ mod tests {
             scope: crate::config::RateLimitScope::Process,
             adaptive: false,
             max_requests_per_second: 1000,
-        }
-    }
-
-    #[test]
-    fn backoff_grows_then_caps() {
-        let base = Duration::from_millis(500);
-        let cap = Duration::from_secs(10);
-        let ceilings: Vec<u64> = (0..8)
-            .map(|a| backoff_ceiling(a, base, cap).as_millis() as u64)
-            .collect();
-        assert_eq!(ceilings, [500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]);
-        assert_eq!(backoff_ceiling(200, base, cap), cap);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for attempt in 0..20 {
-            let wait = full_jitter(attempt, base, cap, &mut rng);
-            assert!(wait >= Duration::from_millis(1));
-            assert!(wait <= backoff_ceiling(attempt, base, cap));
         }
     }
 

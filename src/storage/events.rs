@@ -34,7 +34,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::domain::{Desired, EventKind, EventState, FullName, HostUserId, Profile, Synced, Username};
+use crate::domain::{
+    Desired, EventKind, EventState, FullName, HostUserId, Profile, Synced, Username,
+};
 use crate::storage::users;
 
 /// An event as the host wrote it.

@@ -16,15 +16,17 @@ use tokio::sync::Semaphore;
 
 use crate::config::WorkerSettings;
 use crate::domain::{
-    ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile,
-    Synced, UserState, Username,
+    ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, HostUserId, Profile, Synced,
+    UserState, Username,
 };
-use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser, UserRef, UserUpdate};
-use crate::ratelimit::{ApiGate, GateRefusal, full_jitter};
-use crate::storage::events::OutboxEvent;
+use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser, NewUser, UserRef, UserUpdate};
 use crate::queue::{JobHandler, SyncJob};
+use crate::ratelimit::{ApiGate, GateRefusal};
+use crate::retry::{Retry, RetryPolicy, Stop};
+use crate::storage::events::OutboxEvent;
 use crate::storage::users::{Claim, NewConflict};
 use crate::storage::{SyncStore, UserSession};
+use crate::sync::outcome::{self, Outcome};
 use crate::sync::plan::{SyncPlan, plan};
 
 /// Everything a job needs, shared by all jobs of a process.
@@ -35,6 +37,8 @@ pub struct SyncContext {
     pub api: EmbeddedClient,
     pub gate: Arc<ApiGate>,
     pub worker: WorkerSettings,
+    /// What a failed call means, from `worker`.
+    retry: RetryPolicy,
     /// API calls in flight in this process: at most `worker.concurrency`.
     calls: Arc<Semaphore>,
 }
@@ -51,6 +55,7 @@ impl SyncContext {
             store,
             api,
             gate,
+            retry: RetryPolicy::new(&worker),
             worker,
             calls,
         }
@@ -69,18 +74,6 @@ impl JobHandler for SyncContext {
 const BUSY_RETRY: Duration = Duration::from_millis(200);
 /// Events one job applies for its user before it lets others run.
 const MAX_EVENTS_PER_JOB: usize = 16;
-
-/// Why an API step could not finish now.
-enum Stop {
-    Api(ApiError),
-    Gate(GateRefusal),
-}
-
-/// How one event ended inside the job.
-enum Step {
-    Done,
-    Snoozed,
-}
 
 /// Runs one job: each of its host users at once. An `Err` is an
 /// infrastructure failure (the database); the events not finished stay
@@ -102,7 +95,7 @@ pub async fn run(ctx: &SyncContext, job: &SyncJob) -> anyhow::Result<()> {
             None => "host_user_id is missing".to_owned(),
         };
         ctx.store.mark_invalid(event.event_id, &reason).await?;
-        count_event("unknown", "invalid");
+        outcome::count_invalid_without_host();
     }
     if hosts.is_empty() {
         return Ok(());
@@ -155,37 +148,31 @@ async fn apply_pending(
         {
             // Committed late, after a newer event of this user was acted
             // on (concurrent host transactions): older data never wins.
-            let stale = session.supersede_older(last).await?;
-            count_superseded(stale);
+            outcome::record(session, host, &event, &Outcome::Superseded { by: last }).await?;
             continue;
         }
         let desired = match event.desired() {
             Ok(desired) => desired,
             Err(reason) => {
-                session
-                    .finish(event.id, EventState::Invalid, Some(&reason))
-                    .await?;
-                count_event(kind_label(&event), "invalid");
-                tracing::warn!(event_id = event.id, host_user_id = %host, %reason, "invalid event");
+                outcome::record(session, host, &event, &Outcome::Invalid(reason)).await?;
                 continue;
             }
         };
         if next.older_pending > 0 {
-            count_superseded(session.supersede_older(event.id).await?);
+            outcome::supersede_older(session, event.id).await?;
         }
         // One event applied per job: a newer event arriving meanwhile has
         // a job of its own.
-        let synced = if next.last_acted_unfinished {
+        let ended = if next.last_acted_unfinished {
             match read_back(ctx, session, event.id, next.synced).await? {
-                Ok(synced) => synced,
-                Err(stop) => return stopped(ctx, session, &event, stop).await.map(|_| ()),
+                Ok(synced) => apply_event(ctx, session, host, &event, &desired, synced).await?,
+                Err(stop) => stopped(ctx, &event, stop),
             }
         } else {
-            next.synced
+            apply_event(ctx, session, host, &event, &desired, next.synced).await?
         };
-        return apply_event(ctx, session, host, &event, &desired, synced)
-            .await
-            .map(|_| ());
+        outcome::record(session, host, &event, &ended).await?;
+        return Ok(());
     }
     Ok(())
 }
@@ -218,14 +205,16 @@ async fn read_back(
         }
         // Deleted outside: created again, as when an update finds it gone.
         Err(Stop::Api(ApiError::NotFound)) => {
-            session.mark_without_user(UserState::Failed, event_id).await?;
+            session
+                .mark_without_user(UserState::Failed, event_id)
+                .await?;
             Ok(Ok(Synced::Nothing))
         }
         Err(stop) => Ok(Err(stop)),
     }
 }
 
-/// Carries out the newest event of `host`.
+/// Carries out the newest event of `host`; the caller records the outcome.
 async fn apply_event(
     ctx: &SyncContext,
     session: &mut dyn UserSession,
@@ -233,18 +222,15 @@ async fn apply_event(
     event: &OutboxEvent,
     desired: &Desired,
     mut synced: Synced,
-) -> anyhow::Result<Step> {
+) -> anyhow::Result<Outcome> {
     // A username this job has just seen free in Embedded: no need to look
     // again before creating it.
     let mut seen_free: Option<Username> = None;
     // At most: confirm an unconfirmed create, find a user deleted outside,
     // then act. Each round learns something, so three rounds end it.
     for _ in 0..3 {
-        let step = match plan(desired, &synced) {
-            SyncPlan::Nothing => {
-                finish(session, event, EventState::Applied, None).await?;
-                Step::Done
-            }
+        match plan(desired, &synced) {
+            SyncPlan::Nothing => return Ok(Outcome::Applied { ended: false }),
             SyncPlan::Confirm { username } => {
                 match call(ctx, || ctx.api.get_user(UserRef::Username(&username))).await {
                     Ok(found) => {
@@ -252,7 +238,9 @@ async fn apply_event(
                         // renamed to this username since) is theirs: never
                         // a second mapping of one Embedded user.
                         if let Some(other) = session.mapped_elsewhere(&found.user_id).await? {
-                            session.mark_without_user(UserState::Conflict, event.id).await?;
+                            session
+                                .mark_without_user(UserState::Conflict, event.id)
+                                .await?;
                             let conflict = NewConflict {
                                 host,
                                 username: &username,
@@ -261,7 +249,7 @@ async fn apply_event(
                                 holder_embedded_user_id: Some(&found.user_id),
                                 event_id: Some(event.id),
                             };
-                            return end_in_conflict(session, event, &conflict).await;
+                            return in_conflict(session, &conflict).await;
                         }
                         // The lost create happened: adopt its user.
                         let profile = profile_of(&found);
@@ -273,7 +261,6 @@ async fn apply_event(
                             id: found.user_id,
                             profile,
                         };
-                        continue;
                     }
                     Err(Stop::Api(ApiError::NotFound)) => {
                         // The create was never made: its claim goes now,
@@ -284,132 +271,132 @@ async fn apply_event(
                             .await?;
                         seen_free = Some(username);
                         synced = Synced::Nothing;
-                        continue;
                     }
-                    Err(stop) => return stopped(ctx, session, event, stop).await,
+                    Err(stop) => return Ok(stopped(ctx, event, stop)),
                 }
             }
             SyncPlan::Create(new_user) => {
-                let profile = Profile {
-                    username: new_user.username.clone(),
-                    full_name: new_user.full_name.clone(),
-                };
-                // Another host user's username: a conflict before any call.
-                if let Some(holder) = session.holder_of(&profile.username).await? {
-                    return taken_by_host_user(session, host, &profile.username, &holder, event)
-                        .await;
-                }
-                // Looked up before it is claimed: a claim (`creating`) then
-                // means the username was free, so the user a later
-                // confirmation finds is the one a lost answer created. A
-                // user made outside the worker is a conflict, never adopted
-                // (and deleted on closure) in its place.
-                if seen_free.as_ref() != Some(&profile.username) {
-                    match call(ctx, || {
-                        ctx.api.get_user(UserRef::Username(&profile.username))
-                    })
-                    .await
-                    {
-                        Ok(holder) => {
-                            return taken_in_embedded(
-                                session,
-                                host,
-                                &profile.username,
-                                &holder,
-                                event,
-                            )
-                            .await;
-                        }
-                        Err(Stop::Api(ApiError::NotFound)) => {}
-                        Err(stop) => return stopped(ctx, session, event, stop).await,
-                    }
-                }
-                if let Claim::TakenBy(holder) = session.claim_for_create(&profile, event.id).await?
-                {
-                    return taken_by_host_user(session, host, &profile.username, &holder, event)
-                        .await;
-                }
-                // The gate right before the call: the API sees requests
-                // spaced as the gate spaced them, not blurred by the claim.
-                match call(ctx, || ctx.api.create_user(&new_user)).await {
-                    Ok(id) => {
-                        session
-                            .mark_synced(&id, &profile, event.id, Some(event.id))
-                            .await?;
-                        count_event(kind_label(event), EventState::Applied.as_str());
-                        Step::Done
-                    }
-                    Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
-                        // A definite refusal: nothing was created. Release
-                        // the claim before looking for who holds the name.
-                        session.mark_without_user(UserState::Failed, event.id).await?;
-                        refused_create(ctx, session, host, &profile.username, event, &refused)
-                            .await?
-                    }
-                    Err(
-                        stop @ (Stop::Gate(_)
-                        | Stop::Api(
-                            ApiError::RateLimited { .. } | ApiError::Unauthorized { .. },
-                        )),
-                    ) => {
-                        // Nothing was sent, or it was refused before anything
-                        // was done: release the claim, so that no lookup is
-                        // needed next time.
-                        session
-                            .mark_without_user(UserState::NotCreated, event.id)
-                            .await?;
-                        return stopped(ctx, session, event, stop).await;
-                    }
-                    // The row stays `creating`: the next attempt confirms.
-                    Err(stop) => return stopped(ctx, session, event, stop).await,
-                }
+                return create(ctx, session, host, event, new_user, seen_free.as_ref()).await;
             }
             SyncPlan::Update { id, update } => {
                 let Desired::Present(want) = desired else {
                     unreachable!("plan updates only a present user")
                 };
                 match update_user(ctx, session, host, event, &id, update, want).await? {
-                    Some(step) => step,
-                    None => {
-                        // Deleted outside the worker: create it again.
-                        synced = Synced::Nothing;
-                        continue;
-                    }
+                    Some(outcome) => return Ok(outcome),
+                    // Deleted outside the worker: create it again.
+                    None => synced = Synced::Nothing,
                 }
             }
-            SyncPlan::Erase { id } => {
-                let outcome = match &id {
-                    None => ErasureOutcome::NeverCreated,
-                    // What the delete relies on (the user's mapping) is on
-                    // disk before the delete is sent: the proof of erasure
-                    // then names the user even after a crash of the server.
-                    Some(user) => {
-                        session.flush_outcomes().await?;
-                        match call(ctx, || ctx.api.delete_user(user)).await {
-                            Ok(()) => ErasureOutcome::Deleted,
-                            Err(Stop::Api(ApiError::NotFound)) => ErasureOutcome::AlreadyAbsent,
-                            Err(stop) => return stopped(ctx, session, event, stop).await,
-                        }
-                    }
-                };
-                session.erase(id.as_ref(), event.id, outcome).await?;
-                count_event(kind_label(event), "applied");
-                metrics::counter!("user_sync_erasures_total", "outcome" => outcome.as_str())
-                    .increment(1);
-                tracing::info!(event_id = event.id, host_user_id = %host, outcome = outcome.as_str(), "erasure complete");
-                Step::Done
-            }
-        };
-        return Ok(step);
+            SyncPlan::Erase { id } => return erase(ctx, session, host, event, id).await,
+        }
     }
     // Only a user deleted outside twice in one job gets here.
-    stopped(
+    Ok(stopped(
         ctx,
-        session,
         event,
         Stop::Gate(GateRefusal::Backoff(ctx.worker.backoff_base)),
-    )
-    .await
+    ))
+}
+
+/// Creates the user of `host`, unless its username is someone else's.
+async fn create(
+    ctx: &SyncContext,
+    session: &mut dyn UserSession,
+    host: &HostUserId,
+    event: &OutboxEvent,
+    new_user: NewUser,
+    seen_free: Option<&Username>,
+) -> anyhow::Result<Outcome> {
+    let profile = Profile {
+        username: new_user.username.clone(),
+        full_name: new_user.full_name.clone(),
+    };
+    // Another host user's username: a conflict before any call.
+    if let Some(holder) = session.holder_of(&profile.username).await? {
+        return taken_by_host_user(session, host, &profile.username, &holder, event).await;
+    }
+    // Looked up before it is claimed: a claim (`creating`) then means the
+    // username was free, so the user a later confirmation finds is the one
+    // a lost answer created. A user made outside the worker is a conflict,
+    // never adopted (and deleted on closure) in its place.
+    if seen_free != Some(&profile.username) {
+        match call(ctx, || {
+            ctx.api.get_user(UserRef::Username(&profile.username))
+        })
+        .await
+        {
+            Ok(holder) => {
+                return taken_in_embedded(session, host, &profile.username, &holder, event).await;
+            }
+            Err(Stop::Api(ApiError::NotFound)) => {}
+            Err(stop) => return Ok(stopped(ctx, event, stop)),
+        }
+    }
+    if let Claim::TakenBy(holder) = session.claim_for_create(&profile, event.id).await? {
+        return taken_by_host_user(session, host, &profile.username, &holder, event).await;
+    }
+    // The gate right before the call: the API sees requests spaced as the
+    // gate spaced them, not blurred by the claim.
+    match call(ctx, || ctx.api.create_user(&new_user)).await {
+        Ok(id) => {
+            session
+                .mark_synced(&id, &profile, event.id, Some(event.id))
+                .await?;
+            Ok(Outcome::Applied { ended: true })
+        }
+        Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
+            // A definite refusal: nothing was created. Release the claim
+            // before looking for who holds the name.
+            session
+                .mark_without_user(UserState::Failed, event.id)
+                .await?;
+            refused_create(ctx, session, host, &profile.username, event, &refused).await
+        }
+        Err(
+            stop @ (Stop::Gate(_)
+            | Stop::Api(ApiError::RateLimited { .. } | ApiError::Unauthorized { .. })),
+        ) => {
+            // Nothing was sent, or it was refused before anything was
+            // done: release the claim, so that no lookup is needed next
+            // time.
+            session
+                .mark_without_user(UserState::NotCreated, event.id)
+                .await?;
+            Ok(stopped(ctx, event, stop))
+        }
+        // The row stays `creating`: the next attempt confirms.
+        Err(stop) => Ok(stopped(ctx, event, stop)),
+    }
+}
+
+/// Erases the user of `host`: deletes its Embedded user when there is one,
+/// and records the erasure either way (which ends the event).
+async fn erase(
+    ctx: &SyncContext,
+    session: &mut dyn UserSession,
+    host: &HostUserId,
+    event: &OutboxEvent,
+    id: Option<EmbeddedUserId>,
+) -> anyhow::Result<Outcome> {
+    let erased = match &id {
+        None => ErasureOutcome::NeverCreated,
+        // What the delete relies on (the user's mapping) is on disk before
+        // the delete is sent: the proof of erasure then names the user even
+        // after a crash of the server.
+        Some(user) => {
+            session.flush_outcomes().await?;
+            match call(ctx, || ctx.api.delete_user(user)).await {
+                Ok(()) => ErasureOutcome::Deleted,
+                Err(Stop::Api(ApiError::NotFound)) => ErasureOutcome::AlreadyAbsent,
+                Err(stop) => return Ok(stopped(ctx, event, stop)),
+            }
+        }
+    };
+    session.erase(id.as_ref(), event.id, erased).await?;
+    metrics::counter!("user_sync_erasures_total", "outcome" => erased.as_str()).increment(1);
+    tracing::info!(event_id = event.id, host_user_id = %host, outcome = erased.as_str(), "erasure complete");
+    Ok(Outcome::Applied { ended: true })
 }
 
 /// A create refused by the API: a conflict if someone holds the username,
@@ -421,20 +408,11 @@ async fn refused_create(
     username: &Username,
     event: &OutboxEvent,
     refusal: &ApiError,
-) -> anyhow::Result<Step> {
+) -> anyhow::Result<Outcome> {
     match call(ctx, || ctx.api.get_user(UserRef::Username(username))).await {
         Ok(holder) => taken_in_embedded(session, host, username, &holder, event).await,
-        Err(Stop::Api(ApiError::NotFound)) => {
-            finish(
-                session,
-                event,
-                EventState::Failed,
-                Some(&refusal.to_string()),
-            )
-            .await?;
-            Ok(Step::Done)
-        }
-        Err(stop) => stopped(ctx, session, event, stop).await,
+        Err(Stop::Api(ApiError::NotFound)) => Ok(Outcome::Failed(refusal.to_string())),
+        Err(stop) => Ok(stopped(ctx, event, stop)),
     }
 }
 
@@ -447,7 +425,7 @@ async fn update_user(
     id: &EmbeddedUserId,
     update: UserUpdate,
     want: &Profile,
-) -> anyhow::Result<Option<Step>> {
+) -> anyhow::Result<Option<Outcome>> {
     if let Some(new_username) = &update.username
         && let Some(holder) = session.holder_of(new_username).await?
     {
@@ -461,23 +439,17 @@ async fn update_user(
             session
                 .mark_synced(id, want, event.id, Some(event.id))
                 .await?;
-            count_event(kind_label(event), EventState::Applied.as_str());
-            Ok(Some(Step::Done))
+            Ok(Some(Outcome::Applied { ended: true }))
         }
         Err(Stop::Api(ApiError::NotFound)) => {
-            session.mark_without_user(UserState::Failed, event.id).await?;
+            session
+                .mark_without_user(UserState::Failed, event.id)
+                .await?;
             Ok(None)
         }
         Err(Stop::Api(refused @ ApiError::Rejected { .. })) => {
             let Some(new_username) = &update.username else {
-                finish(
-                    session,
-                    event,
-                    EventState::Failed,
-                    Some(&refused.to_string()),
-                )
-                .await?;
-                return Ok(Some(Step::Done));
+                return Ok(Some(Outcome::Failed(refused.to_string())));
             };
             // Who refused the rename: a holder of the new name, or the API
             // itself (the docs disagree on whether renames are allowed).
@@ -485,7 +457,7 @@ async fn update_user(
             {
                 Ok(found) if &found.user_id != id => Some(found.user_id),
                 Ok(_) | Err(Stop::Api(ApiError::NotFound)) => None,
-                Err(stop) => return stopped(ctx, session, event, stop).await.map(Some),
+                Err(stop) => return Ok(Some(stopped(ctx, event, stop))),
             };
             let reason = if holder.is_some() {
                 ConflictReason::TakenInEmbedded
@@ -500,9 +472,9 @@ async fn update_user(
                 holder_embedded_user_id: holder.as_ref(),
                 event_id: Some(event.id),
             };
-            end_in_conflict(session, event, &conflict).await.map(Some)
+            in_conflict(session, &conflict).await.map(Some)
         }
-        Err(stop) => stopped(ctx, session, event, stop).await.map(Some),
+        Err(stop) => Ok(Some(stopped(ctx, event, stop))),
     }
 }
 
@@ -516,11 +488,13 @@ async fn taken_in_embedded(
     username: &Username,
     holder: &EmbeddedUser,
     event: &OutboxEvent,
-) -> anyhow::Result<Step> {
+) -> anyhow::Result<Outcome> {
     if let Some(holder) = session.holder_of(username).await? {
         return taken_by_host_user(session, host, username, &holder, event).await;
     }
-    session.mark_without_user(UserState::Conflict, event.id).await?;
+    session
+        .mark_without_user(UserState::Conflict, event.id)
+        .await?;
     let conflict = NewConflict {
         host,
         username,
@@ -529,7 +503,7 @@ async fn taken_in_embedded(
         holder_embedded_user_id: Some(&holder.user_id),
         event_id: Some(event.id),
     };
-    end_in_conflict(session, event, &conflict).await
+    in_conflict(session, &conflict).await
 }
 
 async fn taken_by_host_user(
@@ -538,7 +512,7 @@ async fn taken_by_host_user(
     username: &Username,
     holder: &HostUserId,
     event: &OutboxEvent,
-) -> anyhow::Result<Step> {
+) -> anyhow::Result<Outcome> {
     let conflict = NewConflict {
         host,
         username,
@@ -547,32 +521,18 @@ async fn taken_by_host_user(
         holder_embedded_user_id: None,
         event_id: Some(event.id),
     };
-    end_in_conflict(session, event, &conflict).await
+    in_conflict(session, &conflict).await
 }
 
-/// Reports `conflict` (once) and ends `event` in it.
-async fn end_in_conflict(
+/// Reports `conflict` (once); the event ends in it.
+async fn in_conflict(
     session: &mut dyn UserSession,
-    event: &OutboxEvent,
     conflict: &NewConflict<'_>,
-) -> anyhow::Result<Step> {
-    report(session, conflict).await?;
-    finish(
-        session,
-        event,
-        EventState::Conflict,
-        Some(conflict.reason.as_str()),
-    )
-    .await?;
-    Ok(Step::Done)
-}
-
-/// Reports a conflict once, counted and logged.
-async fn report(session: &mut dyn UserSession, conflict: &NewConflict<'_>) -> anyhow::Result<()> {
+) -> anyhow::Result<Outcome> {
     if session.report_conflict(conflict).await? {
         reported(conflict);
     }
-    Ok(())
+    Ok(Outcome::Conflict(conflict.reason))
 }
 
 /// Counts and logs a newly reported conflict (ids and a fingerprint of the
@@ -600,111 +560,33 @@ where
     // requests spaced as the gate spaced them.
     let _slot = ctx.calls.acquire().await.ok();
     ctx.gate.acquire().await.map_err(Stop::Gate)?;
-    observed(ctx, make().await)
-}
-
-/// The answer of a call that passed the gate; the gate learns from it.
-fn observed<T>(ctx: &SyncContext, answer: Result<T, ApiError>) -> Result<T, Stop> {
-    answer.map_err(|error| {
+    make().await.map_err(|error| {
         ctx.gate.observe(&error);
         Stop::Api(error)
     })
 }
 
-/// The event cannot finish now: snooze it, or give up on it for good.
-async fn stopped(
-    ctx: &SyncContext,
-    session: &mut dyn UserSession,
-    event: &OutboxEvent,
-    stop: Stop,
-) -> anyhow::Result<Step> {
+/// The event cannot finish now: snoozed, or given up for good, as the
+/// retry policy says.
+fn stopped(ctx: &SyncContext, event: &OutboxEvent, stop: Stop) -> Outcome {
     let attempts = u32::try_from(event.attempts).unwrap_or(0);
-    let backoff = || {
-        full_jitter(
-            attempts,
-            ctx.worker.backoff_base,
-            ctx.worker.backoff_cap,
-            &mut rand::rng(),
-        )
-    };
-    let (delay, failed, reason) = match stop {
-        Stop::Gate(GateRefusal::AuthPaused) => (
-            ctx.worker.auth_retry_interval,
-            false,
-            "paused: the Embedded API refused the API key".to_owned(),
-        ),
-        Stop::Gate(GateRefusal::Backoff(wait)) => {
-            (wait, false, "waiting for the rate limit".into())
-        }
-        Stop::Api(ApiError::RateLimited { retry_after }) => (
-            retry_after.unwrap_or_else(backoff),
-            false,
-            "rate limited by the Embedded API".into(),
-        ),
-        Stop::Api(ApiError::Unauthorized { status }) => (
-            ctx.worker.auth_retry_interval,
-            false,
-            format!("paused: the Embedded API refused the API key (status {status})"),
-        ),
-        Stop::Api(error @ ApiError::Unavailable { .. }) => {
-            if attempts + 1 >= ctx.worker.max_attempts {
-                let reason = format!("gave up after {} attempts: {error}", attempts + 1);
-                finish(session, event, EventState::Failed, Some(&reason)).await?;
-                return Ok(Step::Done);
-            }
-            (backoff(), true, error.to_string())
-        }
-        Stop::Api(error) => {
-            // NotFound or a refusal where none was expected: permanent.
-            finish(session, event, EventState::Failed, Some(&error.to_string())).await?;
-            return Ok(Step::Done);
-        }
-    };
-    session
-        .snooze(event.id, delay, failed, Some(&reason))
-        .await?;
-    metrics::counter!("user_sync_events_snoozed_total").increment(1);
-    tracing::debug!(event_id = event.id, delay_ms = delay.as_millis() as u64, %reason, "event snoozed");
-    Ok(Step::Snoozed)
-}
-
-async fn finish(
-    session: &mut dyn UserSession,
-    event: &OutboxEvent,
-    state: EventState,
-    reason: Option<&str>,
-) -> anyhow::Result<()> {
-    session.finish(event.id, state, reason).await?;
-    count_event(kind_label(event), state.as_str());
-    if state == EventState::Failed {
-        tracing::warn!(event_id = event.id, reason, "event failed");
+    match ctx.retry.decide(&stop, attempts) {
+        Retry::After {
+            after,
+            counts_attempt,
+            reason,
+        } => Outcome::Snoozed {
+            after,
+            counts_attempt,
+            reason,
+        },
+        Retry::GiveUp { reason } => Outcome::Failed(reason),
     }
-    Ok(())
 }
 
 fn profile_of(user: &EmbeddedUser) -> Profile {
     Profile {
         username: user.username.clone(),
         full_name: user.full_name.clone(),
-    }
-}
-
-fn kind_label(event: &OutboxEvent) -> &'static str {
-    match event.kind.as_deref().map(str::trim) {
-        Some("signup") => "signup",
-        Some("profile_change") => "profile_change",
-        Some("account_closure") => "account_closure",
-        _ => "unknown",
-    }
-}
-
-fn count_event(kind: &'static str, outcome: &'static str) {
-    metrics::counter!("user_sync_events_total", "kind" => kind, "outcome" => outcome).increment(1);
-}
-
-fn count_superseded(count: u64) {
-    if count > 0 {
-        metrics::counter!("user_sync_events_total", "kind" => "any", "outcome" => "superseded")
-            .increment(count);
     }
 }

@@ -16,7 +16,7 @@ use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
 use crate::storage::users::{Claim, ClaimIntent, Found};
 
 use super::decide::ConflictFound;
-use super::{Pending, Retry, Run, profile_of};
+use super::{Pending, Resend, Run, profile_of};
 
 /// Rounds of "snapshot, link what was created, send again what was not".
 const MAX_ROUNDS: usize = 3;
@@ -81,7 +81,7 @@ impl Run {
         let new_users: Vec<NewUser> = entries.iter().map(|e| NewUser::from(&e.profile)).collect();
         let api = &self.api;
         let result = api
-            .call(Retry::UnlessApplied, || {
+            .call(Resend::UnlessApplied, || {
                 api.client.create_users_batch(&new_users)
             })
             .await;
@@ -145,11 +145,13 @@ impl Run {
     /// otherwise — except that the holder of an unconfirmed create's name
     /// is that create's user.
     async fn refused(&mut self, entry: &Pending) -> anyhow::Result<()> {
-        self.db.set_without_user(&entry.host, UserState::Failed).await?;
+        self.db
+            .set_without_user(&entry.host, UserState::Failed)
+            .await?;
         let api = &self.api;
         let username = &entry.profile.username;
         let found = api
-            .call(Retry::Always, || {
+            .call(Resend::Always, || {
                 api.client.get_user(UserRef::Username(username))
             })
             .await;

@@ -49,8 +49,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{DatabaseKind, Settings, SourceTarget, WorkerSettings};
 use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser};
-use crate::ratelimit::{ApiGate, GateRefusal, full_jitter};
 use crate::host::table::{HostRow, HostTable};
+use crate::ratelimit::{ApiGate, GateRefusal};
+use crate::retry::{Backoff, Retry, RetryPolicy};
 use crate::storage::pg::PgStore;
 use crate::storage::sqlite::ProcessLock;
 use crate::storage::users::{Found, NewConflict};
@@ -548,7 +549,7 @@ impl Run {
         loop {
             let api = &self.api;
             let stream = api
-                .call(Retry::Always, || api.client.list_users_stream())
+                .call(Resend::Always, || api.client.list_users_stream())
                 .await
                 .context("GET /users (the snapshot of Embedded users)")?;
             match self.db.load_snapshot(stream).await {
@@ -560,7 +561,7 @@ impl Run {
                     if e.is_retryable() && attempt + 1 < self.api.worker.max_attempts =>
                 {
                     tracing::warn!(error = %e, "GET /users was cut: reading it again");
-                    tokio::time::sleep(self.api.backoff(attempt)).await;
+                    tokio::time::sleep(self.api.policy().backoff.delay(attempt)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(anyhow::Error::new(e).context("reading GET /users")),
@@ -603,7 +604,7 @@ fn profile_of(user: &EmbeddedUser) -> Profile {
 
 /// When a failed call may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retry {
+enum Resend {
     /// Reads: any retryable failure.
     Always,
     /// Creates: only when nothing can have been applied (`429`, or no
@@ -623,7 +624,7 @@ struct Api {
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Api {
-    async fn call<T, F, Fut>(&self, retry: Retry, make: F) -> Result<T, ApiError>
+    async fn call<T, F, Fut>(&self, retry: Resend, make: F) -> Result<T, ApiError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -647,35 +648,40 @@ impl Api {
                 Err(error) => error,
             };
             self.gate.observe(&error);
-            let again = match &error {
-                ApiError::RateLimited { .. } => {
-                    rate_limited += 1;
-                    // The gate now pauses every call for the hinted time.
-                    rate_limited < self.worker.max_attempts.saturating_mul(10)
-                }
-                ApiError::Unavailable { .. }
-                    if retry == Retry::Always || !error.outcome_unknown() =>
-                {
-                    failures += 1;
-                    failures < self.worker.max_attempts
-                }
-                _ => false,
-            };
-            if !again {
+            // A refused key ends a foreground run, and a create that may
+            // have been applied is confirmed from `GET /users`, never sent
+            // again.
+            if error.is_auth() || (retry == Resend::UnlessApplied && error.outcome_unknown()) {
                 return Err(error);
             }
-            if !matches!(error, ApiError::RateLimited { .. }) {
-                tokio::time::sleep(self.backoff(failures)).await;
+            match self.policy().after_error(&error, failures) {
+                Retry::GiveUp { .. } => return Err(error),
+                Retry::After {
+                    counts_attempt: true,
+                    after,
+                    ..
+                } => {
+                    failures += 1;
+                    tokio::time::sleep(after).await;
+                }
+                // The gate now pauses every call for the hinted time.
+                Retry::After { .. } => {
+                    rate_limited += 1;
+                    if rate_limited >= self.worker.max_attempts.saturating_mul(10) {
+                        return Err(error);
+                    }
+                }
             }
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        full_jitter(
-            attempt,
+    /// The worker's policy, with waits a foreground run can sit through.
+    fn policy(&self) -> RetryPolicy {
+        let mut policy = RetryPolicy::new(&self.worker);
+        policy.backoff = Backoff::new(
             self.worker.backoff_base,
             self.worker.backoff_cap.min(MAX_BACKOFF),
-            &mut rand::rng(),
-        )
+        );
+        policy
     }
 }

@@ -325,10 +325,10 @@ pub(super) mod on_sqlite {
     use serde_json::json;
     use sqlx::SqliteConnection;
 
+    use crate::domain::Profile;
     use crate::domain::{FullName, HostUserId, Username};
     use crate::embedded::EmbeddedUser;
     use crate::embedded::client::UserStream;
-    use crate::domain::Profile;
 
     use super::super::decide::Known;
     use super::{LoadError, LookupRow, ReadAhead};

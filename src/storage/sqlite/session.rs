@@ -10,7 +10,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 
-use crate::domain::{EmbeddedUserId, ErasureOutcome, EventState, FullName, HostUserId, Profile, UserState, Username};
+use crate::domain::{
+    EmbeddedUserId, ErasureOutcome, EventState, FullName, HostUserId, Profile, UserState, Username,
+};
 use crate::storage::events::{NextEvent, NextEventRow};
 use crate::storage::users::{Claim, NewConflict};
 use crate::storage::{UserSession, is_unique_violation};
