@@ -14,6 +14,8 @@
 //! SQL lives next to the code that owns the table: [`events`] (the outbox),
 //! [`users`] (users, conflicts, erasures), [`migrate`].
 
+pub mod conflicts;
+pub mod erasures;
 pub mod events;
 pub mod migrate;
 pub mod nodelay;
@@ -38,8 +40,9 @@ use crate::domain::{
 };
 use events::NextEvent;
 
+use crate::storage::conflicts::NewConflict;
 pub use events::Claimed;
-use users::{Claim, NewConflict};
+use users::Claim;
 
 /// What the dispatcher and the sweeper do to the outbox.
 pub trait Outbox: Send + Sync {

@@ -3,10 +3,7 @@
 
 use sqlx::PgConnection;
 
-use crate::domain::{
-    ConflictReason, EmbeddedUserId, ErasureOutcome, FullName, HostUserId, Profile, Synced,
-    UserState, Username,
-};
+use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, Synced, UserState, Username};
 
 /// The newest event the worker has acted on for `host`, if any.
 pub async fn last_event_id(
@@ -337,101 +334,6 @@ pub async fn mark_without_user(
     .await?;
     Ok(())
 }
-
-/// A conflict to report.
-pub struct NewConflict<'a> {
-    pub host: &'a HostUserId,
-    pub username: &'a Username,
-    pub reason: ConflictReason,
-    pub holder_host_user_id: Option<&'a HostUserId>,
-    pub holder_embedded_user_id: Option<&'a EmbeddedUserId>,
-    /// The event that met the conflict; `None` when the backfill found it.
-    pub event_id: Option<i64>,
-}
-
-/// Reports a conflict once: an open one for the same host user, username
-/// and reason is left as it is. Returns whether a row was added.
-pub async fn report_conflict(conn: &mut PgConnection, c: &NewConflict<'_>) -> sqlx::Result<bool> {
-    let result = sqlx::query(
-        "INSERT INTO user_sync.conflicts
-             (host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id, event_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (host_user_id, username, reason) WHERE status = 'open' DO NOTHING",
-    )
-    .bind(c.host.as_str())
-    .bind(c.username.as_str())
-    .bind(c.reason.as_str())
-    .bind(c.holder_host_user_id.map(HostUserId::as_str))
-    .bind(c.holder_embedded_user_id.map(EmbeddedUserId::as_str))
-    .bind(c.event_id)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
-}
-
-/// Completes a closure: in one transaction, removes every email and name of
-/// `host` from the worker's tables (its user row, its outbox rows up to the
-/// closure, its conflicts), records the erasure with ids and times only, and
-/// ends the closure event.
-pub async fn erase(
-    conn: &mut PgConnection,
-    host: &HostUserId,
-    embedded_user_id: Option<&EmbeddedUserId>,
-    closure_event_id: i64,
-    outcome: ErasureOutcome,
-) -> sqlx::Result<()> {
-    use sqlx::Connection;
-    let mut tx = conn.begin().await?;
-    sqlx::query(
-        "INSERT INTO user_sync.users (host_user_id, state, last_event_id)
-         VALUES ($1, 'erased', $2)
-         ON CONFLICT (host_user_id) DO UPDATE
-         SET embedded_user_id = NULL, username = NULL, full_name = NULL, state = 'erased',
-             last_event_id = EXCLUDED.last_event_id, updated_at = now()",
-    )
-    .bind(host.as_str())
-    .bind(closure_event_id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE user_sync.events SET email = NULL, full_name = NULL
-         WHERE host_user_id = $1 AND id <= $2 AND (email IS NOT NULL OR full_name IS NOT NULL)",
-    )
-    .bind(host.as_str())
-    .bind(closure_event_id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM user_sync.conflicts WHERE host_user_id = $1")
-        .bind(host.as_str())
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO user_sync.erasures
-             (host_user_id, embedded_user_id, event_id, outcome, requested_at)
-         SELECT $1, $2, id, $3, occurred_at FROM user_sync.events WHERE id = $4
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(host.as_str())
-    .bind(embedded_user_id.map(EmbeddedUserId::as_str))
-    .bind(outcome.as_str())
-    .bind(closure_event_id)
-    .execute(&mut *tx)
-    .await?;
-    super::events::finish(
-        &mut tx,
-        closure_event_id,
-        crate::domain::EventState::Applied,
-        None,
-    )
-    .await?;
-    tx.commit().await
-}
-
-// ---------------------------------------------------------------------------
-// The backfill's set-based variants. One page of host users at a time: the
-// same rows and states as the per-user functions above, in a few statements
-// instead of a few per user.
-// ---------------------------------------------------------------------------
 
 /// Takes the per-user locks of many host users on one session (the same
 /// advisory locks as a job of `user-sync run` takes, so a job and the

@@ -23,8 +23,9 @@ use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser, NewUser, UserRef, 
 use crate::queue::{JobHandler, SyncJob};
 use crate::ratelimit::{ApiGate, GateRefusal};
 use crate::retry::{Retry, RetryPolicy, Stop};
+use crate::storage::conflicts::NewConflict;
 use crate::storage::events::OutboxEvent;
-use crate::storage::users::{Claim, NewConflict};
+use crate::storage::users::Claim;
 use crate::storage::{SyncStore, UserSession};
 use crate::sync::outcome::{self, Outcome};
 use crate::sync::plan::{SyncPlan, plan};

@@ -19,7 +19,8 @@ use crate::domain::{HostUserId, Profile, UserState, Username};
 use crate::embedded::EmbeddedUser;
 use crate::embedded::client::UserStream;
 use crate::host::table::{HostRow, HostTable};
-use crate::storage::users::{self, Claim, ClaimIntent, Found, NewConflict, Unconfirmed};
+use crate::storage::conflicts::NewConflict;
+use crate::storage::users::{self, Claim, ClaimIntent, Found, Unconfirmed};
 
 use super::decide::Known;
 use super::single;
@@ -254,7 +255,10 @@ impl BackfillDb for PgBackfillDb {
         &'a mut self,
         conflict: &'a NewConflict<'a>,
     ) -> BoxFuture<'a, sqlx::Result<bool>> {
-        Box::pin(users::report_conflict(&mut self.conn, conflict))
+        Box::pin(crate::storage::conflicts::report_conflict(
+            &mut self.conn,
+            conflict,
+        ))
     }
 
     fn unconfirmed_since<'a>(

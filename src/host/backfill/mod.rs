@@ -52,9 +52,10 @@ use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser};
 use crate::host::table::{HostRow, HostTable};
 use crate::ratelimit::{ApiGate, GateRefusal};
 use crate::retry::{Backoff, Retry, RetryPolicy};
+use crate::storage::conflicts::NewConflict;
 use crate::storage::pg::PgStore;
 use crate::storage::sqlite::ProcessLock;
-use crate::storage::users::{Found, NewConflict};
+use crate::storage::users::Found;
 use crate::storage::{self, Database, SyncStore};
 use crate::sync::job::{self, SyncContext};
 

@@ -23,9 +23,10 @@ use crate::embedded::EmbeddedUser;
 use crate::embedded::client::UserStream;
 use crate::host::table::{HostRow, HostTable};
 use crate::storage::Database;
+use crate::storage::conflicts::NewConflict;
 use crate::storage::sqlite::session as rows;
 use crate::storage::sqlite::{self, ProcessLock, SqliteStore, UserLockGuard, UserLocks, text_at};
-use crate::storage::users::{Claim, ClaimIntent, Found, NewConflict, Unconfirmed};
+use crate::storage::users::{Claim, ClaimIntent, Found, Unconfirmed};
 
 use super::Opened;
 use super::db::{BackfillDb, Create, EventState};

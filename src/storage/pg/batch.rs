@@ -39,8 +39,9 @@ use crate::domain::{
     ConflictReason, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile, UserState,
     Username,
 };
+use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{self, HolderProbe, NextEvent};
-use crate::storage::users::{self, Claim, NewClaim, NewConflict, SyncedUser};
+use crate::storage::users::{self, Claim, NewClaim, SyncedUser};
 use crate::storage::{Sessions, UserSession};
 
 /// Locks as many of `hosts` as are free, all on one connection, and
@@ -464,7 +465,9 @@ impl UserSession for BatchSession {
     ) -> BoxFuture<'a, sqlx::Result<bool>> {
         let owned = OwnedConflict::of(conflict);
         Box::pin(self.alone(move |conn| {
-            Box::pin(async move { users::report_conflict(conn, &owned.borrowed()).await })
+            Box::pin(async move {
+                crate::storage::conflicts::report_conflict(conn, &owned.borrowed()).await
+            })
         }))
     }
 
@@ -477,7 +480,14 @@ impl UserSession for BatchSession {
         let (host, user) = (self.host.clone(), embedded_user_id.cloned());
         Box::pin(self.alone(move |conn| {
             Box::pin(async move {
-                users::erase(conn, &host, user.as_ref(), closure_event_id, outcome).await
+                crate::storage::erasures::erase(
+                    conn,
+                    &host,
+                    user.as_ref(),
+                    closure_event_id,
+                    outcome,
+                )
+                .await
             })
         }))
     }

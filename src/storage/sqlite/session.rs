@@ -13,8 +13,9 @@ use sqlx::SqlitePool;
 use crate::domain::{
     EmbeddedUserId, ErasureOutcome, EventState, FullName, HostUserId, Profile, UserState, Username,
 };
+use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{NextEvent, NextEventRow};
-use crate::storage::users::{Claim, NewConflict};
+use crate::storage::users::Claim;
 use crate::storage::{UserSession, is_unique_violation};
 
 use super::{UserLockGuard, now_text, text_at};
