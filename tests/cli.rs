@@ -98,7 +98,7 @@ async fn migrate_is_idempotent_and_leaves_the_host_migrations_alone() {
     // Ours are apart, and complete.
     let ours = count(&pool, "SELECT count(*) FROM user_sync._sqlx_migrations").await;
     assert_eq!(usize::try_from(ours).expect("a count"), applied);
-    user_sync::storage::migrate::check_current(&pool)
+    user_sync::storage::pg::migrate::check_current(&pool)
         .await
         .expect("the schema is current");
     assert_eq!(
@@ -137,7 +137,7 @@ async fn concurrent_migrate_runs_wait_for_each_other() {
         rows,
         "the runs report {a} and {b}"
     );
-    user_sync::storage::migrate::check_current(&pool)
+    user_sync::storage::pg::migrate::check_current(&pool)
         .await
         .expect("the schema is current");
     pool.close().await;

@@ -1054,8 +1054,8 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
     use user_sync::domain::EventState;
     use user_sync::domain::Profile;
     use user_sync::domain::{HostUserId, Username};
-    use user_sync::storage::events;
-    use user_sync::storage::users::{self, NewClaim, SyncedUser};
+    use user_sync::storage::pg;
+    use user_sync::storage::users::{NewClaim, SyncedUser};
 
     let db = common::TestDb::create().await;
     let pool = db.migrated_pool().await;
@@ -1089,7 +1089,7 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
     for round in 0..7 {
         let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
         let before = rows_read(&mut tx).await;
-        let next = events::newest_pending_many(&mut tx, &names)
+        let next = pg::events::newest_pending_many(&mut tx, &names)
             .await
             .expect("newest pending");
         let ids: Vec<i64> = next
@@ -1101,7 +1101,9 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
             .map(|h| (profile(h).username, host(h)))
             .collect();
         let refs: Vec<(&Username, &HostUserId)> = lookups.iter().map(|(u, h)| (u, h)).collect();
-        users::holders_of(&mut tx, &refs).await.expect("holders");
+        pg::users::holders_of(&mut tx, &refs)
+            .await
+            .expect("holders");
         let claims: Vec<NewClaim> = names
             .iter()
             .zip(&ids)
@@ -1111,7 +1113,7 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
                 event_id: *id,
             })
             .collect();
-        users::claim_each_for_create(&mut tx, &claims)
+        pg::users::claim_each_for_create(&mut tx, &claims)
             .await
             .expect("claims");
         let synced: Vec<SyncedUser> = names
@@ -1125,12 +1127,16 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
                 applied: None,
             })
             .collect();
-        users::mark_synced(&mut tx, &synced).await.expect("synced");
+        pg::users::mark_synced(&mut tx, &synced)
+            .await
+            .expect("synced");
         let ends: Vec<(i64, EventState, Option<&str>)> = ids
             .iter()
             .map(|id| (*id, EventState::Applied, None))
             .collect();
-        events::finish_many(&mut tx, &ends).await.expect("finish");
+        pg::events::finish_many(&mut tx, &ends)
+            .await
+            .expect("finish");
         let after = rows_read(&mut tx).await;
         tx.rollback().await.expect("rollback");
         // A few rows per user and statement; a scan of the pending events
@@ -1265,7 +1271,8 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
 async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
     use user_sync::domain::Profile;
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
-    use user_sync::storage::users::{self, NewClaim, SyncedUser};
+    use user_sync::storage::pg;
+    use user_sync::storage::users::{NewClaim, SyncedUser};
 
     let db = common::TestDb::create().await;
     let pool = db.migrated_pool().await;
@@ -1289,7 +1296,7 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
             }
         })
         .collect();
-    users::claim_each_for_create(&mut tx, &claims)
+    pg::users::claim_each_for_create(&mut tx, &claims)
         .await
         .expect("claims");
     let synced: Vec<SyncedUser> = (0..32)
@@ -1304,7 +1311,9 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
             }
         })
         .collect();
-    users::mark_synced(&mut tx, &synced).await.expect("synced");
+    pg::users::mark_synced(&mut tx, &synced)
+        .await
+        .expect("synced");
     let (updated, hot): (i64, i64) = sqlx::query_as(
         "SELECT pg_stat_get_xact_tuples_updated('user_sync.users'::regclass),
                 pg_stat_get_xact_tuples_hot_updated('user_sync.users'::regclass)",

@@ -15,22 +15,16 @@
 //! [`users`] (users, conflicts, erasures), [`migrate`].
 
 pub mod conflicts;
-pub mod erasures;
 pub mod events;
-pub mod migrate;
-pub mod nodelay;
 pub mod pg;
 pub mod sqlite;
 pub mod users;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
-use std::str::FromStr;
+use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use secrecy::ExposeSecret;
 use sqlx::SqlitePool;
 
 use crate::config::{DatabaseKind, DatabaseSettings};
@@ -217,7 +211,7 @@ impl Database {
     /// Connects with at least `min_size` connections.
     pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<Self> {
         Ok(match settings.kind()? {
-            DatabaseKind::Postgres => Self::Postgres(connect(settings, min_size).await?),
+            DatabaseKind::Postgres => Self::Postgres(pg::connect(settings, min_size).await?),
             DatabaseKind::Sqlite => Self::Sqlite(sqlite::connect(settings, min_size).await?),
         })
     }
@@ -225,7 +219,7 @@ impl Database {
     /// Applies the migrations not applied yet; returns how many ran.
     pub async fn migrate(&self) -> anyhow::Result<usize> {
         match self {
-            Self::Postgres(pool) => migrate::run(pool).await,
+            Self::Postgres(pool) => pg::migrate::run(pool).await,
             Self::Sqlite(pool) => sqlite::migrate(pool).await,
         }
     }
@@ -233,7 +227,7 @@ impl Database {
     /// Fails, saying what to run, when a migration is missing.
     pub async fn check_current(&self) -> anyhow::Result<()> {
         match self {
-            Self::Postgres(pool) => migrate::check_current(pool).await,
+            Self::Postgres(pool) => pg::migrate::check_current(pool).await,
             Self::Sqlite(pool) => sqlite::check_current(pool).await,
         }
     }
@@ -253,32 +247,6 @@ impl Database {
             Self::Sqlite(pool) => pool.close().await,
         }
     }
-}
-
-/// Opens a pool on the configured PostgreSQL database. Statement logging is off: a
-/// logged statement would print bound values, emails among them.
-pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<PgPool> {
-    use anyhow::Context;
-    let options = PgConnectOptions::from_str(settings.url()?.expose_secret())
-        .context("database.url is not a valid PostgreSQL URL")?
-        .application_name("user-sync")
-        .disable_statement_logging();
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.max_connections.max(min_size))
-        .acquire_timeout(Duration::from_secs(10))
-        // No ping before each use: a broken connection fails the statement,
-        // and every caller already retries (the job, the dispatcher loop).
-        .test_before_acquire(false)
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                nodelay::after_connect(conn).await;
-                Ok(())
-            })
-        })
-        .connect_with(options)
-        .await
-        .context("cannot connect to the database (database.url)")?;
-    Ok(pool)
 }
 
 /// Whether `error` is a unique-constraint violation.

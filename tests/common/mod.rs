@@ -126,7 +126,7 @@ impl TestDb {
     /// A pool on the database with the worker's migrations applied.
     pub async fn migrated_pool(&self) -> PgPool {
         let pool = self.pool().await;
-        user_sync::storage::migrate::run(&pool)
+        user_sync::storage::pg::migrate::run(&pool)
             .await
             .expect("migrate");
         pool
@@ -189,7 +189,7 @@ impl Env {
             Backend::Postgres => {
                 let db = TestDb::create_on(admin).await;
                 let pool = db.pool().await;
-                user_sync::storage::migrate::run(&pool)
+                user_sync::storage::pg::migrate::run(&pool)
                     .await
                     .expect("migrations run");
                 (db, DbPool::Postgres(pool))

@@ -20,7 +20,8 @@ use crate::embedded::EmbeddedUser;
 use crate::embedded::client::UserStream;
 use crate::host::table::{HostRow, HostTable};
 use crate::storage::conflicts::NewConflict;
-use crate::storage::users::{self, Claim, ClaimIntent, Found, Unconfirmed};
+use crate::storage::pg;
+use crate::storage::users::{Claim, ClaimIntent, Found, Unconfirmed};
 
 use super::decide::Known;
 use super::single;
@@ -201,25 +202,25 @@ impl BackfillDb for PgBackfillDb {
         &'a mut self,
         hosts: &'a [&'a str],
     ) -> BoxFuture<'a, sqlx::Result<Vec<String>>> {
-        Box::pin(users::try_lock_many(&mut self.conn, hosts))
+        Box::pin(pg::users::try_lock_many(&mut self.conn, hosts))
     }
 
     fn unlock_many<'a>(&'a mut self, hosts: &'a [&'a str]) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::unlock_many(&mut self.conn, hosts))
+        Box::pin(pg::users::unlock_many(&mut self.conn, hosts))
     }
 
     fn claim_many_for_create<'a>(
         &'a mut self,
         intents: &'a [ClaimIntent<'a>],
     ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::claim_many_for_create(&mut self.conn, intents))
+        Box::pin(pg::users::claim_many_for_create(&mut self.conn, intents))
     }
 
     fn last_event_id<'a>(
         &'a mut self,
         host: &'a HostUserId,
     ) -> BoxFuture<'a, sqlx::Result<Option<i64>>> {
-        Box::pin(users::last_event_id(&mut self.conn, host))
+        Box::pin(pg::users::last_event_id(&mut self.conn, host))
     }
 
     fn claim_for_create<'a>(
@@ -228,7 +229,7 @@ impl BackfillDb for PgBackfillDb {
         profile: &'a Profile,
         event_id: i64,
     ) -> BoxFuture<'a, sqlx::Result<Claim>> {
-        Box::pin(users::claim_for_create(
+        Box::pin(pg::users::claim_for_create(
             &mut self.conn,
             host,
             profile,
@@ -240,7 +241,7 @@ impl BackfillDb for PgBackfillDb {
         &'a mut self,
         found: &'a [Found<'a>],
     ) -> BoxFuture<'a, sqlx::Result<u64>> {
-        Box::pin(users::mark_synced_many(&mut self.conn, found))
+        Box::pin(pg::users::mark_synced_many(&mut self.conn, found))
     }
 
     fn set_without_user<'a>(
@@ -248,14 +249,14 @@ impl BackfillDb for PgBackfillDb {
         host: &'a HostUserId,
         state: UserState,
     ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::set_without_user(&mut self.conn, host, state))
+        Box::pin(pg::users::set_without_user(&mut self.conn, host, state))
     }
 
     fn report_conflict<'a>(
         &'a mut self,
         conflict: &'a NewConflict<'a>,
     ) -> BoxFuture<'a, sqlx::Result<bool>> {
-        Box::pin(crate::storage::conflicts::report_conflict(
+        Box::pin(crate::storage::pg::conflicts::report_conflict(
             &mut self.conn,
             conflict,
         ))
@@ -267,7 +268,7 @@ impl BackfillDb for PgBackfillDb {
         after: &'a str,
         limit: i64,
     ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>> {
-        Box::pin(users::unconfirmed_since(
+        Box::pin(pg::users::unconfirmed_since(
             &mut self.conn,
             since,
             after,
@@ -279,14 +280,14 @@ impl BackfillDb for PgBackfillDb {
         &'a mut self,
         hosts: &'a [&'a str],
     ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>> {
-        Box::pin(users::unconfirmed_of(&mut self.conn, hosts))
+        Box::pin(pg::users::unconfirmed_of(&mut self.conn, hosts))
     }
 
     fn count_unconfirmed_since(
         &mut self,
         since: DateTime<Utc>,
     ) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(users::count_unconfirmed_since(&mut self.conn, since))
+        Box::pin(pg::users::count_unconfirmed_since(&mut self.conn, since))
     }
 
     fn record_signups<'a>(

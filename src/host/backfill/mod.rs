@@ -217,7 +217,8 @@ struct Opened {
 }
 
 async fn open_postgres(settings: &Settings, target: &SourceTarget) -> anyhow::Result<Opened> {
-    let pool = storage::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
+    let pool =
+        storage::pg::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
     // The backfill's own session: its temporary tables and the locks of
     // the users it acts on live and die with it, so it never goes back to
     // the pool.

@@ -24,7 +24,7 @@ use crate::embedded::client::UserStream;
 use crate::host::table::{HostRow, HostTable};
 use crate::storage::Database;
 use crate::storage::conflicts::NewConflict;
-use crate::storage::sqlite::session as rows;
+use crate::storage::sqlite::users as rows;
 use crate::storage::sqlite::{self, ProcessLock, SqliteStore, UserLockGuard, UserLocks, text_at};
 use crate::storage::users::{Claim, ClaimIntent, Found, Unconfirmed};
 
@@ -289,7 +289,7 @@ impl BackfillDb for SqliteBackfillDb {
         &'a mut self,
         conflict: &'a NewConflict<'a>,
     ) -> BoxFuture<'a, sqlx::Result<bool>> {
-        Box::pin(rows::report_conflict(&self.pool, conflict))
+        Box::pin(sqlite::conflicts::report_conflict(&self.pool, conflict))
     }
 
     fn unconfirmed_since<'a>(

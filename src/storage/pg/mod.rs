@@ -2,20 +2,34 @@
 //! `FOR UPDATE SKIP LOCKED`, the dispatcher is woken by `NOTIFY`, and the
 //! per-user lock is a session-level advisory lock, so any number of
 //! processes may share the database. A job's users share one connection,
-//! and their statements go in batches ([`batch`]).
+//! and their statements go in batches ([`session`]).
+//!
+//! One file per table, as on SQLite: [`events`], [`users`], [`conflicts`],
+//! [`erasures`]; what operators read in [`reports`]; the migrations in
+//! [`migrate`].
 
-mod batch;
+pub mod conflicts;
+pub mod erasures;
+pub mod events;
+pub mod migrate;
+mod nodelay;
 pub mod reports;
+mod session;
+pub mod users;
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use sqlx::postgres::PgListener;
+use std::str::FromStr;
+
+use secrecy::ExposeSecret;
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::config::DatabaseSettings;
 use crate::domain::{ConflictRow, HostUserId, Status};
 
-use super::events;
 use super::{Claimed, ClaimedBatch, Outbox, Reports, SyncStore, WakeUps};
 
 /// The channel the outbox trigger notifies.
@@ -46,7 +60,7 @@ impl Outbox for PgStore {
             // back and nothing is marked. The marks commit as an outcome
             // does, without waiting for the disk: marks lost in a crash of
             // the database server only dispatch their events once more.
-            let mut tx = self.pool.begin_with(batch::OUTCOME).await?;
+            let mut tx = self.pool.begin_with(session::OUTCOME).await?;
             let events = events::claim_due(&mut tx, limit).await?;
             Ok(Box::new(PgClaim { tx, events }) as Box<dyn ClaimedBatch>)
         })
@@ -110,7 +124,7 @@ impl SyncStore for PgStore {
         &'a self,
         hosts: &'a [HostUserId],
     ) -> BoxFuture<'a, sqlx::Result<super::Sessions>> {
-        Box::pin(batch::lock_each(&self.pool, hosts))
+        Box::pin(session::lock_each(&self.pool, hosts))
     }
 
     fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>> {
@@ -140,4 +154,30 @@ impl Reports for PgStore {
     fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
         Box::pin(reports::open_conflicts(&self.pool))
     }
+}
+
+/// Opens a pool on the configured PostgreSQL database. Statement logging is off: a
+/// logged statement would print bound values, emails among them.
+pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<PgPool> {
+    use anyhow::Context;
+    let options = PgConnectOptions::from_str(settings.url()?.expose_secret())
+        .context("database.url is not a valid PostgreSQL URL")?
+        .application_name("user-sync")
+        .disable_statement_logging();
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections.max(min_size))
+        .acquire_timeout(Duration::from_secs(10))
+        // No ping before each use: a broken connection fails the statement,
+        // and every caller already retries (the job, the dispatcher loop).
+        .test_before_acquire(false)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                nodelay::after_connect(conn).await;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .context("cannot connect to the database (database.url)")?;
+    Ok(pool)
 }

@@ -13,7 +13,12 @@
 //! - **Times are text** (`YYYY-MM-DDTHH:MM:SS.sssZ`, UTC), written by the
 //!   worker's clock, so that they compare in order.
 
+pub(crate) mod conflicts;
+mod erasures;
+pub(crate) mod events;
+mod reports;
 pub(crate) mod session;
+pub(crate) mod users;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -29,7 +34,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Row};
+use sqlx::ConnectOptions;
 
 use crate::config::DatabaseSettings;
 use crate::domain::{ConflictRow, HostUserId, Status};
@@ -251,7 +256,7 @@ pub(crate) fn now_text() -> String {
     text_at(Utc::now())
 }
 
-fn parse_at(text: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_at(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|at| at.with_timezone(&Utc))
@@ -260,57 +265,20 @@ fn parse_at(text: &str) -> Option<DateTime<Utc>> {
 impl Outbox for SqliteStore {
     fn claim_due(&self, limit: u32) -> BoxFuture<'_, sqlx::Result<Box<dyn ClaimedBatch>>> {
         Box::pin(async move {
-            // Claimed and committed at once: a transaction held open across
-            // the push would make the queue's writer wait for it. An
-            // abandoned claim hands the events back; a crash before the
-            // push leaves them to the sweeper.
-            let now = now_text();
-            let claimed: Vec<Claimed> = sqlx::query_as(
-                "UPDATE user_sync_events SET dispatched_at = ?1
-                 WHERE id IN (SELECT id FROM user_sync_events
-                              WHERE state = 'pending' AND dispatched_at IS NULL
-                                AND available_at <= ?1
-                              ORDER BY id LIMIT ?2)
-                 RETURNING id, host_user_id",
-            )
-            .bind(&now)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            let events = events::claim_due(&self.pool, limit).await?;
             Ok(Box::new(SqliteClaim {
                 pool: self.pool.clone(),
-                events: claimed,
+                events,
             }) as Box<dyn ClaimedBatch>)
         })
     }
 
     fn next_due_in(&self) -> BoxFuture<'_, sqlx::Result<Option<Duration>>> {
-        Box::pin(async move {
-            let next: Option<String> = sqlx::query_scalar(
-                "SELECT min(available_at) FROM user_sync_events
-                 WHERE state = 'pending' AND dispatched_at IS NULL",
-            )
-            .fetch_one(&self.pool)
-            .await?;
-            Ok(next
-                .as_deref()
-                .and_then(parse_at)
-                .map(|at| (at - Utc::now()).to_std().unwrap_or_default()))
-        })
+        Box::pin(events::next_due_in(&self.pool))
     }
 
     fn sweep_stale(&self, after: Duration) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(async move {
-            let cutoff = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
-            let result = sqlx::query(
-                "UPDATE user_sync_events SET dispatched_at = NULL
-                 WHERE state = 'pending' AND dispatched_at IS NOT NULL AND dispatched_at < ?1",
-            )
-            .bind(text_at(cutoff))
-            .execute(&self.pool)
-            .await?;
-            Ok(result.rows_affected())
-        })
+        Box::pin(events::sweep_stale(&self.pool, after))
     }
 
     fn wake_ups(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn WakeUps>>> {
@@ -335,17 +303,7 @@ impl ClaimedBatch for SqliteClaim {
     }
 
     fn abandon(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
-        Box::pin(async move {
-            let ids: Vec<i64> = self.events.iter().map(|c| c.id).collect();
-            sqlx::query(
-                "UPDATE user_sync_events SET dispatched_at = NULL
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending'",
-            )
-            .bind(serde_json::Value::from(ids).to_string())
-            .execute(&self.pool)
-            .await?;
-            Ok(())
-        })
+        Box::pin(async move { events::abandon(&self.pool, &self.events).await })
     }
 }
 
@@ -380,7 +338,7 @@ impl SyncStore for SqliteStore {
     }
 
     fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(session::finish(
+        Box::pin(events::finish(
             &self.pool,
             id,
             crate::domain::EventState::Invalid,
@@ -389,7 +347,7 @@ impl SyncStore for SqliteStore {
     }
 
     fn snooze(&self, id: i64, delay: Duration) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(session::snooze(&self.pool, id, delay, false, None))
+        Box::pin(events::snooze(&self.pool, id, delay, false, None))
     }
 }
 
@@ -402,48 +360,11 @@ impl Reports for SqliteStore {
     }
 
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
-        Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
-                        count(*) FILTER (WHERE state = 'failed') AS failed,
-                        count(*) FILTER (WHERE state = 'invalid') AS invalid,
-                        count(*) FILTER (WHERE state = 'conflict') AS conflict,
-                        min(occurred_at) FILTER (WHERE state = 'pending') AS oldest,
-                        (SELECT count(*) FROM user_sync_users WHERE state = 'synced') AS synced,
-                        (SELECT count(*) FROM user_sync_conflicts WHERE status = 'open') AS open,
-                        (SELECT count(*) FROM user_sync_erasures) AS erasures
-                 FROM user_sync_events",
-            )
-            .fetch_one(&self.pool)
-            .await?;
-            let oldest: Option<String> = row.try_get("oldest")?;
-            let lag = oldest
-                .as_deref()
-                .and_then(parse_at)
-                .map(|at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0)
-                .unwrap_or(0.0);
-            Ok(Status {
-                pending_events: row.try_get("pending")?,
-                failed_events: row.try_get("failed")?,
-                invalid_events: row.try_get("invalid")?,
-                conflict_events: row.try_get("conflict")?,
-                synced_users: row.try_get("synced")?,
-                open_conflicts: row.try_get("open")?,
-                completed_erasures: row.try_get("erasures")?,
-                outbox_lag_seconds: lag.max(0.0),
-            })
-        })
+        Box::pin(reports::status(&self.pool))
     }
 
     fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
-        Box::pin(
-            sqlx::query_as(
-                "SELECT id, host_user_id, username, reason, holder_host_user_id,
-                        holder_embedded_user_id, event_id, detected_at
-                 FROM user_sync_conflicts WHERE status = 'open' ORDER BY id",
-            )
-            .fetch_all(&self.pool),
-        )
+        Box::pin(reports::open_conflicts(&self.pool))
     }
 }
 

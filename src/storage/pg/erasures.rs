@@ -1,5 +1,6 @@
-//! `user_sync.erasures`: the proof of deletion. A closure completes here,
-//! in one transaction with the scrubbing of the user's personal data.
+//! `user_sync.erasures` on PostgreSQL: the proof of deletion. A closure
+//! completes here, in one transaction with the scrubbing of the user's personal
+//! data.
 
 use sqlx::PgConnection;
 

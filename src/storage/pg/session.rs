@@ -40,9 +40,11 @@ use crate::domain::{
     Username,
 };
 use crate::storage::conflicts::NewConflict;
-use crate::storage::events::{self, HolderProbe, NextEvent};
-use crate::storage::users::{self, Claim, NewClaim, SyncedUser};
+use crate::storage::events::{HolderProbe, NextEvent};
+use crate::storage::users::{Claim, NewClaim, SyncedUser};
 use crate::storage::{Sessions, UserSession};
+
+use super::{events, users};
 
 /// Locks as many of `hosts` as are free, all on one connection, and
 /// returns a session for each of them (`None` for a busy one), in order.
@@ -466,7 +468,7 @@ impl UserSession for BatchSession {
         let owned = OwnedConflict::of(conflict);
         Box::pin(self.alone(move |conn| {
             Box::pin(async move {
-                crate::storage::conflicts::report_conflict(conn, &owned.borrowed()).await
+                crate::storage::pg::conflicts::report_conflict(conn, &owned.borrowed()).await
             })
         }))
     }
@@ -480,7 +482,7 @@ impl UserSession for BatchSession {
         let (host, user) = (self.host.clone(), embedded_user_id.cloned());
         Box::pin(self.alone(move |conn| {
             Box::pin(async move {
-                crate::storage::erasures::erase(
+                crate::storage::pg::erasures::erase(
                     conn,
                     &host,
                     user.as_ref(),

@@ -1,0 +1,62 @@
+//! `user_sync_erasures` in a SQLite file: the proof of deletion, written in
+//! one transaction with the scrubbing of the user's personal data.
+
+use sqlx::SqlitePool;
+
+use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId};
+
+use super::now_text;
+
+/// Completes a closure in one transaction: scrubs the user's email and
+/// name from every table, records the erasure, ends the event.
+pub(super) async fn erase(
+    pool: &SqlitePool,
+    host: &HostUserId,
+    embedded_user_id: Option<&EmbeddedUserId>,
+    closure_event_id: i64,
+    outcome: ErasureOutcome,
+) -> sqlx::Result<()> {
+    let now = now_text();
+    let host = host.as_str();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO user_sync_users (host_user_id, state, last_event_id, updated_at)
+         VALUES (?1, 'erased', ?2, ?3)
+         ON CONFLICT (host_user_id) DO UPDATE
+         SET embedded_user_id = NULL, username = NULL, full_name = NULL, state = 'erased',
+             last_event_id = excluded.last_event_id, updated_at = excluded.updated_at",
+    )
+    .bind(host)
+    .bind(closure_event_id)
+    .bind(&now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE user_sync_events SET email = NULL, full_name = NULL
+         WHERE host_user_id = ?1 AND id <= ?2
+           AND (email IS NOT NULL OR full_name IS NOT NULL)",
+    )
+    .bind(host)
+    .bind(closure_event_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM user_sync_conflicts WHERE host_user_id = ?1")
+        .bind(host)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO user_sync_erasures
+             (host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at)
+         SELECT ?1, ?2, id, ?3, occurred_at, ?5 FROM user_sync_events WHERE id = ?4
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(host)
+    .bind(embedded_user_id.map(EmbeddedUserId::as_str))
+    .bind(outcome.as_str())
+    .bind(closure_event_id)
+    .bind(&now)
+    .execute(&mut *tx)
+    .await?;
+    super::events::mark_applied(&mut tx, closure_event_id, &now).await?;
+    tx.commit().await
+}

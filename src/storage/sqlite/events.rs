@@ -1,0 +1,135 @@
+//! The outbox, `user_sync_events`, in a SQLite file: how an event ends or
+//! waits, and what the dispatcher claims.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::SqlitePool;
+
+use crate::domain::EventState;
+
+use crate::storage::Claimed;
+
+use super::{now_text, parse_at, text_at};
+
+/// Ends one event.
+pub(super) async fn finish(
+    pool: &SqlitePool,
+    id: i64,
+    state: EventState,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE user_sync_events SET state = ?2, reason = ?3, finished_at = ?4
+         WHERE id = ?1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(state.as_str())
+    .bind(reason)
+    .bind(now_text())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Puts an event back to be dispatched after `delay`.
+pub(super) async fn snooze(
+    pool: &SqlitePool,
+    id: i64,
+    delay: Duration,
+    failed: bool,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    let due = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    sqlx::query(
+        "UPDATE user_sync_events
+         SET dispatched_at = NULL, available_at = ?2, attempts = attempts + ?3,
+             reason = COALESCE(?4, reason)
+         WHERE id = ?1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(text_at(due))
+    .bind(i32::from(failed))
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Ends an event `applied`, inside the transaction that did its work.
+pub(super) async fn mark_applied(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: i64,
+    now: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE user_sync_events SET state = 'applied', reason = NULL, finished_at = ?2
+         WHERE id = ?1 AND state = 'pending'",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` events due for dispatch, committed at once: a
+/// transaction held open across the push would make the queue's writer
+/// wait for it. An abandoned claim hands the events back ([`abandon`]); a
+/// crash before the push leaves them to the sweeper.
+pub(super) async fn claim_due(pool: &SqlitePool, limit: u32) -> sqlx::Result<Vec<Claimed>> {
+    let now = now_text();
+    sqlx::query_as(
+        "UPDATE user_sync_events SET dispatched_at = ?1
+         WHERE id IN (SELECT id FROM user_sync_events
+                      WHERE state = 'pending' AND dispatched_at IS NULL
+                        AND available_at <= ?1
+                      ORDER BY id LIMIT ?2)
+         RETURNING id, host_user_id",
+    )
+    .bind(&now)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+}
+
+/// Hands claimed events back, to be dispatched at once.
+pub(super) async fn abandon(pool: &SqlitePool, claimed: &[Claimed]) -> sqlx::Result<()> {
+    let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    sqlx::query(
+        "UPDATE user_sync_events SET dispatched_at = NULL
+         WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending'",
+    )
+    .bind(serde_json::Value::from(ids).to_string())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// How long until the next snoozed event is due, if any is waiting.
+pub(super) async fn next_due_in(pool: &SqlitePool) -> sqlx::Result<Option<Duration>> {
+    let next: Option<String> = sqlx::query_scalar(
+        "SELECT min(available_at) FROM user_sync_events
+         WHERE state = 'pending' AND dispatched_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(next
+        .as_deref()
+        .and_then(parse_at)
+        .map(|at| (at - Utc::now()).to_std().unwrap_or_default()))
+}
+
+/// Events dispatched more than `after` ago and still pending go back to be
+/// dispatched: their job was lost. Returns how many.
+pub(super) async fn sweep_stale(pool: &SqlitePool, after: Duration) -> sqlx::Result<u64> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(after).unwrap_or_default();
+    let result = sqlx::query(
+        "UPDATE user_sync_events SET dispatched_at = NULL
+         WHERE state = 'pending' AND dispatched_at IS NOT NULL AND dispatched_at < ?1",
+    )
+    .bind(text_at(cutoff))
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
