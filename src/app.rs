@@ -25,8 +25,9 @@ use crate::outbox::sweeper;
 use crate::queue::{self, JobQueue, RedisQueue, SqliteQueue};
 use crate::ratelimit::ApiGate;
 use crate::ratelimit::shared::SharedLimit;
-use crate::storage::Database;
-use crate::storage::sqlite::ProcessLock;
+use crate::storage::pg::PgStore;
+use crate::storage::sqlite::{ProcessLock, SqliteStore};
+use crate::storage::{Database, Store, SyncStore};
 use crate::sync::job::SyncContext;
 
 /// A started worker process.
@@ -96,7 +97,16 @@ impl Worker {
             }
         };
         let gate = Arc::new(gate);
-        let store = database.into_store();
+        // The backend, chosen once: the jobs are generic over it, the rest
+        // of the process reaches it through one trait object.
+        let (store, handler) = match database {
+            Database::Postgres(pool) => {
+                assemble(Arc::new(PgStore::new(pool)), &api, &gate, settings)
+            }
+            Database::Sqlite(pool) => {
+                assemble(Arc::new(SqliteStore::new(pool)), &api, &gate, settings)
+            }
+        };
         let job_queue: Arc<dyn JobQueue> = match &queue {
             Queue::Redis(redis) => queue::shared(redis.clone()),
             Queue::Sqlite(sqlite) => queue::shared(sqlite.clone()),
@@ -138,8 +148,6 @@ impl Worker {
             settings.worker.auth_retry_interval,
             shutdown.clone(),
         ));
-        let handler =
-            queue::Handler::new(SyncContext::new(store, api, gate, settings.worker.clone()));
         let concurrency = jobs_in_flight(settings);
         let grace = settings.worker.shutdown_timeout;
         let worker_name = name.clone();
@@ -177,6 +185,23 @@ impl Worker {
         }
         tracing::info!(worker = %self.name, "user-sync stopped");
     }
+}
+
+/// The pipeline's storage as the dispatcher, the sweeper and the ops server
+/// reach it, and the queue's handler of sync jobs on it.
+fn assemble<S: SyncStore + Store>(
+    store: Arc<S>,
+    api: &EmbeddedClient,
+    gate: &Arc<ApiGate>,
+    settings: &Settings,
+) -> (Arc<dyn Store>, queue::Handler) {
+    let handler = queue::Handler::new(SyncContext::new(
+        store.clone(),
+        api.clone(),
+        gate.clone(),
+        settings.worker.clone(),
+    ));
+    (store, handler)
 }
 
 /// Jobs run at once: 16 users in flight per API call allowed in flight, as

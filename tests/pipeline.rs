@@ -910,19 +910,17 @@ async fn users_of_one_job_sharing_an_email_get_one_embedded_user(backend: Backen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_users_are_locked_until_released_or_dropped() {
     use user_sync::domain::HostUserId;
-    use user_sync::storage::Database;
+    use user_sync::storage::pg::PgStore;
+    use user_sync::storage::{SyncStore, UserSession};
+
+    fn locked<T>(sessions: &[Option<T>]) -> Vec<bool> {
+        sessions.iter().map(Option::is_some).collect()
+    }
 
     let env = Env::start(SandboxOptions::default()).await;
-    let settings = env.settings();
-    let store = Database::connect(&settings.database, 4)
-        .await
-        .expect("connect")
-        .into_store();
+    let store = PgStore::new(env.pg().clone());
     let host = |h: &str| HostUserId::parse(h).expect("a host user id");
     let (a, b, c) = (host("a"), host("b"), host("c"));
-    let locked = |sessions: &[Option<Box<dyn user_sync::storage::UserSession>>]| {
-        sessions.iter().map(Option::is_some).collect::<Vec<bool>>()
-    };
 
     let mut first = store
         .lock_users(&[a.clone(), b.clone()])
@@ -1175,7 +1173,7 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
     use user_sync::domain::EventState;
     use user_sync::domain::Profile;
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
-    use user_sync::storage::SyncStore;
+    use user_sync::storage::{SyncStore, UserSession};
     use user_sync::storage::users::Claim;
 
     let env = Env::start(SandboxOptions::default()).await;

@@ -61,7 +61,9 @@ impl Handler {
         Self(Arc::new(handler))
     }
 
-    fn run(&self, job: SyncJob) -> BoxFuture<'static, anyhow::Result<()>> {
+    /// Runs `job` (the queue's workers do it for each job they take; the
+    /// backfill's single mode for the jobs it makes itself).
+    pub fn run(&self, job: SyncJob) -> BoxFuture<'static, anyhow::Result<()>> {
         self.0.run(job)
     }
 }

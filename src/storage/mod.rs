@@ -21,6 +21,7 @@ pub mod sqlite;
 pub mod users;
 
 use sqlx::PgPool;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,19 +75,30 @@ pub trait WakeUps: Send {
 }
 
 /// One session per host user asked for, in order; `None` for a busy one.
-pub type Sessions = Vec<Option<Box<dyn UserSession>>>;
+pub type Sessions<S> = Vec<Option<S>>;
 
-/// What a sync job needs outside a user's lock.
-pub trait SyncStore: Send + Sync {
+/// What a sync job needs outside a user's lock. The job is generic over
+/// it: the backend is chosen once, where the process is assembled, and a
+/// job's many statements are plain futures, none of them boxed.
+pub trait SyncStore: Send + Sync + 'static {
+    /// One host user's rows under that user's lock.
+    type Session: UserSession;
     /// Takes the exclusive right to act on each of `hosts` (distinct),
     /// across every process sharing the database, where nobody holds it:
     /// one session per host, in order, `None` for a busy one.
-    fn lock_users<'a>(&'a self, hosts: &'a [HostUserId]) -> BoxFuture<'a, sqlx::Result<Sessions>>;
+    fn lock_users<'a>(
+        &'a self,
+        hosts: &'a [HostUserId],
+    ) -> impl Future<Output = sqlx::Result<Sessions<Self::Session>>> + Send;
     /// Ends an event that has no valid host user to lock.
-    fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>>;
+    fn mark_invalid<'a>(
+        &'a self,
+        id: i64,
+        reason: &'a str,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Puts an event back to be dispatched after `delay`, without counting
     /// an attempt (its user was busy).
-    fn snooze(&self, id: i64, delay: Duration) -> BoxFuture<'_, sqlx::Result<()>>;
+    fn snooze(&self, id: i64, delay: Duration) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
 /// One host user's rows, under that user's lock. Every write commits on
@@ -97,17 +109,17 @@ pub trait SyncStore: Send + Sync {
 pub trait UserSession: Send {
     /// The newest pending event of the user, with what the job must know
     /// around it, in one round trip.
-    fn newest_pending(&mut self) -> BoxFuture<'_, sqlx::Result<Option<NextEvent>>>;
+    fn newest_pending(&mut self) -> impl Future<Output = sqlx::Result<Option<NextEvent>>> + Send;
     /// Ends one event.
     fn finish<'a>(
         &'a mut self,
         id: i64,
         state: EventState,
         reason: Option<&'a str>,
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Ends every pending event of the user older than `newest`; returns
     /// how many.
-    fn supersede_older(&mut self, newest: i64) -> BoxFuture<'_, sqlx::Result<u64>>;
+    fn supersede_older(&mut self, newest: i64) -> impl Future<Output = sqlx::Result<u64>> + Send;
     /// Puts an event back to be dispatched after `delay`; `failed` counts
     /// an attempt.
     fn snooze<'a>(
@@ -116,23 +128,23 @@ pub trait UserSession: Send {
         delay: Duration,
         failed: bool,
         reason: Option<&'a str>,
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Records the intent to create `profile`, durably, before the create
     /// is sent; a username another host user holds is refused.
     fn claim_for_create<'a>(
         &'a mut self,
         profile: &'a Profile,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<Claim>>;
+    ) -> impl Future<Output = sqlx::Result<Claim>> + Send;
     /// The other host user holding or claiming `username`, if any.
     fn holder_of<'a>(
         &'a mut self,
         username: &'a Username,
-    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>>;
+    ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send;
     /// Records that an update for `event_id` is about to be sent: until that
     /// event finishes, the row may not say what Embedded holds (see
     /// `NextEvent::last_acted_unfinished`).
-    fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>>;
+    fn note_update_sent(&mut self, event_id: i64) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Records what Embedded was found to hold, read back after an update of
     /// unknown outcome, as known while acting on `event_id`. Conflicts and
     /// events are left as they are.
@@ -141,7 +153,7 @@ pub trait UserSession: Send {
         id: &'a EmbeddedUserId,
         profile: &'a Profile,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Records the user's Embedded user and profile and resolves its open
     /// conflicts; with `applied`, that event ends `applied` too.
     fn mark_synced<'a>(
@@ -150,30 +162,30 @@ pub trait UserSession: Send {
         profile: &'a Profile,
         event_id: i64,
         applied: Option<i64>,
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Another host user already mapped to the Embedded user `id`, if any.
     fn mapped_elsewhere<'a>(
         &'a mut self,
         id: &'a EmbeddedUserId,
-    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>>;
+    ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send;
     /// Makes every outcome recorded so far durable before an irreversible
     /// call that relies on it (a delete). A no-op where outcomes commit
     /// durably anyway.
-    fn flush_outcomes(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(std::future::ready(Ok(())))
+    fn flush_outcomes(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send {
+        std::future::ready(Ok(()))
     }
     /// Records that the user has no Embedded user (in `state`), releasing
     /// any username claim.
-    fn mark_without_user<'a>(
-        &'a mut self,
+    fn mark_without_user(
+        &mut self,
         state: UserState,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Reports a conflict once; returns whether a row was added.
     fn report_conflict<'a>(
         &'a mut self,
         conflict: &'a NewConflict<'a>,
-    ) -> BoxFuture<'a, sqlx::Result<bool>>;
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send;
     /// Completes a closure in one transaction: scrubs the user's email and
     /// name from every table, records the erasure, ends the event.
     fn erase<'a>(
@@ -181,9 +193,9 @@ pub trait UserSession: Send {
         embedded_user_id: Option<&'a EmbeddedUserId>,
         closure_event_id: i64,
         outcome: ErasureOutcome,
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Releases the lock.
-    fn release(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>>;
+    fn release(self) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
 /// What operators read: `status`, `conflicts`, `/readyz`, `/metrics`.
@@ -194,10 +206,11 @@ pub trait Reports: Send + Sync {
     fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>>;
 }
 
-/// Everything the pipeline needs of a backend.
-pub trait Store: Outbox + SyncStore + Reports {}
+/// What the dispatcher, the sweeper and the ops server need of a backend:
+/// a handful of calls a second, through one trait object.
+pub trait Store: Outbox + Reports {}
 
-impl<T: Outbox + SyncStore + Reports> Store for T {}
+impl<T: Outbox + Reports> Store for T {}
 
 /// The database `database.url` names, connected: PostgreSQL (beside Redis)
 /// or a SQLite file (the single-file mode, queue included).

@@ -31,10 +31,9 @@ use crate::sync::outcome::{self, Outcome};
 use crate::sync::plan::{SyncPlan, plan};
 
 /// Everything a job needs, shared by all jobs of a process.
-#[derive(Clone)]
-pub struct SyncContext {
-    /// The worker's tables, whichever database holds them.
-    pub store: Arc<dyn SyncStore>,
+pub struct SyncContext<S: SyncStore> {
+    /// The worker's tables, on the backend the process was assembled with.
+    pub store: Arc<S>,
     pub api: EmbeddedClient,
     pub gate: Arc<ApiGate>,
     pub worker: WorkerSettings,
@@ -44,9 +43,22 @@ pub struct SyncContext {
     calls: Arc<Semaphore>,
 }
 
-impl SyncContext {
+impl<S: SyncStore> Clone for SyncContext<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            api: self.api.clone(),
+            gate: self.gate.clone(),
+            worker: self.worker.clone(),
+            retry: self.retry,
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl<S: SyncStore> SyncContext<S> {
     pub fn new(
-        store: Arc<dyn SyncStore>,
+        store: Arc<S>,
         api: EmbeddedClient,
         gate: Arc<ApiGate>,
         worker: WorkerSettings,
@@ -63,7 +75,7 @@ impl SyncContext {
     }
 }
 
-impl JobHandler for SyncContext {
+impl<S: SyncStore> JobHandler for SyncContext<S> {
     fn run(&self, job: SyncJob) -> BoxFuture<'static, anyhow::Result<()>> {
         let ctx = self.clone();
         Box::pin(async move { run(&ctx, &job).await })
@@ -79,7 +91,7 @@ const MAX_EVENTS_PER_JOB: usize = 16;
 /// Runs one job: each of its host users at once. An `Err` is an
 /// infrastructure failure (the database); the events not finished stay
 /// pending and are dispatched again.
-pub async fn run(ctx: &SyncContext, job: &SyncJob) -> anyhow::Result<()> {
+pub async fn run<S: SyncStore>(ctx: &SyncContext<S>, job: &SyncJob) -> anyhow::Result<()> {
     let mut hosts: Vec<HostUserId> = Vec::new();
     let mut events_of: HashMap<HostUserId, Vec<i64>> = HashMap::new();
     for event in &job.events {
@@ -120,20 +132,20 @@ pub async fn run(ctx: &SyncContext, job: &SyncJob) -> anyhow::Result<()> {
 }
 
 /// Applies the pending events of one locked host user, then releases it.
-async fn apply_locked(
-    ctx: &SyncContext,
+async fn apply_locked<S: SyncStore>(
+    ctx: &SyncContext<S>,
     host: &HostUserId,
-    mut session: Box<dyn UserSession>,
+    mut session: S::Session,
 ) -> anyhow::Result<()> {
-    let result = apply_pending(ctx, host, session.as_mut()).await;
+    let result = apply_pending(ctx, host, &mut session).await;
     session.release().await?;
     result
 }
 
-async fn apply_pending(
-    ctx: &SyncContext,
+async fn apply_pending<S: SyncStore>(
+    ctx: &SyncContext<S>,
     host: &HostUserId,
-    session: &mut dyn UserSession,
+    session: &mut S::Session,
 ) -> anyhow::Result<()> {
     for _ in 0..MAX_EVENTS_PER_JOB {
         let Some(next) = session.newest_pending().await? else {
@@ -184,9 +196,9 @@ async fn apply_pending(
 /// Without this, an event asking for the state from before that update
 /// would look like no change and cost no call, and Embedded would keep the
 /// update for good.
-async fn read_back(
-    ctx: &SyncContext,
-    session: &mut dyn UserSession,
+async fn read_back<S: SyncStore>(
+    ctx: &SyncContext<S>,
+    session: &mut S::Session,
     event_id: i64,
     synced: Synced,
 ) -> anyhow::Result<Result<Synced, Stop>> {
@@ -216,9 +228,9 @@ async fn read_back(
 }
 
 /// Carries out the newest event of `host`; the caller records the outcome.
-async fn apply_event(
-    ctx: &SyncContext,
-    session: &mut dyn UserSession,
+async fn apply_event<S: SyncStore>(
+    ctx: &SyncContext<S>,
+    session: &mut S::Session,
     host: &HostUserId,
     event: &OutboxEvent,
     desired: &Desired,
@@ -301,9 +313,9 @@ async fn apply_event(
 }
 
 /// Creates the user of `host`, unless its username is someone else's.
-async fn create(
-    ctx: &SyncContext,
-    session: &mut dyn UserSession,
+async fn create<S: SyncStore>(
+    ctx: &SyncContext<S>,
+    session: &mut S::Session,
     host: &HostUserId,
     event: &OutboxEvent,
     new_user: NewUser,
@@ -373,9 +385,9 @@ async fn create(
 
 /// Erases the user of `host`: deletes its Embedded user when there is one,
 /// and records the erasure either way (which ends the event).
-async fn erase(
-    ctx: &SyncContext,
-    session: &mut dyn UserSession,
+async fn erase<S: SyncStore>(
+    ctx: &SyncContext<S>,
+    session: &mut S::Session,
     host: &HostUserId,
     event: &OutboxEvent,
     id: Option<EmbeddedUserId>,
@@ -402,9 +414,9 @@ async fn erase(
 
 /// A create refused by the API: a conflict if someone holds the username,
 /// a permanent failure otherwise.
-async fn refused_create(
-    ctx: &SyncContext,
-    session: &mut dyn UserSession,
+async fn refused_create<S: SyncStore>(
+    ctx: &SyncContext<S>,
+    session: &mut S::Session,
     host: &HostUserId,
     username: &Username,
     event: &OutboxEvent,
@@ -418,9 +430,9 @@ async fn refused_create(
 }
 
 /// Sends an update. `None` when the user no longer exists in Embedded.
-async fn update_user(
-    ctx: &SyncContext,
-    session: &mut dyn UserSession,
+async fn update_user<S: SyncStore>(
+    ctx: &SyncContext<S>,
+    session: &mut S::Session,
     host: &HostUserId,
     event: &OutboxEvent,
     id: &EmbeddedUserId,
@@ -484,7 +496,7 @@ async fn update_user(
 /// user has claimed it since this job looked (users of one job work at
 /// once), that user holds it: the conflict is with them.
 async fn taken_in_embedded(
-    session: &mut dyn UserSession,
+    session: &mut impl UserSession,
     host: &HostUserId,
     username: &Username,
     holder: &EmbeddedUser,
@@ -508,7 +520,7 @@ async fn taken_in_embedded(
 }
 
 async fn taken_by_host_user(
-    session: &mut dyn UserSession,
+    session: &mut impl UserSession,
     host: &HostUserId,
     username: &Username,
     holder: &HostUserId,
@@ -527,7 +539,7 @@ async fn taken_by_host_user(
 
 /// Reports `conflict` (once); the event ends in it.
 async fn in_conflict(
-    session: &mut dyn UserSession,
+    session: &mut impl UserSession,
     conflict: &NewConflict<'_>,
 ) -> anyhow::Result<Outcome> {
     if session.report_conflict(conflict).await? {
@@ -552,7 +564,7 @@ pub(crate) fn reported(conflict: &NewConflict<'_>) {
 }
 
 /// One API call through the gate; the gate learns from the answer.
-async fn call<T, F, Fut>(ctx: &SyncContext, make: F) -> Result<T, Stop>
+async fn call<S: SyncStore, T, F, Fut>(ctx: &SyncContext<S>, make: F) -> Result<T, Stop>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -569,7 +581,7 @@ where
 
 /// The event cannot finish now: snoozed, or given up for good, as the
 /// retry policy says.
-fn stopped(ctx: &SyncContext, event: &OutboxEvent, stop: Stop) -> Outcome {
+fn stopped<S: SyncStore>(ctx: &SyncContext<S>, event: &OutboxEvent, stop: Stop) -> Outcome {
     let attempts = u32::try_from(event.attempts).unwrap_or(0);
     match ctx.retry.decide(&stop, attempts) {
         Retry::After {

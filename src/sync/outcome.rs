@@ -38,7 +38,7 @@ pub enum Outcome {
 /// Records `outcome` for `event` of `host`: its row state, its metrics and
 /// its log line.
 pub async fn record(
-    session: &mut dyn UserSession,
+    session: &mut impl UserSession,
     host: &HostUserId,
     event: &OutboxEvent,
     outcome: &Outcome,
@@ -89,7 +89,7 @@ pub async fn record(
 
 /// Ends every pending event of the session's user older than `by`,
 /// counted.
-pub async fn supersede_older(session: &mut dyn UserSession, by: i64) -> sqlx::Result<()> {
+pub async fn supersede_older(session: &mut impl UserSession, by: i64) -> sqlx::Result<()> {
     let count = session.supersede_older(by).await?;
     if count > 0 {
         metrics::counter!("user_sync_events_total", "kind" => "any", "outcome" => "superseded")

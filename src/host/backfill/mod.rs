@@ -50,13 +50,15 @@ use crate::config::{DatabaseKind, Settings, SourceTarget, WorkerSettings};
 use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser};
 use crate::host::table::{HostRow, HostTable};
+use crate::queue::Handler;
 use crate::ratelimit::{ApiGate, GateRefusal};
 use crate::retry::{Backoff, Retry, RetryPolicy};
 use crate::storage::conflicts::NewConflict;
 use crate::storage::pg::PgStore;
 use crate::storage::sqlite::ProcessLock;
+use crate::storage::sqlite::SqliteStore;
 use crate::storage::users::Found;
-use crate::storage::{self, Database, SyncStore};
+use crate::storage::{self, Database};
 use crate::sync::job::{self, SyncContext};
 
 use db::{BackfillDb, PgBackfillDb};
@@ -155,7 +157,7 @@ pub async fn run(
             gate: gate.clone(),
             worker: settings.worker.clone(),
         },
-        jobs: SyncContext::new(store, client, gate, settings.worker.clone()),
+        jobs: store.handler(client, gate, settings.worker.clone()),
         options: options.clone(),
         summary: Summary {
             dry_run: options.dry_run,
@@ -210,7 +212,7 @@ struct Opened {
     source: HostTable,
     /// For `--mode single`: the pipeline's storage (sharing the per-user
     /// locks with `db`).
-    store: Arc<dyn SyncStore>,
+    store: JobStore,
     database: Database,
     /// On SQLite, this process's right to the file.
     file_lock: Option<ProcessLock>,
@@ -235,10 +237,26 @@ async fn open_postgres(settings: &Settings, target: &SourceTarget) -> anyhow::Re
     Ok(Opened {
         db: Box::new(PgBackfillDb { conn }),
         source,
-        store: Arc::new(PgStore::new(pool.clone())),
+        store: JobStore::Pg(Arc::new(PgStore::new(pool.clone()))),
         database: Database::Postgres(pool),
         file_lock: None,
     })
+}
+
+/// The pipeline's storage a `--mode single` run hands its jobs to, on the
+/// backend the run opened.
+enum JobStore {
+    Pg(Arc<PgStore>),
+    Sqlite(Arc<SqliteStore>),
+}
+
+impl JobStore {
+    fn handler(self, api: EmbeddedClient, gate: Arc<ApiGate>, worker: WorkerSettings) -> Handler {
+        match self {
+            Self::Pg(store) => Handler::new(SyncContext::new(store, api, gate, worker)),
+            Self::Sqlite(store) => Handler::new(SyncContext::new(store, api, gate, worker)),
+        }
+    }
 }
 
 /// A create waiting for its batch; its lock is held until the batch is
@@ -258,7 +276,7 @@ struct Run {
     source: HostTable,
     api: Api,
     /// For `--mode single`: the pipeline's job, run in this process.
-    jobs: SyncContext,
+    jobs: Handler,
     options: BackfillOptions,
     summary: Summary,
     progress: Progress,

@@ -16,7 +16,6 @@ use sqlx::PgConnection;
 
 use crate::domain::{FullName, HostUserId, Profile};
 use crate::queue::{JobEvent, SyncJob};
-use crate::sync::job;
 
 use super::Run;
 
@@ -77,7 +76,7 @@ impl Run {
         if events.is_empty() {
             return Ok(());
         }
-        let ctx = &self.jobs;
+        let jobs = &self.jobs;
         let results: Vec<anyhow::Result<()>> = futures::stream::iter(events.iter())
             .map(|(id, host)| async move {
                 let job = SyncJob {
@@ -86,9 +85,9 @@ impl Run {
                         host_user_id: Some(host.as_str().to_owned()),
                     }],
                 };
-                job::run(ctx, &job).await
+                jobs.run(job).await
             })
-            .buffer_unordered(ctx.worker.concurrency.max(1))
+            .buffer_unordered(self.api.worker.concurrency.max(1))
             .collect()
             .await;
         for result in results {

@@ -50,7 +50,7 @@ pub(super) async fn open(settings: &Settings, target: &SourceTarget) -> anyhow::
             held: HashMap::new(),
         }),
         source,
-        store: Arc::new(store),
+        store: super::JobStore::Sqlite(Arc::new(store)),
         database: Database::Sqlite(pool),
         file_lock: Some(file_lock),
     })

@@ -120,22 +120,26 @@ impl WakeUps for Notified {
 }
 
 impl SyncStore for PgStore {
+    type Session = session::BatchSession;
+
     fn lock_users<'a>(
         &'a self,
         hosts: &'a [HostUserId],
-    ) -> BoxFuture<'a, sqlx::Result<super::Sessions>> {
-        Box::pin(session::lock_each(&self.pool, hosts))
+    ) -> impl Future<Output = sqlx::Result<super::Sessions<Self::Session>>> + Send {
+        session::lock_each(&self.pool, hosts)
     }
 
-    fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(events::mark_invalid(&self.pool, id, reason))
+    fn mark_invalid<'a>(
+        &'a self,
+        id: i64,
+        reason: &'a str,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        events::mark_invalid(&self.pool, id, reason)
     }
 
-    fn snooze(&self, id: i64, delay: Duration) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(async move {
-            let mut conn = self.pool.acquire().await?;
-            events::snooze(&mut conn, id, delay, false, None).await
-        })
+    async fn snooze(&self, id: i64, delay: Duration) -> sqlx::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        events::snooze(&mut conn, id, delay, false, None).await
     }
 }
 

@@ -48,7 +48,10 @@ use super::{events, users};
 
 /// Locks as many of `hosts` as are free, all on one connection, and
 /// returns a session for each of them (`None` for a busy one), in order.
-pub async fn lock_each(pool: &PgPool, hosts: &[HostUserId]) -> sqlx::Result<Sessions> {
+pub async fn lock_each(
+    pool: &PgPool,
+    hosts: &[HostUserId],
+) -> sqlx::Result<Sessions<BatchSession>> {
     let mut conn = pool.acquire().await?;
     let names: Vec<&str> = hosts.iter().map(HostUserId::as_str).collect();
     let locked = match users::try_lock_many(&mut conn, &names).await {
@@ -68,12 +71,10 @@ pub async fn lock_each(pool: &PgPool, hosts: &[HostUserId]) -> sqlx::Result<Sess
     Ok(hosts
         .iter()
         .map(|host| {
-            locked.contains(host.as_str()).then(|| {
-                Box::new(BatchSession {
-                    host: host.clone(),
-                    requests: requests.clone(),
-                    probe: None,
-                }) as Box<dyn UserSession>
+            locked.contains(host.as_str()).then(|| BatchSession {
+                host: host.clone(),
+                requests: requests.clone(),
+                probe: None,
             })
         })
         .collect())
@@ -290,7 +291,7 @@ where
 }
 
 /// One host user's session: its statements go to the connection's task.
-struct BatchSession {
+pub struct BatchSession {
     host: HostUserId,
     requests: mpsc::UnboundedSender<Request>,
     /// The holder of the newest event's username, read with the event: a
@@ -332,14 +333,12 @@ impl BatchSession {
 }
 
 impl UserSession for BatchSession {
-    fn newest_pending(&mut self) -> BoxFuture<'_, sqlx::Result<Option<NextEvent>>> {
-        Box::pin(async move {
-            let next = self
-                .ask(|answer| Request::Newest(self.host.clone(), answer))
-                .await?;
-            self.probe = next.as_ref().and_then(|n| n.holder_probe.clone());
-            Ok(next)
-        })
+    async fn newest_pending(&mut self) -> sqlx::Result<Option<NextEvent>> {
+        let next = self
+            .ask(|answer| Request::Newest(self.host.clone(), answer))
+            .await?;
+        self.probe = next.as_ref().and_then(|n| n.holder_probe.clone());
+        Ok(next)
     }
 
     fn finish<'a>(
@@ -347,16 +346,16 @@ impl UserSession for BatchSession {
         id: i64,
         state: EventState,
         reason: Option<&'a str>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
         let reason = reason.map(str::to_owned);
-        Box::pin(self.ask(move |answer| Request::Finish(id, state, reason, answer)))
+        self.ask(move |answer| Request::Finish(id, state, reason, answer))
     }
 
-    fn supersede_older(&mut self, newest: i64) -> BoxFuture<'_, sqlx::Result<u64>> {
+    fn supersede_older(&mut self, newest: i64) -> impl Future<Output = sqlx::Result<u64>> + Send {
         let host = self.host.clone();
-        Box::pin(self.alone(move |conn| {
+        self.alone(move |conn| {
             Box::pin(async move { events::supersede_older(conn, &host, newest).await })
-        }))
+        })
     }
 
     fn snooze<'a>(
@@ -365,46 +364,52 @@ impl UserSession for BatchSession {
         delay: Duration,
         failed: bool,
         reason: Option<&'a str>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
         let reason = reason.map(str::to_owned);
-        Box::pin(self.alone(move |conn| {
+        self.alone(move |conn| {
             Box::pin(
                 async move { events::snooze(conn, id, delay, failed, reason.as_deref()).await },
             )
-        }))
+        })
     }
 
     fn claim_for_create<'a>(
         &'a mut self,
         profile: &'a Profile,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<Claim>> {
+    ) -> impl Future<Output = sqlx::Result<Claim>> + Send {
         let claim = NewClaim {
             host: self.host.clone(),
             profile: profile.clone(),
             event_id,
         };
-        Box::pin(self.ask(move |answer| Request::Claim(claim, answer)))
+        self.ask(move |answer| Request::Claim(claim, answer))
     }
 
     fn holder_of<'a>(
         &'a mut self,
         username: &'a Username,
-    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
+    ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send {
         // Answered once from the read, then asked again: a later check
         // (after a conflict met, a create refused) looks afresh.
-        if let Some(holder) = self.probe.take().and_then(|p| p.answer(username)) {
-            return Box::pin(std::future::ready(Ok(holder)));
-        }
+        let probed = self.probe.take().and_then(|p| p.answer(username));
         let (username, host) = (username.clone(), self.host.clone());
-        Box::pin(self.ask(move |answer| Request::HolderOf(username, host, answer)))
+        async move {
+            match probed {
+                Some(holder) => Ok(holder),
+                None => {
+                    self.ask(move |answer| Request::HolderOf(username, host, answer))
+                        .await
+                }
+            }
+        }
     }
 
-    fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>> {
+    fn note_update_sent(&mut self, event_id: i64) -> impl Future<Output = sqlx::Result<()>> + Send {
         let host = self.host.clone();
-        Box::pin(self.alone(move |conn| {
+        self.alone(move |conn| {
             Box::pin(async move { users::note_update_sent(conn, &host, event_id).await })
-        }))
+        })
     }
 
     fn record_found<'a>(
@@ -412,11 +417,11 @@ impl UserSession for BatchSession {
         id: &'a EmbeddedUserId,
         profile: &'a Profile,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
         let (host, id, profile) = (self.host.clone(), id.clone(), profile.clone());
-        Box::pin(self.alone(move |conn| {
+        self.alone(move |conn| {
             Box::pin(async move { users::record_found(conn, &host, &id, &profile, event_id).await })
-        }))
+        })
     }
 
     fn mark_synced<'a>(
@@ -425,7 +430,7 @@ impl UserSession for BatchSession {
         profile: &'a Profile,
         event_id: i64,
         applied: Option<i64>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
         let user = SyncedUser {
             host: self.host.clone(),
             id: id.clone(),
@@ -433,44 +438,44 @@ impl UserSession for BatchSession {
             event_id,
             applied,
         };
-        Box::pin(self.ask(move |answer| Request::Synced(user, answer)))
+        self.ask(move |answer| Request::Synced(user, answer))
     }
 
     fn mapped_elsewhere<'a>(
         &'a mut self,
         id: &'a EmbeddedUserId,
-    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
+    ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send {
         let (host, id) = (self.host.clone(), id.clone());
-        Box::pin(self.alone(move |conn| {
+        self.alone(move |conn| {
             Box::pin(async move { users::mapped_elsewhere(conn, &host, &id).await })
-        }))
+        })
     }
 
-    fn flush_outcomes(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(self.alone(|conn| Box::pin(users::flush_outcomes(conn))))
+    fn flush_outcomes(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send {
+        self.alone(|conn| Box::pin(users::flush_outcomes(conn)))
     }
 
-    fn mark_without_user<'a>(
-        &'a mut self,
+    fn mark_without_user(
+        &mut self,
         state: UserState,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
         let (host, state) = (self.host.clone(), state);
-        Box::pin(self.alone(move |conn| {
+        self.alone(move |conn| {
             Box::pin(async move { users::mark_without_user(conn, &host, state, event_id).await })
-        }))
+        })
     }
 
     fn report_conflict<'a>(
         &'a mut self,
         conflict: &'a NewConflict<'a>,
-    ) -> BoxFuture<'a, sqlx::Result<bool>> {
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send {
         let owned = OwnedConflict::of(conflict);
-        Box::pin(self.alone(move |conn| {
+        self.alone(move |conn| {
             Box::pin(async move {
                 crate::storage::pg::conflicts::report_conflict(conn, &owned.borrowed()).await
             })
-        }))
+        })
     }
 
     fn erase<'a>(
@@ -478,9 +483,9 @@ impl UserSession for BatchSession {
         embedded_user_id: Option<&'a EmbeddedUserId>,
         closure_event_id: i64,
         outcome: ErasureOutcome,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
         let (host, user) = (self.host.clone(), embedded_user_id.cloned());
-        Box::pin(self.alone(move |conn| {
+        self.alone(move |conn| {
             Box::pin(async move {
                 crate::storage::pg::erasures::erase(
                     conn,
@@ -491,14 +496,12 @@ impl UserSession for BatchSession {
                 )
                 .await
             })
-        }))
+        })
     }
 
-    fn release(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
-        Box::pin(async move {
-            let host = self.host.clone();
-            self.ask(move |answer| Request::Unlock(host, answer)).await
-        })
+    async fn release(self) -> sqlx::Result<()> {
+        let host = self.host.clone();
+        self.ask(move |answer| Request::Unlock(host, answer)).await
     }
 }
 

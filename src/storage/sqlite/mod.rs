@@ -30,16 +30,16 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
+use sqlx::ConnectOptions;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::ConnectOptions;
 
 use crate::config::DatabaseSettings;
 use crate::domain::{ConflictRow, HostUserId, Status};
 
-use super::{Claimed, ClaimedBatch, Outbox, Reports, SyncStore, UserSession, WakeUps};
+use super::{Claimed, ClaimedBatch, Outbox, Reports, SyncStore, WakeUps};
 
 /// How often the dispatcher looks at the outbox (no NOTIFY on SQLite).
 pub const POLL: Duration = Duration::from_millis(200);
@@ -317,37 +317,37 @@ impl WakeUps for Poll {
 }
 
 impl SyncStore for SqliteStore {
-    fn lock_users<'a>(
+    type Session = session::SqliteUserSession;
+
+    async fn lock_users<'a>(
         &'a self,
         hosts: &'a [HostUserId],
-    ) -> BoxFuture<'a, sqlx::Result<super::Sessions>> {
-        Box::pin(async move {
-            Ok(hosts
-                .iter()
-                .map(|host| {
-                    self.locks.try_lock(host).map(|guard| {
-                        Box::new(session::SqliteUserSession::new(
-                            self.pool.clone(),
-                            host.clone(),
-                            guard,
-                        )) as Box<dyn UserSession>
-                    })
+    ) -> sqlx::Result<super::Sessions<Self::Session>> {
+        Ok(hosts
+            .iter()
+            .map(|host| {
+                self.locks.try_lock(host).map(|guard| {
+                    session::SqliteUserSession::new(self.pool.clone(), host.clone(), guard)
                 })
-                .collect())
-        })
+            })
+            .collect())
     }
 
-    fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(events::finish(
+    fn mark_invalid<'a>(
+        &'a self,
+        id: i64,
+        reason: &'a str,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        events::finish(
             &self.pool,
             id,
             crate::domain::EventState::Invalid,
             Some(reason),
-        ))
+        )
     }
 
-    fn snooze(&self, id: i64, delay: Duration) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(events::snooze(&self.pool, id, delay, false, None))
+    fn snooze(&self, id: i64, delay: Duration) -> impl Future<Output = sqlx::Result<()>> + Send {
+        events::snooze(&self.pool, id, delay, false, None)
     }
 }
 

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 
 use crate::domain::{
@@ -20,7 +19,7 @@ use crate::storage::users::Claim;
 
 use super::{UserLockGuard, conflicts, erasures, events, now_text, users};
 
-pub(super) struct SqliteUserSession {
+pub struct SqliteUserSession {
     pool: SqlitePool,
     host: HostUserId,
     /// Released when the session ends, however it ends.
@@ -38,31 +37,29 @@ impl SqliteUserSession {
 }
 
 impl UserSession for SqliteUserSession {
-    fn newest_pending(&mut self) -> BoxFuture<'_, sqlx::Result<Option<NextEvent>>> {
-        Box::pin(async move {
-            let row: Option<NextEventRow> = sqlx::query_as(
-                "SELECT e.id, e.host_user_id, e.kind, e.email, e.full_name, e.occurred_at,
-                        e.attempts, e.available_at,
-                        (SELECT count(*) FROM user_sync_events o
-                          WHERE o.host_user_id = ?1 AND o.state = 'pending' AND o.id < e.id)
-                          AS older_pending,
-                        u.last_event_id AS last_acted_on,
-                        COALESCE((SELECT l.state IN ('pending', 'superseded')
-                                  FROM user_sync_events l WHERE l.id = u.last_event_id), 0)
-                          AS last_acted_unfinished,
-                        u.state AS user_state,
-                        u.embedded_user_id AS user_embedded_id, u.username AS user_username,
-                        u.full_name AS user_full_name
-                 FROM user_sync_events e
-                 LEFT JOIN user_sync_users u ON u.host_user_id = ?1
-                 WHERE e.host_user_id = ?1 AND e.state = 'pending'
-                 ORDER BY e.id DESC LIMIT 1",
-            )
-            .bind(self.host.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(row.map(NextEventRow::into_next))
-        })
+    async fn newest_pending(&mut self) -> sqlx::Result<Option<NextEvent>> {
+        let row: Option<NextEventRow> = sqlx::query_as(
+            "SELECT e.id, e.host_user_id, e.kind, e.email, e.full_name, e.occurred_at,
+                    e.attempts, e.available_at,
+                    (SELECT count(*) FROM user_sync_events o
+                      WHERE o.host_user_id = ?1 AND o.state = 'pending' AND o.id < e.id)
+                      AS older_pending,
+                    u.last_event_id AS last_acted_on,
+                    COALESCE((SELECT l.state IN ('pending', 'superseded')
+                              FROM user_sync_events l WHERE l.id = u.last_event_id), 0)
+                      AS last_acted_unfinished,
+                    u.state AS user_state,
+                    u.embedded_user_id AS user_embedded_id, u.username AS user_username,
+                    u.full_name AS user_full_name
+             FROM user_sync_events e
+             LEFT JOIN user_sync_users u ON u.host_user_id = ?1
+             WHERE e.host_user_id = ?1 AND e.state = 'pending'
+             ORDER BY e.id DESC LIMIT 1",
+        )
+        .bind(self.host.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(NextEventRow::into_next))
     }
 
     fn finish<'a>(
@@ -70,23 +67,21 @@ impl UserSession for SqliteUserSession {
         id: i64,
         state: EventState,
         reason: Option<&'a str>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(events::finish(&self.pool, id, state, reason))
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        events::finish(&self.pool, id, state, reason)
     }
 
-    fn supersede_older(&mut self, newest: i64) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(async move {
-            let result = sqlx::query(
-                "UPDATE user_sync_events SET state = 'superseded', finished_at = ?3
-                 WHERE host_user_id = ?1 AND state = 'pending' AND id < ?2",
-            )
-            .bind(self.host.as_str())
-            .bind(newest)
-            .bind(now_text())
-            .execute(&self.pool)
-            .await?;
-            Ok(result.rows_affected())
-        })
+    async fn supersede_older(&mut self, newest: i64) -> sqlx::Result<u64> {
+        let result = sqlx::query(
+            "UPDATE user_sync_events SET state = 'superseded', finished_at = ?3
+             WHERE host_user_id = ?1 AND state = 'pending' AND id < ?2",
+        )
+        .bind(self.host.as_str())
+        .bind(newest)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
     }
 
     fn snooze<'a>(
@@ -95,82 +90,74 @@ impl UserSession for SqliteUserSession {
         delay: Duration,
         failed: bool,
         reason: Option<&'a str>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(events::snooze(&self.pool, id, delay, failed, reason))
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        events::snooze(&self.pool, id, delay, failed, reason)
     }
 
     fn claim_for_create<'a>(
         &'a mut self,
         profile: &'a Profile,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<Claim>> {
-        Box::pin(users::claim_for_create(
-            &self.pool, &self.host, profile, event_id,
-        ))
+    ) -> impl Future<Output = sqlx::Result<Claim>> + Send {
+        users::claim_for_create(&self.pool, &self.host, profile, event_id)
     }
 
     fn holder_of<'a>(
         &'a mut self,
         username: &'a Username,
-    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
-        Box::pin(users::holder_of(&self.pool, username, &self.host))
+    ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send {
+        users::holder_of(&self.pool, username, &self.host)
     }
 
-    fn mapped_elsewhere<'a>(
+    async fn mapped_elsewhere<'a>(
         &'a mut self,
         id: &'a EmbeddedUserId,
-    ) -> BoxFuture<'a, sqlx::Result<Option<HostUserId>>> {
-        Box::pin(async move {
-            let other: Option<String> = sqlx::query_scalar(
-                "SELECT host_user_id FROM user_sync_users
-                 WHERE embedded_user_id = ?2 AND host_user_id <> ?1 LIMIT 1",
-            )
-            .bind(self.host.as_str())
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-            Ok(other.and_then(|h| HostUserId::parse(&h).ok()))
-        })
+    ) -> sqlx::Result<Option<HostUserId>> {
+        let other: Option<String> = sqlx::query_scalar(
+            "SELECT host_user_id FROM user_sync_users
+             WHERE embedded_user_id = ?2 AND host_user_id <> ?1 LIMIT 1",
+        )
+        .bind(self.host.as_str())
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(other.and_then(|h| HostUserId::parse(&h).ok()))
     }
 
-    fn note_update_sent(&mut self, event_id: i64) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE user_sync_users SET last_event_id = ?2, updated_at = ?3
-                 WHERE host_user_id = ?1",
-            )
-            .bind(self.host.as_str())
-            .bind(event_id)
-            .bind(now_text())
-            .execute(&self.pool)
-            .await?;
-            Ok(())
-        })
+    async fn note_update_sent(&mut self, event_id: i64) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE user_sync_users SET last_event_id = ?2, updated_at = ?3
+             WHERE host_user_id = ?1",
+        )
+        .bind(self.host.as_str())
+        .bind(event_id)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
-    fn record_found<'a>(
+    async fn record_found<'a>(
         &'a mut self,
         id: &'a EmbeddedUserId,
         profile: &'a Profile,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE user_sync_users
-                 SET embedded_user_id = ?2, username = ?3, full_name = ?4, state = 'synced',
-                     last_event_id = ?5, updated_at = ?6
-                 WHERE host_user_id = ?1",
-            )
-            .bind(self.host.as_str())
-            .bind(id.as_str())
-            .bind(profile.username.as_str())
-            .bind(profile.full_name.as_ref().map(FullName::as_str))
-            .bind(event_id)
-            .bind(now_text())
-            .execute(&self.pool)
-            .await?;
-            Ok(())
-        })
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE user_sync_users
+             SET embedded_user_id = ?2, username = ?3, full_name = ?4, state = 'synced',
+                 last_event_id = ?5, updated_at = ?6
+             WHERE host_user_id = ?1",
+        )
+        .bind(self.host.as_str())
+        .bind(id.as_str())
+        .bind(profile.username.as_str())
+        .bind(profile.full_name.as_ref().map(FullName::as_str))
+        .bind(event_id)
+        .bind(now_text())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     fn mark_synced<'a>(
@@ -179,27 +166,23 @@ impl UserSession for SqliteUserSession {
         profile: &'a Profile,
         event_id: i64,
         applied: Option<i64>,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::mark_synced(
-            &self.pool, &self.host, id, profile, event_id, applied,
-        ))
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        users::mark_synced(&self.pool, &self.host, id, profile, event_id, applied)
     }
 
-    fn mark_without_user<'a>(
-        &'a mut self,
+    fn mark_without_user(
+        &mut self,
         state: UserState,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(users::mark_without_user(
-            &self.pool, &self.host, state, event_id,
-        ))
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        users::mark_without_user(&self.pool, &self.host, state, event_id)
     }
 
     fn report_conflict<'a>(
         &'a mut self,
         conflict: &'a NewConflict<'a>,
-    ) -> BoxFuture<'a, sqlx::Result<bool>> {
-        Box::pin(conflicts::report_conflict(&self.pool, conflict))
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send {
+        conflicts::report_conflict(&self.pool, conflict)
     }
 
     fn erase<'a>(
@@ -207,19 +190,19 @@ impl UserSession for SqliteUserSession {
         embedded_user_id: Option<&'a EmbeddedUserId>,
         closure_event_id: i64,
         outcome: ErasureOutcome,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(erasures::erase(
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        erasures::erase(
             &self.pool,
             &self.host,
             embedded_user_id,
             closure_event_id,
             outcome,
-        ))
+        )
     }
 
-    fn release(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
+    fn release(self) -> impl Future<Output = sqlx::Result<()>> + Send {
         // Dropping the session drops the guard, which frees the user.
         drop(self);
-        Box::pin(async { Ok(()) })
+        async { Ok(()) }
     }
 }
