@@ -15,6 +15,8 @@
 //! [`users`] (users, conflicts, erasures), [`migrate`].
 
 pub mod events;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod migrate;
 pub mod nodelay;
 pub mod pg;
