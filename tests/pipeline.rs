@@ -1173,8 +1173,8 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
     use user_sync::domain::EventState;
     use user_sync::domain::Profile;
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
-    use user_sync::storage::{SyncStore, UserSession};
     use user_sync::storage::users::Claim;
+    use user_sync::storage::{SyncStore, UserSession};
 
     let env = Env::start(SandboxOptions::default()).await;
     env.signup("a", "a@example.com", None).await;

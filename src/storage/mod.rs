@@ -11,11 +11,16 @@
 //! PostgreSQL, [`sqlite`] on a SQLite file; [`Database`] picks one from
 //! `database.url`.
 //!
-//! SQL lives next to the code that owns the table: [`events`] (the outbox),
-//! [`users`] (users, conflicts, erasures), [`migrate`].
+//! The row types of each table sit here ([`events`], [`users`],
+//! [`conflicts`]); each backend's SQL for a table sits in a file of the same
+//! name on its side ([`pg`], [`sqlite`]). [`memory`] (tests only) keeps the
+//! same rows in memory, so that the job's steps are unit-tested without a
+//! database.
 
 pub mod conflicts;
 pub mod events;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod pg;
 pub mod sqlite;
 pub mod users;

@@ -1,0 +1,596 @@
+//! The sync job's steps, one test each: the job as the queue runs it
+//! ([`run`]), on the in-memory storage, against the sandbox over loopback
+//! HTTP. Each test says what the step must call in Embedded and what it
+//! must leave in the worker's tables.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use secrecy::SecretString;
+use user_sync_sandbox::{FaultUpdate, Sandbox, SandboxOptions, routes};
+
+use crate::config::{EmbeddedSettings, RateLimitScope, RateLimitSettings, WorkerSettings};
+use crate::domain::{ConflictReason, ErasureOutcome, HostUserId, UserState};
+use crate::embedded::EmbeddedClient;
+use crate::queue::{JobEvent, SyncJob};
+use crate::ratelimit::ApiGate;
+use crate::storage::SyncStore;
+use crate::storage::memory::{EventRow, MemoryStore, UserRow};
+use crate::sync::job::{SyncContext, run};
+
+const KEY: &str = "job-test-key";
+const MAX_ATTEMPTS: u32 = 3;
+
+/// A job's world: the tables, the API and the context a worker builds.
+struct Env {
+    store: MemoryStore,
+    sandbox: Sandbox,
+    ctx: SyncContext<MemoryStore>,
+}
+
+impl Env {
+    async fn start() -> Self {
+        let options = SandboxOptions {
+            api_key: KEY.into(),
+            ..SandboxOptions::default()
+        };
+        let sandbox = Sandbox::start("127.0.0.1:0".parse().expect("an address"), options)
+            .await
+            .expect("the sandbox starts");
+        let settings = EmbeddedSettings::local(sandbox.base_url(), SecretString::from(KEY));
+        let api = EmbeddedClient::new(&settings).expect("a client");
+        let gate = Arc::new(ApiGate::new(&RateLimitSettings {
+            requests_per_second: 1000,
+            burst: 100,
+            scope: RateLimitScope::Process,
+            adaptive: false,
+            max_requests_per_second: 1000,
+        }));
+        let worker = WorkerSettings {
+            concurrency: 4,
+            max_attempts: MAX_ATTEMPTS,
+            backoff_base: Duration::from_millis(20),
+            backoff_cap: Duration::from_millis(200),
+            auth_retry_interval: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(5),
+        };
+        let store = MemoryStore::default();
+        let ctx = SyncContext::new(Arc::new(store.clone()), api, gate, worker);
+        Self {
+            store,
+            sandbox,
+            ctx,
+        }
+    }
+
+    /// Dispatches `ids` as one job and runs it to its end.
+    async fn run(&self, ids: &[i64]) {
+        let events = self
+            .store
+            .dispatch(ids)
+            .into_iter()
+            .map(|c| JobEvent {
+                event_id: c.id,
+                host_user_id: c.host_user_id,
+            })
+            .collect();
+        run(&self.ctx, &SyncJob { events })
+            .await
+            .expect("the job runs");
+    }
+
+    fn event(&self, host: &str, kind: &str, email: Option<&str>, name: Option<&str>) -> i64 {
+        self.store.insert_event(Some(host), kind, email, name)
+    }
+
+    fn signup(&self, host: &str, email: &str, name: Option<&str>) -> i64 {
+        self.event(host, "signup", Some(email), name)
+    }
+
+    fn change(&self, host: &str, email: &str, name: Option<&str>) -> i64 {
+        self.event(host, "profile_change", Some(email), name)
+    }
+
+    /// A signup run to its end; returns the Embedded user id it mapped.
+    async fn synced(&self, host: &str, email: &str, name: Option<&str>) -> String {
+        let id = self.signup(host, email, name);
+        self.run(&[id]).await;
+        assert_eq!(self.state(id), "applied");
+        self.user(host).embedded_user_id.expect("mapped")
+    }
+
+    /// Runs `ids` again once their snooze is over.
+    async fn retry(&self, ids: &[i64]) {
+        for id in ids {
+            self.store.make_due(*id);
+        }
+        self.run(ids).await;
+    }
+
+    /// Sets the share of creates, updates and deletes whose answer is lost.
+    fn drop_rate(&self, rate: f64) {
+        self.sandbox.update_faults(FaultUpdate {
+            drop_rate: Some(rate),
+            ..FaultUpdate::default()
+        });
+    }
+
+    /// Sets the share of requests answered with a server error.
+    fn fail_rate(&self, rate: f64) {
+        self.sandbox.update_faults(FaultUpdate {
+            fail_rate: Some(rate),
+            ..FaultUpdate::default()
+        });
+    }
+
+    fn row(&self, id: i64) -> EventRow {
+        self.store.event(id).expect("the event")
+    }
+
+    fn state(&self, id: i64) -> &'static str {
+        self.row(id).state
+    }
+
+    fn user(&self, host: &str) -> UserRow {
+        self.store.user(host).expect("a user row")
+    }
+
+    fn calls(&self) -> u64 {
+        self.sandbox.stats().total_requests
+    }
+}
+
+#[tokio::test]
+async fn a_signup_creates_the_user_and_maps_it() {
+    let env = Env::start().await;
+    let id = env.signup("u1", " Ada@Example.com ", Some("Ada Lovelace"));
+    env.run(&[id]).await;
+
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.creates, 1);
+    assert_eq!(stats.route_total(routes::CREATE), 1);
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].username, "ada@example.com");
+    assert_eq!(users[0].full_name.as_deref(), Some("Ada Lovelace"));
+    let row = env.user("u1");
+    assert_eq!(row.state, UserState::Synced);
+    assert_eq!(
+        row.embedded_user_id.as_deref(),
+        Some(users[0].user_id.as_str())
+    );
+    assert_eq!(row.username.as_deref(), Some("ada@example.com"));
+    assert_eq!(row.full_name.as_deref(), Some("Ada Lovelace"));
+    assert_eq!(row.last_event_id, Some(id));
+    let event = env.row(id);
+    assert_eq!((event.state, event.reason), ("applied", None));
+    assert!(event.finished_at.is_some());
+}
+
+#[tokio::test]
+async fn a_profile_change_updates_the_same_user() {
+    let env = Env::start().await;
+    let user_id = env.synced("u1", "ada@example.com", Some("Ada")).await;
+    let change = env.change("u1", "ada@lovelace.org", Some("Ada King"));
+    env.run(&[change]).await;
+
+    assert_eq!(env.state(change), "applied");
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.route_total(routes::UPDATE), 1);
+    assert_eq!(stats.creates, 1);
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].user_id, user_id);
+    assert_eq!(users[0].username, "ada@lovelace.org");
+    assert_eq!(users[0].full_name.as_deref(), Some("Ada King"));
+    let row = env.user("u1");
+    assert_eq!(row.username.as_deref(), Some("ada@lovelace.org"));
+    assert_eq!(row.full_name.as_deref(), Some("Ada King"));
+    assert_eq!(row.last_event_id, Some(change));
+}
+
+#[tokio::test]
+async fn nothing_changed_makes_no_call() {
+    let env = Env::start().await;
+    env.synced("u1", "ada@example.com", Some("Ada")).await;
+    let before = env.calls();
+    let same = env.change("u1", " ADA@example.com", Some("Ada"));
+    env.run(&[same]).await;
+
+    assert_eq!(env.state(same), "applied");
+    assert_eq!(env.calls(), before);
+}
+
+#[tokio::test]
+async fn a_closure_deletes_the_user_and_leaves_no_email_or_name() {
+    let env = Env::start().await;
+    let user_id = env
+        .synced("u1", "ada@example.com", Some("Ada Lovelace"))
+        .await;
+    // An open conflict of u1's, over a name u2 holds: erased with the rest.
+    env.synced("u2", "grace@example.com", None).await;
+    let taken = env.change("u1", "grace@example.com", None);
+    env.run(&[taken]).await;
+    assert_eq!(env.state(taken), "conflict");
+    assert_eq!(env.store.conflicts().len(), 1);
+
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+
+    assert_eq!(env.state(closure), "applied");
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 1);
+    let left: Vec<String> = env.sandbox.users().into_iter().map(|u| u.user_id).collect();
+    assert!(!left.contains(&user_id), "u1's user is still in Embedded");
+    let erasures = env.store.erasures();
+    assert_eq!(erasures.len(), 1);
+    assert_eq!(erasures[0].host_user_id, "u1");
+    assert_eq!(
+        erasures[0].embedded_user_id.as_deref(),
+        Some(user_id.as_str())
+    );
+    assert_eq!(erasures[0].event_id, closure);
+    assert_eq!(erasures[0].outcome, ErasureOutcome::Deleted);
+    let closed_at = env
+        .store
+        .event(closure)
+        .expect("the closure")
+        .event
+        .occurred_at;
+    assert_eq!(erasures[0].requested_at, closed_at);
+    let row = env.user("u1");
+    assert_eq!(row.state, UserState::Erased);
+    assert_eq!(row.embedded_user_id, None);
+    let u1_events: Vec<_> = env
+        .store
+        .events()
+        .into_iter()
+        .filter(|e| e.event.host_user_id.as_deref() == Some("u1"))
+        .collect();
+    assert_eq!(u1_events.len(), 3);
+    let u1_conflicts: Vec<_> = env
+        .store
+        .conflicts()
+        .into_iter()
+        .filter(|c| c.host_user_id == "u1")
+        .collect();
+    let tables = format!("{u1_events:?} {row:?} {u1_conflicts:?} {erasures:?}");
+    for secret in ["ada@", "Ada", "Lovelace", "grace@"] {
+        assert!(!tables.contains(secret), "{secret:?} is still stored");
+    }
+    // u2's rows are u2's: left as they are.
+    assert_eq!(
+        env.user("u2").username.as_deref(),
+        Some("grace@example.com")
+    );
+}
+
+#[tokio::test]
+async fn a_closure_before_any_sync_creates_nothing() {
+    let env = Env::start().await;
+    let closure = env.event("u9", "account_closure", None, None);
+    env.run(&[closure]).await;
+
+    assert_eq!(env.state(closure), "applied");
+    assert_eq!(env.calls(), 0);
+    let erasures = env.store.erasures();
+    assert_eq!(erasures.len(), 1);
+    assert_eq!(erasures[0].outcome, ErasureOutcome::NeverCreated);
+    assert_eq!(erasures[0].embedded_user_id, None);
+    assert_eq!(env.user("u9").state, UserState::Erased);
+}
+
+#[tokio::test]
+async fn a_username_another_host_user_holds_is_a_conflict_without_a_call() {
+    let env = Env::start().await;
+    env.synced("u1", "ada@example.com", None).await;
+    let before = env.calls();
+    let first = env.signup("u2", "ADA@example.com", Some("Not Ada"));
+    env.run(&[first]).await;
+
+    assert_eq!(env.calls(), before, "a call was made");
+    let event = env.row(first);
+    assert_eq!(event.state, "conflict");
+    assert_eq!(event.reason.as_deref(), Some("taken_by_host_user"));
+    let conflicts = env.store.conflicts();
+    assert_eq!(conflicts.len(), 1);
+    let c = &conflicts[0];
+    assert_eq!(
+        (c.host_user_id.as_str(), c.username.as_str()),
+        ("u2", "ada@example.com")
+    );
+    assert_eq!(c.reason, ConflictReason::TakenByHostUser);
+    assert_eq!(c.holder_host_user_id.as_deref(), Some("u1"));
+    assert_eq!((c.event_id, c.status), (Some(first), "open"));
+    assert!(env.store.user("u2").is_none(), "u2 claimed the username");
+
+    // Met again: still one open conflict.
+    let again = env.change("u2", "ada@example.com", None);
+    env.run(&[again]).await;
+    assert_eq!(env.state(again), "conflict");
+    assert_eq!(env.store.conflicts().len(), 1);
+
+    // u2 syncs under a username of its own: its conflict is resolved.
+    let own = env.change("u2", "ada.2@example.com", None);
+    env.run(&[own]).await;
+    assert_eq!(env.state(own), "applied");
+    let conflicts = env.store.conflicts();
+    assert_eq!(conflicts[0].status, "resolved");
+    assert!(conflicts[0].resolved_at.is_some());
+}
+
+#[tokio::test]
+async fn a_username_taken_in_embedded_is_a_conflict_and_never_adopted() {
+    let env = Env::start().await;
+    let outside = env
+        .sandbox
+        .insert_user("bob@example.com", Some("Bob Outside"));
+    let signup = env.signup("u1", "bob@example.com", Some("Bob"));
+    env.run(&[signup]).await;
+
+    assert_eq!(env.state(signup), "conflict");
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.route_total(routes::CREATE), 0);
+    assert_eq!(stats.route_total(routes::GET), 1);
+    let conflicts = env.store.conflicts();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].reason, ConflictReason::TakenInEmbedded);
+    assert_eq!(
+        conflicts[0].holder_embedded_user_id.as_deref(),
+        Some(outside.as_str())
+    );
+    assert_eq!(conflicts[0].holder_host_user_id, None);
+    let row = env.user("u1");
+    assert_eq!(row.state, UserState::Conflict);
+    assert_eq!((row.embedded_user_id, row.username), (None, None));
+
+    // Not u1's user: a closure deletes nothing.
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+    assert_eq!(
+        env.store.erasures()[0].outcome,
+        ErasureOutcome::NeverCreated
+    );
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 0);
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].full_name.as_deref(), Some("Bob Outside"));
+}
+
+#[tokio::test]
+async fn a_create_whose_answer_was_lost_is_adopted_without_a_second_create() {
+    let env = Env::start().await;
+    env.drop_rate(1.0);
+    let signup = env.signup("u1", "ada@example.com", Some("Ada"));
+    env.run(&[signup]).await;
+
+    let stats = env.sandbox.stats();
+    assert_eq!((stats.creates, stats.dropped), (1, 1));
+    let event = env.row(signup);
+    assert_eq!((event.state, event.event.attempts), ("pending", 1));
+    let row = env.user("u1");
+    assert_eq!(row.state, UserState::Creating);
+    assert_eq!(row.username.as_deref(), Some("ada@example.com"));
+
+    env.drop_rate(0.0);
+    env.retry(&[signup]).await;
+
+    assert_eq!(env.state(signup), "applied");
+    assert_eq!(env.sandbox.stats().creates, 1, "created twice");
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    let row = env.user("u1");
+    assert_eq!(row.state, UserState::Synced);
+    assert_eq!(
+        row.embedded_user_id.as_deref(),
+        Some(users[0].user_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn an_update_whose_answer_was_lost_is_read_back_before_planning() {
+    let env = Env::start().await;
+    env.synced("u1", "ada@example.com", Some("Ada")).await;
+    env.drop_rate(1.0);
+    let renamed = env.change("u1", "ada@example.com", Some("Ada King"));
+    env.run(&[renamed]).await;
+    assert_eq!(env.state(renamed), "pending");
+    assert_eq!(env.user("u1").last_event_id, Some(renamed));
+    assert_eq!(
+        env.sandbox.users()[0].full_name.as_deref(),
+        Some("Ada King")
+    );
+
+    // Undone on the host before the retry: the row still says "Ada", which
+    // the event asks for, yet Embedded holds "Ada King". The first read-back
+    // meets a server error; the next one still knows to read back, though
+    // the event the update was sent for has been superseded since.
+    env.drop_rate(0.0);
+    env.fail_rate(1.0);
+    let undone = env.change("u1", "ada@example.com", Some("Ada"));
+    env.run(&[renamed, undone]).await;
+    assert_eq!(env.state(renamed), "superseded");
+    assert_eq!(env.state(undone), "pending");
+
+    env.fail_rate(0.0);
+    env.retry(&[undone]).await;
+    assert_eq!(env.state(undone), "applied");
+    assert_eq!(env.sandbox.users()[0].full_name.as_deref(), Some("Ada"));
+    assert_eq!(env.sandbox.stats().route_total(routes::UPDATE), 2);
+}
+
+#[tokio::test]
+async fn server_errors_snooze_with_an_attempt_then_fail_leaving_the_name_free() {
+    let env = Env::start().await;
+    env.fail_rate(1.0);
+    let signup = env.signup("u1", "ada@example.com", None);
+    for attempt in 1..MAX_ATTEMPTS {
+        let before = Utc::now();
+        env.run(&[signup]).await;
+        let event = env.row(signup);
+        assert_eq!(event.state, "pending");
+        assert_eq!(event.event.attempts, i32::try_from(attempt).expect("small"));
+        assert!(event.event.available_at > before, "not snoozed");
+        assert_eq!(event.dispatched_at, None, "still marked dispatched");
+        assert!(event.reason.is_some_and(|r| r.contains("unavailable")));
+        env.store.make_due(signup);
+    }
+    env.run(&[signup]).await;
+
+    let event = env.row(signup);
+    assert_eq!(event.state, "failed");
+    let reason = event.reason.expect("a reason");
+    assert!(reason.starts_with("gave up after 3 attempts"), "{reason}");
+    assert_eq!(env.sandbox.stats().creates, 0);
+    assert!(env.store.user("u1").is_none(), "u1 holds a claim");
+
+    // Nothing holds the username: another host user gets it.
+    env.fail_rate(0.0);
+    env.synced("u2", "ada@example.com", None).await;
+    assert!(env.store.conflicts().is_empty());
+}
+
+#[tokio::test]
+async fn a_create_of_unknown_outcome_keeps_its_claim_when_its_event_fails() {
+    let env = Env::start().await;
+    env.fail_rate(1.0);
+    let signup = env.signup("u1", "ada@example.com", None);
+    // A create was sent and its answer never came back.
+    env.store.put_user(UserRow {
+        host_user_id: "u1".into(),
+        embedded_user_id: None,
+        username: Some("ada@example.com".into()),
+        full_name: None,
+        state: UserState::Creating,
+        last_event_id: Some(signup),
+    });
+    for _ in 0..MAX_ATTEMPTS {
+        env.retry(&[signup]).await;
+    }
+    assert_eq!(env.state(signup), "failed");
+    assert_eq!(env.sandbox.stats().failed, u64::from(MAX_ATTEMPTS));
+    assert_eq!(env.user("u1").state, UserState::Creating);
+
+    // The user may exist: the username stays u1's.
+    let before = env.calls();
+    let other = env.signup("u2", "ada@example.com", None);
+    env.run(&[other]).await;
+    assert_eq!(env.state(other), "conflict");
+    assert_eq!(env.calls(), before);
+    assert_eq!(
+        env.store.conflicts()[0].holder_host_user_id.as_deref(),
+        Some("u1")
+    );
+}
+
+#[tokio::test]
+async fn a_refused_key_snoozes_without_counting_an_attempt() {
+    let env = Env::start().await;
+    env.sandbox.update_faults(FaultUpdate {
+        api_key: Some("rotated-key".into()),
+        ..FaultUpdate::default()
+    });
+    let signup = env.signup("u1", "ada@example.com", None);
+    env.run(&[signup]).await;
+
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.count(routes::GET, 401), 1);
+    let event = env.row(signup);
+    assert_eq!((event.state, event.event.attempts), ("pending", 0));
+    assert!(event.event.available_at > Utc::now() + chrono::Duration::seconds(20));
+    let reason = event.reason.expect("a reason");
+    assert!(reason.starts_with("paused"), "{reason}");
+
+    // The gate now holds every call back: snoozed again, no call, no attempt.
+    env.retry(&[signup]).await;
+    assert_eq!(env.sandbox.stats().total_requests, stats.total_requests);
+    let event = env.row(signup);
+    assert_eq!((event.state, event.event.attempts), ("pending", 0));
+}
+
+#[tokio::test]
+async fn invalid_events_end_invalid_without_a_call() {
+    let env = Env::start().await;
+    let bad_email = env.signup("u1", "not-an-email", None);
+    let bad_kind = env.event("u2", "promotion", Some("ada@example.com"), None);
+    let no_host = env
+        .store
+        .insert_event(None, "signup", Some("ada@example.com"), None);
+    env.run(&[bad_email, bad_kind, no_host]).await;
+
+    assert_eq!(env.calls(), 0);
+    for (id, why) in [
+        (bad_email, "email is not an email address"),
+        (bad_kind, "unknown kind"),
+        (no_host, "host_user_id is missing"),
+    ] {
+        let event = env.row(id);
+        assert_eq!(event.state, "invalid", "event {id}");
+        let reason = event.reason.expect("a reason");
+        assert!(reason.starts_with(why), "{reason}");
+        assert!(!reason.contains("not-an-email") && !reason.contains("promotion"));
+    }
+    assert!(env.store.users().is_empty());
+}
+
+#[tokio::test]
+async fn the_latest_event_wins_and_older_ones_are_superseded() {
+    let env = Env::start().await;
+    let first = env.signup("u1", "old@example.com", Some("Old"));
+    let second = env.change("u1", "mid@example.com", Some("Mid"));
+    let last = env.change("u1", "new@example.com", Some("New"));
+    env.run(&[first, second, last]).await;
+
+    assert_eq!(env.state(first), "superseded");
+    assert_eq!(env.state(second), "superseded");
+    assert_eq!(env.state(last), "applied");
+    let stats = env.sandbox.stats();
+    assert_eq!((stats.creates, stats.route_total(routes::UPDATE)), (1, 0));
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].username, "new@example.com");
+    assert_eq!(users[0].full_name.as_deref(), Some("New"));
+}
+
+#[tokio::test]
+async fn a_busy_user_is_snoozed_without_a_call_or_an_attempt() {
+    let env = Env::start().await;
+    let signup = env.signup("u1", "ada@example.com", None);
+    let host = [HostUserId::parse("u1").expect("a host id")];
+    let held = env.store.lock_users(&host).await.expect("locks");
+    assert!(held[0].is_some(), "u1 was not free");
+    env.run(&[signup]).await;
+
+    assert_eq!(env.calls(), 0);
+    let event = env.row(signup);
+    assert_eq!((event.state, event.event.attempts), ("pending", 0));
+    assert!(event.event.available_at > Utc::now());
+
+    drop(held);
+    env.retry(&[signup]).await;
+    assert_eq!(env.state(signup), "applied");
+}
+
+#[tokio::test]
+async fn two_users_of_one_job_with_one_email_get_one_embedded_user() {
+    let env = Env::start().await;
+    let first = env.signup("u1", "ada@example.com", None);
+    let second = env.signup("u2", "Ada@Example.com", None);
+    env.run(&[first, second]).await;
+
+    let stats = env.sandbox.stats();
+    assert_eq!((stats.creates, stats.duplicate_attempts), (1, 0));
+    let mut states = [env.state(first), env.state(second)];
+    states.sort_unstable();
+    assert_eq!(states, ["applied", "conflict"]);
+    let conflicts = env.store.conflicts();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].reason, ConflictReason::TakenByHostUser);
+    let synced = env.store.users();
+    assert_eq!(synced.len(), 1, "the one in conflict has a row");
+    assert_eq!(synced[0].state, UserState::Synced);
+    assert_eq!(
+        conflicts[0].holder_host_user_id.as_deref(),
+        Some(synced[0].host_user_id.as_str())
+    );
+}
