@@ -1,7 +1,11 @@
-//! Sync: the pure decision ([`plan`]) and the job that carries it out ([`job`]).
+//! Sync: the pure decision ([`plan`]), the job that carries it out
+//! ([`job`]), and the one outcome type its steps end in ([`Outcome`]).
 
 pub mod job;
 #[cfg(test)]
 mod job_tests;
-pub mod outcome;
-pub mod plan;
+mod outcome;
+mod plan;
+
+pub use outcome::Outcome;
+pub use plan::{SyncPlan, plan};
