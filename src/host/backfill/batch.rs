@@ -15,8 +15,9 @@ use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Us
 use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
 use crate::storage::users::{Claim, ClaimIntent, Found};
 
+use super::api::Resend;
 use super::decide::ConflictFound;
-use super::{Pending, Resend, Run, profile_of};
+use super::{Pending, Run, profile_of};
 
 /// Rounds of "snapshot, link what was created, send again what was not".
 const MAX_ROUNDS: usize = 3;

@@ -29,16 +29,23 @@
 //! already `synced` are skipped without a call. A dry run reads the same
 //! way and decides with the same function, so its counts are what the real
 //! run does next.
+//!
+//! # Files
+//!
+//! The run's course (open, snapshot, pages, finish) is here; what is done
+//! with one page is in `page`, and the calls through the process's gate,
+//! with their retries, in `api`.
 
+mod api;
 mod batch;
 mod db;
 pub mod decide;
+mod page;
 pub mod report;
 mod single;
 mod snapshot;
 mod sqlite;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,23 +54,19 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseKind, Settings, SourceTarget, WorkerSettings};
-use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
-use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser};
-use crate::host::table::{HostRow, HostTable};
+use crate::domain::{HostUserId, Profile};
+use crate::embedded::{EmbeddedClient, EmbeddedUser};
+use crate::host::table::HostTable;
 use crate::queue::Handler;
-use crate::ratelimit::{ApiGate, GateRefusal};
-use crate::retry::{Backoff, Retry, RetryPolicy};
-use crate::storage::conflicts::NewConflict;
+use crate::ratelimit::ApiGate;
 use crate::storage::pg::PgStore;
-use crate::storage::sqlite::ProcessLock;
-use crate::storage::sqlite::SqliteStore;
-use crate::storage::users::Found;
+use crate::storage::sqlite::{ProcessLock, SqliteStore};
 use crate::storage::{self, Database};
-use crate::sync::job::{self, SyncContext};
+use crate::sync::job::SyncContext;
 
+use api::{Api, Resend};
 use db::{BackfillDb, PgBackfillDb};
-use decide::{ConflictFound, Decision, decide};
-use report::{ConflictLine, Output, Progress};
+use report::{Output, Progress};
 pub use report::{OutputFormat, Summary};
 
 /// How users are created.
@@ -113,10 +116,6 @@ impl Default for BackfillOptions {
         }
     }
 }
-
-/// Host users whose lock a job held, kept (ids and profiles) for one more
-/// try at the end; beyond this many they are counted unresolved.
-const MAX_BUSY_KEPT: usize = 10_000;
 
 /// Runs a backfill (or a dry run) and prints its report to `out`.
 pub async fn run(
@@ -350,218 +349,6 @@ impl Run {
         Ok(())
     }
 
-    /// Parses a page; rows the API would refuse are counted and logged.
-    fn parse(&mut self, rows: Vec<HostRow>) -> Vec<(HostUserId, Profile)> {
-        let mut users = Vec::with_capacity(rows.len());
-        for row in rows {
-            self.summary.scanned += 1;
-            let host = match HostUserId::parse(row.host_user_id.as_deref().unwrap_or("")) {
-                Ok(host) => host,
-                Err(reason) => {
-                    self.summary.invalid += 1;
-                    tracing::warn!(%reason, "host user skipped: no usable id");
-                    continue;
-                }
-            };
-            let profile =
-                Username::from_email(row.email.as_deref().unwrap_or("")).and_then(|username| {
-                    Ok(Profile {
-                        username,
-                        full_name: FullName::parse_optional(row.full_name.as_deref())?,
-                    })
-                });
-            match profile {
-                Ok(profile) => users.push((host, profile)),
-                Err(reason) => {
-                    self.summary.invalid += 1;
-                    tracing::warn!(host_user_id = %host, %reason, "host user skipped: invalid data");
-                }
-            }
-        }
-        users
-    }
-
-    /// Dry run: decide, count, list conflicts; write nothing but the plan.
-    async fn plan_page(
-        &mut self,
-        users: Vec<(HostUserId, Profile)>,
-        output: &mut Output<'_>,
-    ) -> anyhow::Result<()> {
-        let known = self.db.lookup(&users).await?;
-        let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
-        let mut planned = Vec::new();
-        for ((host, want), known) in users.iter().zip(&known) {
-            let decision = within_page(
-                decide(host, want, known, self.options.adopt_existing),
-                host,
-                want,
-                &mut first_of,
-            );
-            match decision {
-                Decision::InSync => self.summary.in_sync += 1,
-                Decision::Closed => self.summary.closing += 1,
-                Decision::Adopt { resumed: true, .. } => self.summary.resumed += 1,
-                Decision::Adopt { resumed: false, .. } => self.summary.adopted += 1,
-                Decision::Conflict(c) => {
-                    self.summary.conflicts += 1;
-                    output.conflict(&ConflictLine::new(host, &c))?;
-                }
-                Decision::Create => {
-                    self.summary.created += 1;
-                    planned.push((want.username.as_str(), host.as_str()));
-                }
-            }
-        }
-        self.db.plan_creates(&planned).await?;
-        Ok(())
-    }
-
-    /// Real run: lock, decide under the lock, act.
-    async fn act_on_page(&mut self, users: Vec<(HostUserId, Profile)>) -> anyhow::Result<()> {
-        if users.is_empty() {
-            return Ok(());
-        }
-        // Users already synced need no lock: only a closure changes that,
-        // and it is the pipeline's.
-        let known = self.db.lookup(&users).await?;
-        let mut todo = Vec::with_capacity(users.len());
-        for (user, known) in users.into_iter().zip(known) {
-            if !known.closing && known.state.as_deref() == Some("synced") {
-                self.summary.in_sync += 1;
-            } else {
-                todo.push(user);
-            }
-        }
-        if todo.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = todo.iter().map(|(h, _)| h.as_str()).collect();
-        let locked: std::collections::HashSet<String> =
-            self.db.try_lock_many(&ids).await?.into_iter().collect();
-        let (mine, busy): (Vec<_>, Vec<_>) = todo
-            .into_iter()
-            .partition(|(h, _)| locked.contains(h.as_str()));
-        for (host, profile) in busy {
-            tracing::debug!(host_user_id = %host, "a job holds this user: left for later");
-            self.summary.unresolved += 1;
-            if self.busy.len() < MAX_BUSY_KEPT {
-                self.busy.push((host, profile));
-            }
-        }
-        // On an error the run ends, and the session's locks go with its
-        // connection.
-        self.act_locked(&mine).await
-    }
-
-    async fn act_locked(&mut self, mine: &[(HostUserId, Profile)]) -> anyhow::Result<()> {
-        let known = self.db.lookup(mine).await?;
-        let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
-        let mut adopt: Vec<(&HostUserId, EmbeddedUser)> = Vec::new();
-        let mut creates: Vec<(&HostUserId, &Profile, bool)> = Vec::new();
-        let mut release: Vec<&str> = Vec::new();
-        for ((host, want), known) in mine.iter().zip(&known) {
-            let decision = within_page(
-                decide(host, want, known, self.options.adopt_existing),
-                host,
-                want,
-                &mut first_of,
-            );
-            match decision {
-                Decision::Create => {
-                    creates.push((host, want, known.state.as_deref() == Some("creating")));
-                    continue;
-                }
-                Decision::InSync => self.summary.in_sync += 1,
-                Decision::Closed => self.summary.closing += 1,
-                Decision::Adopt { user, resumed } => {
-                    if resumed {
-                        self.summary.resumed += 1;
-                    } else {
-                        self.summary.adopted += 1;
-                    }
-                    adopt.push((host, user));
-                }
-                Decision::Conflict(c) => self.conflict(host, &c).await?,
-            }
-            release.push(host.as_str());
-        }
-        self.adopt(&adopt).await?;
-        match self.options.mode {
-            Mode::Batch => {
-                let claimed = self.claim(&creates).await?;
-                let claimed_hosts: std::collections::HashSet<&str> =
-                    claimed.iter().map(|p| p.host.as_str()).collect();
-                release.extend(
-                    creates
-                        .iter()
-                        .map(|(h, _, _)| h.as_str())
-                        .filter(|h| !claimed_hosts.contains(h)),
-                );
-                self.db.unlock_many(&release).await?;
-                for pending in claimed {
-                    self.pending.push(pending);
-                    if self.pending.len() >= self.options.batch_size {
-                        self.flush().await?;
-                    }
-                }
-            }
-            Mode::Single => {
-                let events = self.db.record_signups(&creates).await?;
-                release.extend(creates.iter().map(|(h, _, _)| h.as_str()));
-                self.db.unlock_many(&release).await?;
-                self.run_jobs(events).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Records each host user as synced with its Embedded user, in one
-    /// statement.
-    async fn mark_linked<H: std::borrow::Borrow<HostUserId>>(
-        &mut self,
-        linked: &[(H, EmbeddedUser)],
-    ) -> anyhow::Result<()> {
-        let profiles: Vec<Profile> = linked.iter().map(|(_, u)| profile_of(u)).collect();
-        let found: Vec<Found<'_>> = linked
-            .iter()
-            .zip(&profiles)
-            .map(|((host, user), profile)| Found {
-                host: host.borrow(),
-                user: &user.user_id,
-                profile,
-            })
-            .collect();
-        self.db.mark_synced_many(&found).await?;
-        Ok(())
-    }
-
-    /// Links host users to Embedded users found holding their username.
-    async fn adopt(&mut self, adopt: &[(&HostUserId, EmbeddedUser)]) -> anyhow::Result<()> {
-        self.mark_linked(adopt).await?;
-        for (host, user) in adopt {
-            tracing::debug!(host_user_id = %host, embedded_user_id = %user.user_id, "linked to an existing Embedded user");
-        }
-        Ok(())
-    }
-
-    /// Records and reports a conflict, once, as the pipeline does.
-    async fn conflict(&mut self, host: &HostUserId, c: &ConflictFound) -> anyhow::Result<()> {
-        self.db.set_without_user(host, UserState::Conflict).await?;
-        let conflict = NewConflict {
-            host,
-            username: &c.username,
-            reason: c.reason,
-            holder_host_user_id: c.holder_host_user_id.as_ref(),
-            holder_embedded_user_id: c.holder_embedded_user_id.as_ref(),
-            event_id: None,
-        };
-        if self.db.report_conflict(&conflict).await? {
-            job::reported(&conflict);
-        }
-        self.summary.conflicts += 1;
-        Ok(())
-    }
-
     /// Fills the snapshot from `GET /users`, trying again while that may
     /// help.
     async fn load_snapshot(&mut self) -> anyhow::Result<u64> {
@@ -590,118 +377,9 @@ impl Run {
     }
 }
 
-/// A second host user of one page with the same username conflicts with
-/// the first, as the claim of the first would make it.
-fn within_page<'a>(
-    decision: Decision,
-    host: &'a HostUserId,
-    want: &'a Profile,
-    first_of: &mut HashMap<&'a Username, &'a HostUserId>,
-) -> Decision {
-    if decision != Decision::Create {
-        return decision;
-    }
-    match first_of.get(&want.username) {
-        Some(first) => Decision::Conflict(ConflictFound {
-            username: want.username.clone(),
-            reason: ConflictReason::TakenByHostUser,
-            holder_host_user_id: Some((*first).clone()),
-            holder_embedded_user_id: None,
-        }),
-        None => {
-            first_of.insert(&want.username, host);
-            decision
-        }
-    }
-}
-
 fn profile_of(user: &EmbeddedUser) -> Profile {
     Profile {
         username: user.username.clone(),
         full_name: user.full_name.clone(),
-    }
-}
-
-/// When a failed call may be sent again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Resend {
-    /// Reads: any retryable failure.
-    Always,
-    /// Creates: only when nothing can have been applied (`429`, or no
-    /// connection); a maybe-applied create is confirmed from `GET /users`.
-    UnlessApplied,
-}
-
-/// The API through the process's gate, as the jobs call it: `acquire`
-/// before each call, `observe` after each error.
-struct Api {
-    client: EmbeddedClient,
-    gate: Arc<ApiGate>,
-    worker: WorkerSettings,
-}
-
-/// A foreground run waits at most this long between two tries.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-impl Api {
-    async fn call<T, F, Fut>(&self, retry: Resend, make: F) -> Result<T, ApiError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, ApiError>>,
-    {
-        let mut failures = 0u32;
-        let mut rate_limited = 0u32;
-        loop {
-            match self.gate.acquire().await {
-                Ok(()) => {}
-                Err(GateRefusal::Backoff(wait)) => {
-                    // A foreground run has no slot to give back: it waits.
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                Err(GateRefusal::AuthPaused) => {
-                    return Err(ApiError::Unauthorized { status: 401 });
-                }
-            }
-            let error = match make().await {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
-            };
-            self.gate.observe(&error);
-            // A refused key ends a foreground run, and a create that may
-            // have been applied is confirmed from `GET /users`, never sent
-            // again.
-            if error.is_auth() || (retry == Resend::UnlessApplied && error.outcome_unknown()) {
-                return Err(error);
-            }
-            match self.policy().after_error(&error, failures) {
-                Retry::GiveUp { .. } => return Err(error),
-                Retry::After {
-                    counts_attempt: true,
-                    after,
-                    ..
-                } => {
-                    failures += 1;
-                    tokio::time::sleep(after).await;
-                }
-                // The gate now pauses every call for the hinted time.
-                Retry::After { .. } => {
-                    rate_limited += 1;
-                    if rate_limited >= self.worker.max_attempts.saturating_mul(10) {
-                        return Err(error);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The worker's policy, with waits a foreground run can sit through.
-    fn policy(&self) -> RetryPolicy {
-        let mut policy = RetryPolicy::new(&self.worker);
-        policy.backoff = Backoff::new(
-            self.worker.backoff_base,
-            self.worker.backoff_cap.min(MAX_BACKOFF),
-        );
-        policy
     }
 }

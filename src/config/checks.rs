@@ -1,0 +1,250 @@
+//! The checks of the loaded values: each bad value is refused with one line
+//! that names its key, and what passes becomes the typed [`Settings`].
+//!
+//! Apart from the settings themselves so that their file reads as what the
+//! worker can be told, and this one as what it refuses.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::raw::{Raw, RawSource};
+use super::{
+    ConfigError, DatabaseSettings, DispatcherSettings, EmbeddedSettings, HttpSettings, LogSettings,
+    RateLimitSettings, RedisSettings, SUPPORTED_API_VERSIONS, Settings, SourceSettings,
+    SourceTable, SourceTarget, SweeperSettings, WorkerSettings, database_kind, invalid,
+};
+
+impl Settings {
+    pub(super) fn check(raw: Raw) -> Result<Self, ConfigError> {
+        let database_url = non_empty(raw.database.url);
+        if let Some(url) = &database_url
+            && database_kind(url.expose_secret()).is_none()
+        {
+            return Err(invalid(
+                "database.url",
+                "expected a postgres://, postgresql:// or sqlite: URL",
+            ));
+        }
+        positive(
+            "database.max_connections",
+            u64::from(raw.database.max_connections),
+        )?;
+
+        let redis_url = raw.redis.url;
+        if !(redis_url.expose_secret().starts_with("redis://")
+            || redis_url.expose_secret().starts_with("rediss://"))
+        {
+            return Err(invalid("redis.url", "expected a redis:// or rediss:// URL"));
+        }
+        let namespace_ok = !raw.redis.namespace.is_empty()
+            && raw
+                .redis
+                .namespace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !namespace_ok {
+            // The queue's wake-up channel is split on ':', so no ':' here.
+            return Err(invalid(
+                "redis.namespace",
+                "use only letters, digits, '-', '_' and '.'",
+            ));
+        }
+
+        let base_url = Url::parse(raw.embedded.base_url.trim())
+            .map_err(|e| invalid("embedded.base_url", format!("not a URL ({e})")))?;
+        if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() {
+            return Err(invalid(
+                "embedded.base_url",
+                "expected an http:// or https:// URL",
+            ));
+        }
+        if !SUPPORTED_API_VERSIONS.contains(&raw.embedded.api_version.as_str()) {
+            return Err(invalid(
+                "embedded.api_version",
+                format!("supported versions: {}", SUPPORTED_API_VERSIONS.join(", ")),
+            ));
+        }
+        let timeout = millis("embedded.timeout_ms", raw.embedded.timeout_ms)?;
+        let connect_timeout = millis(
+            "embedded.connect_timeout_ms",
+            raw.embedded.connect_timeout_ms,
+        )?;
+
+        positive("worker.concurrency", raw.worker.concurrency as u64)?;
+        positive("worker.max_attempts", u64::from(raw.worker.max_attempts))?;
+        let backoff_base = millis("worker.backoff_base_ms", raw.worker.backoff_base_ms)?;
+        let backoff_cap = millis("worker.backoff_cap_ms", raw.worker.backoff_cap_ms)?;
+        if backoff_cap < backoff_base {
+            return Err(invalid(
+                "worker.backoff_cap_ms",
+                "must not be below worker.backoff_base_ms",
+            ));
+        }
+        positive(
+            "dispatcher.batch_size",
+            u64::from(raw.dispatcher.batch_size),
+        )?;
+        positive(
+            "dispatcher.users_per_job",
+            raw.dispatcher.users_per_job as u64,
+        )?;
+        positive(
+            "rate_limit.requests_per_second",
+            u64::from(raw.rate_limit.requests_per_second),
+        )?;
+        positive("rate_limit.burst", u64::from(raw.rate_limit.burst))?;
+        if raw.rate_limit.adaptive
+            && raw.rate_limit.max_requests_per_second < raw.rate_limit.requests_per_second
+        {
+            return Err(invalid(
+                "rate_limit.max_requests_per_second",
+                "must be at least rate_limit.requests_per_second",
+            ));
+        }
+        let bind = raw
+            .http
+            .bind
+            .parse()
+            .map_err(|_| invalid("http.bind", "expected an address such as 127.0.0.1:9090"))?;
+        if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                "expected a level such as info or debug",
+            ));
+        }
+
+        let source = check_source(raw.source)?;
+
+        Ok(Self {
+            database: DatabaseSettings {
+                url: database_url,
+                max_connections: raw.database.max_connections,
+            },
+            redis: RedisSettings {
+                url: redis_url,
+                namespace: raw.redis.namespace,
+            },
+            embedded: EmbeddedSettings {
+                base_url,
+                api_version: raw.embedded.api_version,
+                api_key: non_empty(raw.embedded.api_key),
+                timeout,
+                connect_timeout,
+            },
+            worker: WorkerSettings {
+                concurrency: raw.worker.concurrency,
+                max_attempts: raw.worker.max_attempts,
+                backoff_base,
+                backoff_cap,
+                auth_retry_interval: millis(
+                    "worker.auth_retry_interval_ms",
+                    raw.worker.auth_retry_interval_ms,
+                )?,
+                shutdown_timeout: millis(
+                    "worker.shutdown_timeout_ms",
+                    raw.worker.shutdown_timeout_ms,
+                )?,
+            },
+            dispatcher: DispatcherSettings {
+                batch_size: raw.dispatcher.batch_size,
+                users_per_job: raw.dispatcher.users_per_job,
+                poll_interval: millis(
+                    "dispatcher.poll_interval_ms",
+                    raw.dispatcher.poll_interval_ms,
+                )?,
+            },
+            sweeper: SweeperSettings {
+                interval: millis("sweeper.interval_ms", raw.sweeper.interval_ms)?,
+                redispatch_after: millis(
+                    "sweeper.redispatch_after_ms",
+                    raw.sweeper.redispatch_after_ms,
+                )?,
+            },
+            rate_limit: RateLimitSettings {
+                requests_per_second: raw.rate_limit.requests_per_second,
+                burst: raw.rate_limit.burst,
+                scope: raw.rate_limit.scope,
+                adaptive: raw.rate_limit.adaptive,
+                max_requests_per_second: raw.rate_limit.max_requests_per_second,
+            },
+            http: HttpSettings { bind },
+            log: LogSettings {
+                format: raw.log.format,
+                level: raw.log.level,
+            },
+            source,
+        })
+    }
+}
+
+/// The most host users one page may hold.
+const MAX_PAGE_SIZE: u32 = 10_000;
+
+fn check_source(raw: RawSource) -> Result<SourceSettings, ConfigError> {
+    if raw.page_size == 0 || raw.page_size > MAX_PAGE_SIZE {
+        return Err(invalid(
+            "source.page_size",
+            format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    let optional = |value: String| {
+        let value = value.trim().to_owned();
+        (!value.is_empty()).then_some(value)
+    };
+    let table = optional(raw.table);
+    let query = optional(raw.query);
+    let target = match (table, query) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "source.query",
+                "set either source.table or source.query, not both",
+            ));
+        }
+        (None, None) => None,
+        (None, Some(query)) => Some(SourceTarget::Query(
+            query.trim_end_matches(';').trim_end().to_owned(),
+        )),
+        (Some(table), None) => {
+            let column = |key: &'static str, value: String| match optional(value) {
+                Some(name) if name.chars().any(char::is_control) => {
+                    Err(invalid(key, "contains control characters"))
+                }
+                Some(name) => Ok(name),
+                None => Err(invalid(key, "is required with source.table")),
+            };
+            if table.chars().any(char::is_control) {
+                return Err(invalid("source.table", "contains control characters"));
+            }
+            Some(SourceTarget::Table(SourceTable {
+                table,
+                id_column: column("source.id_column", raw.id_column)?,
+                email_column: column("source.email_column", raw.email_column)?,
+                name_column: optional(raw.name_column),
+                closed_condition: optional(raw.closed_condition),
+            }))
+        }
+    };
+    Ok(SourceSettings {
+        target,
+        page_size: raw.page_size,
+    })
+}
+
+fn non_empty(secret: SecretString) -> Option<SecretString> {
+    (!secret.expose_secret().trim().is_empty()).then_some(secret)
+}
+
+fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(invalid(key, "must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn millis(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
+    positive(key, value)?;
+    Ok(Duration::from_millis(value))
+}

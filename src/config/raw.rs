@@ -1,0 +1,116 @@
+//! What the files and variables hold before it is checked: the shapes
+//! `config` deserialises the layered sources into, one per section, with
+//! the defaults of `[source]`, the one section that may be left out.
+//!
+//! Apart from the typed settings so that no unchecked value can reach a
+//! caller: [`super::checks`] turns these into [`super::Settings`].
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use super::{LogFormat, RateLimitScope};
+
+#[derive(Deserialize)]
+pub(super) struct Raw {
+    pub database: RawDatabase,
+    pub redis: RawRedis,
+    pub embedded: RawEmbedded,
+    pub worker: RawWorker,
+    pub dispatcher: RawDispatcher,
+    pub sweeper: RawSweeper,
+    pub rate_limit: RawRateLimit,
+    pub http: RawHttp,
+    pub log: RawLog,
+    #[serde(default)]
+    pub source: RawSource,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawDatabase {
+    pub url: SecretString,
+    pub max_connections: u32,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawRedis {
+    pub url: SecretString,
+    pub namespace: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawEmbedded {
+    pub base_url: String,
+    pub api_version: String,
+    pub api_key: SecretString,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawWorker {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    pub auth_retry_interval_ms: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawDispatcher {
+    pub batch_size: u32,
+    pub users_per_job: usize,
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawSweeper {
+    pub interval_ms: u64,
+    pub redispatch_after_ms: u64,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawRateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+    pub scope: RateLimitScope,
+    pub adaptive: bool,
+    pub max_requests_per_second: u32,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawHttp {
+    pub bind: String,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+pub(super) struct RawSource {
+    pub table: String,
+    pub id_column: String,
+    pub email_column: String,
+    pub name_column: String,
+    pub closed_condition: String,
+    pub query: String,
+    pub page_size: u32,
+}
+
+impl Default for RawSource {
+    fn default() -> Self {
+        Self {
+            table: String::new(),
+            id_column: "id".into(),
+            email_column: "email".into(),
+            name_column: String::new(),
+            closed_condition: String::new(),
+            query: String::new(),
+            page_size: 1000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct RawLog {
+    pub format: LogFormat,
+    pub level: String,
+}

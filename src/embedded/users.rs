@@ -1,0 +1,67 @@
+//! The users the client's calls take and give back, in the crate's own
+//! types: what the API's JSON holds is parsed into these at the edge
+//! ([`super::wire`]), so no caller sees a wire shape.
+
+use crate::domain::{EmbeddedUserId, FullName, Profile, Username};
+
+/// A user to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub username: Username,
+    pub full_name: Option<FullName>,
+}
+
+impl From<&Profile> for NewUser {
+    fn from(profile: &Profile) -> Self {
+        Self {
+            username: profile.username.clone(),
+            full_name: profile.full_name.clone(),
+        }
+    }
+}
+
+/// A change to an existing user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserUpdate {
+    pub username: Option<Username>,
+    pub full_name: Option<FullName>,
+}
+
+/// A user as the API holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedUser {
+    pub user_id: EmbeddedUserId,
+    pub username: Username,
+    pub full_name: Option<FullName>,
+}
+
+/// How to name a user in a lookup.
+#[derive(Debug, Clone, Copy)]
+pub enum UserRef<'a> {
+    Id(&'a EmbeddedUserId),
+    Username(&'a Username),
+}
+
+impl UserRef<'_> {
+    pub(super) fn segment(&self) -> &str {
+        match self {
+            UserRef::Id(id) => id.as_str(),
+            UserRef::Username(u) => u.as_str(),
+        }
+    }
+}
+
+/// One entry of a batch's `invalidUsers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvalidBatchUser {
+    /// The API named the username: taken, or otherwise refused.
+    Username(Username),
+    /// The API gave no username (the docs show `{"fullName": "Missing Username"}`).
+    Unnamed,
+}
+
+/// What a batch create answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub invalid: Vec<InvalidBatchUser>,
+}
