@@ -14,7 +14,6 @@ use crate::embedded::EmbeddedUser;
 use crate::host::table::HostRow;
 use crate::storage::conflicts::NewConflict;
 use crate::storage::users::Found;
-use crate::sync::job;
 
 use super::decide::{ConflictFound, Decision, decide};
 use super::report::{ConflictLine, Output};
@@ -238,7 +237,7 @@ impl Run {
             event_id: None,
         };
         if self.db.report_conflict(&conflict).await? {
-            job::reported(&conflict);
+            crate::sync::reported(&conflict);
         }
         self.summary.conflicts += 1;
         Ok(())
