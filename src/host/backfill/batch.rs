@@ -22,7 +22,7 @@ use super::{Pending, Run, profile_of};
 /// Rounds of "snapshot, link what was created, send again what was not".
 const MAX_ROUNDS: usize = 3;
 
-impl Run {
+impl<D: super::db::BackfillDb> Run<D> {
     /// Records the intent to create, for users whose locks are held. Those
     /// whose username turns out claimed meanwhile become conflicts.
     pub(super) async fn claim(

@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use futures::future::BoxFuture;
 use sqlx::{Connection, PgConnection};
+use std::future::Future;
 
 use crate::domain::{HostUserId, Profile, UserState, Username};
 use crate::embedded::EmbeddedUser;
@@ -24,7 +24,6 @@ use crate::storage::pg;
 use crate::storage::users::{Claim, ClaimIntent, Found, Unconfirmed};
 
 use super::decide::Known;
-use super::single;
 use super::snapshot::{self, LoadError};
 
 /// An event's state, and when it comes due if pending: (id, state, due).
@@ -36,7 +35,7 @@ pub(super) type Create<'a> = (&'a HostUserId, &'a Profile, bool);
 /// The backfill's session on the worker's database.
 pub(super) trait BackfillDb: Send {
     /// The database's clock.
-    fn now(&mut self) -> BoxFuture<'_, sqlx::Result<DateTime<Utc>>>;
+    fn now(&mut self) -> impl Future<Output = sqlx::Result<DateTime<Utc>>> + Send;
 
     // The host's users ([source]).
     fn page<'a>(
@@ -44,91 +43,101 @@ pub(super) trait BackfillDb: Send {
         source: &'a HostTable,
         after: Option<&'a str>,
         limit: u32,
-    ) -> BoxFuture<'a, sqlx::Result<Vec<HostRow>>>;
-    fn count_open<'a>(&'a mut self, source: &'a HostTable) -> BoxFuture<'a, sqlx::Result<u64>>;
+    ) -> impl Future<Output = sqlx::Result<Vec<HostRow>>> + Send;
+    fn count_open<'a>(
+        &'a mut self,
+        source: &'a HostTable,
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
     fn count_closed<'a>(
         &'a mut self,
         source: &'a HostTable,
-    ) -> BoxFuture<'a, sqlx::Result<Option<u64>>>;
+    ) -> impl Future<Output = sqlx::Result<Option<u64>>> + Send;
 
     // The snapshot of `GET /users` and the dry run's plan.
-    fn prepare_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>>;
-    fn discard_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>>;
-    fn load_snapshot<'a>(&'a mut self, stream: UserStream)
-    -> BoxFuture<'a, Result<u64, LoadError>>;
+    fn prepare_snapshot(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send;
+    fn discard_snapshot(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send;
+    fn load_snapshot(
+        &mut self,
+        stream: UserStream,
+    ) -> impl Future<Output = Result<u64, LoadError>> + Send;
     fn find_in_snapshot<'a>(
         &'a mut self,
         usernames: &'a [&'a str],
-    ) -> BoxFuture<'a, sqlx::Result<HashMap<Username, EmbeddedUser>>>;
+    ) -> impl Future<Output = sqlx::Result<HashMap<Username, EmbeddedUser>>> + Send;
     fn plan_creates<'a>(
         &'a mut self,
         planned: &'a [(&'a str, &'a str)],
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     fn lookup<'a>(
         &'a mut self,
         users: &'a [(HostUserId, Profile)],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<Known>>>;
+    ) -> impl Future<Output = sqlx::Result<Vec<Known>>> + Send;
 
     // The per-user locks, shared with the jobs of the pipeline.
     fn try_lock_many<'a>(
         &'a mut self,
         hosts: &'a [&'a str],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<String>>>;
-    fn unlock_many<'a>(&'a mut self, hosts: &'a [&'a str]) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<Vec<String>>> + Send;
+    fn unlock_many<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
     // The worker's tables.
     fn claim_many_for_create<'a>(
         &'a mut self,
         intents: &'a [ClaimIntent<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     fn last_event_id<'a>(
         &'a mut self,
         host: &'a HostUserId,
-    ) -> BoxFuture<'a, sqlx::Result<Option<i64>>>;
+    ) -> impl Future<Output = sqlx::Result<Option<i64>>> + Send;
     fn claim_for_create<'a>(
         &'a mut self,
         host: &'a HostUserId,
         profile: &'a Profile,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<Claim>>;
+    ) -> impl Future<Output = sqlx::Result<Claim>> + Send;
     fn mark_synced_many<'a>(
         &'a mut self,
         found: &'a [Found<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<u64>>;
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
     fn set_without_user<'a>(
         &'a mut self,
         host: &'a HostUserId,
         state: UserState,
-    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     fn report_conflict<'a>(
         &'a mut self,
         conflict: &'a NewConflict<'a>,
-    ) -> BoxFuture<'a, sqlx::Result<bool>>;
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send;
     fn unconfirmed_since<'a>(
         &'a mut self,
         since: DateTime<Utc>,
         after: &'a str,
         limit: i64,
-    ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>>;
+    ) -> impl Future<Output = sqlx::Result<Vec<Unconfirmed>>> + Send;
     fn unconfirmed_of<'a>(
         &'a mut self,
         hosts: &'a [&'a str],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>>;
-    fn count_unconfirmed_since(&mut self, since: DateTime<Utc>)
-    -> BoxFuture<'_, sqlx::Result<u64>>;
+    ) -> impl Future<Output = sqlx::Result<Vec<Unconfirmed>>> + Send;
+    fn count_unconfirmed_since(
+        &mut self,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
 
     // Single mode: signups through the pipeline's job.
     fn record_signups<'a>(
         &'a mut self,
         creates: &'a [Create<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<(i64, HostUserId)>>>;
+    ) -> impl Future<Output = sqlx::Result<Vec<(i64, HostUserId)>>> + Send;
     fn event_states<'a>(
         &'a mut self,
         ids: &'a [i64],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<EventState>>>;
+    ) -> impl Future<Output = sqlx::Result<Vec<EventState>>> + Send;
 
     /// Ends the session (its working tables and locks go with it).
-    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+    fn close(self) -> impl Future<Output = ()> + Send;
 }
 
 /// The backfill's PostgreSQL session: a connection of its own, out of the
@@ -138,8 +147,8 @@ pub(super) struct PgBackfillDb {
 }
 
 impl BackfillDb for PgBackfillDb {
-    fn now(&mut self) -> BoxFuture<'_, sqlx::Result<DateTime<Utc>>> {
-        Box::pin(sqlx::query_scalar("SELECT now()").fetch_one(&mut self.conn))
+    fn now(&mut self) -> impl Future<Output = sqlx::Result<DateTime<Utc>>> + Send {
+        sqlx::query_scalar("SELECT now()").fetch_one(&mut self.conn)
     }
 
     fn page<'a>(
@@ -147,80 +156,86 @@ impl BackfillDb for PgBackfillDb {
         source: &'a HostTable,
         after: Option<&'a str>,
         limit: u32,
-    ) -> BoxFuture<'a, sqlx::Result<Vec<HostRow>>> {
-        Box::pin(source.page(&mut self.conn, after, limit))
+    ) -> impl Future<Output = sqlx::Result<Vec<HostRow>>> + Send {
+        source.page(&mut self.conn, after, limit)
     }
 
-    fn count_open<'a>(&'a mut self, source: &'a HostTable) -> BoxFuture<'a, sqlx::Result<u64>> {
-        Box::pin(source.count_open(&mut self.conn))
+    fn count_open<'a>(
+        &'a mut self,
+        source: &'a HostTable,
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send {
+        source.count_open(&mut self.conn)
     }
 
     fn count_closed<'a>(
         &'a mut self,
         source: &'a HostTable,
-    ) -> BoxFuture<'a, sqlx::Result<Option<u64>>> {
-        Box::pin(source.count_closed(&mut self.conn))
+    ) -> impl Future<Output = sqlx::Result<Option<u64>>> + Send {
+        source.count_closed(&mut self.conn)
     }
 
-    fn prepare_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(snapshot::prepare(&mut self.conn))
+    fn prepare_snapshot(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send {
+        snapshot::prepare(&mut self.conn)
     }
 
-    fn discard_snapshot(&mut self) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(snapshot::discard(&mut self.conn))
+    fn discard_snapshot(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send {
+        snapshot::discard(&mut self.conn)
     }
 
-    fn load_snapshot<'a>(
-        &'a mut self,
+    fn load_snapshot(
+        &mut self,
         stream: UserStream,
-    ) -> BoxFuture<'a, Result<u64, LoadError>> {
-        Box::pin(snapshot::load(&mut self.conn, stream))
+    ) -> impl Future<Output = Result<u64, LoadError>> + Send {
+        snapshot::load(&mut self.conn, stream)
     }
 
     fn find_in_snapshot<'a>(
         &'a mut self,
         usernames: &'a [&'a str],
-    ) -> BoxFuture<'a, sqlx::Result<HashMap<Username, EmbeddedUser>>> {
-        Box::pin(snapshot::find(&mut self.conn, usernames))
+    ) -> impl Future<Output = sqlx::Result<HashMap<Username, EmbeddedUser>>> + Send {
+        snapshot::find(&mut self.conn, usernames)
     }
 
     fn plan_creates<'a>(
         &'a mut self,
         planned: &'a [(&'a str, &'a str)],
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(snapshot::plan_creates(&mut self.conn, planned))
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        snapshot::plan_creates(&mut self.conn, planned)
     }
 
     fn lookup<'a>(
         &'a mut self,
         users: &'a [(HostUserId, Profile)],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<Known>>> {
-        Box::pin(snapshot::lookup(&mut self.conn, users))
+    ) -> impl Future<Output = sqlx::Result<Vec<Known>>> + Send {
+        snapshot::lookup(&mut self.conn, users)
     }
 
     fn try_lock_many<'a>(
         &'a mut self,
         hosts: &'a [&'a str],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<String>>> {
-        Box::pin(pg::users::try_lock_many(&mut self.conn, hosts))
+    ) -> impl Future<Output = sqlx::Result<Vec<String>>> + Send {
+        pg::users::try_lock_many(&mut self.conn, hosts)
     }
 
-    fn unlock_many<'a>(&'a mut self, hosts: &'a [&'a str]) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(pg::users::unlock_many(&mut self.conn, hosts))
+    fn unlock_many<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        pg::users::unlock_many(&mut self.conn, hosts)
     }
 
     fn claim_many_for_create<'a>(
         &'a mut self,
         intents: &'a [ClaimIntent<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(pg::users::claim_many_for_create(&mut self.conn, intents))
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        pg::users::claim_many_for_create(&mut self.conn, intents)
     }
 
     fn last_event_id<'a>(
         &'a mut self,
         host: &'a HostUserId,
-    ) -> BoxFuture<'a, sqlx::Result<Option<i64>>> {
-        Box::pin(pg::users::last_event_id(&mut self.conn, host))
+    ) -> impl Future<Output = sqlx::Result<Option<i64>>> + Send {
+        pg::users::last_event_id(&mut self.conn, host)
     }
 
     fn claim_for_create<'a>(
@@ -228,38 +243,30 @@ impl BackfillDb for PgBackfillDb {
         host: &'a HostUserId,
         profile: &'a Profile,
         event_id: i64,
-    ) -> BoxFuture<'a, sqlx::Result<Claim>> {
-        Box::pin(pg::users::claim_for_create(
-            &mut self.conn,
-            host,
-            profile,
-            event_id,
-        ))
+    ) -> impl Future<Output = sqlx::Result<Claim>> + Send {
+        pg::users::claim_for_create(&mut self.conn, host, profile, event_id)
     }
 
     fn mark_synced_many<'a>(
         &'a mut self,
         found: &'a [Found<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<u64>> {
-        Box::pin(pg::users::mark_synced_many(&mut self.conn, found))
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send {
+        pg::users::mark_synced_many(&mut self.conn, found)
     }
 
     fn set_without_user<'a>(
         &'a mut self,
         host: &'a HostUserId,
         state: UserState,
-    ) -> BoxFuture<'a, sqlx::Result<()>> {
-        Box::pin(pg::users::set_without_user(&mut self.conn, host, state))
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        pg::users::set_without_user(&mut self.conn, host, state)
     }
 
     fn report_conflict<'a>(
         &'a mut self,
         conflict: &'a NewConflict<'a>,
-    ) -> BoxFuture<'a, sqlx::Result<bool>> {
-        Box::pin(crate::storage::pg::conflicts::report_conflict(
-            &mut self.conn,
-            conflict,
-        ))
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send {
+        crate::storage::pg::conflicts::report_conflict(&mut self.conn, conflict)
     }
 
     fn unconfirmed_since<'a>(
@@ -267,48 +274,41 @@ impl BackfillDb for PgBackfillDb {
         since: DateTime<Utc>,
         after: &'a str,
         limit: i64,
-    ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>> {
-        Box::pin(pg::users::unconfirmed_since(
-            &mut self.conn,
-            since,
-            after,
-            limit,
-        ))
+    ) -> impl Future<Output = sqlx::Result<Vec<Unconfirmed>>> + Send {
+        pg::users::unconfirmed_since(&mut self.conn, since, after, limit)
     }
 
     fn unconfirmed_of<'a>(
         &'a mut self,
         hosts: &'a [&'a str],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<Unconfirmed>>> {
-        Box::pin(pg::users::unconfirmed_of(&mut self.conn, hosts))
+    ) -> impl Future<Output = sqlx::Result<Vec<Unconfirmed>>> + Send {
+        pg::users::unconfirmed_of(&mut self.conn, hosts)
     }
 
     fn count_unconfirmed_since(
         &mut self,
         since: DateTime<Utc>,
-    ) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(pg::users::count_unconfirmed_since(&mut self.conn, since))
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send {
+        pg::users::count_unconfirmed_since(&mut self.conn, since)
     }
 
     fn record_signups<'a>(
         &'a mut self,
         creates: &'a [Create<'a>],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<(i64, HostUserId)>>> {
-        Box::pin(single::record_signups(&mut self.conn, creates))
+    ) -> impl Future<Output = sqlx::Result<Vec<(i64, HostUserId)>>> + Send {
+        pg::events::record_signups(&mut self.conn, creates)
     }
 
     fn event_states<'a>(
         &'a mut self,
         ids: &'a [i64],
-    ) -> BoxFuture<'a, sqlx::Result<Vec<EventState>>> {
-        Box::pin(single::states(&mut self.conn, ids))
+    ) -> impl Future<Output = sqlx::Result<Vec<EventState>>> + Send {
+        pg::events::states(&mut self.conn, ids)
     }
 
-    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            if let Err(e) = self.conn.close().await {
-                tracing::debug!(error = %e, "closing the backfill session");
-            }
-        })
+    async fn close(self) -> () {
+        if let Err(e) = self.conn.close().await {
+            tracing::debug!(error = %e, "closing the backfill session");
+        }
     }
 }

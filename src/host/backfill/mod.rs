@@ -130,10 +130,28 @@ pub async fn run(
         "--batch-size must be between 1 and {}",
         crate::embedded::MAX_BATCH
     );
-    let opened = match settings.database.kind()? {
-        DatabaseKind::Postgres => open_postgres(settings, target).await?,
-        DatabaseKind::Sqlite => sqlite::open(settings, target).await?,
-    };
+    // The backend, chosen once for the run: the run is generic over the
+    // backfill's session on it.
+    match settings.database.kind()? {
+        DatabaseKind::Postgres => {
+            let opened = open_postgres(settings, target).await?;
+            run_on(opened, settings, options, out, cancel).await
+        }
+        DatabaseKind::Sqlite => {
+            let opened = sqlite::open(settings, target).await?;
+            run_on(opened, settings, options, out, cancel).await
+        }
+    }
+}
+
+/// [`run`] on the session it opened.
+async fn run_on<D: BackfillDb>(
+    opened: Opened<D>,
+    settings: &Settings,
+    options: &BackfillOptions,
+    out: &mut (dyn Write + Send),
+    cancel: CancellationToken,
+) -> anyhow::Result<Summary> {
     let Opened {
         mut db,
         source,
@@ -206,8 +224,8 @@ pub async fn run(
 }
 
 /// What a run works with, opened on the configured database.
-struct Opened {
-    db: Box<dyn BackfillDb>,
+struct Opened<D> {
+    db: D,
     source: HostTable,
     /// For `--mode single`: the pipeline's storage (sharing the per-user
     /// locks with `db`).
@@ -217,7 +235,10 @@ struct Opened {
     file_lock: Option<ProcessLock>,
 }
 
-async fn open_postgres(settings: &Settings, target: &SourceTarget) -> anyhow::Result<Opened> {
+async fn open_postgres(
+    settings: &Settings,
+    target: &SourceTarget,
+) -> anyhow::Result<Opened<PgBackfillDb>> {
     let pool =
         storage::pg::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
     // The backfill's own session: its temporary tables and the locks of
@@ -234,7 +255,7 @@ async fn open_postgres(settings: &Settings, target: &SourceTarget) -> anyhow::Re
     );
     let source = HostTable::check(&mut conn, target).await?;
     Ok(Opened {
-        db: Box::new(PgBackfillDb { conn }),
+        db: PgBackfillDb { conn },
         source,
         store: JobStore::Pg(Arc::new(PgStore::new(pool.clone()))),
         database: Database::Postgres(pool),
@@ -269,9 +290,9 @@ struct Pending {
 }
 
 /// One backfill run.
-struct Run {
+struct Run<D> {
     /// The backfill's session: working tables and held user locks.
-    db: Box<dyn BackfillDb>,
+    db: D,
     source: HostTable,
     api: Api,
     /// For `--mode single`: the pipeline's job, run in this process.
@@ -291,7 +312,7 @@ struct Run {
     snoozed: Vec<(i64, HostUserId)>,
 }
 
-impl Run {
+impl<D: BackfillDb> Run<D> {
     async fn go(&mut self, output: &mut Output<'_>) -> anyhow::Result<()> {
         self.load_snapshot().await?;
         self.scan(output).await?;

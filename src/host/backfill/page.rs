@@ -23,7 +23,7 @@ use super::{Mode, Run, profile_of};
 /// try at the end; beyond this many they are counted unresolved.
 const MAX_BUSY_KEPT: usize = 10_000;
 
-impl Run {
+impl<D: super::db::BackfillDb> Run<D> {
     /// Parses a page; rows the API would refuse are counted and logged.
     pub(super) fn parse(&mut self, rows: Vec<HostRow>) -> Vec<(HostUserId, Profile)> {
         let mut users = Vec::with_capacity(rows.len());

@@ -10,66 +10,21 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::StreamExt;
-use sqlx::PgConnection;
 
-use crate::domain::{FullName, HostUserId, Profile};
+use crate::domain::HostUserId;
 use crate::queue::{JobEvent, SyncJob};
 
 use super::Run;
+use super::db::BackfillDb;
 
 /// Passes over snoozed events before giving up on them.
 const MAX_RETRY_PASSES: usize = 200;
 /// The longest wait for a snoozed event to come due.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 
-/// Writes one `signup` event per user to create, as the host app would,
-/// but already marked dispatched. Returns (event id, host user).
-pub(super) async fn record_signups(
-    conn: &mut PgConnection,
-    creates: &[(&HostUserId, &Profile, bool)],
-) -> sqlx::Result<Vec<(i64, HostUserId)>> {
-    if creates.is_empty() {
-        return Ok(Vec::new());
-    }
-    let hosts: Vec<&str> = creates.iter().map(|c| c.0.as_str()).collect();
-    let emails: Vec<&str> = creates.iter().map(|c| c.1.username.as_str()).collect();
-    let names: Vec<Option<&str>> = creates
-        .iter()
-        .map(|c| c.1.full_name.as_ref().map(FullName::as_str))
-        .collect();
-    let rows: Vec<(i64, String)> = sqlx::query_as(
-        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name, dispatched_at)
-         SELECT h, 'signup', e, n, now() FROM unnest($1::text[], $2::text[], $3::text[])
-             AS t(h, e, n)
-         RETURNING id, host_user_id",
-    )
-    .bind(&hosts)
-    .bind(&emails)
-    .bind(&names)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, host)| Some((id, HostUserId::parse(&host).ok()?)))
-        .collect())
-}
-
-/// The state of some events, and when a pending one comes due.
-pub(super) async fn states(
-    conn: &mut PgConnection,
-    ids: &[i64],
-) -> sqlx::Result<Vec<(i64, String, DateTime<Utc>)>> {
-    sqlx::query_as(
-        "SELECT id, state, available_at FROM user_sync.events WHERE id = ANY($1::bigint[])",
-    )
-    .bind(ids)
-    .fetch_all(conn)
-    .await
-}
-
-impl Run {
+impl<D: BackfillDb> Run<D> {
     /// Runs the jobs of `events`, `worker.concurrency` at a time, and counts
     /// how each ended. Snoozed ones are kept for [`Self::retry_snoozed`].
     pub(super) async fn run_jobs(&mut self, events: Vec<(i64, HostUserId)>) -> anyhow::Result<()> {

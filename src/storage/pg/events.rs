@@ -31,9 +31,10 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::domain::{EventState, HostUserId};
+use crate::domain::{EventState, FullName, HostUserId, Profile};
 use crate::storage::events::{Claimed, NextEvent, NextEventRow};
 
 /// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay
@@ -216,4 +217,50 @@ pub async fn snooze(
 pub async fn mark_invalid(pool: &PgPool, id: i64, reason: &str) -> sqlx::Result<()> {
     let mut conn = pool.acquire().await?;
     finish(&mut conn, id, EventState::Invalid, Some(reason)).await
+}
+
+/// Writes one `signup` event per user to create, as the host app would,
+/// but already marked dispatched (the backfill's `--mode single` runs
+/// their jobs itself). Returns (event id, host user).
+pub async fn record_signups(
+    conn: &mut PgConnection,
+    creates: &[(&HostUserId, &Profile, bool)],
+) -> sqlx::Result<Vec<(i64, HostUserId)>> {
+    if creates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hosts: Vec<&str> = creates.iter().map(|c| c.0.as_str()).collect();
+    let emails: Vec<&str> = creates.iter().map(|c| c.1.username.as_str()).collect();
+    let names: Vec<Option<&str>> = creates
+        .iter()
+        .map(|c| c.1.full_name.as_ref().map(FullName::as_str))
+        .collect();
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name, dispatched_at)
+         SELECT h, 'signup', e, n, now() FROM unnest($1::text[], $2::text[], $3::text[])
+             AS t(h, e, n)
+         RETURNING id, host_user_id",
+    )
+    .bind(&hosts)
+    .bind(&emails)
+    .bind(&names)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, host)| Some((id, HostUserId::parse(&host).ok()?)))
+        .collect())
+}
+
+/// The state of some events, and when a pending one comes due.
+pub async fn states(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> sqlx::Result<Vec<(i64, String, DateTime<Utc>)>> {
+    sqlx::query_as(
+        "SELECT id, state, available_at FROM user_sync.events WHERE id = ANY($1::bigint[])",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
 }
