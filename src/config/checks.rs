@@ -232,8 +232,12 @@ fn check_source(raw: RawSource) -> Result<SourceSettings, ConfigError> {
     })
 }
 
+/// A secret without the white space around it (a key mounted from a file
+/// usually ends in a newline, which no HTTP header may carry), or `None`
+/// when nothing is left.
 fn non_empty(secret: SecretString) -> Option<SecretString> {
-    (!secret.expose_secret().trim().is_empty()).then_some(secret)
+    let trimmed = secret.expose_secret().trim();
+    (!trimmed.is_empty()).then(|| SecretString::from(trimmed))
 }
 
 fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {

@@ -337,9 +337,32 @@ impl Settings {
         let raw: Raw = builder
             .build()
             .and_then(Config::try_deserialize)
-            .map_err(|e| ConfigError::Load(one_line(&e.to_string())))?;
+            .map_err(load_error)?;
         Self::check(raw)
     }
+}
+
+/// A configuration that could not be read, said without repeating any of
+/// it: a file that does not parse is named with its line and column (the
+/// line itself could hold a secret), a value of the wrong type by its key.
+fn load_error(error: config::ConfigError) -> ConfigError {
+    use config::ConfigError as E;
+    ConfigError::Load(match error {
+        E::FileParse { uri, cause } => {
+            let cause = cause.to_string();
+            let at = cause.lines().next().unwrap_or("a parse error");
+            format!(
+                "{} does not parse: {}; the line is not shown, as it may hold a secret",
+                uri.as_deref().unwrap_or("a configuration file"),
+                one_line(at)
+            )
+        }
+        E::Type { key, expected, .. } => format!(
+            "{} has a value of the wrong type: expected {expected}",
+            key.as_deref().unwrap_or("a key")
+        ),
+        other => one_line(&other.to_string()),
+    })
 }
 
 fn one_line(message: &str) -> String {
@@ -442,6 +465,52 @@ mod tests {
         );
         let s = Settings::load_from(dir.path(), &env(&[("EMBEDDED_API_KEY", "  ")])).unwrap();
         assert!(s.embedded.api_key().is_err(), "blank is as good as missing");
+    }
+
+    #[test]
+    fn secrets_mounted_from_files_lose_their_trailing_newline() {
+        let dir = empty_dir();
+        let s = Settings::load_from(
+            dir.path(),
+            &env(&[
+                ("EMBEDDED_API_KEY", "k-123\n"),
+                ("DATABASE_URL", " postgres://h/db\r\n"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.embedded.api_key().unwrap().expose_secret(), "k-123");
+        assert_eq!(s.database.url().unwrap().expose_secret(), "postgres://h/db");
+    }
+
+    #[test]
+    fn a_configuration_file_that_does_not_parse_never_shows_its_lines() {
+        let dir = empty_dir();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[database]\nurl = \"postgres://u:PASSWORD@h/db\nmax_connections = 4\n",
+        )
+        .unwrap();
+        let error = Settings::load_from(dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("PASSWORD"), "a secret was printed: {error}");
+        assert!(error.contains("default.toml"), "names the file: {error}");
+        assert!(error.contains("line 2"), "names the line: {error}");
+
+        // A value of the wrong type is named by its key, never shown.
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[worker]\nmax_attempts = \"SECRET-LOOKING\"\n",
+        )
+        .unwrap();
+        let error = Settings::load_from(dir.path(), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("SECRET-LOOKING"),
+            "a value was printed: {error}"
+        );
+        assert!(error.contains("max_attempts"), "names the key: {error}");
     }
 
     #[test]

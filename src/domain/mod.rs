@@ -51,6 +51,10 @@ pub enum InvalidValue {
     FullNameControl,
     #[error("embedded user id is empty")]
     EmptyEmbeddedUserId,
+    #[error(
+        "the Embedded userId is not one the worker can send back: a path separator, a dot segment, white space or a control character"
+    )]
+    UnsafeEmbeddedUserId,
 }
 
 /// The host product's id for one of its users, as written into the outbox.
@@ -216,9 +220,18 @@ impl fmt::Debug for FullName {
 pub struct EmbeddedUserId(String);
 
 impl EmbeddedUserId {
+    /// An id as the API returned it. The id goes back into request paths
+    /// (`PUT /users/{userId}`), so one that would change the path (a `/`,
+    /// `.` or `..`, a `?`, `#` or `%`) or a terminal (control characters,
+    /// white space) is refused here, at the edge: `DELETE /users/..` must
+    /// never become `DELETE /users`.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
         if raw.trim().is_empty() {
             return Err(InvalidValue::EmptyEmbeddedUserId);
+        }
+        let unsafe_char = |c: char| c.is_control() || c.is_whitespace() || "/\\?#%".contains(c);
+        if raw == "." || raw == ".." || raw.chars().any(unsafe_char) {
+            return Err(InvalidValue::UnsafeEmbeddedUserId);
         }
         Ok(Self(raw.to_owned()))
     }
@@ -293,6 +306,34 @@ pub fn redact_emails(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedded_user_ids_that_would_change_a_request_path_are_refused() {
+        for id in ["61ab8f99e4b0c1a2b3c4d5e6", "user_123-abc", "a.b", "..a"] {
+            assert!(EmbeddedUserId::parse(id).is_ok(), "{id}");
+        }
+        for id in [
+            "..",
+            ".",
+            "a/b",
+            "/",
+            "a\\b",
+            "a?b=1",
+            "a#b",
+            "%2e%2e",
+            "a b",
+            "a\nb",
+            "a\u{1b}[2J",
+            "",
+        ] {
+            assert!(EmbeddedUserId::parse(id).is_err(), "{id:?} must be refused");
+        }
+        let refused = EmbeddedUserId::parse("../x").expect_err("refused");
+        assert!(
+            !refused.to_string().contains("../x"),
+            "the reason never repeats the id"
+        );
+    }
 
     #[test]
     fn username_is_trimmed_and_lower_cased() {
