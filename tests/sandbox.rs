@@ -722,8 +722,34 @@ async fn admin_routes_need_no_key_and_are_not_counted() {
     assert_eq!(stats.failed, 1);
     assert_eq!(stats.count(routes::LIST, 401), 1);
 
+    // A cross-site form post (no JSON content type) changes nothing.
+    for (method, path) in [
+        (Method::POST, "/_admin/reset"),
+        (Method::POST, "/_admin/users"),
+        (Method::PUT, "/_admin/faults"),
+    ] {
+        let form = raw
+            .bare(method.clone(), path)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("username=x%40example.com&fail_rate=1");
+        assert_eq!(
+            send(form).await.0,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{path}"
+        );
+        assert_eq!(
+            send(raw.bare(method, path)).await.0,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{path} without a content type"
+        );
+    }
+    assert_eq!(sb.users().len(), 1, "nothing was wiped or added");
+    assert_eq!(sb.stats().total_requests, 3);
+
     assert_eq!(
-        send(raw.bare(Method::POST, "/_admin/reset")).await.0,
+        send(raw.bare(Method::POST, "/_admin/reset").json(&json!({})))
+            .await
+            .0,
         StatusCode::NO_CONTENT
     );
     assert!(sb.users().is_empty());

@@ -41,8 +41,35 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/_admin/stats", get(admin_stats))
         .route("/_admin/users", get(admin_users).post(admin_insert_user))
         .route("/_admin/faults", put(admin_faults))
-        .route("/_admin/reset", post(admin_reset));
+        .route("/_admin/reset", post(admin_reset))
+        .layer(middleware::from_fn(json_writes_only));
     admin.merge(api).with_state(shared)
+}
+
+/// The admin routes change what the sandbox holds and how it fails: a write
+/// must say it is JSON. A web page cannot send that content type to another
+/// origin without the browser asking first (which nothing here answers), so
+/// no page open on the developer's machine can wipe or reconfigure the
+/// sandbox by a cross-site form post.
+async fn json_writes_only(request: axum::extract::Request, next: middleware::Next) -> Response {
+    let reads = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let json = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if reads || json {
+        next.run(request).await
+    } else {
+        message(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "admin writes take Content-Type: application/json",
+        )
+    }
 }
 
 #[derive(Serialize)]

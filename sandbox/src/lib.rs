@@ -26,6 +26,8 @@
 //!
 //! Routes under `/_admin/` need no key, skip every fault and are not
 //! counted: `GET stats`, `GET users`, `POST users`, `PUT faults`, `POST reset`.
+//! Their writes take `Content-Type: application/json` only (`415`
+//! otherwise), so that no web page can post to them across origins.
 //!
 //! Usernames and full names never appear in messages or logs: a refused
 //! create says that the username is taken, not which one.
