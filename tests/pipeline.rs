@@ -28,6 +28,7 @@ on_each_backend!(
     bad_events_get_a_reason_and_block_nothing,
     server_errors_and_429_storms_are_retried_to_completion,
     a_refused_key_pauses_everything_and_fails_nothing,
+    a_job_pushed_without_a_host_user_cannot_end_a_closure,
     shutdown_lets_running_jobs_finish,
     a_user_closed_before_the_first_sync_costs_no_call,
     users_of_one_job_sharing_an_email_get_one_embedded_user,
@@ -1333,4 +1334,62 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
     drop(conn);
     pool.close().await;
     db.drop_db().await;
+}
+
+/// Anyone who can push to the queue (another deployment on the same Redis)
+/// can push `{"event_id": N, "host_user_id": null}`. The job is only a hint:
+/// the event's own row decides, so a pending closure is still carried out,
+/// never ended `invalid` (which would leave its user never erased).
+async fn a_job_pushed_without_a_host_user_cannot_end_a_closure(backend: Backend) {
+    use user_sync::queue::{JobEvent, JobQueue, RedisQueue, SqliteQueue, SyncJob};
+
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    // The sweeper never hands the closure to a job of its own during the
+    // test: only the forged job can reach it.
+    let run = Running::with(
+        &env,
+        &[("USER_SYNC__SWEEPER__REDISPATCH_AFTER_MS", "600000")],
+    )
+    .await;
+    env.signup("u1", "ada@example.com", None).await;
+    env.settle(SETTLE).await;
+    assert_eq!(env.sandbox.users().len(), 1);
+
+    // A closure the dispatcher leaves alone (as if its job were in flight),
+    // then a forged job naming it with no host user.
+    let closure = env.event(Some("u1"), "account_closure", None, None).await;
+    env.execute(
+        "UPDATE user_sync.events SET dispatched_at = occurred_at WHERE id = $1",
+        closure,
+    )
+    .await;
+    let forged = vec![SyncJob {
+        events: vec![JobEvent {
+            event_id: closure,
+            host_user_id: None,
+        }],
+    }];
+    let settings = env.settings();
+    match backend {
+        Backend::Postgres => {
+            let queue = RedisQueue::connect(&settings.redis).await.expect("redis");
+            queue.push(forged).await.expect("push the forged job");
+        }
+        Backend::Sqlite => {
+            let queue = SqliteQueue::connect(&settings.database).expect("the queue");
+            queue.push(forged).await.expect("push the forged job");
+        }
+    }
+    eventually(SETTLE, "the closure is no longer pending", || async {
+        env.event_state(closure).await.0 != "pending"
+    })
+    .await;
+    assert_eq!(env.event_state(closure).await, ("applied".to_owned(), None));
+    assert!(env.sandbox.users().is_empty(), "the user was deleted");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM user_sync.erasures").await,
+        1
+    );
+    run.stop().await;
+    env.finish().await;
 }

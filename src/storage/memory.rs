@@ -294,6 +294,15 @@ impl SyncStore for MemoryStore {
             .collect())
     }
 
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+        let state = lock(&self.state);
+        Ok(state
+            .events
+            .get(&id)
+            .filter(|e| e.state == PENDING)
+            .map(|e| e.event.host_user_id.clone()))
+    }
+
     async fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> sqlx::Result<()> {
         lock(&self.state).finish(id, EventState::Invalid, Some(reason));
         Ok(())

@@ -95,6 +95,13 @@ pub trait SyncStore: Send + Sync + 'static {
         &'a self,
         hosts: &'a [HostUserId],
     ) -> impl Future<Output = sqlx::Result<Sessions<Self::Session>>> + Send;
+    /// The host user id the outbox row of event `id` holds, as the host
+    /// wrote it (`Some(None)` when it holds none), or `None` when the event
+    /// is not pending. A job only names events: what they are is read here.
+    fn host_of_pending(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = sqlx::Result<Option<Option<String>>>> + Send;
     /// Ends an event that has no valid host user to lock.
     fn mark_invalid<'a>(
         &'a self,

@@ -96,20 +96,35 @@ pub async fn run<S: SyncStore>(ctx: &SyncContext<S>, job: &SyncJob) -> anyhow::R
     let mut hosts: Vec<HostUserId> = Vec::new();
     let mut events_of: HashMap<HostUserId, Vec<i64>> = HashMap::new();
     for event in &job.events {
-        let reason = match event.host_user_id.as_deref().map(HostUserId::parse) {
-            Some(Ok(host)) => {
-                let events = events_of.entry(host.clone()).or_default();
-                if events.is_empty() {
-                    hosts.push(host);
-                }
-                events.push(event.event_id);
-                continue;
-            }
-            Some(Err(reason)) => reason.to_string(),
-            None => "host_user_id is missing".to_owned(),
+        let host = match event.host_user_id.as_deref().map(HostUserId::parse) {
+            Some(Ok(host)) => host,
+            // The job says the event names no usable host user: the queue
+            // is only a hint (anyone who can push to it can push that), so
+            // the event's own row decides.
+            _ => match ctx.store.host_of_pending(event.event_id).await? {
+                None => continue,
+                Some(written) => match written.as_deref().map(HostUserId::parse) {
+                    Some(Ok(host)) => {
+                        tracing::warn!(event_id = event.event_id, host_user_id = %host, "a job named an event without its host user; the event's row decides");
+                        host
+                    }
+                    refused => {
+                        let reason = match refused {
+                            Some(Err(reason)) => reason.to_string(),
+                            _ => "host_user_id is missing".to_owned(),
+                        };
+                        ctx.store.mark_invalid(event.event_id, &reason).await?;
+                        outcome::count_invalid_without_host();
+                        continue;
+                    }
+                },
+            },
         };
-        ctx.store.mark_invalid(event.event_id, &reason).await?;
-        outcome::count_invalid_without_host();
+        let events = events_of.entry(host.clone()).or_default();
+        if events.is_empty() {
+            hosts.push(host);
+        }
+        events.push(event.event_id);
     }
     if hosts.is_empty() {
         return Ok(());

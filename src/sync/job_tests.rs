@@ -594,3 +594,40 @@ async fn two_users_of_one_job_with_one_email_get_one_embedded_user() {
         Some(synced[0].host_user_id.as_str())
     );
 }
+
+#[tokio::test]
+async fn a_job_that_names_no_host_user_cannot_end_a_closure_as_invalid() {
+    // Anyone who can push to the queue can push `{"event_id": N,
+    // "host_user_id": null}`: the event's own row decides what it is.
+    let env = Env::start().await;
+    let user_id = env.synced("u1", "ada@example.com", None).await;
+    let closure = env.event("u1", "account_closure", None, None);
+    env.store.dispatch(&[closure]);
+    let forged = SyncJob {
+        events: vec![JobEvent {
+            event_id: closure,
+            host_user_id: None,
+        }],
+    };
+    run(&env.ctx, &forged).await.expect("the job runs");
+
+    assert_eq!(env.state(closure), "applied", "the closure was carried out");
+    let erasures = env.store.erasures();
+    assert_eq!(erasures.len(), 1);
+    assert_eq!(
+        erasures[0].embedded_user_id.as_deref(),
+        Some(user_id.as_str())
+    );
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 1);
+
+    // A job naming an event that is not pending changes nothing.
+    let again = SyncJob {
+        events: vec![JobEvent {
+            event_id: closure,
+            host_user_id: None,
+        }],
+    };
+    run(&env.ctx, &again).await.expect("the job runs");
+    assert_eq!(env.state(closure), "applied");
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 1);
+}

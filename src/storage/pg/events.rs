@@ -264,3 +264,15 @@ pub async fn states(
     .fetch_all(conn)
     .await
 }
+
+/// The host user id of pending event `id` as the host wrote it; `None`
+/// when no such event is pending.
+pub async fn host_of_pending(pool: &PgPool, id: i64) -> sqlx::Result<Option<Option<String>>> {
+    sqlx::query_scalar(
+        "SELECT host_user_id FROM user_sync.events
+         WHERE id = $1 AND state IS NOT DISTINCT FROM 'pending'",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}

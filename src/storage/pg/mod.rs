@@ -129,6 +129,13 @@ impl SyncStore for PgStore {
         session::lock_each(&self.pool, hosts)
     }
 
+    fn host_of_pending(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = sqlx::Result<Option<Option<String>>>> + Send {
+        events::host_of_pending(&self.pool, id)
+    }
+
     fn mark_invalid<'a>(
         &'a self,
         id: i64,

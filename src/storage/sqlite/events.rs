@@ -133,3 +133,17 @@ pub(super) async fn sweep_stale(pool: &SqlitePool, after: Duration) -> sqlx::Res
     .await?;
     Ok(result.rows_affected())
 }
+
+/// The host user id of pending event `id` as the host wrote it; `None`
+/// when no such event is pending.
+pub(super) async fn host_of_pending(
+    pool: &SqlitePool,
+    id: i64,
+) -> sqlx::Result<Option<Option<String>>> {
+    sqlx::query_scalar(
+        "SELECT host_user_id FROM user_sync_events WHERE id = ?1 AND state = 'pending'",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}

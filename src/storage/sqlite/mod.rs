@@ -333,6 +333,13 @@ impl SyncStore for SqliteStore {
             .collect())
     }
 
+    fn host_of_pending(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = sqlx::Result<Option<Option<String>>>> + Send {
+        events::host_of_pending(&self.pool, id)
+    }
+
     fn mark_invalid<'a>(
         &'a self,
         id: i64,
