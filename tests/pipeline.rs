@@ -29,6 +29,7 @@ on_each_backend!(
     server_errors_and_429_storms_are_retried_to_completion,
     a_refused_key_pauses_everything_and_fails_nothing,
     a_job_pushed_without_a_host_user_cannot_end_a_closure,
+    a_padded_host_user_id_is_applied_not_dispatched_forever,
     shutdown_lets_running_jobs_finish,
     a_user_closed_before_the_first_sync_costs_no_call,
     users_of_one_job_sharing_an_email_get_one_embedded_user,
@@ -1389,6 +1390,36 @@ async fn a_job_pushed_without_a_host_user_cannot_end_a_closure(backend: Backend)
     assert_eq!(
         env.scalar("SELECT count(*) FROM user_sync.erasures").await,
         1
+    );
+    run.stop().await;
+    env.finish().await;
+}
+
+/// A host id written with white space around it is the host's id as it
+/// wrote it: its events are applied and its closure erases, rather than
+/// being dispatched again every sweep (a trimmed copy matched none of its
+/// rows).
+async fn a_padded_host_user_id_is_applied_not_dispatched_forever(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    let signup = env.signup("42 ", "padded@example.com", None).await;
+    env.settle(SETTLE).await;
+    assert_eq!(env.event_state(signup).await.0, "applied");
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM user_sync.users WHERE host_user_id = '42 ' AND state = 'synced'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(env.sandbox.users().len(), 1);
+
+    let closure = env.event(Some("42 "), "account_closure", None, None).await;
+    env.settle(SETTLE).await;
+    assert_eq!(env.event_state(closure).await.0, "applied");
+    assert!(
+        env.sandbox.users().is_empty(),
+        "the closure erased the user"
     );
     run.stop().await;
     env.finish().await;

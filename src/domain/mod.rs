@@ -63,18 +63,21 @@ pub enum InvalidValue {
 pub struct HostUserId(String);
 
 impl HostUserId {
+    /// The id exactly as the host wrote it: every query compares it with
+    /// what the host wrote in its rows, so a trimmed copy (`"42"` for
+    /// `"42 "`) would match none of them, and its events would be
+    /// dispatched again forever. Blank is missing.
     pub fn parse(raw: &str) -> Result<Self, InvalidValue> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() {
+        if raw.trim().is_empty() {
             return Err(InvalidValue::MissingHostUserId);
         }
-        if trimmed.chars().count() > MAX_HOST_USER_ID_LEN {
+        if raw.chars().count() > MAX_HOST_USER_ID_LEN {
             return Err(InvalidValue::HostUserIdTooLong);
         }
-        if trimmed.chars().any(char::is_control) {
+        if raw.chars().any(char::is_control) {
             return Err(InvalidValue::HostUserIdControl);
         }
-        Ok(Self(trimmed.to_owned()))
+        Ok(Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -402,7 +405,11 @@ mod tests {
             HostUserId::parse("a\nb"),
             Err(InvalidValue::HostUserIdControl)
         );
-        assert_eq!(HostUserId::parse(" 42 ").unwrap().as_str(), "42");
+        assert_eq!(
+            HostUserId::parse(" 42 ").unwrap().as_str(),
+            " 42 ",
+            "kept as the host wrote it, to match its rows"
+        );
     }
 
     #[test]
