@@ -45,6 +45,10 @@ pub enum InvalidValue {
     EmailTooLong,
     #[error("email contains control characters or white space")]
     EmailControl,
+    #[error(
+        "email contains a character that lower-cases into another letter (such as the Kelvin sign), which would take another address's username"
+    )]
+    EmailLookAlike,
     #[error("full_name is longer than {MAX_FULL_NAME_LEN} characters")]
     FullNameTooLong,
     #[error("full_name contains control characters")]
@@ -121,6 +125,13 @@ pub struct Username(String);
 impl Username {
     /// Normalises an email into a username and checks that it is an email.
     pub fn from_email(raw: &str) -> Result<Self, InvalidValue> {
+        // A character that lower-cases into plain ASCII (the Kelvin sign
+        // `K` into `k`, `İ` into `i` and a dot) would fold one address
+        // onto another's username: refused, never folded.
+        let look_alike = |c: char| !c.is_ascii() && c.to_lowercase().any(|l| l.is_ascii());
+        if raw.chars().any(look_alike) {
+            return Err(InvalidValue::EmailLookAlike);
+        }
         let normalised = raw.trim().to_lowercase();
         if normalised.is_empty() {
             return Err(InvalidValue::MissingEmail);
@@ -309,6 +320,28 @@ pub fn redact_emails(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emails_that_lower_case_into_another_address_are_refused() {
+        // The Kelvin sign lower-cases to `k`: "\u{212A}ate@x.io" would take
+        // kate@x.io's username.
+        for email in ["\u{212A}ate@example.com", "\u{130}da@example.com"] {
+            assert_eq!(
+                Username::from_email(email),
+                Err(InvalidValue::EmailLookAlike),
+                "{email:?}"
+            );
+        }
+        assert_eq!(
+            Username::from_email("ÄDA@Example.com").unwrap().as_str(),
+            "äda@example.com",
+            "letters that stay themselves lower-cased are fine"
+        );
+        assert_eq!(
+            Username::from_email("Kate@example.com").unwrap().as_str(),
+            "kate@example.com"
+        );
+    }
 
     #[test]
     fn embedded_user_ids_that_would_change_a_request_path_are_refused() {
