@@ -758,6 +758,39 @@ async fn admin_routes_need_no_key_and_are_not_counted() {
 }
 
 #[tokio::test]
+async fn an_admin_token_when_set_guards_every_admin_route() {
+    let sb = sandbox(SandboxOptions {
+        admin_token: Some("admin-secret".into()),
+        ..SandboxOptions::default()
+    })
+    .await;
+    let raw = Raw::new(&sb);
+    for (method, path) in [
+        (Method::GET, "/_admin/stats"),
+        (Method::GET, "/_admin/users"),
+        (Method::POST, "/_admin/reset"),
+        (Method::PUT, "/_admin/faults"),
+    ] {
+        let bare = raw.bare(method.clone(), path).json(&json!({}));
+        assert_eq!(send(bare).await.0, StatusCode::UNAUTHORIZED, "{path}");
+        let wrong = raw
+            .bare(method, path)
+            .bearer_auth("not-it")
+            .json(&json!({}));
+        assert_eq!(send(wrong).await.0, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let seeded = raw
+        .bare(Method::POST, "/_admin/users")
+        .bearer_auth("admin-secret")
+        .json(&json!({"username": "seeded@example.com"}));
+    assert_eq!(send(seeded).await.0, StatusCode::OK);
+    assert_eq!(sb.users().len(), 1);
+    // The API itself still takes the API key, not the admin token.
+    assert_eq!(send(raw.api(Method::GET, "/users")).await.0, StatusCode::OK);
+    sb.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_key_can_be_rotated_and_revoked_at_run_time() {
     let sb = sandbox(SandboxOptions::default()).await;
     let old = client(&sb, KEY);

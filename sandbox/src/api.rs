@@ -24,7 +24,7 @@ const MAX_BATCH: usize = 1_000;
 /// The answer to a taken username. It never names the username.
 const USERNAME_TAKEN: &str = "A user with this username already exists";
 
-pub(crate) fn app(shared: Arc<Shared>) -> Router {
+pub(crate) fn app(shared: Arc<Shared>, admin_token: Option<String>) -> Router {
     let api = Router::new()
         .route("/users/", post(create_user))
         .route("/users", get(list_users))
@@ -42,7 +42,11 @@ pub(crate) fn app(shared: Arc<Shared>) -> Router {
         .route("/_admin/users", get(admin_users).post(admin_insert_user))
         .route("/_admin/faults", put(admin_faults))
         .route("/_admin/reset", post(admin_reset))
-        .layer(middleware::from_fn(json_writes_only));
+        .layer(middleware::from_fn(json_writes_only))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(admin_token),
+            admin_token_checked,
+        ));
     admin.merge(api).with_state(shared)
 }
 
@@ -69,6 +73,30 @@ async fn json_writes_only(request: axum::extract::Request, next: middleware::Nex
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "admin writes take Content-Type: application/json",
         )
+    }
+}
+
+/// With an admin token configured, the admin routes ask for it.
+async fn admin_token_checked(
+    State(token): State<Arc<Option<String>>>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let Some(token) = token.as_deref() else {
+        return next.run(request).await;
+    };
+    let sent = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+    if sent == Some(token) {
+        next.run(request).await
+    } else {
+        message(StatusCode::UNAUTHORIZED, "Unauthorized")
     }
 }
 

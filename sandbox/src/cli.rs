@@ -27,6 +27,16 @@ pub struct SandboxArgs {
     )]
     pub api_key: String,
 
+    /// When set, the `/_admin/` routes (stats, users, faults, reset) ask
+    /// for it as `Authorization: Bearer <TOKEN>`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SANDBOX_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
     /// Admit at most N requests in any sliding one-second window and answer
     /// 429 beyond. No limit when absent.
     #[arg(long, value_name = "N")]
@@ -102,6 +112,7 @@ impl SandboxArgs {
             duplicate_status: self.duplicate_status,
             refuse_rename: self.refuse_rename,
             seed: self.seed,
+            admin_token: self.admin_token.clone(),
         }
     }
 }

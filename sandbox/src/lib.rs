@@ -27,7 +27,9 @@
 //! Routes under `/_admin/` need no key, skip every fault and are not
 //! counted: `GET stats`, `GET users`, `POST users`, `PUT faults`, `POST reset`.
 //! Their writes take `Content-Type: application/json` only (`415`
-//! otherwise), so that no web page can post to them across origins.
+//! otherwise), so that no web page can post to them across origins; with
+//! `admin_token` set (`--admin-token`, `SANDBOX_ADMIN_TOKEN`) every admin
+//! route asks for it as a bearer token.
 //!
 //! Usernames and full names never appear in messages or logs: a refused
 //! create says that the username is taken, not which one.
@@ -133,7 +135,7 @@ impl Sandbox {
         let tasks = TaskTracker::new();
         tasks.spawn(accept_loop(
             listener,
-            app(shared.clone()),
+            app(shared.clone(), options.admin_token.clone()),
             shutdown.clone(),
             tasks.clone(),
         ));

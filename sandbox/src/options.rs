@@ -34,6 +34,9 @@ pub struct SandboxOptions {
     pub refuse_rename: bool,
     /// Seed of the fault draws and user ids; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// When set, every `/_admin/` route asks for it as
+    /// `Authorization: Bearer <token>` (`401` otherwise).
+    pub admin_token: Option<String>,
 }
 
 impl Default for SandboxOptions {
@@ -48,6 +51,7 @@ impl Default for SandboxOptions {
             duplicate_status: 409,
             refuse_rename: false,
             seed: None,
+            admin_token: None,
         }
     }
 }
@@ -64,6 +68,10 @@ impl fmt::Debug for SandboxOptions {
             .field("duplicate_status", &self.duplicate_status)
             .field("refuse_rename", &self.refuse_rename)
             .field("seed", &self.seed)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
