@@ -129,7 +129,7 @@ impl Settings {
             embedded: EmbeddedSettings {
                 base_url,
                 api_version: raw.embedded.api_version,
-                api_key: non_empty(raw.embedded.api_key),
+                api_key: header_safe("embedded.api_key", non_empty(raw.embedded.api_key))?,
                 timeout,
                 connect_timeout,
             },
@@ -230,6 +230,22 @@ fn check_source(raw: RawSource) -> Result<SourceSettings, ConfigError> {
         target,
         page_size: raw.page_size,
     })
+}
+
+/// A secret that goes into an HTTP header as it is: anything but visible
+/// ASCII there (an inner newline, a non-ASCII letter) would make every
+/// request fail to build, so it is refused at start, by its key.
+fn header_safe(
+    key: &'static str,
+    secret: Option<SecretString>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match secret {
+        Some(s) if !s.expose_secret().chars().all(|c| c.is_ascii_graphic()) => Err(invalid(
+            key,
+            "must be printable ASCII without spaces, as an HTTP header carries it",
+        )),
+        other => Ok(other),
+    }
 }
 
 /// A secret without the white space around it (a key mounted from a file

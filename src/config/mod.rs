@@ -480,6 +480,15 @@ mod tests {
         .unwrap();
         assert_eq!(s.embedded.api_key().unwrap().expose_secret(), "k-123");
         assert_eq!(s.database.url().unwrap().expose_secret(), "postgres://h/db");
+
+        // What trimming cannot mend is refused at start, by its key.
+        for key in ["k-1\nk-2", "k 2", "schlüssel"] {
+            let error = Settings::load_from(dir.path(), &env(&[("EMBEDDED_API_KEY", key)]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("embedded.api_key is invalid"), "{error}");
+            assert!(!error.contains(key), "the key is never shown: {error}");
+        }
     }
 
     #[test]
