@@ -631,3 +631,95 @@ async fn a_job_that_names_no_host_user_cannot_end_a_closure_as_invalid() {
     assert_eq!(env.state(closure), "applied");
     assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 1);
 }
+
+mod properties {
+    //! Properties over any outbox row the host could write, however
+    //! malformed: the normalisation is stable, the reasons never repeat a
+    //! value, and a job ends every row with a state (and an invalid one
+    //! with a reason): never a panic, never a loop.
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    use super::Env;
+    use crate::domain::Username;
+
+    /// Kinds of the contract, and anything else.
+    fn kind() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("signup".to_owned()),
+            Just("profile_change".to_owned()),
+            Just("account_closure".to_owned()),
+            any::<String>(),
+        ]
+    }
+
+    /// Emails that look like emails (some share a username once
+    /// normalised), and anything else.
+    fn email() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(prop_oneof![
+            "[ \t]?[a-cA-C]{1,2}@[ab]\\.io[ \t]?",
+            "[a-zA-Z0-9._%+-]{1,12}@[a-z]{1,8}\\.[a-z]{2,4}",
+            any::<String>(),
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn a_username_is_stable_lower_case_and_bounded(raw in any::<String>()) {
+            if let Ok(username) = Username::from_email(&raw) {
+                let text = username.as_str();
+                prop_assert_eq!(text.to_lowercase(), text);
+                prop_assert!(!text.chars().any(|c| c.is_whitespace() || c.is_control()));
+                prop_assert!(text.chars().count() <= crate::domain::MAX_USERNAME_LEN);
+                prop_assert_eq!(Username::from_email(text).map(|u| u.as_str().to_owned()), Ok(text.to_owned()));
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn any_outbox_row_ends_with_a_state_and_a_reason() {
+        let env = Env::start().await;
+        let handle = tokio::runtime::Handle::current();
+        let hosts = AtomicUsize::new(0);
+        let mut runner = TestRunner::new(Config {
+            cases: 96,
+            ..Config::default()
+        });
+        let rows = (kind(), email(), proptest::option::of(any::<String>()));
+        let result = runner.run(&rows, |(kind, email, name)| {
+            let host = format!("p{}", hosts.fetch_add(1, Ordering::Relaxed));
+            tokio::task::block_in_place(|| {
+                handle.block_on(async {
+                    let id = env.event(&host, &kind, email.as_deref(), name.as_deref());
+                    env.run(&[id]).await;
+                    let row = env.row(id);
+                    prop_assert!(
+                        matches!(row.state, "applied" | "conflict" | "invalid"),
+                        "ended {} ({:?})",
+                        row.state,
+                        row.reason
+                    );
+                    if row.state != "applied" {
+                        let reason = row.reason.unwrap_or_default();
+                        prop_assert!(!reason.is_empty(), "no reason for {}", row.state);
+                        for value in [email.as_deref(), name.as_deref()].into_iter().flatten() {
+                            if value.trim().chars().count() > 3 {
+                                prop_assert!(
+                                    !reason.contains(value.trim()),
+                                    "the reason repeats a value"
+                                );
+                            }
+                        }
+                    }
+                    Ok(())
+                })
+            })
+        });
+        if let Err(failure) = result {
+            panic!("{failure}");
+        }
+    }
+}
