@@ -1,7 +1,8 @@
 //! The sync job's steps, one test each: the job as the queue runs it
 //! ([`run`]), on the in-memory storage, against the sandbox over loopback
 //! HTTP. Each test says what the step must call in Embedded and what it
-//! must leave in the worker's tables.
+//! must leave in the worker's tables. The whole file is test code
+//! (`#[cfg(test)] mod job_tests` in `sync/mod.rs`), hence its length.
 
 use std::sync::Arc;
 use std::time::Duration;
