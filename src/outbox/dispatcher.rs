@@ -61,9 +61,7 @@ impl Dispatcher {
             return Err(error);
         }
         claim.confirm().await?;
-        if count > 0 {
-            metrics::counter!("user_sync_events_dispatched_total").increment(count as u64);
-        }
+        metrics::counter!("user_sync_events_dispatched_total").increment(count as u64);
         Ok(count)
     }
 
