@@ -35,6 +35,16 @@ pub struct EmbeddedUser {
     pub full_name: Option<FullName>,
 }
 
+impl EmbeddedUser {
+    /// What the user holds, as the worker compares it with what it wants.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            username: self.username.clone(),
+            full_name: self.full_name.clone(),
+        }
+    }
+}
+
 /// How to name a user in a lookup.
 #[derive(Debug, Clone, Copy)]
 pub enum UserRef<'a> {

@@ -75,12 +75,6 @@ pub fn worker_name() -> String {
     format!("user-sync-{host}-{}-{nonce:08x}", std::process::id())
 }
 
-/// Waits before a restart, longer after each failure in a row; `true`
-/// when shutdown came first.
-async fn pause(shutdown: &CancellationToken, failures: u32) -> bool {
-    Backoff::RESTART.pause(failures, shutdown).await
-}
-
 /// How a run of an apalis worker ended.
 enum Ended {
     /// The worker stopped by itself (an error, or the shutdown).
@@ -123,7 +117,7 @@ async fn restart_after(ended: Ended, shutdown: &CancellationToken, failures: &mu
             tracing::warn!(%error, "the queue worker stopped; it restarts");
         }
     }
-    pause(shutdown, *failures).await
+    Backoff::RESTART.pause(*failures, shutdown).await
 }
 
 /// Drives `run` (an apalis worker that stops taking work on `shutdown`)

@@ -17,9 +17,10 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    HEARTBEAT, Handler, JobQueue, MISSED_HEARTBEATS, SyncJob, pause, restart_after, run_sync_worker,
+    HEARTBEAT, Handler, JobQueue, MISSED_HEARTBEATS, SyncJob, restart_after, run_sync_worker,
 };
 use crate::config::RedisSettings;
+use crate::retry::Backoff;
 
 /// The Redis queue of one namespace.
 #[derive(Clone)]
@@ -99,7 +100,7 @@ impl RedisQueue {
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(%error, "cannot reach Redis; the worker retries");
-                    if pause(&shutdown, failures).await {
+                    if Backoff::RESTART.pause(failures, &shutdown).await {
                         return;
                     }
                     continue;
@@ -112,7 +113,7 @@ impl RedisQueue {
                     Err(error) => {
                         failures = failures.saturating_add(1);
                         tracing::warn!(%error, "cannot open the Redis queue; the worker retries");
-                        if pause(&shutdown, failures).await {
+                        if Backoff::RESTART.pause(failures, &shutdown).await {
                             return;
                         }
                         continue;

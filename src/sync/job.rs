@@ -2,10 +2,11 @@
 //! plan, carry the plan out through the gate and the client, record what
 //! happened.
 //!
-//! Every way a job ends has one place here: applied, superseded, conflict,
-//! failed (permanent), invalid, or snoozed (retry later, with the event back
-//! in the outbox to dispatch). A snoozed job holds no worker slot while it
-//! waits: the wait is a time in the outbox, not a sleep.
+//! Every step ends in an [`Outcome`] (applied, superseded, conflict,
+//! failed, invalid, or snoozed: retry later, with the event back in the
+//! outbox to dispatch), recorded in one place, `sync::outcome`. A snoozed
+//! job holds no worker slot while it waits: the wait is a time in the
+//! outbox, not a sleep.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use crate::domain::{
     ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, HostUserId, Profile, Synced,
     UserState, Username,
 };
-use crate::embedded::{ApiError, EmbeddedClient, EmbeddedUser, NewUser, UserRef, UserUpdate};
-use crate::queue::{JobHandler, SyncJob};
+use crate::embedded::{ApiError, EmbeddedClient, NewUser, UserRef, UserUpdate};
+use crate::queue::{JobEvent, JobHandler, SyncJob};
 use crate::ratelimit::{ApiGate, GateRefusal};
 use crate::retry::{Retry, RetryPolicy, Stop};
 use crate::storage::conflicts::NewConflict;
@@ -96,29 +97,8 @@ pub async fn run<S: SyncStore>(ctx: &SyncContext<S>, job: &SyncJob) -> anyhow::R
     let mut hosts: Vec<HostUserId> = Vec::new();
     let mut events_of: HashMap<HostUserId, Vec<i64>> = HashMap::new();
     for event in &job.events {
-        let host = match event.host_user_id.as_deref().map(HostUserId::parse) {
-            Some(Ok(host)) => host,
-            // The job says the event names no usable host user: the queue
-            // is only a hint (anyone who can push to it can push that), so
-            // the event's own row decides.
-            _ => match ctx.store.host_of_pending(event.event_id).await? {
-                None => continue,
-                Some(written) => match written.as_deref().map(HostUserId::parse) {
-                    Some(Ok(host)) => {
-                        tracing::warn!(event_id = event.event_id, host_user_id = %host, "a job named an event without its host user; the event's row decides");
-                        host
-                    }
-                    refused => {
-                        let reason = match refused {
-                            Some(Err(reason)) => reason.to_string(),
-                            _ => "host_user_id is missing".to_owned(),
-                        };
-                        ctx.store.mark_invalid(event.event_id, &reason).await?;
-                        outcome::count_invalid_without_host();
-                        continue;
-                    }
-                },
-            },
+        let Some(host) = host_of(ctx, event).await? else {
+            continue;
         };
         let events = events_of.entry(host.clone()).or_default();
         if events.is_empty() {
@@ -145,6 +125,38 @@ pub async fn run<S: SyncStore>(ctx: &SyncContext<S>, job: &SyncJob) -> anyhow::R
     }
     let results = futures::future::join_all(work).await;
     results.into_iter().collect()
+}
+
+/// The host user whose event `event` names. A job is only a hint (anyone
+/// who can push to the queue can push an event with no host user): when
+/// it names none that is usable, the event's own row decides. `None` when
+/// there is nothing to work on: the event is not pending, or its row names
+/// no valid host user either (then it ends `invalid`, with the row's
+/// reason).
+async fn host_of<S: SyncStore>(
+    ctx: &SyncContext<S>,
+    event: &JobEvent,
+) -> anyhow::Result<Option<HostUserId>> {
+    if let Some(Ok(host)) = event.host_user_id.as_deref().map(HostUserId::parse) {
+        return Ok(Some(host));
+    }
+    let Some(written) = ctx.store.host_of_pending(event.event_id).await? else {
+        return Ok(None);
+    };
+    // A missing id parses as blank: "host_user_id is missing".
+    match HostUserId::parse(written.as_deref().unwrap_or_default()) {
+        Ok(host) => {
+            tracing::warn!(event_id = event.event_id, host_user_id = %host, "a job named an event without its host user; the event's row decides");
+            Ok(Some(host))
+        }
+        Err(reason) => {
+            ctx.store
+                .mark_invalid(event.event_id, &reason.to_string())
+                .await?;
+            outcome::count_invalid_without_host();
+            Ok(None)
+        }
+    }
 }
 
 /// Applies the pending events of one locked host user, then releases it.
@@ -192,13 +204,14 @@ async fn apply_pending<S: SyncStore>(
         }
         // One event applied per job: a newer event arriving meanwhile has
         // a job of its own.
-        let ended = if next.last_acted_unfinished {
-            match read_back(ctx, session, event.id, next.synced).await? {
-                Ok(synced) => apply_event(ctx, session, host, &event, &desired, synced).await?,
-                Err(stop) => stopped(ctx, &event, stop),
-            }
+        let synced = if next.last_acted_unfinished {
+            read_back(ctx, session, event.id, next.synced).await?
         } else {
-            apply_event(ctx, session, host, &event, &desired, next.synced).await?
+            Ok(next.synced)
+        };
+        let ended = match synced {
+            Ok(synced) => apply_event(ctx, session, host, &event, &desired, synced).await?,
+            Err(stop) => stopped(ctx, &event, stop),
         };
         outcome::record(session, host, &event, &ended).await?;
         return Ok(());
@@ -223,7 +236,7 @@ async fn read_back<S: SyncStore>(
     };
     match call(ctx, || ctx.api.get_user(UserRef::Id(id))).await {
         Ok(found) => {
-            let profile = profile_of(&found);
+            let profile = found.profile();
             session
                 .record_found(&found.user_id, &profile, event_id)
                 .await?;
@@ -281,7 +294,7 @@ async fn apply_event<S: SyncStore>(
                             return in_conflict(session, &conflict).await;
                         }
                         // The lost create happened: adopt its user.
-                        let profile = profile_of(&found);
+                        let profile = found.profile();
                         session
                             .mark_synced(&found.user_id, &profile, event.id, None)
                             .await?;
@@ -538,12 +551,5 @@ fn stopped<S: SyncStore>(ctx: &SyncContext<S>, event: &OutboxEvent, stop: Stop) 
             reason,
         },
         Retry::GiveUp { reason } => Outcome::Failed(reason),
-    }
-}
-
-fn profile_of(user: &EmbeddedUser) -> Profile {
-    Profile {
-        username: user.username.clone(),
-        full_name: user.full_name.clone(),
     }
 }

@@ -17,7 +17,7 @@ use crate::storage::users::{Claim, ClaimIntent, Found};
 
 use super::api::Resend;
 use super::decide::ConflictFound;
-use super::{Pending, Run, profile_of};
+use super::{Pending, Run};
 
 /// Rounds of "snapshot, link what was created, send again what was not".
 const MAX_ROUNDS: usize = 3;
@@ -158,7 +158,7 @@ impl<D: super::db::BackfillDb> Run<D> {
             .await;
         match found {
             Ok(user) if entry.unconfirmed => {
-                let profile = profile_of(&user);
+                let profile = user.profile();
                 let found = [Found {
                     host: &entry.host,
                     user: &user.user_id,

@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseKind, Settings, SourceTarget, WorkerSettings};
 use crate::domain::{HostUserId, Profile};
-use crate::embedded::{EmbeddedClient, EmbeddedUser};
+use crate::embedded::EmbeddedClient;
 use crate::host::table::HostTable;
 use crate::queue::Handler;
 use crate::ratelimit::ApiGate;
@@ -395,12 +395,5 @@ impl<D: BackfillDb> Run<D> {
                 Err(e) => return Err(anyhow::Error::new(e).context("reading GET /users")),
             }
         }
-    }
-}
-
-fn profile_of(user: &EmbeddedUser) -> Profile {
-    Profile {
-        username: user.username.clone(),
-        full_name: user.full_name.clone(),
     }
 }

@@ -17,7 +17,7 @@ use crate::storage::users::Found;
 
 use super::decide::{ConflictFound, Decision, decide};
 use super::report::{ConflictLine, Output};
-use super::{Mode, Run, profile_of};
+use super::{Mode, Run};
 
 /// Host users whose lock a job held, kept (ids and profiles) for one more
 /// try at the end; beyond this many they are counted unresolved.
@@ -198,7 +198,7 @@ impl<D: super::db::BackfillDb> Run<D> {
         &mut self,
         linked: &[(H, EmbeddedUser)],
     ) -> anyhow::Result<()> {
-        let profiles: Vec<Profile> = linked.iter().map(|(_, u)| profile_of(u)).collect();
+        let profiles: Vec<Profile> = linked.iter().map(|(_, u)| u.profile()).collect();
         let found: Vec<Found<'_>> = linked
             .iter()
             .zip(&profiles)

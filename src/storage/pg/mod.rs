@@ -17,11 +17,10 @@ pub mod reports;
 mod session;
 pub mod users;
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use std::str::FromStr;
-
 use secrecy::ExposeSecret;
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
