@@ -19,16 +19,14 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{DatabaseKind, RateLimitScope, Settings};
 use crate::domain::EmbeddedUserId;
 use crate::embedded::{ApiError, EmbeddedClient, UserRef};
-use crate::ops::http::{self, OpsState};
-use crate::outbox::dispatcher::Dispatcher;
-use crate::outbox::sweeper;
+use crate::ops::{self, OpsState};
+use crate::outbox::{self, Dispatcher};
 use crate::queue::{self, JobQueue, RedisQueue, SqliteQueue};
-use crate::ratelimit::ApiGate;
-use crate::ratelimit::shared::SharedLimit;
+use crate::ratelimit::{self, ApiGate, SharedLimit};
 use crate::storage::pg::PgStore;
 use crate::storage::sqlite::{ProcessLock, SqliteStore};
 use crate::storage::{Database, Store, SyncStore};
-use crate::sync::job::SyncContext;
+use crate::sync::SyncContext;
 
 /// A started worker process.
 pub struct Worker {
@@ -52,7 +50,7 @@ impl Worker {
     /// Connects to everything and starts every part; fails fast, with the
     /// key to fix, when a setting or a connection is wrong.
     pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let _ = crate::ops::metrics::recorder();
+        let _ = ops::recorder();
         // Settings first: a missing key fails before any connection.
         let api = EmbeddedClient::new(&settings.embedded)?;
         // On SQLite, one process per file (the per-user locks live in it):
@@ -72,9 +70,7 @@ impl Worker {
                     RateLimitScope::Process => ApiGate::new(&settings.rate_limit),
                     RateLimitScope::Global => {
                         let shared = SharedLimit::new(
-                            redis
-                                .dedicated_connection(crate::ratelimit::shared::REDIS_TIMEOUT)
-                                .await?,
+                            redis.dedicated_connection(ratelimit::REDIS_TIMEOUT).await?,
                             &settings.redis.namespace,
                             name.clone(),
                             ApiGate::shared_params(&settings.rate_limit),
@@ -112,7 +108,7 @@ impl Worker {
             Queue::Sqlite(sqlite) => queue::shared(sqlite.clone()),
         };
 
-        let ops_addr = http::serve(
+        let ops_addr = ops::serve(
             settings.http.bind,
             OpsState {
                 store: store.clone(),
@@ -136,7 +132,7 @@ impl Worker {
                 tracing::error!(error = %format!("{error:#}"), "the dispatcher stopped");
             }
         });
-        tasks.spawn(sweeper::run(
+        tasks.spawn(outbox::run_sweeper(
             store.clone(),
             job_queue.clone(),
             settings.sweeper.clone(),

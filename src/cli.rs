@@ -13,7 +13,7 @@ use crate::demo::{self, DemoArgs};
 use crate::host::backfill::{self, BackfillOptions, Mode, OutputFormat};
 use crate::host::table::HostTable;
 use crate::host::triggers;
-use crate::ops::status::{self, ConflictFormat};
+use crate::ops::{self, ConflictFormat};
 use crate::storage::Database;
 use crate::telemetry;
 
@@ -219,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print!("{}", status::status_table(&status));
+                print!("{}", ops::status_table(&status));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -298,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = load_settings()?;
             let store = Database::connect(&settings.database, 1).await?.into_store();
             let rows = store.open_conflicts().await?;
-            print!("{}", status::render_conflicts(&rows, format)?);
+            print!("{}", ops::render_conflicts(&rows, format)?);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -558,7 +558,7 @@ async fn a_flushed_queue_loses_nothing() {
     let queue = user_sync::queue::RedisQueue::connect(&env.settings().redis)
         .await
         .expect("redis");
-    let dispatcher = user_sync::outbox::dispatcher::Dispatcher::new(
+    let dispatcher = user_sync::outbox::Dispatcher::new(
         std::sync::Arc::new(user_sync::storage::pg::PgStore::new(env.pg().clone())),
         user_sync::queue::shared(queue),
         env.settings().dispatcher,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::Env;
 use common::process::{Proc, Running, process_vars};
 use common::services::OwnRedis;
-use user_sync::ratelimit::shared::Slot;
+use user_sync::ratelimit::Slot;
 use user_sync_sandbox::SandboxOptions;
 
 const LIMIT: u32 = 20;
@@ -156,7 +156,7 @@ async fn adaptive_mode_finds_an_unknown_limit() {
 }
 
 /// Admitted calls within `span`, calling as fast as the limit allows.
-async fn admitted_within(limit: &user_sync::ratelimit::shared::SharedLimit, span: Duration) -> u32 {
+async fn admitted_within(limit: &user_sync::ratelimit::SharedLimit, span: Duration) -> u32 {
     let end = Instant::now() + span;
     let mut admitted = 0;
     while Instant::now() < end {
@@ -174,7 +174,7 @@ async fn admitted_within(limit: &user_sync::ratelimit::shared::SharedLimit, span
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_falls_back_to_a_local_share() {
-    use user_sync::ratelimit::shared::{SharedLimit, SharedParams};
+    use user_sync::ratelimit::{SharedLimit, SharedParams};
     let mut redis = OwnRedis::start().await;
     let client = redis::Client::open(redis.url.as_str()).expect("url");
     let params = SharedParams {

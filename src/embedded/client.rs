@@ -19,13 +19,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-// The calls speak in these types, so they are public beside the calls.
-pub use super::dialect::{Dialect, Route, V2025_09, dialect_for};
+use super::dialect::{Dialect, Route, dialect_for};
 use super::error::{ApiError, UnavailableCause};
-pub use super::stream::UserStream;
-pub use super::users::{
-    BatchOutcome, EmbeddedUser, InvalidBatchUser, NewUser, UserRef, UserUpdate,
-};
+use super::stream::UserStream;
+use super::users::{BatchOutcome, EmbeddedUser, InvalidBatchUser, NewUser, UserRef, UserUpdate};
 use super::wire::{
     Ignored, WireBatch, WireCreated, WireList, WireNewUser, WireToken, WireUpdate, WireUser,
     error_for, malformed, retry_after, transport_error,

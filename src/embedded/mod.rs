@@ -1,19 +1,19 @@
 //! The Embedded Users API: the client and its typed outcomes. The local
 //! simulator of the API is a crate of its own, `user_sync_sandbox`.
 //!
-//! The client's parts are private files re-exported by [`client`]: the
-//! dialects of the API's versions, the users the calls take and give back,
-//! the JSON shapes on the wire, and the stream of `GET /users`.
+//! Its parts are private files, and what the layers above use is
+//! re-exported here: the client's calls, their typed errors, the users the
+//! calls take and give back, and the stream of `GET /users`. The dialects
+//! of the API's versions and the JSON shapes on the wire stay inside.
 
-pub mod client;
+mod client;
 mod dialect;
-pub mod error;
+mod error;
 mod stream;
 mod users;
 mod wire;
 
-pub use client::{
-    BatchOutcome, EmbeddedClient, EmbeddedUser, InvalidBatchUser, MAX_BATCH, NewUser, UserRef,
-    UserUpdate,
-};
+pub use client::{EmbeddedClient, MAX_BATCH};
 pub use error::{ApiError, UnavailableCause};
+pub use stream::UserStream;
+pub use users::{BatchOutcome, EmbeddedUser, InvalidBatchUser, NewUser, UserRef, UserUpdate};

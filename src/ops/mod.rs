@@ -1,7 +1,12 @@
-//! Operating the worker: the HTTP endpoints of `user-sync run` ([`http`]),
-//! Prometheus metrics ([`metrics`]) and the `status`/`conflicts` reports
-//! ([`status`]).
+//! Operating the worker: the HTTP endpoints of `user-sync run` (`/healthz`,
+//! `/readyz`, `/metrics`), Prometheus metrics, and the `status`/`conflicts`
+//! reports. Each in a private file; what `app` and `cli` use is re-exported
+//! here.
 
-pub mod http;
-pub mod metrics;
-pub mod status;
+mod http;
+mod metrics;
+mod status;
+
+pub use http::{OpsState, serve};
+pub use metrics::recorder;
+pub use status::{ConflictFormat, render_conflicts, status_table};

@@ -1,7 +1,11 @@
-//! The outbox feed: the [`dispatcher`] moves due events of
+//! The outbox feed: the dispatcher ([`Dispatcher`]) moves due events of
 //! `user_sync.events` into the queue (LISTEN/NOTIFY wake-up and a slow poll
 //! on PostgreSQL, `FOR UPDATE SKIP LOCKED` batches; a short poll on SQLite),
-//! and the [`sweeper`] dispatches again the events whose job was lost.
+//! and the sweeper ([`run_sweeper`]) dispatches again the events whose job was
+//! lost. Each in a private file, re-exported here.
 
-pub mod dispatcher;
-pub mod sweeper;
+mod dispatcher;
+mod sweeper;
+
+pub use dispatcher::Dispatcher;
+pub use sweeper::run as run_sweeper;

@@ -1,14 +1,14 @@
 //! The job queue between the dispatcher and the sync workers: apalis, on
-//! Redis beside PostgreSQL ([`redis`]), or in the same SQLite file as the
-//! worker's tables ([`sqlite`]).
+//! Redis beside PostgreSQL ([`RedisQueue`]), or in the same SQLite file as
+//! the worker's tables ([`SqliteQueue`]).
 //!
 //! The queue only carries work; the database holds the truth. A job is a
 //! [`SyncJob`] (ids only), so a lost job loses nothing the sweeper cannot
 //! dispatch again.
 
 mod job;
-pub mod redis;
-pub mod sqlite;
+mod redis;
+mod sqlite;
 
 pub use self::job::{JobEvent, SyncJob};
 pub use self::redis::RedisQueue;

@@ -3,18 +3,20 @@
 //!
 //! The limit is one of three, from `[rate_limit]`:
 //! - `scope = "process"`, fixed: governor, per process;
-//! - `scope = "process"`, `adaptive = true`: a [`pacer::LocalPacer`] whose
-//!   rate follows [`pacer::Aimd`];
+//! - `scope = "process"`, `adaptive = true`: a local pacer whose rate
+//!   follows additive increase, multiplicative decrease (`pacer`);
 //! - `scope = "global"`: one limit in Redis for every process
-//!   ([`shared::SharedLimit`]), fixed or adaptive, with governor still
-//!   guarding each process when fixed.
+//!   ([`SharedLimit`]), fixed or adaptive, with governor still guarding
+//!   each process when fixed.
 //!
 //! A task never waits long at the gate: when the wait would be long it is
 //! told so, and snoozes its event instead of holding a worker slot, so
 //! waiting for budget pushes back on the queue and never blocks shutdown.
 
-pub mod pacer;
-pub mod shared;
+mod pacer;
+mod shared;
+
+pub use shared::{REDIS_TIMEOUT, SharedLimit, SharedParams, Slot};
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,7 +30,6 @@ use tokio::time::Instant;
 use crate::config::RateLimitSettings;
 use crate::embedded::ApiError;
 use pacer::{Aimd, LocalPacer};
-use shared::{SharedLimit, SharedParams, Slot};
 
 /// The longest a task waits at the gate before it gives its slot back.
 pub const MAX_INLINE_WAIT: Duration = Duration::from_secs(2);

@@ -17,7 +17,7 @@ use std::future::Future;
 
 use crate::domain::{HostUserId, Profile, UserState, Username};
 use crate::embedded::EmbeddedUser;
-use crate::embedded::client::UserStream;
+use crate::embedded::UserStream;
 use crate::host::table::{HostRow, HostTable};
 use crate::storage::conflicts::NewConflict;
 use crate::storage::pg;

@@ -62,7 +62,7 @@ use crate::ratelimit::ApiGate;
 use crate::storage::pg::PgStore;
 use crate::storage::sqlite::{ProcessLock, SqliteStore};
 use crate::storage::{self, Database};
-use crate::sync::job::SyncContext;
+use crate::sync::SyncContext;
 
 use api::{Api, Resend};
 use db::{BackfillDb, PgBackfillDb};

@@ -1,5 +1,5 @@
 //! `--mode single`: each user to create becomes a `signup` outbox event,
-//! carried out by the pipeline's own job ([`crate::sync::job::run`]) in
+//! carried out by the pipeline's own job ([`crate::sync::SyncContext`]) in
 //! this process: the same claim, create, lost-answer confirmation and
 //! conflict handling as a signup.
 //!

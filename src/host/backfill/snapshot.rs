@@ -48,7 +48,7 @@ pub async fn discard(conn: &mut PgConnection) -> sqlx::Result<()> {
 /// snapshot: the caller starts again.
 pub async fn load(
     conn: &mut PgConnection,
-    stream: crate::embedded::client::UserStream,
+    stream: crate::embedded::UserStream,
 ) -> Result<u64, LoadError> {
     sqlx::query("TRUNCATE pg_temp.backfill_embedded")
         .execute(&mut *conn)
@@ -96,7 +96,7 @@ struct ReadAhead {
 impl ReadAhead {
     const CHUNKS: usize = 2;
 
-    fn start(stream: crate::embedded::client::UserStream) -> Self {
+    fn start(stream: crate::embedded::UserStream) -> Self {
         let (chunks, arriving) = tokio::sync::mpsc::channel(Self::CHUNKS);
         Self {
             arriving,
@@ -120,7 +120,7 @@ impl ReadAhead {
 
     /// Sends the stream's users in chunks; an error is the last item sent.
     async fn read(
-        mut stream: crate::embedded::client::UserStream,
+        mut stream: crate::embedded::UserStream,
         chunks: tokio::sync::mpsc::Sender<Result<Vec<EmbeddedUser>, ApiError>>,
     ) {
         let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
@@ -328,7 +328,7 @@ pub(super) mod on_sqlite {
     use crate::domain::Profile;
     use crate::domain::{FullName, HostUserId, Username};
     use crate::embedded::EmbeddedUser;
-    use crate::embedded::client::UserStream;
+    use crate::embedded::UserStream;
 
     use super::super::decide::Known;
     use super::{LoadError, LookupRow, ReadAhead};

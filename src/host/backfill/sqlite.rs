@@ -20,7 +20,7 @@ use std::future::Future;
 use crate::config::{Settings, SourceTarget};
 use crate::domain::{FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::EmbeddedUser;
-use crate::embedded::client::UserStream;
+use crate::embedded::UserStream;
 use crate::host::table::{HostRow, HostTable};
 use crate::storage::Database;
 use crate::storage::conflicts::NewConflict;

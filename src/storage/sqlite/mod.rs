@@ -1,7 +1,7 @@
 //! The pipeline's storage on SQLite, the single-file mode: the worker's
 //! tables live in the host's SQLite file beside its own, prefixed
 //! `user_sync_` (SQLite has no schemas), and the queue is apalis-sqlite in
-//! the same file ([`crate::queue::sqlite`]).
+//! the same file (`queue::SqliteQueue`).
 //!
 //! What differs from PostgreSQL, and why:
 //! - **One process per file.** SQLite has no advisory locks, so the
