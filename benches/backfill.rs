@@ -47,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn bench(url: &str, users: i64) -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(url).await?;
-    user_sync::storage::pg::migrate::run(&pool).await?;
+    user_sync::storage::Database::Postgres(pool.clone())
+        .migrate()
+        .await?;
     sqlx::query(
         "CREATE TABLE public.accounts (id bigint PRIMARY KEY, email text NOT NULL,
              name text, closed_at timestamptz)",

@@ -23,9 +23,7 @@ use crate::ops::{self, OpsState};
 use crate::outbox::{self, Dispatcher};
 use crate::queue::{self, JobQueue, RedisQueue, SqliteQueue};
 use crate::ratelimit::{self, ApiGate, SharedLimit};
-use crate::storage::pg::PgStore;
-use crate::storage::sqlite::{ProcessLock, SqliteStore};
-use crate::storage::{Database, Store, SyncStore};
+use crate::storage::{Database, PgStore, ProcessLock, SqliteStore, Store, SyncStore};
 use crate::sync::SyncContext;
 
 /// A started worker process.

@@ -25,8 +25,8 @@
 //!    and for every loop that restarts.
 //! 7. [`storage`]: the worker's tables in the host database (outbox, users,
 //!    conflicts, erasures), their migrations, and the small traits the
-//!    pipeline reaches them through: PostgreSQL in [`storage::pg`], a
-//!    SQLite file in [`storage::sqlite`].
+//!    pipeline reaches them through: PostgreSQL in [`storage::PgStore`], a
+//!    SQLite file in [`storage::SqliteStore`].
 //! 8. [`queue`]: the apalis job queue, on Redis or in the SQLite file; jobs
 //!    carry ids only, and the queue runs whatever handler it is given.
 //! 9. [`sync`]: the pure `plan`, the job that carries it out, and the one

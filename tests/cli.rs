@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::process::{Proc, Running, process_vars, run_once};
 use common::{Backend, Env, KEY, TestDb, eventually};
+use user_sync::storage::Database;
 use user_sync_sandbox::{FaultUpdate, SandboxOptions};
 
 const SETTLE: Duration = Duration::from_secs(30);
@@ -98,7 +99,8 @@ async fn migrate_is_idempotent_and_leaves_the_host_migrations_alone() {
     // Ours are apart, and complete.
     let ours = count(&pool, "SELECT count(*) FROM user_sync._sqlx_migrations").await;
     assert_eq!(usize::try_from(ours).expect("a count"), applied);
-    user_sync::storage::pg::migrate::check_current(&pool)
+    Database::Postgres(pool.clone())
+        .check_current()
         .await
         .expect("the schema is current");
     assert_eq!(
@@ -137,7 +139,8 @@ async fn concurrent_migrate_runs_wait_for_each_other() {
         rows,
         "the runs report {a} and {b}"
     );
-    user_sync::storage::pg::migrate::check_current(&pool)
+    Database::Postgres(pool.clone())
+        .check_current()
         .await
         .expect("the schema is current");
     pool.close().await;

@@ -559,7 +559,7 @@ async fn a_flushed_queue_loses_nothing() {
         .await
         .expect("redis");
     let dispatcher = user_sync::outbox::Dispatcher::new(
-        std::sync::Arc::new(user_sync::storage::pg::PgStore::new(env.pg().clone())),
+        std::sync::Arc::new(user_sync::storage::PgStore::new(env.pg().clone())),
         user_sync::queue::shared(queue),
         env.settings().dispatcher,
     );
@@ -912,8 +912,7 @@ async fn users_of_one_job_sharing_an_email_get_one_embedded_user(backend: Backen
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_users_are_locked_until_released_or_dropped() {
     use user_sync::domain::HostUserId;
-    use user_sync::storage::pg::PgStore;
-    use user_sync::storage::{SyncStore, UserSession};
+    use user_sync::storage::{PgStore, SyncStore, UserSession};
 
     fn locked<T>(sessions: &[Option<T>]) -> Vec<bool> {
         sessions.iter().map(Option::is_some).collect()
@@ -1054,8 +1053,10 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
     use user_sync::domain::EventState;
     use user_sync::domain::Profile;
     use user_sync::domain::{HostUserId, Username};
-    use user_sync::storage::pg;
-    use user_sync::storage::users::{NewClaim, SyncedUser};
+    use user_sync::storage::{
+        NewClaim, SyncedUser, claim_each_for_create, finish_many, holders_of, mark_synced,
+        newest_pending_many,
+    };
 
     let db = common::TestDb::create().await;
     let pool = db.migrated_pool().await;
@@ -1089,7 +1090,7 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
     for round in 0..7 {
         let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
         let before = rows_read(&mut tx).await;
-        let next = pg::events::newest_pending_many(&mut tx, &names)
+        let next = newest_pending_many(&mut tx, &names)
             .await
             .expect("newest pending");
         let ids: Vec<i64> = next
@@ -1101,9 +1102,7 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
             .map(|h| (profile(h).username, host(h)))
             .collect();
         let refs: Vec<(&Username, &HostUserId)> = lookups.iter().map(|(u, h)| (u, h)).collect();
-        pg::users::holders_of(&mut tx, &refs)
-            .await
-            .expect("holders");
+        holders_of(&mut tx, &refs).await.expect("holders");
         let claims: Vec<NewClaim> = names
             .iter()
             .zip(&ids)
@@ -1113,7 +1112,7 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
                 event_id: *id,
             })
             .collect();
-        pg::users::claim_each_for_create(&mut tx, &claims)
+        claim_each_for_create(&mut tx, &claims)
             .await
             .expect("claims");
         let synced: Vec<SyncedUser> = names
@@ -1127,16 +1126,12 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
                 applied: None,
             })
             .collect();
-        pg::users::mark_synced(&mut tx, &synced)
-            .await
-            .expect("synced");
+        mark_synced(&mut tx, &synced).await.expect("synced");
         let ends: Vec<(i64, EventState, Option<&str>)> = ids
             .iter()
             .map(|id| (*id, EventState::Applied, None))
             .collect();
-        pg::events::finish_many(&mut tx, &ends)
-            .await
-            .expect("finish");
+        finish_many(&mut tx, &ends).await.expect("finish");
         let after = rows_read(&mut tx).await;
         tx.rollback().await.expect("rollback");
         // A few rows per user and statement; a scan of the pending events
@@ -1175,8 +1170,7 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
     use user_sync::domain::EventState;
     use user_sync::domain::Profile;
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
-    use user_sync::storage::users::Claim;
-    use user_sync::storage::{SyncStore, UserSession};
+    use user_sync::storage::{Claim, SyncStore, UserSession};
 
     let env = Env::start(SandboxOptions::default()).await;
     env.signup("a", "a@example.com", None).await;
@@ -1205,7 +1199,7 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
         .connect_with((*env.pg().connect_options()).clone())
         .await
         .expect("connect");
-    let store = user_sync::storage::pg::PgStore::new(pool.clone());
+    let store = user_sync::storage::PgStore::new(pool.clone());
     let a_event = env
         .scalar("SELECT id FROM user_sync.events WHERE host_user_id = 'a'")
         .await;
@@ -1271,8 +1265,7 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
 async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
     use user_sync::domain::Profile;
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
-    use user_sync::storage::pg;
-    use user_sync::storage::users::{NewClaim, SyncedUser};
+    use user_sync::storage::{NewClaim, SyncedUser, claim_each_for_create, mark_synced};
 
     let db = common::TestDb::create().await;
     let pool = db.migrated_pool().await;
@@ -1296,7 +1289,7 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
             }
         })
         .collect();
-    pg::users::claim_each_for_create(&mut tx, &claims)
+    claim_each_for_create(&mut tx, &claims)
         .await
         .expect("claims");
     let synced: Vec<SyncedUser> = (0..32)
@@ -1311,9 +1304,7 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
             }
         })
         .collect();
-    pg::users::mark_synced(&mut tx, &synced)
-        .await
-        .expect("synced");
+    mark_synced(&mut tx, &synced).await.expect("synced");
     let (updated, hot): (i64, i64) = sqlx::query_as(
         "SELECT pg_stat_get_xact_tuples_updated('user_sync.users'::regclass),
                 pg_stat_get_xact_tuples_hot_updated('user_sync.users'::regclass)",

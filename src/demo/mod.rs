@@ -21,8 +21,7 @@ use user_sync_sandbox::{Sandbox, SandboxOptions};
 use crate::app::Worker;
 use crate::config::Settings;
 use crate::host::backfill::{self, BackfillOptions};
-use crate::storage::Reports;
-use crate::storage::sqlite::{self, SqliteStore};
+use crate::storage::{Database, Reports, SqliteStore};
 
 pub use summary::Report;
 
@@ -109,8 +108,11 @@ async fn demo(
         FAIL_RATE * 100.0
     );
 
-    let pool = sqlite::connect(&settings.database, 4).await?;
-    sqlite::migrate(&pool).await?;
+    let database = Database::connect(&settings.database, 4).await?;
+    database.migrate().await?;
+    let Database::Sqlite(pool) = database else {
+        anyhow::bail!("the demo's database is a SQLite file");
+    };
     let seeded = seed::accounts(&pool, args.users).await?;
     for id in seed::HELD_IN_EMBEDDED {
         // Created in Embedded before the worker, by someone else.

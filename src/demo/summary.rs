@@ -10,8 +10,7 @@ use user_sync_sandbox::Sandbox;
 
 use crate::domain::ConflictRow;
 use crate::host::backfill::Summary;
-use crate::storage::Reports;
-use crate::storage::sqlite::SqliteStore;
+use crate::storage::{Reports, SqliteStore};
 
 use super::seed::{Burst, Seeded};
 

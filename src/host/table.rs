@@ -11,31 +11,11 @@
 //! PostgreSQL itself (`regclass`, `quote_ident`), and the condition and the
 //! query are SQL by design.
 
+use std::future::Future;
+
 use sqlx::{PgConnection, SqliteConnection};
 
 use crate::config::{SourceTable, SourceTarget};
-
-/// A page of `$source` after `$after` on `$conn`, the same statement shape
-/// on both backends (only the connection's type differs).
-macro_rules! fetch_page {
-    ($source:expr, $conn:expr, $after:expr, $limit:expr) => {
-        match $after {
-            None => {
-                sqlx::query_as(sqlx::AssertSqlSafe($source.first_page.as_str()))
-                    .bind(i64::from($limit))
-                    .fetch_all($conn)
-                    .await
-            }
-            Some(after) => {
-                sqlx::query_as(sqlx::AssertSqlSafe($source.next_page.as_str()))
-                    .bind(i64::from($limit))
-                    .bind(after)
-                    .fetch_all($conn)
-                    .await
-            }
-        }
-    };
-}
 
 /// One host user as the source holds it, before any parsing.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -332,68 +312,88 @@ impl HostTable {
         Ok(source)
     }
 
-    /// [`Self::page`] on SQLite.
-    pub async fn page_sqlite(
-        &self,
-        conn: &mut SqliteConnection,
-        after: Option<&str>,
-        limit: u32,
-    ) -> sqlx::Result<Vec<HostRow>> {
-        fetch_page!(self, conn, after, limit)
-    }
-
-    /// [`Self::count_open`] and [`Self::count_closed`] on SQLite.
-    pub async fn counts_sqlite(
-        &self,
-        conn: &mut SqliteConnection,
-    ) -> sqlx::Result<(u64, Option<u64>)> {
-        let open: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(self.count_open.as_str()))
-            .fetch_one(&mut *conn)
-            .await?;
-        let closed = match &self.count_closed {
-            Some(sql) => {
-                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
-                    .fetch_one(&mut *conn)
-                    .await?;
-                Some(u64::try_from(n).unwrap_or(0))
-            }
-            None => None,
-        };
-        Ok((u64::try_from(open).unwrap_or(0), closed))
-    }
-
     /// Up to `limit` host users after `after` (the last id of the page
     /// before, `None` for the first page), in id order.
     pub async fn page(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut impl SourceConnection,
         after: Option<&str>,
         limit: u32,
     ) -> sqlx::Result<Vec<HostRow>> {
-        fetch_page!(self, conn, after, limit)
+        let sql = match after {
+            None => &self.first_page,
+            Some(_) => &self.next_page,
+        };
+        conn.rows(sql, limit, after).await
     }
 
-    pub async fn count_open(&self, conn: &mut PgConnection) -> sqlx::Result<u64> {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(self.count_open.as_str()))
-            .fetch_one(conn)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+    /// Open accounts.
+    pub async fn count_open(&self, conn: &mut impl SourceConnection) -> sqlx::Result<u64> {
+        conn.count(&self.count_open).await
     }
 
     /// Closed accounts of a table source; `None` for a query.
-    pub async fn count_closed(&self, conn: &mut PgConnection) -> sqlx::Result<Option<u64>> {
-        let Some(sql) = &self.count_closed else {
-            return Ok(None);
-        };
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
-            .fetch_one(conn)
-            .await?;
-        Ok(Some(u64::try_from(n).unwrap_or(0)))
+    pub async fn count_closed(
+        &self,
+        conn: &mut impl SourceConnection,
+    ) -> sqlx::Result<Option<u64>> {
+        match &self.count_closed {
+            Some(sql) => Ok(Some(conn.count(sql).await?)),
+            None => Ok(None),
+        }
     }
 
     /// The checked table, for the triggers.
     pub fn checked_table(&self) -> Result<&CheckedTable, SourceError> {
         self.table.as_ref().ok_or(SourceError::NotATable)
+    }
+}
+
+/// A connection the host's users are read on, PostgreSQL's or SQLite's:
+/// it runs a [`HostTable`]'s statements, which are written in its dialect.
+pub trait SourceConnection: Send {
+    /// The rows of a page statement, `limit` bound first and `after` (when
+    /// there is one) second.
+    fn rows<'a>(
+        &'a mut self,
+        sql: &'a str,
+        limit: u32,
+        after: Option<&'a str>,
+    ) -> impl Future<Output = sqlx::Result<Vec<HostRow>>> + Send;
+    /// The number a counting statement returns.
+    fn count<'a>(&'a mut self, sql: &'a str) -> impl Future<Output = sqlx::Result<u64>> + Send;
+}
+
+impl<C> SourceConnection for C
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    HostRow: for<'r> sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    (i64,): for<'r> sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+    i64: sqlx::Type<C::Database> + for<'q> sqlx::Encode<'q, C::Database>,
+    for<'q> &'q str: sqlx::Type<C::Database> + sqlx::Encode<'q, C::Database>,
+{
+    async fn rows(
+        &mut self,
+        sql: &str,
+        limit: u32,
+        after: Option<&str>,
+    ) -> sqlx::Result<Vec<HostRow>> {
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(i64::from(limit));
+        match after {
+            Some(after) => query.bind(after),
+            None => query,
+        }
+        .fetch_all(self)
+        .await
+    }
+
+    async fn count(&mut self, sql: &str) -> sqlx::Result<u64> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(self)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }
 

@@ -2,34 +2,37 @@
 //! and erasures. The database is the source of truth; the queue only
 //! carries ids of rows that live here.
 //!
-//! The pipeline reaches them through three small traits, so that one
-//! dispatcher, one sweeper and one sync job serve every backend:
-//! [`Outbox`] (what the dispatcher and the sweeper do to the outbox),
-//! [`SyncStore`] and [`UserSession`] (what a job does to one host user's
-//! rows, under that user's lock), and [`Reports`] (what `status`,
-//! `conflicts` and the ops server read). [`postgres`] implements them on
-//! PostgreSQL, [`sqlite`] on a SQLite file; [`Database`] picks one from
+//! The pipeline reaches them through small traits, so that one
+//! dispatcher, one sweeper, one sync job and one backfill serve every
+//! backend: [`Outbox`] (what the dispatcher and the sweeper do to the
+//! outbox), [`SyncStore`] and [`UserSession`] (what a job does to one host
+//! user's rows, under that user's lock), [`BackfillTables`] (what the
+//! backfill writes, many users a statement) and [`Reports`] (what `status`,
+//! `conflicts` and the ops server read). [`PgStore`] implements them on
+//! PostgreSQL, [`SqliteStore`] on a SQLite file; [`Database`] picks one from
 //! `database.url`.
 //!
-//! The row types of each table sit here ([`events`], [`users`],
-//! [`conflicts`]); each backend's SQL for a table sits in a file of the same
-//! name on its side ([`pg`], [`sqlite`]). [`memory`] (tests only) keeps the
-//! same rows in memory, so that the job's steps are unit-tested without a
-//! database.
+//! Every file is private, and what the layers above use is re-exported
+//! here. The row types of each table sit at this level (`events`, `users`,
+//! `conflicts`); each backend's SQL for a table sits in a file of the same
+//! name on its side (`pg/`, `sqlite/`). The in-memory store (`memory`, tests
+//! only) keeps the same rows in memory, so that the job's steps are
+//! unit-tested without a database.
 
-pub mod conflicts;
-pub mod events;
+mod conflicts;
+mod events;
 #[cfg(test)]
 pub(crate) mod memory;
-pub mod pg;
-pub mod sqlite;
-pub mod users;
+mod pg;
+mod sqlite;
+mod users;
 
 use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 
@@ -38,11 +41,16 @@ use crate::domain::{
     ConflictRow, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile, Status,
     UserState, Username,
 };
-use events::NextEvent;
 
-use crate::storage::conflicts::NewConflict;
-pub use events::Claimed;
-use users::Claim;
+pub use conflicts::NewConflict;
+pub use events::{Claimed, HolderProbe, NextEvent, OutboxEvent};
+// A job's batched statements on PostgreSQL, each for many users at once:
+// public for the tests that read how they reach their rows.
+pub use pg::{
+    PgStore, claim_each_for_create, finish_many, holders_of, mark_synced, newest_pending_many,
+};
+pub use sqlite::{ProcessLock, SqliteBackfill, SqliteStore, json_list};
+pub use users::{Claim, ClaimIntent, Found, NewClaim, SyncedUser, Unconfirmed};
 
 /// What the dispatcher and the sweeper do to the outbox.
 pub trait Outbox: Send + Sync {
@@ -208,6 +216,100 @@ pub trait UserSession: Send {
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Releases the lock.
     fn release(self) -> impl Future<Output = sqlx::Result<()>> + Send;
+}
+
+/// One user to create in the backfill's single mode: (host, profile, the
+/// row was `creating`).
+pub type Signup<'a> = (&'a HostUserId, &'a Profile, bool);
+
+/// An event's state, and when it comes due if pending: (id, state, due).
+pub type EventStateDue = (i64, String, DateTime<Utc>);
+
+/// What the backfill does to the worker's tables: many users a statement,
+/// under the per-user locks its own session holds (the jobs' locks, so that
+/// a job and the backfill never act on one user at once). On PostgreSQL the
+/// session is a connection of its own, whose advisory locks live with it
+/// ([`PgStore::backfill_session`]); on SQLite it is the pool and the
+/// process's locks ([`SqliteStore::backfill_tables`]).
+pub trait BackfillTables: Send {
+    /// The clock the tables' times are written by.
+    fn now(&mut self) -> impl Future<Output = sqlx::Result<DateTime<Utc>>> + Send;
+    /// Takes the lock of each of `hosts` that is free; returns those it now
+    /// holds. The others are busy.
+    fn try_lock_many<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> impl Future<Output = sqlx::Result<Vec<String>>> + Send;
+    /// Releases locks taken by [`Self::try_lock_many`].
+    fn unlock_many<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Records the intent to create for many locked host users whose
+    /// usernames were checked free. A username claimed meanwhile fails it
+    /// whole (a unique violation) and nothing is claimed; the caller then
+    /// claims one by one with [`Self::claim_for_create`].
+    fn claim_many_for_create<'a>(
+        &'a mut self,
+        intents: &'a [ClaimIntent<'a>],
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Records the intent to create `profile` for `host`, one user alone,
+    /// keeping the last event id of its row; a username another host user
+    /// holds is refused.
+    fn claim_one_for_create<'a>(
+        &'a mut self,
+        host: &'a HostUserId,
+        profile: &'a Profile,
+    ) -> impl Future<Output = sqlx::Result<Claim>> + Send;
+    /// Records each host user as synced with its Embedded user and profile,
+    /// resolving its open conflicts over another username; the last event id
+    /// is kept. Returns how many rows it changed.
+    fn mark_synced_many<'a>(
+        &'a mut self,
+        found: &'a [Found<'a>],
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
+    /// Records that `host` has no Embedded user (in `state`); its last event
+    /// id is kept.
+    fn set_without_user<'a>(
+        &'a mut self,
+        host: &'a HostUserId,
+        state: UserState,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Reports a conflict once; returns whether a row was added.
+    fn report_conflict<'a>(
+        &'a mut self,
+        conflict: &'a NewConflict<'a>,
+    ) -> impl Future<Output = sqlx::Result<bool>> + Send;
+    /// Rows `creating` claimed at or after `since`, in host id order after
+    /// `after`: the backfill's creates waiting for their user id.
+    fn unconfirmed_since<'a>(
+        &'a mut self,
+        since: DateTime<Utc>,
+        after: &'a str,
+        limit: i64,
+    ) -> impl Future<Output = sqlx::Result<Vec<Unconfirmed>>> + Send;
+    /// Of `hosts`, the rows still `creating`.
+    fn unconfirmed_of<'a>(
+        &'a mut self,
+        hosts: &'a [&'a str],
+    ) -> impl Future<Output = sqlx::Result<Vec<Unconfirmed>>> + Send;
+    /// How many rows claimed at or after `since` are still `creating`.
+    fn count_unconfirmed_since(
+        &mut self,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
+    /// Writes one `signup` event per user to create, as the host app would,
+    /// but already dispatched: the backfill runs their jobs itself. Returns
+    /// (event id, host user).
+    fn record_signups<'a>(
+        &'a mut self,
+        creates: &'a [Signup<'a>],
+    ) -> impl Future<Output = sqlx::Result<Vec<(i64, HostUserId)>>> + Send;
+    /// The state of some events, and when a pending one comes due.
+    fn event_states<'a>(
+        &'a mut self,
+        ids: &'a [i64],
+    ) -> impl Future<Output = sqlx::Result<Vec<EventStateDue>>> + Send;
 }
 
 /// What operators read: `status`, `conflicts`, `/readyz`, `/metrics`.

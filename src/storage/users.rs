@@ -44,7 +44,8 @@ pub struct NewClaim {
     pub event_id: i64,
 }
 
-/// What a job found Embedded to hold for a host user, for [`mark_synced`].
+/// What a job found Embedded to hold for a host user, for
+/// [`mark_synced`](super::mark_synced).
 #[derive(Debug, Clone)]
 pub struct SyncedUser {
     pub host: HostUserId,
@@ -56,7 +57,8 @@ pub struct SyncedUser {
     pub applied: Option<i64>,
 }
 
-/// One intent to create, for [`claim_many_for_create`].
+/// One intent to create, for
+/// [`BackfillTables::claim_many_for_create`](super::BackfillTables::claim_many_for_create).
 pub struct ClaimIntent<'a> {
     pub host: &'a HostUserId,
     pub profile: &'a Profile,
@@ -64,7 +66,8 @@ pub struct ClaimIntent<'a> {
     pub last_event_id: Option<i64>,
 }
 
-/// One Embedded user found for a host user, for [`mark_synced_many`].
+/// One Embedded user found for a host user, for
+/// [`BackfillTables::mark_synced_many`](super::BackfillTables::mark_synced_many).
 pub struct Found<'a> {
     pub host: &'a HostUserId,
     pub user: &'a EmbeddedUserId,

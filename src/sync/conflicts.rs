@@ -4,9 +4,7 @@
 
 use crate::domain::{ConflictReason, EmbeddedUserId, HostUserId, UserState, Username};
 use crate::embedded::EmbeddedUser;
-use crate::storage::UserSession;
-use crate::storage::conflicts::NewConflict;
-use crate::storage::events::OutboxEvent;
+use crate::storage::{NewConflict, OutboxEvent, UserSession};
 use crate::sync::Outcome;
 
 /// `username` belongs to an Embedded user the worker did not create for

@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use crate::domain::{ConflictReason, EventKind, EventState, HostUserId};
-use crate::storage::UserSession;
-use crate::storage::events::OutboxEvent;
+use crate::storage::{OutboxEvent, UserSession};
 
 /// How a step of a job ended for its event. Each has one row state.
 #[derive(Debug, Clone, PartialEq, Eq)]

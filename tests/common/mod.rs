@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use user_sync::config::Settings;
+use user_sync::storage::Database;
 use user_sync_sandbox::{Sandbox, SandboxOptions};
 
 pub const KEY: &str = "pipeline-test-key";
@@ -126,7 +127,8 @@ impl TestDb {
     /// A pool on the database with the worker's migrations applied.
     pub async fn migrated_pool(&self) -> PgPool {
         let pool = self.pool().await;
-        user_sync::storage::pg::migrate::run(&pool)
+        Database::Postgres(pool.clone())
+            .migrate()
             .await
             .expect("migrate");
         pool
@@ -189,7 +191,8 @@ impl Env {
             Backend::Postgres => {
                 let db = TestDb::create_on(admin).await;
                 let pool = db.pool().await;
-                user_sync::storage::pg::migrate::run(&pool)
+                Database::Postgres(pool.clone())
+                    .migrate()
                     .await
                     .expect("migrations run");
                 (db, DbPool::Postgres(pool))
@@ -206,7 +209,8 @@ impl Env {
                     .connect_with(options)
                     .await
                     .expect("open the test database");
-                user_sync::storage::sqlite::migrate(&pool)
+                Database::Sqlite(pool.clone())
+                    .migrate()
                     .await
                     .expect("migrations run");
                 (db, DbPool::Sqlite(pool))

@@ -13,10 +13,11 @@ use std::collections::HashSet;
 
 use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
-use crate::storage::users::{Claim, ClaimIntent, Found};
+use crate::storage::{BackfillTables, Claim, ClaimIntent, Found};
 
 use super::api::Resend;
 use super::decide::ConflictFound;
+use super::snapshot::WorkingTables;
 use super::{Pending, Run};
 
 /// Rounds of "snapshot, link what was created, send again what was not".
@@ -42,7 +43,7 @@ impl<D: super::db::BackfillDb> Run<D> {
             profile: c.1.clone(),
             unconfirmed: c.2,
         };
-        match self.db.claim_many_for_create(&intents).await {
+        match self.db.tables().claim_many_for_create(&intents).await {
             Ok(()) => return Ok(creates.iter().map(pending).collect()),
             Err(e) if crate::storage::is_unique_violation(&e) => {}
             Err(e) => return Err(e.into()),
@@ -51,10 +52,10 @@ impl<D: super::db::BackfillDb> Run<D> {
         // one by one, as the jobs do.
         let mut claimed = Vec::new();
         for create in creates {
-            let last = self.db.last_event_id(create.0).await?;
             match self
                 .db
-                .claim_for_create(create.0, create.1, last.unwrap_or(0))
+                .tables()
+                .claim_one_for_create(create.0, create.1)
                 .await?
             {
                 Claim::Claimed => claimed.push(pending(create)),
@@ -88,7 +89,7 @@ impl<D: super::db::BackfillDb> Run<D> {
             .await;
         let outcome = self.answered(&entries, &result).await;
         let hosts: Vec<&str> = entries.iter().map(|e| e.host.as_str()).collect();
-        self.db.unlock_many(&hosts).await?;
+        self.db.tables().unlock_many(&hosts).await?;
         outcome?;
         if let Err(ApiError::Unauthorized { status }) = result {
             anyhow::bail!(
@@ -147,6 +148,7 @@ impl<D: super::db::BackfillDb> Run<D> {
     /// is that create's user.
     async fn refused(&mut self, entry: &Pending) -> anyhow::Result<()> {
         self.db
+            .tables()
             .set_without_user(&entry.host, UserState::Failed)
             .await?;
         let api = &self.api;
@@ -164,7 +166,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                     user: &user.user_id,
                     profile: &profile,
                 }];
-                self.db.mark_synced_many(&found).await?;
+                self.db.tables().mark_synced_many(&found).await?;
                 self.summary.resumed += 1;
             }
             Ok(user) => {
@@ -192,7 +194,13 @@ impl<D: super::db::BackfillDb> Run<D> {
     /// a fresh `GET /users`; sends again what no batch created.
     pub(super) async fn confirm_creates(&mut self) -> anyhow::Result<()> {
         for round in 0..MAX_ROUNDS {
-            if self.db.count_unconfirmed_since(self.started_at).await? == 0 {
+            if self
+                .db
+                .tables()
+                .count_unconfirmed_since(self.started_at)
+                .await?
+                == 0
+            {
                 return Ok(());
             }
             if round > 0 && self.cancel.is_cancelled() {
@@ -204,25 +212,26 @@ impl<D: super::db::BackfillDb> Run<D> {
             loop {
                 let rows = self
                     .db
+                    .tables()
                     .unconfirmed_since(self.started_at, &after, i64::from(self.page_size))
                     .await?;
                 let Some(last) = rows.last() else { break };
                 after = last.host_user_id.clone();
                 let ids: Vec<&str> = rows.iter().map(|r| r.host_user_id.as_str()).collect();
-                let locked = self.db.try_lock_many(&ids).await?;
+                let locked = self.db.tables().try_lock_many(&ids).await?;
                 let locked_ids: Vec<&str> = locked.iter().map(String::as_str).collect();
                 // Read again under the lock: a job may have confirmed some.
-                let rows = self.db.unconfirmed_of(&locked_ids).await?;
+                let rows = self.db.tables().unconfirmed_of(&locked_ids).await?;
                 let still: HashSet<&str> = rows.iter().map(|r| r.host_user_id.as_str()).collect();
                 let done: Vec<&str> = locked_ids
                     .iter()
                     .copied()
                     .filter(|h| !still.contains(h))
                     .collect();
-                self.db.unlock_many(&done).await?;
+                self.db.tables().unlock_many(&done).await?;
                 let usernames: Vec<&str> =
                     rows.iter().filter_map(|r| r.username.as_deref()).collect();
-                let found = self.db.find_in_snapshot(&usernames).await?;
+                let found = self.db.conn().find(&usernames).await?;
                 let mut linked: Vec<(HostUserId, crate::embedded::EmbeddedUser)> = Vec::new();
                 let mut again: Vec<Pending> = Vec::new();
                 let mut release: Vec<String> = Vec::new();
@@ -253,11 +262,11 @@ impl<D: super::db::BackfillDb> Run<D> {
                 self.mark_linked(&linked).await?;
                 self.summary.created += linked.len() as u64;
                 let release: Vec<&str> = release.iter().map(String::as_str).collect();
-                self.db.unlock_many(&release).await?;
+                self.db.tables().unlock_many(&release).await?;
                 if self.cancel.is_cancelled() {
                     // Leave them `creating`: the next run sends them.
                     let hosts: Vec<&str> = again.iter().map(|p| p.host.as_str()).collect();
-                    self.db.unlock_many(&hosts).await?;
+                    self.db.tables().unlock_many(&hosts).await?;
                     continue;
                 }
                 resent += again.len() as u64;
@@ -279,7 +288,11 @@ impl<D: super::db::BackfillDb> Run<D> {
                 "creates with no user in Embedded were sent again"
             );
         }
-        let unresolved = self.db.count_unconfirmed_since(self.started_at).await?;
+        let unresolved = self
+            .db
+            .tables()
+            .count_unconfirmed_since(self.started_at)
+            .await?;
         if unresolved > 0 {
             tracing::warn!(
                 unresolved,

@@ -16,9 +16,9 @@
 //!    as the jobs do):
 //!    - `--mode batch`: `POST /users/batch` with up to 1,000 users; the
 //!      answer has no ids, so after the scan one more `GET /users` snapshot
-//!      links every `creating` row to its user ([`batch`]);
+//!      links every `creating` row to its user (`batch`);
 //!    - `--mode single`: one `signup` outbox event per user, carried out by
-//!      the pipeline's own job in this process ([`single`]).
+//!      the pipeline's own job in this process (`single`).
 //!
 //! # Killed at any point, run again
 //!
@@ -44,7 +44,6 @@ mod page;
 pub mod report;
 mod single;
 mod snapshot;
-mod sqlite;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -53,21 +52,20 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseKind, Settings, SourceTarget, WorkerSettings};
+use crate::config::{DatabaseKind, Settings};
 use crate::domain::{HostUserId, Profile};
 use crate::embedded::EmbeddedClient;
 use crate::host::table::HostTable;
 use crate::queue::Handler;
 use crate::ratelimit::ApiGate;
-use crate::storage::pg::PgStore;
-use crate::storage::sqlite::{ProcessLock, SqliteStore};
-use crate::storage::{self, Database};
+use crate::storage::{BackfillTables, Database, ProcessLock, SyncStore};
 use crate::sync::SyncContext;
 
 use api::{Api, Resend};
-use db::{BackfillDb, PgBackfillDb};
+use db::{BackfillDb, Opened};
 use report::{Output, Progress};
 pub use report::{OutputFormat, Summary};
+use snapshot::WorkingTables;
 
 /// How users are created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -131,22 +129,33 @@ pub async fn run(
         crate::embedded::MAX_BATCH
     );
     // The backend, chosen once for the run: the run is generic over the
-    // backfill's session on it.
-    match settings.database.kind()? {
-        DatabaseKind::Postgres => {
-            let opened = open_postgres(settings, target).await?;
+    // backfill's session on it. On SQLite the file is this process's before
+    // anything touches it, as for `run`.
+    let file_lock = match settings.database.kind()? {
+        DatabaseKind::Sqlite => Some(ProcessLock::acquire(&settings.database)?),
+        DatabaseKind::Postgres => None,
+    };
+    let database =
+        Database::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
+    let summary = match &database {
+        Database::Postgres(pool) => {
+            let opened = db::open_postgres(pool, target).await?;
             run_on(opened, settings, options, out, cancel).await
         }
-        DatabaseKind::Sqlite => {
-            let opened = sqlite::open(settings, target).await?;
+        Database::Sqlite(pool) => {
+            database.check_current().await?;
+            let opened = db::open_sqlite(pool, target).await?;
             run_on(opened, settings, options, out, cancel).await
         }
-    }
+    };
+    database.close().await;
+    drop(file_lock);
+    summary
 }
 
 /// [`run`] on the session it opened.
-async fn run_on<D: BackfillDb>(
-    opened: Opened<D>,
+async fn run_on<D: BackfillDb, S: SyncStore>(
+    opened: Opened<D, S>,
     settings: &Settings,
     options: &BackfillOptions,
     out: &mut (dyn Write + Send),
@@ -156,14 +165,12 @@ async fn run_on<D: BackfillDb>(
         mut db,
         source,
         store,
-        database,
-        file_lock,
     } = opened;
     let client = EmbeddedClient::new(&settings.embedded)?;
     let gate = Arc::new(ApiGate::new(&settings.rate_limit));
-    let total = db.count_open(&source).await?;
-    let started_at = db.now().await?;
-    db.prepare_snapshot().await?;
+    let total = source.count_open(db.conn()).await?;
+    let started_at = db.tables().now().await?;
+    db.conn().prepare().await?;
 
     let mut output = Output::new(out, options.format);
     let mut run = Run {
@@ -174,7 +181,14 @@ async fn run_on<D: BackfillDb>(
             gate: gate.clone(),
             worker: settings.worker.clone(),
         },
-        jobs: store.handler(client, gate, settings.worker.clone()),
+        // For `--mode single`: the pipeline's job, on the pipeline's storage
+        // (which shares the per-user locks with `db`).
+        jobs: Handler::new(SyncContext::new(
+            store,
+            client,
+            gate,
+            settings.worker.clone(),
+        )),
         options: options.clone(),
         summary: Summary {
             dry_run: options.dry_run,
@@ -197,15 +211,13 @@ async fn run_on<D: BackfillDb>(
         open_accounts = total,
         "backfill starting"
     );
-    run.summary.closed_skipped = run.db.count_closed(&run.source).await?;
+    run.summary.closed_skipped = run.source.count_closed(run.db.conn()).await?;
     run.go(&mut output).await?;
     run.summary.elapsed_seconds = started.elapsed().as_secs_f64();
     run.progress.finish();
-    run.db.discard_snapshot().await?;
+    run.db.conn().discard().await?;
     let summary = run.summary.clone();
     run.db.close().await;
-    database.close().await;
-    drop(file_lock);
     tracing::info!(
         scanned = summary.scanned,
         in_sync = summary.in_sync,
@@ -221,62 +233,6 @@ async fn run_on<D: BackfillDb>(
     );
     output.finish(&summary)?;
     Ok(summary)
-}
-
-/// What a run works with, opened on the configured database.
-struct Opened<D> {
-    db: D,
-    source: HostTable,
-    /// For `--mode single`: the pipeline's storage (sharing the per-user
-    /// locks with `db`).
-    store: JobStore,
-    database: Database,
-    /// On SQLite, this process's right to the file.
-    file_lock: Option<ProcessLock>,
-}
-
-async fn open_postgres(
-    settings: &Settings,
-    target: &SourceTarget,
-) -> anyhow::Result<Opened<PgBackfillDb>> {
-    let pool =
-        storage::pg::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
-    // The backfill's own session: its temporary tables and the locks of
-    // the users it acts on live and die with it, so it never goes back to
-    // the pool.
-    let mut conn = pool.acquire().await?.detach();
-    let migrated: Option<String> =
-        sqlx::query_scalar("SELECT to_regclass('user_sync.users')::text")
-            .fetch_one(&mut conn)
-            .await?;
-    anyhow::ensure!(
-        migrated.is_some(),
-        "schema user_sync is missing: run `user-sync migrate` first"
-    );
-    let source = HostTable::check(&mut conn, target).await?;
-    Ok(Opened {
-        db: PgBackfillDb { conn },
-        source,
-        store: JobStore::Pg(Arc::new(PgStore::new(pool.clone()))),
-        database: Database::Postgres(pool),
-        file_lock: None,
-    })
-}
-
-/// The pipeline's storage a `--mode single` run hands its jobs to, on the
-/// backend the run opened.
-enum JobStore {
-    Pg(Arc<PgStore>),
-    Sqlite(Arc<SqliteStore>),
-}
-
-impl JobStore {
-    fn handler(self, api: EmbeddedClient, gate: Arc<ApiGate>, worker: WorkerSettings) -> Handler {
-        match self {
-            Self::Pg(store) => Handler::new(SyncContext::new(store, api, gate, worker)),
-            Self::Sqlite(store) => Handler::new(SyncContext::new(store, api, gate, worker)),
-        }
-    }
 }
 
 /// A create waiting for its batch; its lock is held until the batch is
@@ -346,8 +302,8 @@ impl<D: BackfillDb> Run<D> {
                 return Ok(());
             }
             let rows = self
-                .db
-                .page(&self.source, cursor.as_deref(), self.page_size)
+                .source
+                .page(self.db.conn(), cursor.as_deref(), self.page_size)
                 .await
                 .context("reading the host's users ([source])")?;
             let Some(last) = rows.iter().rev().find_map(|r| r.host_user_id.clone()) else {
@@ -380,7 +336,7 @@ impl<D: BackfillDb> Run<D> {
                 .call(Resend::Always, || api.client.list_users_stream())
                 .await
                 .context("GET /users (the snapshot of Embedded users)")?;
-            match self.db.load_snapshot(stream).await {
+            match self.db.conn().load(stream).await {
                 Ok(n) => {
                     tracing::info!(embedded_users = n, "snapshot of Embedded users taken");
                     return Ok(n);

@@ -12,11 +12,11 @@ use std::collections::HashMap;
 use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::EmbeddedUser;
 use crate::host::table::HostRow;
-use crate::storage::conflicts::NewConflict;
-use crate::storage::users::Found;
+use crate::storage::{BackfillTables, Found, NewConflict};
 
 use super::decide::{ConflictFound, Decision, decide};
 use super::report::{ConflictLine, Output};
+use super::snapshot::WorkingTables;
 use super::{Mode, Run};
 
 /// Host users whose lock a job held, kept (ids and profiles) for one more
@@ -61,7 +61,7 @@ impl<D: super::db::BackfillDb> Run<D> {
         users: Vec<(HostUserId, Profile)>,
         output: &mut Output<'_>,
     ) -> anyhow::Result<()> {
-        let known = self.db.lookup(&users).await?;
+        let known = self.db.conn().lookup(&users).await?;
         let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
         let mut planned = Vec::new();
         for ((host, want), known) in users.iter().zip(&known) {
@@ -86,7 +86,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                 }
             }
         }
-        self.db.plan_creates(&planned).await?;
+        self.db.conn().plan_creates(&planned).await?;
         Ok(())
     }
 
@@ -100,7 +100,7 @@ impl<D: super::db::BackfillDb> Run<D> {
         }
         // Users already synced need no lock: only a closure changes that,
         // and it is the pipeline's.
-        let known = self.db.lookup(&users).await?;
+        let known = self.db.conn().lookup(&users).await?;
         let mut todo = Vec::with_capacity(users.len());
         for (user, known) in users.into_iter().zip(known) {
             if !known.closing && known.state.as_deref() == Some("synced") {
@@ -113,8 +113,13 @@ impl<D: super::db::BackfillDb> Run<D> {
             return Ok(());
         }
         let ids: Vec<&str> = todo.iter().map(|(h, _)| h.as_str()).collect();
-        let locked: std::collections::HashSet<String> =
-            self.db.try_lock_many(&ids).await?.into_iter().collect();
+        let locked: std::collections::HashSet<String> = self
+            .db
+            .tables()
+            .try_lock_many(&ids)
+            .await?
+            .into_iter()
+            .collect();
         let (mine, busy): (Vec<_>, Vec<_>) = todo
             .into_iter()
             .partition(|(h, _)| locked.contains(h.as_str()));
@@ -131,7 +136,7 @@ impl<D: super::db::BackfillDb> Run<D> {
     }
 
     async fn act_locked(&mut self, mine: &[(HostUserId, Profile)]) -> anyhow::Result<()> {
-        let known = self.db.lookup(mine).await?;
+        let known = self.db.conn().lookup(mine).await?;
         let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
         let mut adopt: Vec<(&HostUserId, EmbeddedUser)> = Vec::new();
         let mut creates: Vec<(&HostUserId, &Profile, bool)> = Vec::new();
@@ -174,7 +179,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                         .map(|(h, _, _)| h.as_str())
                         .filter(|h| !claimed_hosts.contains(h)),
                 );
-                self.db.unlock_many(&release).await?;
+                self.db.tables().unlock_many(&release).await?;
                 for pending in claimed {
                     self.pending.push(pending);
                     if self.pending.len() >= self.options.batch_size {
@@ -183,9 +188,9 @@ impl<D: super::db::BackfillDb> Run<D> {
                 }
             }
             Mode::Single => {
-                let events = self.db.record_signups(&creates).await?;
+                let events = self.db.tables().record_signups(&creates).await?;
                 release.extend(creates.iter().map(|(h, _, _)| h.as_str()));
-                self.db.unlock_many(&release).await?;
+                self.db.tables().unlock_many(&release).await?;
                 self.run_jobs(events).await?;
             }
         }
@@ -208,7 +213,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                 profile,
             })
             .collect();
-        self.db.mark_synced_many(&found).await?;
+        self.db.tables().mark_synced_many(&found).await?;
         Ok(())
     }
 
@@ -227,7 +232,10 @@ impl<D: super::db::BackfillDb> Run<D> {
         host: &HostUserId,
         c: &ConflictFound,
     ) -> anyhow::Result<()> {
-        self.db.set_without_user(host, UserState::Conflict).await?;
+        self.db
+            .tables()
+            .set_without_user(host, UserState::Conflict)
+            .await?;
         let conflict = NewConflict {
             host,
             username: &c.username,
@@ -236,7 +244,7 @@ impl<D: super::db::BackfillDb> Run<D> {
             holder_embedded_user_id: c.holder_embedded_user_id.as_ref(),
             event_id: None,
         };
-        if self.db.report_conflict(&conflict).await? {
+        if self.db.tables().report_conflict(&conflict).await? {
             crate::sync::reported(&conflict);
         }
         self.summary.conflicts += 1;

@@ -15,6 +15,7 @@ use futures::StreamExt;
 
 use crate::domain::HostUserId;
 use crate::queue::{JobEvent, SyncJob};
+use crate::storage::BackfillTables;
 
 use super::Run;
 use super::db::BackfillDb;
@@ -53,7 +54,7 @@ impl<D: BackfillDb> Run<D> {
 
     async fn count_outcomes(&mut self, events: Vec<(i64, HostUserId)>) -> anyhow::Result<()> {
         let ids: Vec<i64> = events.iter().map(|(id, _)| *id).collect();
-        let states = self.db.event_states(&ids).await?;
+        let states = self.db.tables().event_states(&ids).await?;
         for (id, state, _) in states {
             match state.as_str() {
                 "applied" => self.summary.created += 1,
@@ -82,7 +83,7 @@ impl<D: BackfillDb> Run<D> {
             }
             let snoozed = std::mem::take(&mut self.snoozed);
             let ids: Vec<i64> = snoozed.iter().map(|(id, _)| *id).collect();
-            let states = self.db.event_states(&ids).await?;
+            let states = self.db.tables().event_states(&ids).await?;
             let now = Utc::now();
             let due_at = states
                 .iter()

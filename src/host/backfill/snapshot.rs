@@ -9,57 +9,160 @@
 //! temporary tables it joins.
 
 use std::collections::HashMap;
+use std::future::Future;
 
 use sqlx::PgConnection;
 
-use crate::domain::{EmbeddedUserId, FullName, HostUserId, Username};
-use crate::embedded::{ApiError, EmbeddedUser};
+use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, Username};
+use crate::embedded::{ApiError, EmbeddedUser, UserStream};
 
 use super::decide::Known;
 
 /// Users written to the snapshot per statement.
 const SNAPSHOT_CHUNK: usize = 2_000;
 
-/// Creates (or empties) the temporary tables of this session.
-pub async fn prepare(conn: &mut PgConnection) -> sqlx::Result<()> {
-    for statement in [
-        "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
-             (username text PRIMARY KEY, user_id text NOT NULL, full_name text,
-              mapped_to text)",
-        "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
-             (username text PRIMARY KEY, host_user_id text NOT NULL)",
-        "TRUNCATE pg_temp.backfill_embedded, pg_temp.backfill_planned",
-    ] {
-        sqlx::query(statement).execute(&mut *conn).await?;
-    }
-    Ok(())
+/// The working tables on the connection they live on: PostgreSQL's
+/// backfill session, or the backfill's own SQLite connection.
+pub(super) trait WorkingTables: Send {
+    /// Creates (or empties) the working tables.
+    fn prepare(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Drops the working tables (the connection would, at its end).
+    fn discard(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Fills the snapshot from a `GET /users` stream, replacing what it
+    /// held. Returns how many users it holds. An error mid-stream leaves a
+    /// partial snapshot: the caller starts again.
+    fn load(&mut self, stream: UserStream) -> impl Future<Output = Result<u64, LoadError>> + Send;
+    /// Embedded users of the snapshot by username.
+    fn find<'a>(
+        &'a mut self,
+        usernames: &'a [&'a str],
+    ) -> impl Future<Output = sqlx::Result<HashMap<Username, EmbeddedUser>>> + Send;
+    /// Records usernames the dry run would create, so that a later host
+    /// user with the same one is a conflict, as the real run's claim would
+    /// make it.
+    fn plan_creates<'a>(
+        &'a mut self,
+        planned: &'a [(&'a str, &'a str)],
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// What is known of each host user of a page, in the order given.
+    fn lookup<'a>(
+        &'a mut self,
+        users: &'a [(HostUserId, Profile)],
+    ) -> impl Future<Output = sqlx::Result<Vec<Known>>> + Send;
 }
 
-/// Drops the temporary tables (the session would, at its end).
-pub async fn discard(conn: &mut PgConnection) -> sqlx::Result<()> {
-    sqlx::query("DROP TABLE IF EXISTS pg_temp.backfill_embedded, pg_temp.backfill_planned")
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Fills the snapshot from a `GET /users` stream, replacing what it held.
-/// Returns how many users it holds. An error mid-stream leaves a partial
-/// snapshot: the caller starts again.
-pub async fn load(
-    conn: &mut PgConnection,
-    stream: crate::embedded::UserStream,
-) -> Result<u64, LoadError> {
-    sqlx::query("TRUNCATE pg_temp.backfill_embedded")
-        .execute(&mut *conn)
-        .await?;
-    let mut chunks = ReadAhead::start(stream);
-    let mut total = 0u64;
-    while let Some(chunk) = chunks.next().await? {
-        total += insert(conn, &chunk).await?;
+impl WorkingTables for PgConnection {
+    async fn prepare(&mut self) -> sqlx::Result<()> {
+        for statement in [
+            "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
+                 (username text PRIMARY KEY, user_id text NOT NULL, full_name text,
+                  mapped_to text)",
+            "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
+                 (username text PRIMARY KEY, host_user_id text NOT NULL)",
+            "TRUNCATE pg_temp.backfill_embedded, pg_temp.backfill_planned",
+        ] {
+            sqlx::query(statement).execute(&mut *self).await?;
+        }
+        Ok(())
     }
-    note_mappings(conn).await?;
-    Ok(total)
+
+    async fn discard(&mut self) -> sqlx::Result<()> {
+        sqlx::query("DROP TABLE IF EXISTS pg_temp.backfill_embedded, pg_temp.backfill_planned")
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn load(&mut self, stream: UserStream) -> Result<u64, LoadError> {
+        sqlx::query("TRUNCATE pg_temp.backfill_embedded")
+            .execute(&mut *self)
+            .await?;
+        let mut chunks = ReadAhead::start(stream);
+        let mut total = 0u64;
+        while let Some(chunk) = chunks.next().await? {
+            total += insert(self, &chunk).await?;
+        }
+        note_mappings(self).await?;
+        Ok(total)
+    }
+
+    async fn find(&mut self, usernames: &[&str]) -> sqlx::Result<HashMap<Username, EmbeddedUser>> {
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT username, user_id, full_name FROM pg_temp.backfill_embedded
+             WHERE username = ANY($1::text[])",
+        )
+        .bind(usernames)
+        .fetch_all(self)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(username, id, name)| {
+                let user = embedded(Some(id), Some(username), name)?;
+                Some((user.username.clone(), user))
+            })
+            .collect())
+    }
+
+    async fn plan_creates(&mut self, planned: &[(&str, &str)]) -> sqlx::Result<()> {
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let usernames: Vec<&str> = planned.iter().map(|p| p.0).collect();
+        let hosts: Vec<&str> = planned.iter().map(|p| p.1).collect();
+        sqlx::query(
+            "INSERT INTO pg_temp.backfill_planned (username, host_user_id)
+             SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&usernames)
+        .bind(&hosts)
+        .execute(self)
+        .await?;
+        Ok(())
+    }
+
+    async fn lookup(&mut self, users: &[(HostUserId, Profile)]) -> sqlx::Result<Vec<Known>> {
+        let hosts: Vec<&str> = users.iter().map(|(h, _)| h.as_str()).collect();
+        let usernames: Vec<&str> = users.iter().map(|(_, p)| p.username.as_str()).collect();
+        let rows: Vec<LookupRow> = sqlx::query_as(
+            "SELECT u.state, h.host_user_id AS holder,
+                    s.user_id AS s_user_id, s.username AS s_username, s.full_name AS s_full_name,
+                    CASE WHEN s.mapped_to <> n.host THEN s.mapped_to END AS s_mapped_to,
+                    c.user_id AS c_user_id, c.username AS c_username, c.full_name AS c_full_name,
+                    CASE WHEN c.mapped_to <> n.host THEN c.mapped_to END AS c_mapped_to,
+                    p.host_user_id AS planned_by,
+                    EXISTS (SELECT 1 FROM user_sync.events e
+                            WHERE e.host_user_id = n.host AND e.state = 'pending'
+                              AND trim(e.kind) = 'account_closure') AS closing
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(host, username, ord)
+             LEFT JOIN user_sync.users u ON u.host_user_id = n.host
+             -- A synced or erased user is decided by its state alone: the
+             -- lookups below are skipped for it (each is gated on `open`).
+             CROSS JOIN LATERAL (
+                 SELECT u.state IS NULL OR u.state NOT IN ('synced', 'erased') AS open) g
+             LEFT JOIN LATERAL (
+                 SELECT o.host_user_id FROM user_sync.users o
+                 WHERE g.open AND o.username = n.username AND o.state IN ('creating', 'synced')
+                   AND o.host_user_id <> n.host
+                 LIMIT 1) h ON true
+             LEFT JOIN LATERAL (
+                 SELECT s.user_id, s.username, s.full_name, s.mapped_to
+                 FROM pg_temp.backfill_embedded s
+                 WHERE g.open AND s.username = n.username) s ON true
+             LEFT JOIN LATERAL (
+                 SELECT c.user_id, c.username, c.full_name, c.mapped_to
+                 FROM pg_temp.backfill_embedded c
+                 WHERE u.state = 'creating' AND c.username = u.username) c ON true
+             LEFT JOIN LATERAL (
+                 SELECT p.host_user_id FROM pg_temp.backfill_planned p
+                 WHERE g.open AND p.username = n.username AND p.host_user_id <> n.host) p ON true
+             ORDER BY n.ord",
+        )
+        .bind(&hosts)
+        .bind(&usernames)
+        .fetch_all(self)
+        .await?;
+        Ok(rows.into_iter().map(LookupRow::into_known).collect())
+    }
 }
 
 /// Notes on each Embedded user of the snapshot the host user it is mapped
@@ -96,7 +199,7 @@ struct ReadAhead {
 impl ReadAhead {
     const CHUNKS: usize = 2;
 
-    fn start(stream: crate::embedded::UserStream) -> Self {
+    fn start(stream: UserStream) -> Self {
         let (chunks, arriving) = tokio::sync::mpsc::channel(Self::CHUNKS);
         Self {
             arriving,
@@ -120,7 +223,7 @@ impl ReadAhead {
 
     /// Sends the stream's users in chunks; an error is the last item sent.
     async fn read(
-        mut stream: crate::embedded::UserStream,
+        mut stream: UserStream,
         chunks: tokio::sync::mpsc::Sender<Result<Vec<EmbeddedUser>, ApiError>>,
     ) {
         let mut chunk: Vec<EmbeddedUser> = Vec::with_capacity(SNAPSHOT_CHUNK);
@@ -181,46 +284,6 @@ async fn insert(conn: &mut PgConnection, users: &[EmbeddedUser]) -> sqlx::Result
     Ok(result.rows_affected())
 }
 
-/// Embedded users of the snapshot by username.
-pub async fn find(
-    conn: &mut PgConnection,
-    usernames: &[&str],
-) -> sqlx::Result<HashMap<Username, EmbeddedUser>> {
-    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT username, user_id, full_name FROM pg_temp.backfill_embedded
-         WHERE username = ANY($1::text[])",
-    )
-    .bind(usernames)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(username, id, name)| {
-            let user = embedded(Some(id), Some(username), name)?;
-            Some((user.username.clone(), user))
-        })
-        .collect())
-}
-
-/// Records usernames the dry run would create, so that a later host user
-/// with the same one is a conflict, as the real run's claim would make it.
-pub async fn plan_creates(conn: &mut PgConnection, planned: &[(&str, &str)]) -> sqlx::Result<()> {
-    if planned.is_empty() {
-        return Ok(());
-    }
-    let usernames: Vec<&str> = planned.iter().map(|p| p.0).collect();
-    let hosts: Vec<&str> = planned.iter().map(|p| p.1).collect();
-    sqlx::query(
-        "INSERT INTO pg_temp.backfill_planned (username, host_user_id)
-         SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (username) DO NOTHING",
-    )
-    .bind(&usernames)
-    .bind(&hosts)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// One row of a page lookup, on either backend.
 #[derive(sqlx::FromRow)]
 pub(super) struct LookupRow {
@@ -236,54 +299,6 @@ pub(super) struct LookupRow {
     c_mapped_to: Option<String>,
     planned_by: Option<String>,
     closing: bool,
-}
-
-/// What is known of each host user of a page, in the order given.
-pub async fn lookup(
-    conn: &mut PgConnection,
-    users: &[(HostUserId, crate::domain::Profile)],
-) -> sqlx::Result<Vec<Known>> {
-    let hosts: Vec<&str> = users.iter().map(|(h, _)| h.as_str()).collect();
-    let usernames: Vec<&str> = users.iter().map(|(_, p)| p.username.as_str()).collect();
-    let rows: Vec<LookupRow> = sqlx::query_as(
-        "SELECT u.state, h.host_user_id AS holder,
-                s.user_id AS s_user_id, s.username AS s_username, s.full_name AS s_full_name,
-                CASE WHEN s.mapped_to <> n.host THEN s.mapped_to END AS s_mapped_to,
-                c.user_id AS c_user_id, c.username AS c_username, c.full_name AS c_full_name,
-                CASE WHEN c.mapped_to <> n.host THEN c.mapped_to END AS c_mapped_to,
-                p.host_user_id AS planned_by,
-                EXISTS (SELECT 1 FROM user_sync.events e
-                        WHERE e.host_user_id = n.host AND e.state = 'pending'
-                          AND trim(e.kind) = 'account_closure') AS closing
-         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(host, username, ord)
-         LEFT JOIN user_sync.users u ON u.host_user_id = n.host
-         -- A synced or erased user is decided by its state alone: the
-         -- lookups below are skipped for it (each is gated on `open`).
-         CROSS JOIN LATERAL (
-             SELECT u.state IS NULL OR u.state NOT IN ('synced', 'erased') AS open) g
-         LEFT JOIN LATERAL (
-             SELECT o.host_user_id FROM user_sync.users o
-             WHERE g.open AND o.username = n.username AND o.state IN ('creating', 'synced')
-               AND o.host_user_id <> n.host
-             LIMIT 1) h ON true
-         LEFT JOIN LATERAL (
-             SELECT s.user_id, s.username, s.full_name, s.mapped_to
-             FROM pg_temp.backfill_embedded s
-             WHERE g.open AND s.username = n.username) s ON true
-         LEFT JOIN LATERAL (
-             SELECT c.user_id, c.username, c.full_name, c.mapped_to
-             FROM pg_temp.backfill_embedded c
-             WHERE u.state = 'creating' AND c.username = u.username) c ON true
-         LEFT JOIN LATERAL (
-             SELECT p.host_user_id FROM pg_temp.backfill_planned p
-             WHERE g.open AND p.username = n.username AND p.host_user_id <> n.host) p ON true
-         ORDER BY n.ord",
-    )
-    .bind(&hosts)
-    .bind(&usernames)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(LookupRow::into_known).collect())
 }
 
 impl LookupRow {
@@ -325,140 +340,122 @@ pub(super) mod on_sqlite {
     use serde_json::json;
     use sqlx::SqliteConnection;
 
-    use crate::domain::Profile;
-    use crate::domain::{FullName, HostUserId, Username};
-    use crate::embedded::EmbeddedUser;
-    use crate::embedded::UserStream;
+    use crate::domain::{FullName, HostUserId, Profile, Username};
+    use crate::embedded::{EmbeddedUser, UserStream};
+    use crate::storage::json_list;
 
     use super::super::decide::Known;
-    use super::{LoadError, LookupRow, ReadAhead};
+    use super::{LoadError, LookupRow, ReadAhead, WorkingTables};
 
-    /// `items` as a JSON array: one parameter for `json_each`.
-    pub(in crate::host::backfill) fn json_list<T: serde::Serialize>(
-        items: impl Iterator<Item = T>,
-    ) -> String {
-        serde_json::Value::Array(items.map(|i| json!(i)).collect()).to_string()
-    }
-
-    /// Creates (or empties) the working tables of this connection.
-    pub async fn prepare(conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        for statement in [
-            "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
-                 (username TEXT PRIMARY KEY, user_id TEXT NOT NULL, full_name TEXT)",
-            "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
-                 (username TEXT PRIMARY KEY, host_user_id TEXT NOT NULL)",
-            "DELETE FROM temp.backfill_embedded",
-            "DELETE FROM temp.backfill_planned",
-        ] {
-            sqlx::query(statement).execute(&mut *conn).await?;
+    impl WorkingTables for SqliteConnection {
+        async fn prepare(&mut self) -> sqlx::Result<()> {
+            for statement in [
+                "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
+                     (username TEXT PRIMARY KEY, user_id TEXT NOT NULL, full_name TEXT)",
+                "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
+                     (username TEXT PRIMARY KEY, host_user_id TEXT NOT NULL)",
+                "DELETE FROM temp.backfill_embedded",
+                "DELETE FROM temp.backfill_planned",
+            ] {
+                sqlx::query(statement).execute(&mut *self).await?;
+            }
+            Ok(())
         }
-        Ok(())
-    }
 
-    /// Drops the working tables (the connection would, at its end).
-    pub async fn discard(conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        for statement in [
-            "DROP TABLE IF EXISTS temp.backfill_embedded",
-            "DROP TABLE IF EXISTS temp.backfill_planned",
-        ] {
-            sqlx::query(statement).execute(&mut *conn).await?;
+        async fn discard(&mut self) -> sqlx::Result<()> {
+            for statement in [
+                "DROP TABLE IF EXISTS temp.backfill_embedded",
+                "DROP TABLE IF EXISTS temp.backfill_planned",
+            ] {
+                sqlx::query(statement).execute(&mut *self).await?;
+            }
+            Ok(())
         }
-        Ok(())
-    }
 
-    /// Fills the snapshot from a `GET /users` stream, replacing it.
-    pub async fn load(conn: &mut SqliteConnection, stream: UserStream) -> Result<u64, LoadError> {
-        sqlx::query("DELETE FROM temp.backfill_embedded")
-            .execute(&mut *conn)
+        async fn load(&mut self, stream: UserStream) -> Result<u64, LoadError> {
+            sqlx::query("DELETE FROM temp.backfill_embedded")
+                .execute(&mut *self)
+                .await?;
+            let mut chunks = ReadAhead::start(stream);
+            let mut total = 0u64;
+            while let Some(chunk) = chunks.next().await? {
+                total += insert(&mut *self, &chunk).await?;
+            }
+            Ok(total)
+        }
+
+        async fn find(
+            &mut self,
+            usernames: &[&str],
+        ) -> sqlx::Result<HashMap<Username, EmbeddedUser>> {
+            let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT username, user_id, full_name FROM temp.backfill_embedded
+                 WHERE username IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(json_list(usernames.iter()))
+            .fetch_all(&mut *self)
             .await?;
-        let mut chunks = ReadAhead::start(stream);
-        let mut total = 0u64;
-        while let Some(chunk) = chunks.next().await? {
-            total += insert(&mut *conn, &chunk).await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(username, id, name)| {
+                    let user = super::embedded(Some(id), Some(username), name)?;
+                    Some((user.username.clone(), user))
+                })
+                .collect())
         }
-        Ok(total)
-    }
 
-    /// Embedded users of the snapshot by username.
-    pub async fn find(
-        conn: &mut SqliteConnection,
-        usernames: &[&str],
-    ) -> sqlx::Result<HashMap<Username, EmbeddedUser>> {
-        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-            "SELECT username, user_id, full_name FROM temp.backfill_embedded
-             WHERE username IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(json_list(usernames.iter()))
-        .fetch_all(&mut *conn)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(username, id, name)| {
-                let user = super::embedded(Some(id), Some(username), name)?;
-                Some((user.username.clone(), user))
-            })
-            .collect())
-    }
-
-    /// Records usernames the dry run would create.
-    pub async fn plan_creates(
-        conn: &mut SqliteConnection,
-        planned: &[(&str, &str)],
-    ) -> sqlx::Result<()> {
-        if planned.is_empty() {
-            return Ok(());
+        async fn plan_creates(&mut self, planned: &[(&str, &str)]) -> sqlx::Result<()> {
+            if planned.is_empty() {
+                return Ok(());
+            }
+            sqlx::query(
+                "INSERT INTO temp.backfill_planned (username, host_user_id)
+                 SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
+                 ON CONFLICT (username) DO NOTHING",
+            )
+            .bind(json_list(planned.iter().map(|(u, h)| [u, h])))
+            .execute(&mut *self)
+            .await?;
+            Ok(())
         }
-        sqlx::query(
-            "INSERT INTO temp.backfill_planned (username, host_user_id)
-             SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
-             ON CONFLICT (username) DO NOTHING",
-        )
-        .bind(json_list(planned.iter().map(|(u, h)| [u, h])))
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
-    }
 
-    /// What is known of each host user of a page, in the order given.
-    pub async fn lookup(
-        conn: &mut SqliteConnection,
-        users: &[(HostUserId, Profile)],
-    ) -> sqlx::Result<Vec<Known>> {
-        let list = json_list(users.iter().map(|(h, p)| [h.as_str(), p.username.as_str()]));
-        let rows: Vec<LookupRow> = sqlx::query_as(
-            "SELECT u.state,
-                    (SELECT o.host_user_id FROM user_sync_users o
-                      WHERE o.username = n.username AND o.state IN ('creating', 'synced')
-                        AND o.host_user_id <> n.host LIMIT 1) AS holder,
-                    s.user_id AS s_user_id, s.username AS s_username,
-                    s.full_name AS s_full_name,
-                    (SELECT m.host_user_id FROM user_sync_users m
-                      WHERE m.embedded_user_id = s.user_id AND m.host_user_id <> n.host
-                      LIMIT 1) AS s_mapped_to,
-                    c.user_id AS c_user_id, c.username AS c_username,
-                    c.full_name AS c_full_name,
-                    (SELECT m.host_user_id FROM user_sync_users m
-                      WHERE m.embedded_user_id = c.user_id AND m.host_user_id <> n.host
-                      LIMIT 1) AS c_mapped_to,
-                    p.host_user_id AS planned_by,
-                    EXISTS (SELECT 1 FROM user_sync_events e
-                            WHERE e.host_user_id = n.host AND e.state = 'pending'
-                              AND trim(e.kind) = 'account_closure') AS closing
-             FROM (SELECT CAST(key AS INTEGER) AS ord, value ->> 0 AS host,
-                          value ->> 1 AS username
-                   FROM json_each(?1)) AS n
-             LEFT JOIN user_sync_users u ON u.host_user_id = n.host
-             LEFT JOIN temp.backfill_embedded s ON s.username = n.username
-             LEFT JOIN temp.backfill_embedded c
-                 ON u.state = 'creating' AND c.username = u.username
-             LEFT JOIN temp.backfill_planned p
-                 ON p.username = n.username AND p.host_user_id <> n.host
-             ORDER BY n.ord",
-        )
-        .bind(list)
-        .fetch_all(&mut *conn)
-        .await?;
-        Ok(rows.into_iter().map(LookupRow::into_known).collect())
+        async fn lookup(&mut self, users: &[(HostUserId, Profile)]) -> sqlx::Result<Vec<Known>> {
+            let list = json_list(users.iter().map(|(h, p)| [h.as_str(), p.username.as_str()]));
+            let rows: Vec<LookupRow> = sqlx::query_as(
+                "SELECT u.state,
+                        (SELECT o.host_user_id FROM user_sync_users o
+                          WHERE o.username = n.username AND o.state IN ('creating', 'synced')
+                            AND o.host_user_id <> n.host LIMIT 1) AS holder,
+                        s.user_id AS s_user_id, s.username AS s_username,
+                        s.full_name AS s_full_name,
+                        (SELECT m.host_user_id FROM user_sync_users m
+                          WHERE m.embedded_user_id = s.user_id AND m.host_user_id <> n.host
+                          LIMIT 1) AS s_mapped_to,
+                        c.user_id AS c_user_id, c.username AS c_username,
+                        c.full_name AS c_full_name,
+                        (SELECT m.host_user_id FROM user_sync_users m
+                          WHERE m.embedded_user_id = c.user_id AND m.host_user_id <> n.host
+                          LIMIT 1) AS c_mapped_to,
+                        p.host_user_id AS planned_by,
+                        EXISTS (SELECT 1 FROM user_sync_events e
+                                WHERE e.host_user_id = n.host AND e.state = 'pending'
+                                  AND trim(e.kind) = 'account_closure') AS closing
+                 FROM (SELECT CAST(key AS INTEGER) AS ord, value ->> 0 AS host,
+                              value ->> 1 AS username
+                       FROM json_each(?1)) AS n
+                 LEFT JOIN user_sync_users u ON u.host_user_id = n.host
+                 LEFT JOIN temp.backfill_embedded s ON s.username = n.username
+                 LEFT JOIN temp.backfill_embedded c
+                     ON u.state = 'creating' AND c.username = u.username
+                 LEFT JOIN temp.backfill_planned p
+                     ON p.username = n.username AND p.host_user_id <> n.host
+                 ORDER BY n.ord",
+            )
+            .bind(list)
+            .fetch_all(&mut *self)
+            .await?;
+            Ok(rows.into_iter().map(LookupRow::into_known).collect())
+        }
     }
 
     async fn insert(conn: &mut SqliteConnection, users: &[EmbeddedUser]) -> sqlx::Result<u64> {

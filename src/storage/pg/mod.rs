@@ -5,17 +5,21 @@
 //! and their statements go in batches ([`session`]).
 //!
 //! One file per table, as on SQLite: [`events`], [`users`], [`conflicts`],
-//! [`erasures`]; what operators read in [`reports`]; the migrations in
-//! [`migrate`].
+//! [`erasures`]; what operators read in [`reports`]; what the backfill
+//! writes in [`backfill`]; the migrations in [`migrate`].
 
-pub mod conflicts;
-pub mod erasures;
-pub mod events;
-pub mod migrate;
+mod backfill;
+mod conflicts;
+mod erasures;
+mod events;
+pub(super) mod migrate;
 mod nodelay;
-pub mod reports;
+mod reports;
 mod session;
-pub mod users;
+mod users;
+
+pub use events::{finish_many, newest_pending_many};
+pub use users::{claim_each_for_create, holders_of, mark_synced};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -24,7 +28,7 @@ use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::config::DatabaseSettings;
 use crate::domain::{ConflictRow, HostUserId, Status};
@@ -47,6 +51,15 @@ impl PgStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection of the backfill's own, out of the pool: its temporary
+    /// tables and the locks of the users it acts on live and die with it,
+    /// so it never goes back to the pool. Its
+    /// [`BackfillTables`](crate::storage::BackfillTables) are the worker's
+    /// tables under those locks.
+    pub async fn backfill_session(&self) -> sqlx::Result<PgConnection> {
+        Ok(self.pool.acquire().await?.detach())
     }
 }
 

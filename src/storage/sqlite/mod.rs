@@ -13,12 +13,15 @@
 //! - **Times are text** (`YYYY-MM-DDTHH:MM:SS.sssZ`, UTC), written by the
 //!   worker's clock, so that they compare in order.
 
-pub(crate) mod conflicts;
+mod backfill;
+mod conflicts;
 mod erasures;
-pub(crate) mod events;
+mod events;
 mod reports;
-pub(crate) mod session;
-pub(crate) mod users;
+mod session;
+mod users;
+
+pub use backfill::{SqliteBackfill, json_list};
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -68,9 +71,11 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// The process's per-user locks, for the backfill to share.
-    pub(crate) fn locks(&self) -> UserLocks {
-        self.locks.clone()
+    /// What the backfill writes, through the pool, under per-user locks it
+    /// takes from this store's: a job of this process and the backfill
+    /// never act on one user at once.
+    pub fn backfill_tables(&self) -> SqliteBackfill {
+        SqliteBackfill::new(self.pool.clone(), self.locks.clone())
     }
 }
 
