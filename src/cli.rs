@@ -10,9 +10,7 @@ use user_sync_sandbox::SandboxArgs;
 use crate::app::Worker;
 use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::demo::{self, DemoArgs};
-use crate::host::backfill::{self, BackfillOptions, Mode, OutputFormat};
-use crate::host::table::HostTable;
-use crate::host::triggers;
+use crate::host::{self, BackfillOptions, Mode, OutputFormat};
 use crate::ops::{self, ConflictFormat};
 use crate::storage::Database;
 use crate::telemetry;
@@ -248,7 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 stop.cancel();
             });
             let mut stdout = std::io::stdout();
-            let summary = backfill::run(&settings, &options, &mut stdout, cancel).await?;
+            let summary = host::run_backfill(&settings, &options, &mut stdout, cancel).await?;
             Ok(if summary.failed_anything() {
                 ExitCode::FAILURE
             } else {
@@ -258,40 +256,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::InstallTriggers { drop } => {
             let settings = load_settings()?;
             let target = settings.source.target()?;
-            match Database::connect(&settings.database, 1).await? {
-                Database::Postgres(pool) => {
-                    let mut conn = pool.acquire().await?;
-                    let source = HostTable::check(&mut conn, target).await?;
-                    let table = source.checked_table()?;
-                    if drop {
-                        let done = triggers::drop(&mut conn, table).await?;
-                        println!(
-                            "triggers removed from {} ({}() dropped)",
-                            done.table, done.function
-                        );
-                    } else {
-                        let done = triggers::install(&mut conn, table).await?;
-                        println!(
-                            "triggers installed on {}: {} calls {}()",
-                            done.table,
-                            triggers::TRIGGER,
-                            done.function
-                        );
-                    }
-                }
-                Database::Sqlite(pool) => {
-                    let mut conn = pool.acquire().await?;
-                    let source = HostTable::check_sqlite(&mut conn, target).await?;
-                    let table = source.checked_table()?;
-                    if drop {
-                        let done = triggers::sqlite::drop(&mut conn, table).await?;
-                        println!("triggers removed from {} ({})", done.table, done.function);
-                    } else {
-                        let done = triggers::sqlite::install(&mut conn, table).await?;
-                        println!("triggers installed on {}: {}", done.table, done.function);
-                    }
-                }
-            }
+            let database = Database::connect(&settings.database, 1).await?;
+            println!("{}", host::install_triggers(&database, target, drop).await?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Conflicts { format } => {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, Env};
 use tokio_util::sync::CancellationToken;
-use user_sync::host::backfill::{self, BackfillOptions, Mode, OutputFormat, Summary};
+use user_sync::host::{self, BackfillOptions, Mode, OutputFormat, Summary};
 use user_sync_sandbox::{FaultUpdate, SandboxOptions};
 
 /// Host accounts `1..=n` in `public.accounts`:
@@ -117,7 +117,7 @@ async fn backfill_with(
     vars.extend_from_slice(extra);
     let settings = env.settings_with(&vars);
     let mut out = Vec::new();
-    let summary = backfill::run(&settings, &options, &mut out, CancellationToken::new())
+    let summary = host::run_backfill(&settings, &options, &mut out, CancellationToken::new())
         .await
         .expect("backfill runs");
     (summary, String::from_utf8_lossy(&out).into_owned())
@@ -584,7 +584,7 @@ async fn a_bad_source_fails_at_start_naming_the_key(backend: Backend) {
         let mut vars = source_vars(&env);
         vars.extend_from_slice(extra);
         let settings = env.settings_with(&vars);
-        let error = backfill::run(
+        let error = host::run_backfill(
             &settings,
             &options(Mode::Batch),
             &mut Vec::new(),
@@ -639,39 +639,10 @@ async fn events(env: &Env) -> Vec<(String, String, Option<String>, Option<String
 async fn triggers_twice(env: &Env, drop: bool) {
     let settings = env.settings_with(&source_vars(env));
     let target = settings.source.target().expect("a source");
-    use user_sync::host::table::HostTable;
-    use user_sync::host::triggers;
     for _ in 0..2 {
-        match &env.db_pool {
-            common::DbPool::Postgres(pool) => {
-                let mut conn = pool.acquire().await.expect("conn");
-                let source = HostTable::check(&mut conn, target)
-                    .await
-                    .expect("source checks");
-                let table = source.checked_table().expect("a table");
-                if drop {
-                    triggers::drop(&mut conn, table).await.expect("drop");
-                } else {
-                    triggers::install(&mut conn, table).await.expect("install");
-                }
-            }
-            common::DbPool::Sqlite(pool) => {
-                let mut conn = pool.acquire().await.expect("conn");
-                let source = HostTable::check_sqlite(&mut conn, target)
-                    .await
-                    .expect("source checks");
-                let table = source.checked_table().expect("a table");
-                if drop {
-                    triggers::sqlite::drop(&mut conn, table)
-                        .await
-                        .expect("drop");
-                } else {
-                    triggers::sqlite::install(&mut conn, table)
-                        .await
-                        .expect("install");
-                }
-            }
-        }
+        host::install_triggers(&env.db_pool, target, drop)
+            .await
+            .expect("the source checks, and the triggers install or drop");
     }
 }
 

@@ -20,7 +20,7 @@ use user_sync_sandbox::{Sandbox, SandboxOptions};
 
 use crate::app::Worker;
 use crate::config::Settings;
-use crate::host::backfill::{self, BackfillOptions};
+use crate::host::{self, BackfillOptions};
 use crate::storage::{Database, Reports, SqliteStore};
 
 pub use summary::Report;
@@ -130,7 +130,8 @@ async fn demo(
         progress: true,
         ..BackfillOptions::default()
     };
-    let backfilled = backfill::run(&settings, &options, &mut Vec::new(), cancel.clone()).await?;
+    let backfilled =
+        host::run_backfill(&settings, &options, &mut Vec::new(), cancel.clone()).await?;
     anyhow::ensure!(!cancel.is_cancelled(), "the demo was interrupted");
     let backfill_seconds = backfill_started.elapsed().as_secs_f64();
     println!(

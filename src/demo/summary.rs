@@ -9,7 +9,7 @@ use sqlx::SqlitePool;
 use user_sync_sandbox::Sandbox;
 
 use crate::domain::ConflictRow;
-use crate::host::backfill::Summary;
+use crate::host::Summary;
 use crate::storage::{Reports, SqliteStore};
 
 use super::seed::{Burst, Seeded};

@@ -248,7 +248,7 @@ pub trait BackfillTables: Send {
     /// Records the intent to create for many locked host users whose
     /// usernames were checked free. A username claimed meanwhile fails it
     /// whole (a unique violation) and nothing is claimed; the caller then
-    /// claims one by one with [`Self::claim_for_create`].
+    /// claims one by one with [`Self::claim_one_for_create`].
     fn claim_many_for_create<'a>(
         &'a mut self,
         intents: &'a [ClaimIntent<'a>],

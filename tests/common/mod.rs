@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use user_sync::config::Settings;
 use user_sync::storage::Database;
@@ -149,17 +149,11 @@ impl TestDb {
     }
 }
 
-/// A test's own connections to its database.
-pub enum DbPool {
-    Postgres(PgPool),
-    Sqlite(SqlitePool),
-}
-
 /// Everything one pipeline test runs against.
 pub struct Env {
     pub backend: Backend,
     pub db: TestDb,
-    pub db_pool: DbPool,
+    pub db_pool: Database,
     /// The Redis of a PostgreSQL test's queue.
     pub redis_url: String,
     pub namespace: String,
@@ -195,7 +189,7 @@ impl Env {
                     .migrate()
                     .await
                     .expect("migrations run");
-                (db, DbPool::Postgres(pool))
+                (db, Database::Postgres(pool))
             }
             Backend::Sqlite => {
                 let db = TestDb::create_sqlite();
@@ -213,7 +207,7 @@ impl Env {
                     .migrate()
                     .await
                     .expect("migrations run");
-                (db, DbPool::Sqlite(pool))
+                (db, Database::Sqlite(pool))
             }
         };
         let sandbox = Sandbox::start(
@@ -279,8 +273,8 @@ impl Env {
     /// The PostgreSQL pool of a test that runs on PostgreSQL only.
     pub fn pg(&self) -> &PgPool {
         match &self.db_pool {
-            DbPool::Postgres(pool) => pool,
-            DbPool::Sqlite(_) => panic!("a PostgreSQL-only test runs on SQLite"),
+            Database::Postgres(pool) => pool,
+            Database::Sqlite(_) => panic!("a PostgreSQL-only test runs on SQLite"),
         }
     }
 
@@ -297,8 +291,8 @@ impl Env {
     pub async fn scalar(&self, sql: &str) -> i64 {
         let sql = sqlx::AssertSqlSafe(self.sql(sql));
         match &self.db_pool {
-            DbPool::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            DbPool::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
         }
         .expect("a scalar query")
     }
@@ -313,8 +307,8 @@ impl Env {
     {
         let sql = sqlx::AssertSqlSafe(self.sql(sql));
         match &self.db_pool {
-            DbPool::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-            DbPool::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            Database::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            Database::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
         }
         .expect("a query")
     }
@@ -329,12 +323,12 @@ impl Env {
         let binds = sql.contains("$1");
         let sql = sqlx::AssertSqlSafe(self.sql(sql));
         match &self.db_pool {
-            DbPool::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 let query = sqlx::query(sql);
                 let query = if binds { query.bind(n) } else { query };
                 query.execute(pool).await.map(|_| ())
             }
-            DbPool::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 let query = sqlx::query(sql);
                 let query = if binds { query.bind(n) } else { query };
                 query.execute(pool).await.map(|_| ())
@@ -356,7 +350,7 @@ impl Env {
              VALUES ($1, $2, $3, $4) RETURNING id",
         ));
         match &self.db_pool {
-            DbPool::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 sqlx::query_scalar(sql)
                     .bind(host_user_id)
                     .bind(kind)
@@ -365,7 +359,7 @@ impl Env {
                     .fetch_one(pool)
                     .await
             }
-            DbPool::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 sqlx::query_scalar(sql)
                     .bind(host_user_id)
                     .bind(kind)
@@ -392,8 +386,8 @@ impl Env {
             self.sql("SELECT state, reason FROM user_sync.events WHERE id = $1"),
         );
         match &self.db_pool {
-            DbPool::Postgres(pool) => sqlx::query_as(sql).bind(id).fetch_one(pool).await,
-            DbPool::Sqlite(pool) => sqlx::query_as(sql).bind(id).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_as(sql).bind(id).fetch_one(pool).await,
+            Database::Sqlite(pool) => sqlx::query_as(sql).bind(id).fetch_one(pool).await,
         }
         .expect("read an event")
     }
@@ -420,13 +414,13 @@ impl Env {
             "SELECT embedded_user_id FROM user_sync.users WHERE host_user_id = $1 AND state = 'synced'",
         ));
         match &self.db_pool {
-            DbPool::Postgres(pool) => {
+            Database::Postgres(pool) => {
                 sqlx::query_scalar(sql)
                     .bind(host)
                     .fetch_optional(pool)
                     .await
             }
-            DbPool::Sqlite(pool) => {
+            Database::Sqlite(pool) => {
                 sqlx::query_scalar(sql)
                     .bind(host)
                     .fetch_optional(pool)
@@ -445,8 +439,8 @@ impl Env {
              FROM user_sync.conflicts WHERE status = 'open' ORDER BY id",
         ));
         match &self.db_pool {
-            DbPool::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-            DbPool::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            Database::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            Database::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
         }
         .expect("read conflicts")
     }
@@ -455,8 +449,8 @@ impl Env {
     /// the jobs (payloads and results) of the SQLite queue.
     pub async fn queue_dump(&self) -> String {
         match &self.db_pool {
-            DbPool::Postgres(_) => self.redis_dump().await,
-            DbPool::Sqlite(pool) => {
+            Database::Postgres(_) => self.redis_dump().await,
+            Database::Sqlite(pool) => {
                 let rows: Vec<(Option<String>, Option<String>)> =
                     sqlx::query_as("SELECT CAST(job AS TEXT), last_result FROM Jobs ORDER BY id")
                         .fetch_all(pool)
@@ -474,8 +468,8 @@ impl Env {
     pub async fn finish(self) {
         self.flush_namespace().await;
         match &self.db_pool {
-            DbPool::Postgres(pool) => pool.close().await,
-            DbPool::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
+            Database::Sqlite(pool) => pool.close().await,
         }
         self.sandbox.shutdown().await;
         self.db.drop_db().await;

@@ -39,9 +39,9 @@
 mod api;
 mod batch;
 mod db;
-pub mod decide;
+mod decide;
 mod page;
-pub mod report;
+mod report;
 mod single;
 mod snapshot;
 

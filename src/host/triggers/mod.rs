@@ -15,26 +15,70 @@
 //!   the new one.
 //!
 //! Installing again replaces both (idempotent); `--drop` removes them. On
-//! SQLite, three triggers do the same ([`sqlite`]).
+//! SQLite, three triggers do the same (`sqlite`).
 
-pub mod sqlite;
+mod sqlite;
 
 use sqlx::{Connection, PgConnection};
 
-use super::table::CheckedTable;
+use super::table::{CheckedTable, HostTable};
+use crate::config::SourceTarget;
+use crate::storage::Database;
 
 /// The trigger's name on the host table.
-pub const TRIGGER: &str = "user_sync_events";
+const TRIGGER: &str = "user_sync_events";
+
+/// `install-triggers`: checks that `[source]` (`target`) is a table of
+/// `database`, then installs the triggers on it (or, with `remove`, removes
+/// them). Returns what was done, in a line for the operator.
+pub async fn install_triggers(
+    database: &Database,
+    target: &SourceTarget,
+    remove: bool,
+) -> anyhow::Result<String> {
+    match database {
+        Database::Postgres(pool) => {
+            let mut conn = pool.acquire().await?;
+            let source = HostTable::check(&mut conn, target).await?;
+            let table = source.checked_table()?;
+            Ok(if remove {
+                let done = drop(&mut conn, table).await?;
+                format!(
+                    "triggers removed from {} ({}() dropped)",
+                    done.table, done.function
+                )
+            } else {
+                let done = install(&mut conn, table).await?;
+                format!(
+                    "triggers installed on {}: {TRIGGER} calls {}()",
+                    done.table, done.function
+                )
+            })
+        }
+        Database::Sqlite(pool) => {
+            let mut conn = pool.acquire().await?;
+            let source = HostTable::check_sqlite(&mut conn, target).await?;
+            let table = source.checked_table()?;
+            Ok(if remove {
+                let done = sqlite::drop(&mut conn, table).await?;
+                format!("triggers removed from {} ({})", done.table, done.function)
+            } else {
+                let done = sqlite::install(&mut conn, table).await?;
+                format!("triggers installed on {}: {}", done.table, done.function)
+            })
+        }
+    }
+}
 
 /// What `install-triggers` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installed {
-    pub table: String,
-    pub function: String,
+struct Installed {
+    table: String,
+    function: String,
 }
 
 /// Creates (or replaces) the trigger and its function on `table`.
-pub async fn install(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Result<Installed> {
+async fn install(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Result<Installed> {
     let outbox: Option<String> = sqlx::query_scalar("SELECT to_regclass('user_sync.events')::text")
         .fetch_one(&mut *conn)
         .await?;
@@ -71,7 +115,7 @@ pub async fn install(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::R
 }
 
 /// Removes the trigger and its function; nothing to remove is fine.
-pub async fn drop(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Result<Installed> {
+async fn drop(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Result<Installed> {
     let function = function_name(table);
     let mut tx = conn.begin().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(

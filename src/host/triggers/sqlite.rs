@@ -20,7 +20,7 @@ fn trigger_names(table: &CheckedTable) -> [String; 3] {
 }
 
 /// Creates (or replaces) the triggers on `table`.
-pub async fn install(
+pub(super) async fn install(
     conn: &mut SqliteConnection,
     table: &CheckedTable,
 ) -> anyhow::Result<Installed> {
@@ -111,7 +111,10 @@ pub async fn install(
 }
 
 /// Removes the triggers; nothing to remove is fine.
-pub async fn drop(conn: &mut SqliteConnection, table: &CheckedTable) -> anyhow::Result<Installed> {
+pub(super) async fn drop(
+    conn: &mut SqliteConnection,
+    table: &CheckedTable,
+) -> anyhow::Result<Installed> {
     let names = trigger_names(table);
     let mut tx = conn.begin().await?;
     for name in &names {
