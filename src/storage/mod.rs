@@ -22,7 +22,7 @@
 mod conflicts;
 mod events;
 #[cfg(test)]
-pub(crate) mod memory;
+mod memory;
 mod pg;
 mod sqlite;
 mod users;
@@ -44,6 +44,8 @@ use crate::domain::{
 
 pub use conflicts::NewConflict;
 pub use events::{Claimed, HolderProbe, NextEvent, OutboxEvent};
+#[cfg(test)]
+pub(crate) use memory::{EventRow, MemoryStore, UserRow};
 // A job's batched statements on PostgreSQL, each for many users at once:
 // public for the tests that read how they reach their rows.
 pub use pg::{
@@ -346,7 +348,7 @@ impl Database {
     /// Applies the migrations not applied yet; returns how many ran.
     pub async fn migrate(&self) -> anyhow::Result<usize> {
         match self {
-            Self::Postgres(pool) => pg::migrate::run(pool).await,
+            Self::Postgres(pool) => pg::migrate(pool).await,
             Self::Sqlite(pool) => sqlite::migrate(pool).await,
         }
     }
@@ -354,7 +356,7 @@ impl Database {
     /// Fails, saying what to run, when a migration is missing.
     pub async fn check_current(&self) -> anyhow::Result<()> {
         match self {
-            Self::Postgres(pool) => pg::migrate::check_current(pool).await,
+            Self::Postgres(pool) => pg::check_current(pool).await,
             Self::Sqlite(pool) => sqlite::check_current(pool).await,
         }
     }

@@ -16,8 +16,7 @@ use crate::domain::{ConflictReason, ErasureOutcome, HostUserId, UserState};
 use crate::embedded::EmbeddedClient;
 use crate::queue::{JobEvent, SyncJob};
 use crate::ratelimit::ApiGate;
-use crate::storage::SyncStore;
-use crate::storage::memory::{EventRow, MemoryStore, UserRow};
+use crate::storage::{EventRow, MemoryStore, SyncStore, UserRow};
 use crate::sync::job::{SyncContext, run};
 
 const KEY: &str = "job-test-key";

@@ -12,13 +12,14 @@ mod backfill;
 mod conflicts;
 mod erasures;
 mod events;
-pub(super) mod migrate;
+mod migrate;
 mod nodelay;
 mod reports;
 mod session;
 mod users;
 
 pub use events::{finish_many, newest_pending_many};
+pub(super) use migrate::{check_current, run as migrate};
 pub use users::{claim_each_for_create, holders_of, mark_synced};
 
 use std::str::FromStr;
