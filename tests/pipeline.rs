@@ -1170,7 +1170,7 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
     use user_sync::domain::EventState;
     use user_sync::domain::Profile;
     use user_sync::domain::{EmbeddedUserId, HostUserId, Username};
-    use user_sync::storage::{Claim, SyncStore, UserSession};
+    use user_sync::storage::{Claim, Ending, SyncStore, UserSession};
 
     let env = Env::start(SandboxOptions::default()).await;
     env.signup("a", "a@example.com", None).await;
@@ -1226,9 +1226,13 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
     a.mark_synced(&user, &profile, a_event, Some(a_event))
         .await
         .expect("a synced");
-    b.finish(b_event, EventState::Invalid, Some("a test's reason"))
-        .await
-        .expect("b ended");
+    b.finish(Ending {
+        id: b_event,
+        state: EventState::Invalid,
+        reason: Some("a test's reason"),
+    })
+    .await
+    .expect("b ended");
     a.release().await.expect("release a");
     b.release().await.expect("release b");
 

@@ -24,7 +24,7 @@ use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{HolderProbe, NextEvent, OutboxEvent};
 use crate::storage::sqlite::{UserLockGuard, UserLocks};
 use crate::storage::users::{Claim, synced_from};
-use crate::storage::{Sessions, SyncStore, UserSession};
+use crate::storage::{Ending, Erasure, Holding, Sessions, Snooze, SyncStore, UserSession};
 
 const PENDING: &str = "pending";
 
@@ -240,14 +240,13 @@ impl State {
             })
     }
 
-    /// `host`'s row says it has Embedded user `id` with `profile`.
-    fn set_synced(
-        &mut self,
-        host: &str,
-        id: &EmbeddedUserId,
-        profile: &Profile,
-        event_id: i64,
-    ) -> sqlx::Result<()> {
+    /// `host`'s row says it has the Embedded user and profile it holds.
+    fn set_synced(&mut self, host: &str, holding: Holding<'_>) -> sqlx::Result<()> {
+        let Holding {
+            id,
+            profile,
+            event_id,
+        } = holding;
         let username = profile.username.as_str();
         if self.holder_of(username, host).is_some() {
             return Err(unique_violation("user_sync_users_username_claim"));
@@ -366,14 +365,9 @@ impl UserSession for MemorySession {
         })
     }
 
-    fn finish<'a>(
-        &'a mut self,
-        id: i64,
-        state: EventState,
-        reason: Option<&'a str>,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+    fn finish<'a>(&'a mut self, e: Ending<'a>) -> impl Future<Output = sqlx::Result<()>> + Send {
         self.with(move |tables, _| {
-            tables.finish(id, state, reason);
+            tables.finish(e.id, e.state, e.reason);
             Ok(())
         })
     }
@@ -393,15 +387,9 @@ impl UserSession for MemorySession {
         })
     }
 
-    fn snooze<'a>(
-        &'a mut self,
-        id: i64,
-        delay: Duration,
-        failed: bool,
-        reason: Option<&'a str>,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+    fn snooze<'a>(&'a mut self, s: Snooze<'a>) -> impl Future<Output = sqlx::Result<()>> + Send {
         self.with(move |state, _| {
-            state.snooze(id, delay, failed, reason);
+            state.snooze(s.id, s.delay, s.failed, s.reason);
             Ok(())
         })
     }
@@ -447,35 +435,31 @@ impl UserSession for MemorySession {
         })
     }
 
-    fn record_found<'a>(
+    fn record_holding<'a>(
         &'a mut self,
-        id: &'a EmbeddedUserId,
-        profile: &'a Profile,
-        event_id: i64,
+        found: Holding<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
         self.with(move |state, host| {
             // An update of the row: none, nothing written.
             match state.users.contains_key(host) {
-                true => state.set_synced(host, id, profile, event_id),
+                true => state.set_synced(host, found),
                 false => Ok(()),
             }
         })
     }
 
-    fn mark_synced<'a>(
+    fn record_synced<'a>(
         &'a mut self,
-        id: &'a EmbeddedUserId,
-        profile: &'a Profile,
-        event_id: i64,
+        synced: Holding<'a>,
         applied: Option<i64>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
         self.with(move |state, host| {
-            state.set_synced(host, id, profile, event_id)?;
+            state.set_synced(host, synced)?;
             if let Some(applied) = applied {
                 state.finish(applied, EventState::Applied, None);
             }
             let now = Utc::now();
-            let username = profile.username.as_str();
+            let username = synced.profile.username.as_str();
             for c in &mut state.conflicts {
                 if c.host_user_id == host && c.status == "open" && c.username != username {
                     c.status = "resolved";
@@ -546,18 +530,16 @@ impl UserSession for MemorySession {
         })
     }
 
-    fn erase<'a>(
+    fn record_erasure<'a>(
         &'a mut self,
-        embedded_user_id: Option<&'a EmbeddedUserId>,
-        closure_event_id: i64,
-        outcome: ErasureOutcome,
+        erasure: Erasure<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
         self.with(move |state, host| {
             let row = state.user_row(host, UserState::Erased);
             (row.embedded_user_id, row.username, row.full_name) = (None, None, None);
             row.state = UserState::Erased;
-            row.last_event_id = Some(closure_event_id);
-            for (_, row) in state.events.range_mut(..=closure_event_id) {
+            row.last_event_id = Some(erasure.closure_event_id);
+            for (_, row) in state.events.range_mut(..=erasure.closure_event_id) {
                 if row.event.host_user_id.as_deref() == Some(host) {
                     (row.event.email, row.event.full_name) = (None, None);
                 }
@@ -565,23 +547,23 @@ impl UserSession for MemorySession {
             state.conflicts.retain(|c| c.host_user_id != host);
             let requested_at = state
                 .events
-                .get(&closure_event_id)
+                .get(&erasure.closure_event_id)
                 .map(|e| e.event.occurred_at);
             let recorded = state
                 .erasures
                 .iter()
-                .any(|e| e.event_id == closure_event_id);
+                .any(|e| e.event_id == erasure.closure_event_id);
             if let (Some(requested_at), false) = (requested_at, recorded) {
                 state.erasures.push(ErasureRow {
                     host_user_id: host.to_owned(),
-                    embedded_user_id: embedded_user_id.map(|u| u.as_str().to_owned()),
-                    event_id: closure_event_id,
-                    outcome,
+                    embedded_user_id: erasure.embedded_user_id.map(|u| u.as_str().to_owned()),
+                    event_id: erasure.closure_event_id,
+                    outcome: erasure.outcome,
                     requested_at,
                     completed_at: Utc::now(),
                 });
             }
-            state.finish(closure_event_id, EventState::Applied, None);
+            state.finish(erasure.closure_event_id, EventState::Applied, None);
             Ok(())
         })
     }

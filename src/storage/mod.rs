@@ -123,11 +123,54 @@ pub trait SyncStore: Send + Sync + 'static {
     fn snooze(&self, id: i64, delay: Duration) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
+/// How one event ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Ending<'a> {
+    pub id: i64,
+    pub state: EventState,
+    /// Why, when it did not apply.
+    pub reason: Option<&'a str>,
+}
+
+/// One event put back in the outbox, to be dispatched again after `delay`.
+#[derive(Debug, Clone, Copy)]
+pub struct Snooze<'a> {
+    pub id: i64,
+    pub delay: Duration,
+    /// Whether it used up an attempt.
+    pub failed: bool,
+    /// Noted on the event, when given.
+    pub reason: Option<&'a str>,
+}
+
+/// What Embedded holds for a session's user, as known while acting on
+/// `event_id`.
+#[derive(Debug, Clone, Copy)]
+pub struct Holding<'a> {
+    pub id: &'a EmbeddedUserId,
+    pub profile: &'a Profile,
+    /// The event acted on, kept as the user's last event.
+    pub event_id: i64,
+}
+
+/// A closure carried out: the Embedded user it concerned, if any, and how
+/// it ended there.
+#[derive(Debug, Clone, Copy)]
+pub struct Erasure<'a> {
+    pub embedded_user_id: Option<&'a EmbeddedUserId>,
+    pub closure_event_id: i64,
+    pub outcome: ErasureOutcome,
+}
+
 /// One host user's rows, under that user's lock. Every write commits on
 /// its own: an intent recorded here is durable before the API call it
 /// announces. A session dropped without [`UserSession::release`] still
 /// frees its user: at once on SQLite, when the job's last session is gone on
 /// PostgreSQL (whose sessions of one job share a connection).
+///
+/// What a write takes travels in one value ([`Ending`], [`Snooze`],
+/// [`Holding`], [`Erasure`]); [`Self::record_found`], [`Self::mark_synced`]
+/// and [`Self::erase`] take its parts, as the job has them, and pass it on.
 pub trait UserSession: Send {
     /// The newest pending event of the user, with what the job must know
     /// around it, in one round trip.
@@ -135,21 +178,15 @@ pub trait UserSession: Send {
     /// Ends one event.
     fn finish<'a>(
         &'a mut self,
-        id: i64,
-        state: EventState,
-        reason: Option<&'a str>,
+        ending: Ending<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Ends every pending event of the user older than `newest`; returns
     /// how many.
     fn supersede_older(&mut self, newest: i64) -> impl Future<Output = sqlx::Result<u64>> + Send;
-    /// Puts an event back to be dispatched after `delay`; `failed` counts
-    /// an attempt.
+    /// Puts an event back to be dispatched later.
     fn snooze<'a>(
         &'a mut self,
-        id: i64,
-        delay: Duration,
-        failed: bool,
-        reason: Option<&'a str>,
+        snooze: Snooze<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Records the intent to create `profile`, durably, before the create
     /// is sent; a username another host user holds is refused.
@@ -175,6 +212,17 @@ pub trait UserSession: Send {
         id: &'a EmbeddedUserId,
         profile: &'a Profile,
         event_id: i64,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        self.record_holding(Holding {
+            id,
+            profile,
+            event_id,
+        })
+    }
+    /// [`Self::record_found`], its parts in one.
+    fn record_holding<'a>(
+        &'a mut self,
+        found: Holding<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Records the user's Embedded user and profile and resolves its open
     /// conflicts; with `applied`, that event ends `applied` too.
@@ -183,6 +231,19 @@ pub trait UserSession: Send {
         id: &'a EmbeddedUserId,
         profile: &'a Profile,
         event_id: i64,
+        applied: Option<i64>,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        let synced = Holding {
+            id,
+            profile,
+            event_id,
+        };
+        self.record_synced(synced, applied)
+    }
+    /// [`Self::mark_synced`], the user's parts in one.
+    fn record_synced<'a>(
+        &'a mut self,
+        synced: Holding<'a>,
         applied: Option<i64>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Another host user already mapped to the Embedded user `id`, if any.
@@ -215,6 +276,17 @@ pub trait UserSession: Send {
         embedded_user_id: Option<&'a EmbeddedUserId>,
         closure_event_id: i64,
         outcome: ErasureOutcome,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        self.record_erasure(Erasure {
+            embedded_user_id,
+            closure_event_id,
+            outcome,
+        })
+    }
+    /// [`Self::erase`], its parts in one.
+    fn record_erasure<'a>(
+        &'a mut self,
+        erasure: Erasure<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Releases the lock.
     fn release(self) -> impl Future<Output = sqlx::Result<()>> + Send;

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::domain::{ConflictReason, EventKind, EventState, HostUserId};
-use crate::storage::{OutboxEvent, UserSession};
+use crate::storage::{Ending, OutboxEvent, Snooze, UserSession};
 
 /// How a step of a job ended for its event. Each has one row state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,27 +46,30 @@ pub async fn record(
     match outcome {
         Outcome::Applied { ended } => {
             if !ended {
-                session.finish(event.id, EventState::Applied, None).await?;
+                session
+                    .finish(ending(event, EventState::Applied, None))
+                    .await?;
             }
             count(kind, EventState::Applied);
         }
         Outcome::Superseded { by } => supersede_older(session, *by).await?,
         Outcome::Conflict(reason) => {
+            let reason = Some(reason.as_str());
             session
-                .finish(event.id, EventState::Conflict, Some(reason.as_str()))
+                .finish(ending(event, EventState::Conflict, reason))
                 .await?;
             count(kind, EventState::Conflict);
         }
         Outcome::Failed(reason) => {
             session
-                .finish(event.id, EventState::Failed, Some(reason))
+                .finish(ending(event, EventState::Failed, Some(reason)))
                 .await?;
             count(kind, EventState::Failed);
             tracing::warn!(event_id = event.id, host_user_id = %host, reason, "event failed");
         }
         Outcome::Invalid(reason) => {
             session
-                .finish(event.id, EventState::Invalid, Some(reason))
+                .finish(ending(event, EventState::Invalid, Some(reason)))
                 .await?;
             count(kind, EventState::Invalid);
             tracing::warn!(event_id = event.id, host_user_id = %host, %reason, "invalid event");
@@ -76,9 +79,13 @@ pub async fn record(
             counts_attempt,
             reason,
         } => {
-            session
-                .snooze(event.id, *after, *counts_attempt, Some(reason))
-                .await?;
+            let snooze = Snooze {
+                id: event.id,
+                delay: *after,
+                failed: *counts_attempt,
+                reason: Some(reason),
+            };
+            session.snooze(snooze).await?;
             metrics::counter!("user_sync_events_snoozed_total").increment(1);
             tracing::debug!(event_id = event.id, delay_ms = after.as_millis() as u64, %reason, "event snoozed");
         }
@@ -95,6 +102,15 @@ pub async fn supersede_older(session: &mut impl UserSession, by: i64) -> sqlx::R
             .increment(count);
     }
     Ok(())
+}
+
+/// `event` ends in `state`, for `reason` when it did not apply.
+fn ending<'a>(event: &OutboxEvent, state: EventState, reason: Option<&'a str>) -> Ending<'a> {
+    Ending {
+        id: event.id,
+        state,
+        reason,
+    }
 }
 
 /// Counts an event that could not even name its host user.

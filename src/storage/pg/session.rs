@@ -36,13 +36,12 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{
-    ConflictReason, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile, UserState,
-    Username,
+    ConflictReason, EmbeddedUserId, EventState, HostUserId, Profile, UserState, Username,
 };
 use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{HolderProbe, NextEvent};
 use crate::storage::users::{Claim, NewClaim, SyncedUser};
-use crate::storage::{Sessions, UserSession};
+use crate::storage::{Ending, Erasure, Holding, Sessions, Snooze, UserSession};
 
 use super::{events, users};
 
@@ -341,14 +340,9 @@ impl UserSession for BatchSession {
         Ok(next)
     }
 
-    fn finish<'a>(
-        &'a mut self,
-        id: i64,
-        state: EventState,
-        reason: Option<&'a str>,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        let reason = reason.map(str::to_owned);
-        self.ask(move |answer| Request::Finish(id, state, reason, answer))
+    fn finish<'a>(&'a mut self, e: Ending<'a>) -> impl Future<Output = sqlx::Result<()>> + Send {
+        let reason = e.reason.map(str::to_owned);
+        self.ask(move |answer| Request::Finish(e.id, e.state, reason, answer))
     }
 
     fn supersede_older(&mut self, newest: i64) -> impl Future<Output = sqlx::Result<u64>> + Send {
@@ -358,14 +352,13 @@ impl UserSession for BatchSession {
         })
     }
 
-    fn snooze<'a>(
-        &'a mut self,
-        id: i64,
-        delay: Duration,
-        failed: bool,
-        reason: Option<&'a str>,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        let reason = reason.map(str::to_owned);
+    fn snooze<'a>(&'a mut self, s: Snooze<'a>) -> impl Future<Output = sqlx::Result<()>> + Send {
+        let (
+            Snooze {
+                id, delay, failed, ..
+            },
+            reason,
+        ) = (s, s.reason.map(str::to_owned));
         self.alone(move |conn| {
             Box::pin(
                 async move { events::snooze(conn, id, delay, failed, reason.as_deref()).await },
@@ -412,30 +405,27 @@ impl UserSession for BatchSession {
         })
     }
 
-    fn record_found<'a>(
+    fn record_holding<'a>(
         &'a mut self,
-        id: &'a EmbeddedUserId,
-        profile: &'a Profile,
-        event_id: i64,
+        found: Holding<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        let (host, id, profile) = (self.host.clone(), id.clone(), profile.clone());
+        let (host, id, profile) = (self.host.clone(), found.id.clone(), found.profile.clone());
+        let event_id = found.event_id;
         self.alone(move |conn| {
             Box::pin(async move { users::record_found(conn, &host, &id, &profile, event_id).await })
         })
     }
 
-    fn mark_synced<'a>(
+    fn record_synced<'a>(
         &'a mut self,
-        id: &'a EmbeddedUserId,
-        profile: &'a Profile,
-        event_id: i64,
+        synced: Holding<'a>,
         applied: Option<i64>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
         let user = SyncedUser {
             host: self.host.clone(),
-            id: id.clone(),
-            profile: profile.clone(),
-            event_id,
+            id: synced.id.clone(),
+            profile: synced.profile.clone(),
+            event_id: synced.event_id,
             applied,
         };
         self.ask(move |answer| Request::Synced(user, answer))
@@ -478,23 +468,16 @@ impl UserSession for BatchSession {
         })
     }
 
-    fn erase<'a>(
+    fn record_erasure<'a>(
         &'a mut self,
-        embedded_user_id: Option<&'a EmbeddedUserId>,
-        closure_event_id: i64,
-        outcome: ErasureOutcome,
+        erasure: Erasure<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        let (host, user) = (self.host.clone(), embedded_user_id.cloned());
+        let (host, user) = (self.host.clone(), erasure.embedded_user_id.cloned());
+        let (closure, outcome) = (erasure.closure_event_id, erasure.outcome);
         self.alone(move |conn| {
             Box::pin(async move {
-                crate::storage::pg::erasures::erase(
-                    conn,
-                    &host,
-                    user.as_ref(),
-                    closure_event_id,
-                    outcome,
-                )
-                .await
+                crate::storage::pg::erasures::erase(conn, &host, user.as_ref(), closure, outcome)
+                    .await
             })
         })
     }

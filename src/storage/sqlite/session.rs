@@ -5,17 +5,13 @@
 //! always starting with a write so that it never has to upgrade a read
 //! lock (which SQLite refuses instead of waiting).
 
-use std::time::Duration;
-
 use sqlx::SqlitePool;
 
-use crate::domain::{
-    EmbeddedUserId, ErasureOutcome, EventState, FullName, HostUserId, Profile, UserState, Username,
-};
-use crate::storage::UserSession;
+use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, UserState, Username};
 use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{NextEvent, NextEventRow};
 use crate::storage::users::Claim;
+use crate::storage::{Ending, Erasure, Holding, Snooze, UserSession};
 
 use super::{UserLockGuard, conflicts, erasures, events, now_text, users};
 
@@ -62,13 +58,8 @@ impl UserSession for SqliteUserSession {
         Ok(row.map(NextEventRow::into_next))
     }
 
-    fn finish<'a>(
-        &'a mut self,
-        id: i64,
-        state: EventState,
-        reason: Option<&'a str>,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        events::finish(&self.pool, id, state, reason)
+    fn finish<'a>(&'a mut self, e: Ending<'a>) -> impl Future<Output = sqlx::Result<()>> + Send {
+        events::finish(&self.pool, e.id, e.state, e.reason)
     }
 
     async fn supersede_older(&mut self, newest: i64) -> sqlx::Result<u64> {
@@ -84,14 +75,8 @@ impl UserSession for SqliteUserSession {
         Ok(result.rows_affected())
     }
 
-    fn snooze<'a>(
-        &'a mut self,
-        id: i64,
-        delay: Duration,
-        failed: bool,
-        reason: Option<&'a str>,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        events::snooze(&self.pool, id, delay, failed, reason)
+    fn snooze<'a>(&'a mut self, s: Snooze<'a>) -> impl Future<Output = sqlx::Result<()>> + Send {
+        events::snooze(&self.pool, s.id, s.delay, s.failed, s.reason)
     }
 
     fn claim_for_create<'a>(
@@ -137,12 +122,12 @@ impl UserSession for SqliteUserSession {
         Ok(())
     }
 
-    async fn record_found<'a>(
-        &'a mut self,
-        id: &'a EmbeddedUserId,
-        profile: &'a Profile,
-        event_id: i64,
-    ) -> sqlx::Result<()> {
+    async fn record_holding<'a>(&'a mut self, found: Holding<'a>) -> sqlx::Result<()> {
+        let Holding {
+            id,
+            profile,
+            event_id,
+        } = found;
         sqlx::query(
             "UPDATE user_sync_users
              SET embedded_user_id = ?2, username = ?3, full_name = ?4, state = 'synced',
@@ -160,13 +145,12 @@ impl UserSession for SqliteUserSession {
         Ok(())
     }
 
-    fn mark_synced<'a>(
+    fn record_synced<'a>(
         &'a mut self,
-        id: &'a EmbeddedUserId,
-        profile: &'a Profile,
-        event_id: i64,
+        synced: Holding<'a>,
         applied: Option<i64>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        let (id, profile, event_id) = (synced.id, synced.profile, synced.event_id);
         users::mark_synced(&self.pool, &self.host, id, profile, event_id, applied)
     }
 
@@ -185,19 +169,13 @@ impl UserSession for SqliteUserSession {
         conflicts::report_conflict(&self.pool, conflict)
     }
 
-    fn erase<'a>(
+    fn record_erasure<'a>(
         &'a mut self,
-        embedded_user_id: Option<&'a EmbeddedUserId>,
-        closure_event_id: i64,
-        outcome: ErasureOutcome,
+        erasure: Erasure<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        erasures::erase(
-            &self.pool,
-            &self.host,
-            embedded_user_id,
-            closure_event_id,
-            outcome,
-        )
+        let user = erasure.embedded_user_id;
+        let (closure, outcome) = (erasure.closure_event_id, erasure.outcome);
+        erasures::erase(&self.pool, &self.host, user, closure, outcome)
     }
 
     fn release(self) -> impl Future<Output = sqlx::Result<()>> + Send {
