@@ -143,20 +143,17 @@ impl Worker {
             shutdown.clone(),
         ));
         let concurrency = jobs_in_flight(settings);
-        let grace = settings.worker.shutdown_timeout;
-        let worker_name = name.clone();
+        let workers = queue::Workers {
+            name: name.clone(),
+            handler,
+            concurrency,
+            shutdown,
+            grace: settings.worker.shutdown_timeout,
+        };
         tasks.spawn(async move {
             match queue {
-                Queue::Redis(redis) => {
-                    redis
-                        .run_workers(worker_name, handler, concurrency, shutdown, grace)
-                        .await;
-                }
-                Queue::Sqlite(sqlite) => {
-                    sqlite
-                        .run_workers(worker_name, handler, concurrency, shutdown, grace)
-                        .await;
-                }
+                Queue::Redis(redis) => redis.run_workers(&workers).await,
+                Queue::Sqlite(sqlite) => sqlite.run_workers(&workers).await,
             }
         });
         tracing::info!(%ops_addr, worker = %name, concurrency, "user-sync is running");

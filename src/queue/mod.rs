@@ -33,7 +33,14 @@ const MISSED_HEARTBEATS: usize = 3;
 /// care which queue carries them.
 pub trait JobQueue: Send + Sync {
     /// Enqueues all `jobs`, or none on an error.
-    fn push(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>>;
+    fn push(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>> {
+        if jobs.is_empty() {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        self.push_some(jobs)
+    }
+    /// [`Self::push`] of one job or more.
+    fn push_some(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>>;
     /// Whether the queue answers.
     fn ping(&self) -> BoxFuture<'_, anyhow::Result<()>>;
     /// Jobs waiting to be taken.
@@ -75,32 +82,77 @@ pub fn worker_name() -> String {
     format!("user-sync-{host}-{}-{nonce:08x}", std::process::id())
 }
 
+/// The queue's workers of one process: what every run of them takes.
+pub struct Workers {
+    /// The name they register under (see [`worker_name`]).
+    pub name: String,
+    pub handler: Handler,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Stops them taking work.
+    pub shutdown: CancellationToken,
+    /// How long the running jobs may take to finish after the shutdown.
+    pub grace: Duration,
+}
+
+impl Workers {
+    /// Runs the workers until the shutdown: `run_once` runs them on a fresh
+    /// backend and says how that ended, and a failure restarts them after
+    /// a pause (longer after each failure).
+    async fn keep_running<F, Fut>(&self, mut run_once: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Ended>,
+    {
+        let mut failures = 0u32;
+        while !self.shutdown.is_cancelled() {
+            let ended = run_once().await;
+            if restart_after(ended, &self.shutdown, &mut failures).await {
+                return;
+            }
+        }
+    }
+}
+
 /// How a run of an apalis worker ended.
 enum Ended {
+    /// The worker could not start: what failed, and why.
+    NotStarted { what: &'static str, error: String },
     /// The worker stopped by itself (an error, or the shutdown).
     Stopped(Result<(), WorkerError>),
     /// Jobs were still running at the end of the shutdown grace period.
     OutOfGrace,
 }
 
-/// Builds an apalis worker of sync jobs named `$name` on `$backend`, runs it
-/// until `$shutdown` (then `$grace` for the running jobs) and returns how it
-/// [`Ended`]. A macro because the queues' apalis backends share no trait the
-/// worker builder accepts in generic code.
+impl Ended {
+    fn not_started(what: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::NotStarted {
+            what,
+            error: error.to_string(),
+        }
+    }
+}
+
+/// Builds an apalis worker of sync jobs on `$backend` for `$workers` (a
+/// [`Workers`]), runs it until their shutdown (then their grace for the
+/// running jobs) and returns how it [`Ended`]. A macro because the queues'
+/// apalis backends share no trait the worker builder accepts in generic
+/// code.
 macro_rules! run_sync_worker {
-    ($backend:expr, $name:expr, $ctx:expr, $concurrency:expr, $shutdown:expr, $grace:expr) => {{
+    ($backend:expr, $workers:expr) => {{
         use apalis::prelude::WorkerBuilderExt as _;
-        let worker = apalis::prelude::WorkerBuilder::new($name)
+        let workers: &$crate::queue::Workers = $workers;
+        let worker = apalis::prelude::WorkerBuilder::new(workers.name.as_str())
             .backend($backend)
-            .concurrency($concurrency)
-            .data($ctx)
+            .concurrency(workers.concurrency.max(1))
+            .data(workers.handler.clone())
             .build($crate::queue::handle);
-        let stop = $shutdown.clone();
+        let stop = workers.shutdown.clone();
         let run = worker.run_until(async move {
             stop.cancelled().await;
             Ok::<(), apalis::prelude::WorkerError>(())
         });
-        $crate::queue::run_with_grace(run, &$shutdown, $grace).await
+        $crate::queue::run_with_grace(run, &workers.shutdown, workers.grace).await
     }};
 }
 pub(crate) use run_sync_worker;
@@ -115,6 +167,10 @@ async fn restart_after(ended: Ended, shutdown: &CancellationToken, failures: &mu
         Ended::Stopped(Err(error)) => {
             *failures = failures.saturating_add(1);
             tracing::warn!(%error, "the queue worker stopped; it restarts");
+        }
+        Ended::NotStarted { what, error } => {
+            *failures = failures.saturating_add(1);
+            tracing::warn!(%error, "{what}; the worker retries");
         }
     }
     Backoff::RESTART.pause(*failures, shutdown).await

@@ -14,13 +14,9 @@ use apalis_redis::factory::RedisStorageFactory;
 use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
-use tokio_util::sync::CancellationToken;
 
-use super::{
-    HEARTBEAT, Handler, JobQueue, MISSED_HEARTBEATS, SyncJob, restart_after, run_sync_worker,
-};
+use super::{Ended, HEARTBEAT, JobQueue, MISSED_HEARTBEATS, SyncJob, Workers, run_sync_worker};
 use crate::config::RedisSettings;
-use crate::retry::Backoff;
 
 /// The Redis queue of one namespace.
 #[derive(Clone)]
@@ -80,66 +76,35 @@ impl RedisQueue {
         RedisStorage::new(self.conn.clone()).with_config(self.config.clone())
     }
 
-    /// Runs `concurrency` sync jobs at a time until `shutdown`, then lets the
-    /// running ones finish for at most `grace`. A lost Redis connection
-    /// restarts the worker (same name, so its own unfinished jobs come back
-    /// to it) after a short pause.
-    pub async fn run_workers(
-        &self,
-        name: String,
-        handler: Handler,
-        concurrency: usize,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) {
-        let config = self.config.clone().batch_size(concurrency.max(1));
-        let mut failures = 0u32;
-        while !shutdown.is_cancelled() {
-            let factory = match RedisStorageFactory::new(self.client.clone()).await {
-                Ok(factory) => factory,
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(%error, "cannot reach Redis; the worker retries");
-                    if Backoff::RESTART.pause(failures, &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let mut factory = factory;
-            let backend =
-                match BackendFactory::<SyncJob>::create_with_config(&mut factory, config.clone()) {
-                    Ok(backend) => backend,
-                    Err(error) => {
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(%error, "cannot open the Redis queue; the worker retries");
-                        if Backoff::RESTART.pause(failures, &shutdown).await {
-                            return;
-                        }
-                        continue;
-                    }
+    /// Runs `workers.concurrency` sync jobs at a time until their shutdown,
+    /// then lets the running ones finish for at most their grace. A lost
+    /// Redis connection restarts the worker (same name, so its own
+    /// unfinished jobs come back to it) after a short pause.
+    pub async fn run_workers(&self, workers: &Workers) {
+        let config = &self.config.clone().batch_size(workers.concurrency.max(1));
+        let client = &self.client;
+        workers
+            .keep_running(move || async move {
+                let mut factory = match RedisStorageFactory::new(client.clone()).await {
+                    Ok(factory) => factory,
+                    Err(error) => return Ended::not_started("cannot reach Redis", error),
                 };
-            let ended = run_sync_worker!(
-                backend,
-                name.as_str(),
-                handler.clone(),
-                concurrency.max(1),
-                shutdown,
-                grace
-            );
-            if restart_after(ended, &shutdown, &mut failures).await {
-                return;
-            }
-        }
+                let backend = match BackendFactory::<SyncJob>::create_with_config(
+                    &mut factory,
+                    config.clone(),
+                ) {
+                    Ok(backend) => backend,
+                    Err(error) => return Ended::not_started("cannot open the Redis queue", error),
+                };
+                run_sync_worker!(backend, workers)
+            })
+            .await;
     }
 }
 
 impl JobQueue for RedisQueue {
-    fn push(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn push_some(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            if jobs.is_empty() {
-                return Ok(());
-            }
             let count = jobs.len();
             let mut storage = self.storage();
             storage

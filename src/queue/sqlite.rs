@@ -6,8 +6,6 @@
 //! whose connections carry SQLite's update hook, so a push wakes the
 //! workers of this process at once; the worker heartbeat is the safety net.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_sqlite::SqliteStorage;
@@ -15,11 +13,8 @@ use apalis_sqlite::callback::HookCallbackListener;
 use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
 use sqlx::SqlitePool;
-use tokio_util::sync::CancellationToken;
 
-use super::{
-    HEARTBEAT, Handler, JobQueue, MISSED_HEARTBEATS, SyncJob, restart_after, run_sync_worker,
-};
+use super::{HEARTBEAT, JobQueue, MISSED_HEARTBEATS, SyncJob, Workers, run_sync_worker};
 use crate::config::DatabaseSettings;
 
 /// The queue's name in the `Jobs` table.
@@ -50,44 +45,25 @@ impl SqliteQueue {
         })
     }
 
-    /// Runs `concurrency` sync jobs at a time until `shutdown`, then lets the
-    /// running ones finish for at most `grace`. A worker stopped by an error
-    /// restarts after a short pause.
-    pub async fn run_workers(
-        &self,
-        name: String,
-        handler: Handler,
-        concurrency: usize,
-        shutdown: CancellationToken,
-        grace: Duration,
-    ) {
-        let config = self.config.clone().batch_size(concurrency.max(1));
-        let mut failures = 0u32;
-        while !shutdown.is_cancelled() {
-            let backend = SqliteStorage::<SyncJob>::new(&self.pool)
-                .with_config(config.clone())
-                .with_callback(self.listener.clone());
-            let ended = run_sync_worker!(
-                backend,
-                name.as_str(),
-                handler.clone(),
-                concurrency.max(1),
-                shutdown,
-                grace
-            );
-            if restart_after(ended, &shutdown, &mut failures).await {
-                return;
-            }
-        }
+    /// Runs `workers.concurrency` sync jobs at a time until their shutdown,
+    /// then lets the running ones finish for at most their grace. A worker
+    /// stopped by an error restarts after a short pause.
+    pub async fn run_workers(&self, workers: &Workers) {
+        let config = &self.config.clone().batch_size(workers.concurrency.max(1));
+        workers
+            .keep_running(move || async move {
+                let backend = SqliteStorage::<SyncJob>::new(&self.pool)
+                    .with_config(config.clone())
+                    .with_callback(self.listener.clone());
+                run_sync_worker!(backend, workers)
+            })
+            .await;
     }
 }
 
 impl JobQueue for SqliteQueue {
-    fn push(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>> {
+    fn push_some(&self, jobs: Vec<SyncJob>) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            if jobs.is_empty() {
-                return Ok(());
-            }
             let tasks = jobs
                 .iter()
                 .map(|job| Ok(TaskBuilder::new(serde_json::to_vec(job)?).build()))
