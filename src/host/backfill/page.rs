@@ -14,7 +14,7 @@ use crate::embedded::EmbeddedUser;
 use crate::host::table::HostRow;
 use crate::storage::{BackfillTables, Found, NewConflict};
 
-use super::decide::{ConflictFound, Decision, decide};
+use super::decide::{ConflictFound, Decision, Known, decide};
 use super::report::{ConflictLine, Output};
 use super::snapshot::WorkingTables;
 use super::{Mode, Run};
@@ -62,15 +62,9 @@ impl<D: super::db::BackfillDb> Run<D> {
         output: &mut Output<'_>,
     ) -> anyhow::Result<()> {
         let known = self.db.conn().lookup(&users).await?;
-        let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
+        let decisions = decide_page(&users, &known, self.options.adopt_existing);
         let mut planned = Vec::new();
-        for ((host, want), known) in users.iter().zip(&known) {
-            let decision = within_page(
-                decide(host, want, known, self.options.adopt_existing),
-                host,
-                want,
-                &mut first_of,
-            );
+        for ((host, want), decision) in users.iter().zip(decisions) {
             match decision {
                 Decision::InSync => self.summary.in_sync += 1,
                 Decision::Closed => self.summary.closing += 1,
@@ -137,17 +131,11 @@ impl<D: super::db::BackfillDb> Run<D> {
 
     async fn act_locked(&mut self, mine: &[(HostUserId, Profile)]) -> anyhow::Result<()> {
         let known = self.db.conn().lookup(mine).await?;
-        let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
+        let decisions = decide_page(mine, &known, self.options.adopt_existing);
         let mut adopt: Vec<(&HostUserId, EmbeddedUser)> = Vec::new();
         let mut creates: Vec<(&HostUserId, &Profile, bool)> = Vec::new();
         let mut release: Vec<&str> = Vec::new();
-        for ((host, want), known) in mine.iter().zip(&known) {
-            let decision = within_page(
-                decide(host, want, known, self.options.adopt_existing),
-                host,
-                want,
-                &mut first_of,
-            );
+        for (((host, want), known), decision) in mine.iter().zip(&known).zip(decisions) {
             match decision {
                 Decision::Create => {
                     creates.push((host, want, known.state.as_deref() == Some("creating")));
@@ -250,6 +238,20 @@ impl<D: super::db::BackfillDb> Run<D> {
         self.summary.conflicts += 1;
         Ok(())
     }
+}
+
+/// What to do with each user of a page (what is `known` of each, in
+/// order), a second host user with the same username conflicting with the
+/// first.
+fn decide_page(users: &[(HostUserId, Profile)], known: &[Known], adopt: bool) -> Vec<Decision> {
+    let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
+    users
+        .iter()
+        .zip(known)
+        .map(|((host, want), known)| {
+            within_page(decide(host, want, known, adopt), host, want, &mut first_of)
+        })
+        .collect()
 }
 
 /// A second host user of one page with the same username conflicts with
