@@ -78,6 +78,36 @@ pub struct CheckedTable {
     pub closed_condition: Option<String>,
 }
 
+/// The backend a statement over the host's table is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+impl CheckedTable {
+    /// Whether a row of the table is open (the closed condition does not
+    /// hold), over its bare columns.
+    pub fn open(&self, dialect: Dialect) -> String {
+        match (&self.closed_condition, dialect) {
+            (Some(condition), Dialect::Postgres) => format!("NOT COALESCE(({condition}), false)"),
+            (Some(condition), Dialect::Sqlite) => format!("NOT COALESCE(({condition}), 0)"),
+            (None, Dialect::Postgres) => "true".to_owned(),
+            (None, Dialect::Sqlite) => "1".to_owned(),
+        }
+    }
+
+    /// A row's name as text (`NULL` without a name column).
+    pub fn name(&self, dialect: Dialect) -> String {
+        match (self.name_column.as_deref(), dialect) {
+            (Some(n), Dialect::Postgres) => format!("{n}::text"),
+            (Some(n), Dialect::Sqlite) => format!("CAST({n} AS TEXT)"),
+            (None, Dialect::Postgres) => "NULL::text".to_owned(),
+            (None, Dialect::Sqlite) => "NULL".to_owned(),
+        }
+    }
+}
+
 impl HostTable {
     /// Checks the configured source against the database: the table and its
     /// columns exist, the condition and the query run. Errors name the key.
@@ -129,38 +159,24 @@ impl HostTable {
             Some(name) => Some(column(&mut *conn, "source.name_column", name).await?.0),
             None => None,
         };
-        let open = match &config.closed_condition {
-            Some(condition) => format!("NOT COALESCE(({condition}), false)"),
-            None => "true".to_owned(),
+        let table = CheckedTable {
+            qualified: qualified.clone(),
+            schema,
+            name,
+            id,
+            email,
+            name_column,
+            closed_condition: config.closed_condition.clone(),
         };
-        let name_expr = name_column
-            .as_deref()
-            .map(|n| format!("{n}::text"))
-            .unwrap_or_else(|| "NULL::text".into());
+        let (open, name_expr) = (table.open(Dialect::Postgres), table.name(Dialect::Postgres));
         let select = format!(
             "SELECT {id}::text AS host_user_id, {email}::text AS email, {name_expr} AS full_name
-             FROM {qualified}"
+             FROM {qualified}",
+            id = table.id,
+            email = table.email,
         );
-        let source = Self {
-            first_page: format!("{select} WHERE {open} ORDER BY {id} LIMIT $1"),
-            next_page: format!(
-                "{select} WHERE {id} > $2::text::{id_type} AND {open} ORDER BY {id} LIMIT $1"
-            ),
-            count_open: format!("SELECT count(*) FROM {qualified} WHERE {open}"),
-            count_closed: config
-                .closed_condition
-                .as_ref()
-                .map(|_| format!("SELECT count(*) FROM {qualified} WHERE NOT ({open})")),
-            table: Some(CheckedTable {
-                qualified: qualified.clone(),
-                schema,
-                name,
-                id,
-                email,
-                name_column,
-                closed_condition: config.closed_condition.clone(),
-            }),
-        };
+        let after = format!("$2::text::{id_type}");
+        let source = Self::of_table(table, &select, &open, ("$1", &after));
         // The condition is the operator's SQL: see that it runs before
         // anything else does.
         let probe = format!("{} LIMIT 0", source.count_open);
@@ -195,13 +211,42 @@ impl HostTable {
             });
         }
         let key = "q.host_user_id::text COLLATE \"C\"";
-        Ok(Self {
-            first_page: format!("{select} ORDER BY {key} LIMIT $1"),
-            next_page: format!("{select} WHERE {key} > $2 ORDER BY {key} LIMIT $1"),
+        Ok(Self::of_query(query, &select, key, ("$1", "$2")))
+    }
+
+    /// The statements of a table source: `select` (its rows' columns)
+    /// where `open`, in a dialect's (limit, lower bound) parameters.
+    fn of_table(
+        table: CheckedTable,
+        select: &str,
+        open: &str,
+        (limit, after): (&str, &str),
+    ) -> Self {
+        let (id, qualified) = (&table.id, &table.qualified);
+        Self {
+            first_page: format!("{select} WHERE {open} ORDER BY {id} LIMIT {limit}"),
+            next_page: format!(
+                "{select} WHERE {id} > {after} AND {open} ORDER BY {id} LIMIT {limit}"
+            ),
+            count_open: format!("SELECT count(*) FROM {qualified} WHERE {open}"),
+            count_closed: table
+                .closed_condition
+                .as_ref()
+                .map(|_| format!("SELECT count(*) FROM {qualified} WHERE NOT ({open})")),
+            table: Some(table),
+        }
+    }
+
+    /// The statements of a query source: `select` over `query`, paged on
+    /// `key`, in a dialect's (limit, lower bound) parameters.
+    fn of_query(query: &str, select: &str, key: &str, (limit, after): (&str, &str)) -> Self {
+        Self {
+            first_page: format!("{select} ORDER BY {key} LIMIT {limit}"),
+            next_page: format!("{select} WHERE {key} > {after} ORDER BY {key} LIMIT {limit}"),
             count_open: format!("SELECT count(*) FROM ({query}) AS q"),
             count_closed: None,
             table: None,
-        })
+        }
     }
 
     /// [`Self::check`] on a SQLite database: the table (`[main.]name`) and
@@ -241,41 +286,26 @@ impl HostTable {
                     .as_deref()
                     .map(|n| column("source.name_column", n))
                     .transpose()?;
-                let open = match &config.closed_condition {
-                    Some(condition) => format!("NOT COALESCE(({condition}), 0)"),
-                    None => "1".to_owned(),
+                let table = CheckedTable {
+                    qualified: qualified.clone(),
+                    schema: "main".into(),
+                    name: name.to_owned(),
+                    id,
+                    email,
+                    name_column,
+                    closed_condition: config.closed_condition.clone(),
                 };
-                let name_expr = name_column
-                    .as_deref()
-                    .map(|n| format!("CAST({n} AS TEXT)"))
-                    .unwrap_or_else(|| "NULL".into());
+                let (open, name_expr) = (table.open(Dialect::Sqlite), table.name(Dialect::Sqlite));
                 let select = format!(
                     "SELECT CAST({id} AS TEXT) AS host_user_id, CAST({email} AS TEXT) AS email,
                             {name_expr} AS full_name
-                     FROM {qualified}"
+                     FROM {qualified}",
+                    id = table.id,
+                    email = table.email,
                 );
                 // The id column's affinity applies to the bound text: ids
                 // compare as the column's type, in the order of its index.
-                Self {
-                    first_page: format!("{select} WHERE {open} ORDER BY {id} LIMIT ?1"),
-                    next_page: format!(
-                        "{select} WHERE {id} > ?2 AND {open} ORDER BY {id} LIMIT ?1"
-                    ),
-                    count_open: format!("SELECT count(*) FROM {qualified} WHERE {open}"),
-                    count_closed: config
-                        .closed_condition
-                        .as_ref()
-                        .map(|_| format!("SELECT count(*) FROM {qualified} WHERE NOT ({open})")),
-                    table: Some(CheckedTable {
-                        qualified: qualified.clone(),
-                        schema: "main".into(),
-                        name: name.to_owned(),
-                        id,
-                        email,
-                        name_column,
-                        closed_condition: config.closed_condition.clone(),
-                    }),
-                }
+                Self::of_table(table, &select, &open, ("?1", "?2"))
             }
             SourceTarget::Query(query) => {
                 let select = format!(
@@ -284,13 +314,7 @@ impl HostTable {
                      FROM ({query}) AS q"
                 );
                 let key = "CAST(q.host_user_id AS TEXT)";
-                Self {
-                    first_page: format!("{select} ORDER BY {key} LIMIT ?1"),
-                    next_page: format!("{select} WHERE {key} > ?2 ORDER BY {key} LIMIT ?1"),
-                    count_open: format!("SELECT count(*) FROM ({query}) AS q"),
-                    count_closed: None,
-                    table: None,
-                }
+                Self::of_query(query, &select, key, ("?1", "?2"))
             }
         };
         // The operator's SQL: see that it runs before anything else does.
@@ -398,7 +422,7 @@ where
 }
 
 /// An identifier as SQLite quotes it.
-fn quote_sqlite(name: &str) -> String {
+pub(super) fn quote_sqlite(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

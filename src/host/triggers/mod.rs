@@ -21,7 +21,7 @@ mod sqlite;
 
 use sqlx::{Connection, PgConnection};
 
-use super::table::{CheckedTable, HostTable};
+use super::table::{CheckedTable, Dialect, HostTable};
 use crate::config::SourceTarget;
 use crate::storage::Database;
 
@@ -88,26 +88,21 @@ async fn install(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Resul
     );
     let function = function_name(table);
     let body = function_body(table);
-    let mut tx = conn.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $user_sync$\n{body}\n$user_sync$"
-    )))
-    .execute(&mut *tx)
+    in_one_transaction(
+        conn,
+        [
+            format!(
+                "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $user_sync$\n{body}\n$user_sync$"
+            ),
+            drop_trigger(table),
+            format!(
+                "CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {} \
+                 FOR EACH ROW EXECUTE FUNCTION {function}()",
+                table.qualified
+            ),
+        ],
+    )
     .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP TRIGGER IF EXISTS {TRIGGER} ON {}",
-        table.qualified
-    )))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE TRIGGER {TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {} \
-         FOR EACH ROW EXECUTE FUNCTION {function}()",
-        table.qualified
-    )))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(Installed {
         table: table.qualified.clone(),
         function,
@@ -117,23 +112,44 @@ async fn install(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Resul
 /// Removes the trigger and its function; nothing to remove is fine.
 async fn drop(conn: &mut PgConnection, table: &CheckedTable) -> anyhow::Result<Installed> {
     let function = function_name(table);
-    let mut tx = conn.begin().await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP TRIGGER IF EXISTS {TRIGGER} ON {}",
-        table.qualified
-    )))
-    .execute(&mut *tx)
+    in_one_transaction(
+        conn,
+        [
+            drop_trigger(table),
+            format!("DROP FUNCTION IF EXISTS {function}()"),
+        ],
+    )
     .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP FUNCTION IF EXISTS {function}()"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(Installed {
         table: table.qualified.clone(),
         function,
     })
+}
+
+/// Removes the trigger from `table`, if it is there.
+fn drop_trigger(table: &CheckedTable) -> String {
+    format!("DROP TRIGGER IF EXISTS {TRIGGER} ON {}", table.qualified)
+}
+
+/// Runs `statements` in one transaction: all of them, or none.
+async fn in_one_transaction<C>(
+    conn: &mut C,
+    statements: impl IntoIterator<Item = String>,
+) -> anyhow::Result<()>
+where
+    C: Connection,
+    for<'c> &'c mut <C::Database as sqlx::Database>::Connection:
+        sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+{
+    let mut tx = conn.begin().await?;
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// `user_sync.events_from_<schema>_<table>`, sanitised.
@@ -172,15 +188,7 @@ fn sanitised(raw: &str) -> String {
 fn function_body(table: &CheckedTable) -> String {
     let id = &table.id;
     let email = &table.email;
-    let name = table
-        .name_column
-        .as_deref()
-        .map(|n| format!("{n}::text"))
-        .unwrap_or_else(|| "NULL::text".into());
-    let open = match &table.closed_condition {
-        Some(condition) => format!("NOT COALESCE(({condition}), false)"),
-        None => "true".into(),
-    };
+    let (name, open) = (table.name(Dialect::Postgres), table.open(Dialect::Postgres));
     let read = |row: &str, prefix: &str| {
         format!(
             "SELECT {id}::text, {email}::text, {name}, {open}

@@ -8,10 +8,10 @@
 //! trigger rebuilds the row as a one-row subquery with the table's own
 //! column names, and reads the id, email, name and condition from it.
 
-use sqlx::{Connection, SqliteConnection};
+use sqlx::SqliteConnection;
 
-use super::Installed;
-use crate::host::table::CheckedTable;
+use super::{Installed, in_one_transaction};
+use crate::host::table::{CheckedTable, Dialect, quote_sqlite};
 
 /// The triggers' names: `user_sync_events_<operation>_<table>`.
 fn trigger_names(table: &CheckedTable) -> [String; 3] {
@@ -41,19 +41,11 @@ pub(super) async fn install(
         let fields: Vec<String> = columns
             .iter()
             .map(|c| {
-                let quoted = format!("\"{}\"", c.replace('"', "\"\""));
+                let quoted = quote_sqlite(c);
                 format!("{of}.{quoted} AS {quoted}")
             })
             .collect();
-        let name = table
-            .name_column
-            .as_deref()
-            .map(|n| format!("CAST({n} AS TEXT)"))
-            .unwrap_or_else(|| "NULL".into());
-        let open = match &table.closed_condition {
-            Some(condition) => format!("NOT COALESCE(({condition}), 0)"),
-            None => "1".into(),
-        };
+        let (name, open) = (table.name(Dialect::Sqlite), table.open(Dialect::Sqlite));
         format!(
             "(SELECT CAST({id} AS TEXT) AS id, CAST({email} AS TEXT) AS email, {name} AS name,
                      {open} AS open
@@ -97,13 +89,7 @@ pub(super) async fn install(
              END"
         ),
     ];
-    let mut tx = conn.begin().await?;
-    for statement in statements {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
+    in_one_transaction(conn, statements).await?;
     Ok(Installed {
         table: table.qualified.clone(),
         function: format!("{on_insert}, {on_update}, {on_delete}"),
@@ -116,15 +102,10 @@ pub(super) async fn drop(
     table: &CheckedTable,
 ) -> anyhow::Result<Installed> {
     let names = trigger_names(table);
-    let mut tx = conn.begin().await?;
-    for name in &names {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP TRIGGER IF EXISTS {name}"
-        )))
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
+    let statements = names
+        .iter()
+        .map(|name| format!("DROP TRIGGER IF EXISTS {name}"));
+    in_one_transaction(conn, statements).await?;
     Ok(Installed {
         table: table.qualified.clone(),
         function: names.join(", "),
