@@ -2,25 +2,17 @@
 
 use sqlx::PgConnection;
 
-use crate::domain::{EmbeddedUserId, HostUserId};
 use crate::storage::conflicts::NewConflict;
 
 /// Reports a conflict once: an open one for the same host user, username
 /// and reason is left as it is. Returns whether a row was added.
 pub async fn report_conflict(conn: &mut PgConnection, c: &NewConflict<'_>) -> sqlx::Result<bool> {
-    let result = sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO user_sync.conflicts
              (host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id, event_id)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (host_user_id, username, reason) WHERE status = 'open' DO NOTHING",
-    )
-    .bind(c.host.as_str())
-    .bind(c.username.as_str())
-    .bind(c.reason.as_str())
-    .bind(c.holder_host_user_id.map(HostUserId::as_str))
-    .bind(c.holder_embedded_user_id.map(EmbeddedUserId::as_str))
-    .bind(c.event_id)
-    .execute(conn)
-    .await?;
+    );
+    let result = c.bind_to(insert).execute(conn).await?;
     Ok(result.rows_affected() == 1)
 }

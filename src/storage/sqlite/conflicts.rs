@@ -2,28 +2,19 @@
 
 use sqlx::SqlitePool;
 
-use crate::domain::{EmbeddedUserId, HostUserId};
 use crate::storage::conflicts::NewConflict;
 
 use super::now_text;
 
 /// Reports a conflict once; returns whether a row was added.
 pub(crate) async fn report_conflict(pool: &SqlitePool, c: &NewConflict<'_>) -> sqlx::Result<bool> {
-    let result = sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO user_sync_conflicts
              (host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id,
               event_id, detected_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT DO NOTHING",
-    )
-    .bind(c.host.as_str())
-    .bind(c.username.as_str())
-    .bind(c.reason.as_str())
-    .bind(c.holder_host_user_id.map(HostUserId::as_str))
-    .bind(c.holder_embedded_user_id.map(EmbeddedUserId::as_str))
-    .bind(c.event_id)
-    .bind(now_text())
-    .execute(pool)
-    .await?;
+    );
+    let result = c.bind_to(insert).bind(now_text()).execute(pool).await?;
     Ok(result.rows_affected() == 1)
 }
