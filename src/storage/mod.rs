@@ -450,6 +450,17 @@ impl Database {
     }
 }
 
+/// Whether the database of `pool` answers.
+async fn ping<DB>(pool: &sqlx::Pool<DB>) -> sqlx::Result<()>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
 /// Whether `error` is a unique-constraint violation.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())

@@ -32,9 +32,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::config::DatabaseSettings;
-use crate::domain::{ConflictRow, HostUserId, Status};
+use crate::domain::HostUserId;
 
-use super::{Claimed, ClaimedBatch, Outbox, Reports, SyncStore, WakeUps};
+use super::{Claimed, ClaimedBatch, Outbox, SyncStore, WakeUps};
 
 /// The channel the outbox trigger notifies.
 pub const CHANNEL: &str = "user_sync_events";
@@ -142,41 +142,17 @@ impl SyncStore for PgStore {
         session::lock_each(&self.pool, hosts)
     }
 
-    fn host_of_pending(
-        &self,
-        id: i64,
-    ) -> impl Future<Output = sqlx::Result<Option<Option<String>>>> + Send {
-        events::host_of_pending(&self.pool, id)
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+        events::host_of_pending(&self.pool, id).await
     }
 
-    fn mark_invalid<'a>(
-        &'a self,
-        id: i64,
-        reason: &'a str,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        events::mark_invalid(&self.pool, id, reason)
+    async fn mark_invalid(&self, id: i64, reason: &str) -> sqlx::Result<()> {
+        events::mark_invalid(&self.pool, id, reason).await
     }
 
     async fn snooze(&self, id: i64, delay: Duration) -> sqlx::Result<()> {
         let mut conn = self.pool.acquire().await?;
         events::snooze(&mut conn, id, delay, false, None).await
-    }
-}
-
-impl Reports for PgStore {
-    fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
-            Ok(())
-        })
-    }
-
-    fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
-        Box::pin(reports::status(&self.pool))
-    }
-
-    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
-        Box::pin(reports::open_conflicts(&self.pool))
     }
 }
 

@@ -40,9 +40,9 @@ use sqlx::sqlite::{
 };
 
 use crate::config::DatabaseSettings;
-use crate::domain::{ConflictRow, HostUserId, Status};
+use crate::domain::HostUserId;
 
-use super::{Claimed, ClaimedBatch, Outbox, Reports, SyncStore, WakeUps};
+use super::{Claimed, ClaimedBatch, Outbox, SyncStore, WakeUps};
 
 /// How often the dispatcher looks at the outbox (no NOTIFY on SQLite).
 pub const POLL: Duration = Duration::from_millis(200);
@@ -338,45 +338,17 @@ impl SyncStore for SqliteStore {
             .collect())
     }
 
-    fn host_of_pending(
-        &self,
-        id: i64,
-    ) -> impl Future<Output = sqlx::Result<Option<Option<String>>>> + Send {
-        events::host_of_pending(&self.pool, id)
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+        events::host_of_pending(&self.pool, id).await
     }
 
-    fn mark_invalid<'a>(
-        &'a self,
-        id: i64,
-        reason: &'a str,
-    ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        events::finish(
-            &self.pool,
-            id,
-            crate::domain::EventState::Invalid,
-            Some(reason),
-        )
+    async fn mark_invalid(&self, id: i64, reason: &str) -> sqlx::Result<()> {
+        let invalid = crate::domain::EventState::Invalid;
+        events::finish(&self.pool, id, invalid, Some(reason)).await
     }
 
     fn snooze(&self, id: i64, delay: Duration) -> impl Future<Output = sqlx::Result<()>> + Send {
         events::snooze(&self.pool, id, delay, false, None)
-    }
-}
-
-impl Reports for SqliteStore {
-    fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>> {
-        Box::pin(async move {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
-            Ok(())
-        })
-    }
-
-    fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
-        Box::pin(reports::status(&self.pool))
-    }
-
-    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
-        Box::pin(reports::open_conflicts(&self.pool))
     }
 }
 

@@ -2,52 +2,64 @@
 //! `/metrics`.
 
 use chrono::Utc;
-use sqlx::{Row, SqlitePool};
+use futures::future::BoxFuture;
+use sqlx::Row;
 
 use crate::domain::{ConflictRow, Status};
+use crate::storage::{Reports, SqliteStore, ping};
 
 use super::parse_at;
 
-/// The counts behind `user-sync status`.
-pub async fn status(pool: &SqlitePool) -> sqlx::Result<Status> {
-    let row = sqlx::query(
-        "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
-                count(*) FILTER (WHERE state = 'failed') AS failed,
-                count(*) FILTER (WHERE state = 'invalid') AS invalid,
-                count(*) FILTER (WHERE state = 'conflict') AS conflict,
-                min(occurred_at) FILTER (WHERE state = 'pending') AS oldest,
-                (SELECT count(*) FROM user_sync_users WHERE state = 'synced') AS synced,
-                (SELECT count(*) FROM user_sync_conflicts WHERE status = 'open') AS open,
-                (SELECT count(*) FROM user_sync_erasures) AS erasures
-         FROM user_sync_events",
-    )
-    .fetch_one(pool)
-    .await?;
-    let oldest: Option<String> = row.try_get("oldest")?;
-    let lag = oldest
-        .as_deref()
-        .and_then(parse_at)
-        .map(|at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0)
-        .unwrap_or(0.0);
-    Ok(Status {
-        pending_events: row.try_get("pending")?,
-        failed_events: row.try_get("failed")?,
-        invalid_events: row.try_get("invalid")?,
-        conflict_events: row.try_get("conflict")?,
-        synced_users: row.try_get("synced")?,
-        open_conflicts: row.try_get("open")?,
-        completed_erasures: row.try_get("erasures")?,
-        outbox_lag_seconds: lag.max(0.0),
-    })
-}
+impl Reports for SqliteStore {
+    fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>> {
+        Box::pin(ping(self.pool()))
+    }
 
-/// The open conflicts, oldest first.
-pub async fn open_conflicts(pool: &SqlitePool) -> sqlx::Result<Vec<ConflictRow>> {
-    sqlx::query_as(
-        "SELECT id, host_user_id, username, reason, holder_host_user_id,
-                holder_embedded_user_id, event_id, detected_at
-         FROM user_sync_conflicts WHERE status = 'open' ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await
+    /// The counts behind `user-sync status`.
+    fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+                        count(*) FILTER (WHERE state = 'failed') AS failed,
+                        count(*) FILTER (WHERE state = 'invalid') AS invalid,
+                        count(*) FILTER (WHERE state = 'conflict') AS conflict,
+                        min(occurred_at) FILTER (WHERE state = 'pending') AS oldest,
+                        (SELECT count(*) FROM user_sync_users WHERE state = 'synced') AS synced,
+                        (SELECT count(*) FROM user_sync_conflicts WHERE status = 'open') AS open,
+                        (SELECT count(*) FROM user_sync_erasures) AS erasures
+                 FROM user_sync_events",
+            )
+            .fetch_one(self.pool())
+            .await?;
+            let oldest: Option<String> = row.try_get("oldest")?;
+            let lag = oldest
+                .as_deref()
+                .and_then(parse_at)
+                .map(|at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0)
+                .unwrap_or(0.0);
+            Ok(Status {
+                pending_events: row.try_get("pending")?,
+                failed_events: row.try_get("failed")?,
+                invalid_events: row.try_get("invalid")?,
+                conflict_events: row.try_get("conflict")?,
+                synced_users: row.try_get("synced")?,
+                open_conflicts: row.try_get("open")?,
+                completed_erasures: row.try_get("erasures")?,
+                outbox_lag_seconds: lag.max(0.0),
+            })
+        })
+    }
+
+    /// The open conflicts, oldest first.
+    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(
+                "SELECT id, host_user_id, username, reason, holder_host_user_id,
+                        holder_embedded_user_id, event_id, detected_at
+                 FROM user_sync_conflicts WHERE status = 'open' ORDER BY id",
+            )
+            .fetch_all(self.pool())
+            .await
+        })
+    }
 }
