@@ -349,24 +349,8 @@ async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
     victim.ready().await;
     survivor.ready().await;
 
-    for i in 0..40 {
-        env.signup(&format!("k{i}"), &format!("kill{i}@example.com"), None)
-            .await;
-    }
-    eventually(SETTLE, "creates reach the sandbox", || async {
-        env.sandbox.stats().creates > 5
-    })
-    .await;
-    victim.kill().await;
-    // The kill cut work short (jobs in flight or queued for the victim).
-    assert!(
-        env.pending().await > 0,
-        "everything finished before the kill"
-    );
-    for i in 40..60 {
-        env.signup(&format!("k{i}"), &format!("kill{i}@example.com"), None)
-            .await;
-    }
+    kill_mid_work(&env, victim, 0..40).await;
+    sign_up(&env, 40..60).await;
     let mut replacement = Proc::spawn(&vars, &["run"]);
     replacement.ready().await;
     env.settle(Duration::from_secs(60)).await;
@@ -410,6 +394,29 @@ async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
     env.finish().await;
 }
 
+/// Signs up the host users `k{i}` of `users`.
+async fn sign_up(env: &Env, users: std::ops::Range<usize>) {
+    for i in users {
+        env.signup(&format!("k{i}"), &format!("kill{i}@example.com"), None)
+            .await;
+    }
+}
+
+/// Signs up `users`, then kills `victim` once their creates are under way:
+/// the kill cuts work short (jobs in flight or queued for the victim).
+async fn kill_mid_work(env: &Env, victim: Proc, users: std::ops::Range<usize>) {
+    sign_up(env, users).await;
+    eventually(SETTLE, "creates reach the sandbox", || async {
+        env.sandbox.stats().creates > 5
+    })
+    .await;
+    victim.kill().await;
+    assert!(
+        env.pending().await > 0,
+        "everything finished before the kill"
+    );
+}
+
 /// On SQLite one process works on a file (its per-user locks are in the
 /// process): a second refuses to start, and a killed one is replaced
 /// without losing or duplicating anything.
@@ -441,19 +448,7 @@ async fn on_sqlite_one_process_per_file_and_a_killed_one_is_replaced() {
         "a backfill beside run on one SQLite file: {backfill}"
     );
 
-    for i in 0..30 {
-        env.signup(&format!("k{i}"), &format!("kill{i}@example.com"), None)
-            .await;
-    }
-    eventually(SETTLE, "creates reach the sandbox", || async {
-        env.sandbox.stats().creates > 5
-    })
-    .await;
-    victim.kill().await;
-    assert!(
-        env.pending().await > 0,
-        "everything finished before the kill"
-    );
+    kill_mid_work(&env, victim, 0..30).await;
     // The lock died with the process: a replacement starts.
     let mut replacement = Proc::spawn(&vars, &["run"]);
     replacement.ready().await;
@@ -585,15 +580,8 @@ async fn logs_never_contain_personal_data(backend: Backend) {
     env.settle(SETTLE).await;
     let renamed_email = "Barnaby.Renamed@pii-check.example";
     let renamed_name = "Barnaby Renamed-Smythe";
-    env.event(
-        Some("pii-a"),
-        "profile_change",
-        Some(renamed_email),
-        Some(renamed_name),
-    )
-    .await;
-    env.event(Some("pii-b"), "account_closure", None, None)
-        .await;
+    env.change("pii-a", renamed_email, Some(renamed_name)).await;
+    env.closure("pii-b").await;
     env.settle(SETTLE).await;
 
     // The pipeline did what the logs are about.
