@@ -301,14 +301,7 @@ async fn single_backfill_maps_every_open_account_and_reports_each_conflict_once(
 }
 
 async fn batches_whose_answer_was_lost_are_confirmed_not_sent_twice(backend: Backend) {
-    let env = Env::start_on(
-        backend,
-        SandboxOptions {
-            drop_rate: 1.0,
-            ..SandboxOptions::default()
-        },
-    )
-    .await;
+    let env = Env::start_on(backend, common::answers_lost()).await;
     host_accounts(&env, 2100).await;
     let e = expected(2100);
     // Every batch is applied and its connection cut: no answer, no ids.

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::{answers_lost, new_user};
 use secrecy::{ExposeSecret, SecretString};
 use user_sync::config::EmbeddedSettings;
 use user_sync::domain::{EmbeddedUserId, FullName, Username};
@@ -14,32 +17,15 @@ use user_sync_sandbox::{FaultUpdate, Sandbox, SandboxOptions};
 const KEY: &str = "test-key";
 
 async fn sandbox(options: SandboxOptions) -> Sandbox {
-    Sandbox::start(
-        "127.0.0.1:0".parse().expect("address"),
-        SandboxOptions {
-            api_key: KEY.into(),
-            ..options
-        },
-    )
-    .await
-    .expect("sandbox starts")
+    common::sandbox_accepting(KEY, options).await
 }
 
 fn client_with_key(sandbox: &Sandbox, key: &str) -> EmbeddedClient {
-    let mut settings = EmbeddedSettings::local(sandbox.base_url(), SecretString::from(key));
-    settings.timeout = Duration::from_secs(2);
-    EmbeddedClient::new(&settings).expect("client")
+    common::client_of(sandbox, key, Some(Duration::from_secs(2)))
 }
 
 fn client(sandbox: &Sandbox) -> EmbeddedClient {
     client_with_key(sandbox, KEY)
-}
-
-fn new_user(email: &str, name: Option<&str>) -> NewUser {
-    NewUser {
-        username: Username::from_email(email).expect("email"),
-        full_name: FullName::parse_optional(name).expect("name"),
-    }
 }
 
 #[tokio::test]
@@ -292,11 +278,7 @@ async fn server_errors_are_unavailable_and_retryable() {
 
 #[tokio::test]
 async fn a_create_whose_answer_is_cut_was_applied_and_can_be_confirmed() {
-    let sb = sandbox(SandboxOptions {
-        drop_rate: 1.0,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox(answers_lost()).await;
     let api = client(&sb);
     let err = api
         .create_user(&new_user("lost@example.com", Some("Lost Answer")))
@@ -351,12 +333,7 @@ async fn a_slow_answer_times_out() {
 #[tokio::test]
 async fn a_429_storm_is_rate_limited_with_and_without_retry_after() {
     for with_header in [true, false] {
-        let sb = sandbox(SandboxOptions {
-            rate_limit: Some(5),
-            retry_after: with_header,
-            ..SandboxOptions::default()
-        })
-        .await;
+        let sb = sandbox(common::rate_limited(5, with_header)).await;
         let api = client(&sb);
         let results = futures::future::join_all((0..40).map(|_| api.list_users())).await;
         let limited: Vec<&ApiError> = results.iter().filter_map(|r| r.as_ref().err()).collect();

@@ -59,13 +59,7 @@ async fn signup_change_and_closure_reach_the_api_and_erase_personal_data(backend
     assert_eq!(ada[0].full_name.as_deref(), Some("Ada Lovelace"));
 
     // A change of name and email is one update of the same user.
-    env.event(
-        Some("u1"),
-        "profile_change",
-        Some("ada@lovelace.org"),
-        Some("Ada King"),
-    )
-    .await;
+    env.change("u1", "ada@lovelace.org", Some("Ada King")).await;
     env.settle(SETTLE).await;
     let users = env.sandbox.users();
     assert_eq!(users.len(), 1);
@@ -76,20 +70,13 @@ async fn signup_change_and_closure_reach_the_api_and_erase_personal_data(backend
 
     // The same profile again costs no call.
     let before = env.sandbox.stats().total_requests;
-    let same = env
-        .event(
-            Some("u1"),
-            "profile_change",
-            Some("ADA@lovelace.org"),
-            Some("Ada King"),
-        )
-        .await;
+    let same = env.change("u1", "ADA@lovelace.org", Some("Ada King")).await;
     env.settle(SETTLE).await;
     assert_eq!(env.event_state(same).await.0, "applied");
     assert_eq!(env.sandbox.stats().total_requests, before);
 
     // Closure: the user is deleted and every trace of the email and name goes.
-    let closure = env.event(Some("u1"), "account_closure", None, None).await;
+    let closure = env.closure("u1").await;
     env.settle(SETTLE).await;
     assert!(env.sandbox.users().is_empty());
     assert_eq!(env.event_state(closure).await.0, "applied");
@@ -129,22 +116,8 @@ async fn signup_change_and_closure_reach_the_api_and_erase_personal_data(backend
 async fn latest_event_wins_and_older_ones_are_superseded(backend: Backend) {
     let env = Env::start_on(backend, SandboxOptions::default()).await;
     let first = env.signup("u1", "old@example.com", Some("Old")).await;
-    let second = env
-        .event(
-            Some("u1"),
-            "profile_change",
-            Some("mid@example.com"),
-            Some("Mid"),
-        )
-        .await;
-    let last = env
-        .event(
-            Some("u1"),
-            "profile_change",
-            Some("new@example.com"),
-            Some("New"),
-        )
-        .await;
+    let second = env.change("u1", "mid@example.com", Some("Mid")).await;
+    let last = env.change("u1", "new@example.com", Some("New")).await;
     let run = Running::start(&env).await;
     env.settle(SETTLE).await;
 
@@ -167,14 +140,7 @@ async fn latest_event_wins_and_older_ones_are_superseded(backend: Backend) {
 }
 
 async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(backend: Backend) {
-    let env = Env::start_on(
-        backend,
-        SandboxOptions {
-            drop_rate: 1.0,
-            ..SandboxOptions::default()
-        },
-    )
-    .await;
+    let env = Env::start_on(backend, common::answers_lost()).await;
     let run = Running::start(&env).await;
     let event = env
         .signup("u1", "lost@example.com", Some("Lost Answer"))
@@ -221,25 +187,15 @@ async fn a_change_undone_after_its_answer_was_lost_is_undone_in_embedded(backend
         drop_rate: Some(1.0),
         ..FaultUpdate::default()
     });
-    env.event(
-        Some("u1"),
-        "profile_change",
-        Some("undo@example.com"),
-        Some("Second Name"),
-    )
-    .await;
+    env.change("u1", "undo@example.com", Some("Second Name"))
+        .await;
     eventually(SETTLE, "the rename reaches the API", || async {
         env.sandbox.users()[0].full_name.as_deref() == Some("Second Name")
     })
     .await;
     // The host undoes it before the worker learnt that it happened.
     let undo = env
-        .event(
-            Some("u1"),
-            "profile_change",
-            Some("undo@example.com"),
-            Some("First Name"),
-        )
+        .change("u1", "undo@example.com", Some("First Name"))
         .await;
     eventually(SETTLE, "the worker looks at the undo", || async {
         env.event_state(undo).await.0 != "pending"
@@ -319,7 +275,7 @@ async fn a_user_made_outside_is_never_adopted_nor_deleted_when_answers_are_lost(
     assert_eq!(env.embedded_id("u1").await, None, "not adopted");
 
     // Closing the account must not delete someone else's user.
-    env.event(Some("u1"), "account_closure", None, None).await;
+    env.closure("u1").await;
     env.settle(SETTLE).await;
     let users = env.sandbox.users();
     assert_eq!(users.len(), 1, "the outside user is still there");
@@ -375,14 +331,7 @@ async fn a_refused_rename_is_a_conflict_never_a_delete(backend: Backend) {
     env.signup("u1", "before@example.com", Some("Name")).await;
     env.settle(SETTLE).await;
     let id = env.embedded_id("u1").await.expect("synced");
-    let change = env
-        .event(
-            Some("u1"),
-            "profile_change",
-            Some("after@example.com"),
-            Some("Name"),
-        )
-        .await;
+    let change = env.change("u1", "after@example.com", Some("Name")).await;
     env.settle(SETTLE).await;
 
     assert_eq!(env.event_state(change).await.0, "conflict");
@@ -409,11 +358,9 @@ async fn closing_a_user_deleted_outside_is_success(backend: Backend) {
     api.delete_user(&user_sync::domain::EmbeddedUserId::parse(&id).expect("id"))
         .await
         .expect("deleted outside");
-    let closure = env.event(Some("u1"), "account_closure", None, None).await;
+    let closure = env.closure("u1").await;
     // A closure of a user never seen is fine too.
-    let never = env
-        .event(Some("nobody"), "account_closure", None, None)
-        .await;
+    let never = env.closure("nobody").await;
     env.settle(SETTLE).await;
 
     assert_eq!(env.event_state(closure).await.0, "applied");
@@ -614,10 +561,9 @@ async fn several_processes_create_each_user_exactly_once() {
         env.signup(&format!("u{i}"), &format!("m{i}@example.com"), None)
             .await;
         if i % 3 == 0 {
-            env.event(
-                Some(&format!("u{i}")),
-                "profile_change",
-                Some(&format!("m{i}@example.com")),
+            env.change(
+                &format!("u{i}"),
+                &format!("m{i}@example.com"),
                 Some("Renamed"),
             )
             .await;
@@ -716,14 +662,8 @@ async fn an_idle_worker_is_quiet() {
 async fn a_user_closed_before_the_first_sync_costs_no_call(backend: Backend) {
     let env = Env::start_on(backend, SandboxOptions::default()).await;
     env.signup("u1", "brief@example.com", Some("Brief")).await;
-    env.event(
-        Some("u1"),
-        "profile_change",
-        Some("brief2@example.com"),
-        None,
-    )
-    .await;
-    let closure = env.event(Some("u1"), "account_closure", None, None).await;
+    env.change("u1", "brief2@example.com", None).await;
+    let closure = env.closure("u1").await;
     let run = Running::start(&env).await;
     env.settle(SETTLE).await;
 
@@ -761,14 +701,7 @@ async fn an_event_committed_late_never_overwrites_a_newer_one() {
     .fetch_one(&mut *late)
     .await
     .expect("insert the older change");
-    let newer = env
-        .event(
-            Some("u1"),
-            "profile_change",
-            Some("a@example.com"),
-            Some("Newer"),
-        )
-        .await;
+    let newer = env.change("u1", "a@example.com", Some("Newer")).await;
     env.settle(SETTLE).await;
     late.commit().await.expect("commit the older change");
     env.settle(SETTLE).await;
@@ -778,14 +711,7 @@ async fn an_event_committed_late_never_overwrites_a_newer_one() {
     assert_eq!(env.event_state(older).await.0, "superseded");
     assert_eq!(env.sandbox.users()[0].full_name.as_deref(), Some("Newer"));
     // The same event twice is harmless.
-    let again = env
-        .event(
-            Some("u1"),
-            "profile_change",
-            Some("a@example.com"),
-            Some("Newer"),
-        )
-        .await;
+    let again = env.change("u1", "a@example.com", Some("Newer")).await;
     env.settle(SETTLE).await;
     assert_eq!(env.event_state(again).await.0, "applied");
     assert_eq!(env.sandbox.stats().route_total("PUT /users/{id}"), 1);
@@ -799,13 +725,8 @@ async fn an_event_committed_late_never_overwrites_a_newer_one() {
 async fn forty_quick_changes_of_one_user(env: &Env) {
     env.signup("u1", "busy@example.com", Some("Name 0")).await;
     for round in 1..=40 {
-        env.event(
-            Some("u1"),
-            "profile_change",
-            Some("busy@example.com"),
-            Some(&format!("Name {round}")),
-        )
-        .await;
+        env.change("u1", "busy@example.com", Some(&format!("Name {round}")))
+            .await;
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     env.settle(SETTLE).await;
@@ -975,8 +896,7 @@ async fn a_create_never_made_leaves_no_claim_when_the_next_username_is_taken(bac
         0,
     )
     .await;
-    env.event(Some("b"), "profile_change", Some("taken@example.com"), None)
-        .await;
+    env.change("b", "taken@example.com", None).await;
     env.settle(SETTLE).await;
 
     let creating = env
@@ -1353,7 +1273,7 @@ async fn a_job_pushed_without_a_host_user_cannot_end_a_closure(backend: Backend)
 
     // A closure the dispatcher leaves alone (as if its job were in flight),
     // then a forged job naming it with no host user.
-    let closure = env.event(Some("u1"), "account_closure", None, None).await;
+    let closure = env.closure("u1").await;
     env.execute(
         "UPDATE user_sync.events SET dispatched_at = occurred_at WHERE id = $1",
         closure,
@@ -1409,7 +1329,7 @@ async fn a_padded_host_user_id_is_applied_not_dispatched_forever(backend: Backen
     );
     assert_eq!(env.sandbox.users().len(), 1);
 
-    let closure = env.event(Some("42 "), "account_closure", None, None).await;
+    let closure = env.closure("42 ").await;
     env.settle(SETTLE).await;
     assert_eq!(env.event_state(closure).await.0, "applied");
     assert!(

@@ -10,7 +10,6 @@ use common::Env;
 use common::process::{Proc, Running, process_vars};
 use common::services::OwnRedis;
 use user_sync::ratelimit::Slot;
-use user_sync_sandbox::SandboxOptions;
 
 const LIMIT: u32 = 20;
 const BURST: u32 = 5;
@@ -40,11 +39,7 @@ async fn signups(env: &Env, prefix: &str, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_share_one_limit() {
-    let env = Env::start(SandboxOptions {
-        rate_limit: Some(LIMIT),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let env = Env::start(common::rate_limited(LIMIT, true)).await;
     let vars = global();
     let extra: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut workers = Vec::new();
@@ -76,11 +71,7 @@ async fn four_processes_share_one_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_and_restarted_process_does_not_break_the_limit() {
-    let env = Env::start(SandboxOptions {
-        rate_limit: Some(LIMIT),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let env = Env::start(common::rate_limited(LIMIT, true)).await;
     let mut vars = process_vars(&env);
     for (key, value) in global() {
         vars.insert(key.into(), value);
@@ -117,11 +108,7 @@ async fn a_killed_and_restarted_process_does_not_break_the_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adaptive_mode_finds_an_unknown_limit() {
-    let env = Env::start(SandboxOptions {
-        rate_limit: Some(LIMIT),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let env = Env::start(common::rate_limited(LIMIT, true)).await;
     // Told 5/s, may grow to 1000/s; the API allows 20/s.
     let worker = Running::with(
         &env,

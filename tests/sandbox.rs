@@ -3,16 +3,17 @@
 //! would (no key, no version, malformed batches); the crate's client is used
 //! where the typed answer is what matters.
 
+mod common;
+
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser};
+use common::{answers_lost, new_user};
 use reqwest::{Method, RequestBuilder, StatusCode};
-use secrecy::SecretString;
 use serde_json::{Value, json};
-use user_sync::config::EmbeddedSettings;
-use user_sync::domain::{FullName, Username};
-use user_sync::embedded::{ApiError, EmbeddedClient, InvalidBatchUser, NewUser, UserRef};
+use user_sync::domain::Username;
+use user_sync::embedded::{ApiError, EmbeddedClient, InvalidBatchUser, UserRef};
 use user_sync_sandbox::{
     FaultUpdate, Sandbox, SandboxArgs, SandboxOptions, SandboxStats, SandboxUser, routes,
 };
@@ -20,15 +21,7 @@ use user_sync_sandbox::{
 const KEY: &str = "test-key";
 
 async fn sandbox(options: SandboxOptions) -> Sandbox {
-    Sandbox::start(
-        "127.0.0.1:0".parse().expect("address"),
-        SandboxOptions {
-            api_key: KEY.into(),
-            ..options
-        },
-    )
-    .await
-    .expect("sandbox starts")
+    common::sandbox_accepting(KEY, options).await
 }
 
 /// Raw HTTP against one sandbox: `api` sends the key and version, `bare`
@@ -74,15 +67,7 @@ async fn send(request: RequestBuilder) -> (StatusCode, Value) {
 }
 
 fn client(sandbox: &Sandbox, key: &str) -> EmbeddedClient {
-    let settings = EmbeddedSettings::local(sandbox.base_url(), SecretString::from(key));
-    EmbeddedClient::new(&settings).expect("client")
-}
-
-fn new_user(email: &str, name: Option<&str>) -> NewUser {
-    NewUser {
-        username: Username::from_email(email).expect("email"),
-        full_name: FullName::parse_optional(name).expect("name"),
-    }
+    common::client_of(sandbox, key, None)
 }
 
 #[tokio::test]
@@ -470,12 +455,7 @@ async fn updates_change_names_and_renames_follow_the_configured_rule() {
 #[tokio::test]
 async fn a_burst_is_rate_limited_with_and_without_retry_after() {
     for with_header in [true, false] {
-        let sb = sandbox(SandboxOptions {
-            rate_limit: Some(5),
-            retry_after: with_header,
-            ..SandboxOptions::default()
-        })
-        .await;
+        let sb = sandbox(common::rate_limited(5, with_header)).await;
         let raw = Raw::new(&sb);
         let responses =
             futures::future::join_all((0..60).map(|_| raw.api(Method::GET, "/users").send())).await;
@@ -565,11 +545,7 @@ async fn injected_failures_answer_5xx_and_change_nothing() {
 
 #[tokio::test]
 async fn a_dropped_mutation_is_applied_then_its_connection_cut() {
-    let sb = sandbox(SandboxOptions {
-        drop_rate: 1.0,
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox(answers_lost()).await;
     let raw = Raw::new(&sb);
 
     let cut = |request: RequestBuilder| async move {

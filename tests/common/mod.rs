@@ -32,14 +32,28 @@ macro_rules! on_each_backend {
     };
 }
 
+/// `$body`, an expression over `$pool`, run on the test's pool of either
+/// backend: written once, typed for each.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            Database::Postgres($pool) => $body,
+            Database::Sqlite($pool) => $body,
+        }
+    };
+}
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use secrecy::SecretString;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
-use user_sync::config::Settings;
+use user_sync::config::{EmbeddedSettings, Settings};
+use user_sync::domain::{FullName, Username};
+use user_sync::embedded::{EmbeddedClient, NewUser};
 use user_sync::storage::Database;
 use user_sync_sandbox::{Sandbox, SandboxOptions};
 
@@ -210,15 +224,7 @@ impl Env {
                 (db, Database::Sqlite(pool))
             }
         };
-        let sandbox = Sandbox::start(
-            "127.0.0.1:0".parse().expect("address"),
-            SandboxOptions {
-                api_key: KEY.into(),
-                ..options
-            },
-        )
-        .await
-        .expect("sandbox starts");
+        let sandbox = sandbox_accepting(KEY, options).await;
         Self {
             backend,
             db,
@@ -290,10 +296,9 @@ impl Env {
     /// The one integer `sql` returns.
     pub async fn scalar(&self, sql: &str) -> i64 {
         let sql = sqlx::AssertSqlSafe(self.sql(sql));
-        match &self.db_pool {
-            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-        }
+        on_pool!(&self.db_pool, |pool| sqlx::query_scalar(sql)
+            .fetch_one(pool)
+            .await)
         .expect("a scalar query")
     }
 
@@ -306,10 +311,9 @@ impl Env {
             + Unpin,
     {
         let sql = sqlx::AssertSqlSafe(self.sql(sql));
-        match &self.db_pool {
-            Database::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-            Database::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-        }
+        on_pool!(&self.db_pool, |pool| sqlx::query_as(sql)
+            .fetch_all(pool)
+            .await)
         .expect("a query")
     }
 
@@ -322,18 +326,11 @@ impl Env {
     pub async fn execute(&self, sql: &str, n: i64) {
         let binds = sql.contains("$1");
         let sql = sqlx::AssertSqlSafe(self.sql(sql));
-        match &self.db_pool {
-            Database::Postgres(pool) => {
-                let query = sqlx::query(sql);
-                let query = if binds { query.bind(n) } else { query };
-                query.execute(pool).await.map(|_| ())
-            }
-            Database::Sqlite(pool) => {
-                let query = sqlx::query(sql);
-                let query = if binds { query.bind(n) } else { query };
-                query.execute(pool).await.map(|_| ())
-            }
-        }
+        on_pool!(&self.db_pool, |pool| {
+            let query = sqlx::query(sql);
+            let query = if binds { query.bind(n) } else { query };
+            query.execute(pool).await.map(|_| ())
+        })
         .expect("a statement");
     }
 
@@ -349,31 +346,29 @@ impl Env {
             "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
              VALUES ($1, $2, $3, $4) RETURNING id",
         ));
-        match &self.db_pool {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar(sql)
-                    .bind(host_user_id)
-                    .bind(kind)
-                    .bind(email)
-                    .bind(full_name)
-                    .fetch_one(pool)
-                    .await
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query_scalar(sql)
-                    .bind(host_user_id)
-                    .bind(kind)
-                    .bind(email)
-                    .bind(full_name)
-                    .fetch_one(pool)
-                    .await
-            }
-        }
+        on_pool!(&self.db_pool, |pool| sqlx::query_scalar(sql)
+            .bind(host_user_id)
+            .bind(kind)
+            .bind(email)
+            .bind(full_name)
+            .fetch_one(pool)
+            .await)
         .expect("insert an outbox event")
     }
 
     pub async fn signup(&self, host: &str, email: &str, name: Option<&str>) -> i64 {
         self.event(Some(host), "signup", Some(email), name).await
+    }
+
+    /// A change of `host`'s email or name, as the host writes it.
+    pub async fn change(&self, host: &str, email: &str, name: Option<&str>) -> i64 {
+        self.event(Some(host), "profile_change", Some(email), name)
+            .await
+    }
+
+    /// The closure of `host`'s account, as the host writes it.
+    pub async fn closure(&self, host: &str) -> i64 {
+        self.event(Some(host), "account_closure", None, None).await
     }
 
     pub async fn pending(&self) -> i64 {
@@ -385,10 +380,10 @@ impl Env {
         let sql = sqlx::AssertSqlSafe(
             self.sql("SELECT state, reason FROM user_sync.events WHERE id = $1"),
         );
-        match &self.db_pool {
-            Database::Postgres(pool) => sqlx::query_as(sql).bind(id).fetch_one(pool).await,
-            Database::Sqlite(pool) => sqlx::query_as(sql).bind(id).fetch_one(pool).await,
-        }
+        on_pool!(&self.db_pool, |pool| sqlx::query_as(sql)
+            .bind(id)
+            .fetch_one(pool)
+            .await)
         .expect("read an event")
     }
 
@@ -413,20 +408,10 @@ impl Env {
         let sql = sqlx::AssertSqlSafe(self.sql(
             "SELECT embedded_user_id FROM user_sync.users WHERE host_user_id = $1 AND state = 'synced'",
         ));
-        match &self.db_pool {
-            Database::Postgres(pool) => {
-                sqlx::query_scalar(sql)
-                    .bind(host)
-                    .fetch_optional(pool)
-                    .await
-            }
-            Database::Sqlite(pool) => {
-                sqlx::query_scalar(sql)
-                    .bind(host)
-                    .fetch_optional(pool)
-                    .await
-            }
-        }
+        on_pool!(&self.db_pool, |pool| sqlx::query_scalar(sql)
+            .bind(host)
+            .fetch_optional(pool)
+            .await)
         .expect("read users")
         .flatten()
     }
@@ -434,15 +419,11 @@ impl Env {
     pub async fn open_conflicts(
         &self,
     ) -> Vec<(String, String, String, Option<String>, Option<String>)> {
-        let sql = sqlx::AssertSqlSafe(self.sql(
+        self.rows(
             "SELECT host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id
              FROM user_sync.conflicts WHERE status = 'open' ORDER BY id",
-        ));
-        match &self.db_pool {
-            Database::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-            Database::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-        }
-        .expect("read conflicts")
+        )
+        .await
     }
 
     /// Everything the queue holds, for leak checks: the Redis namespace, or
@@ -467,12 +448,59 @@ impl Env {
 
     pub async fn finish(self) {
         self.flush_namespace().await;
-        match &self.db_pool {
-            Database::Postgres(pool) => pool.close().await,
-            Database::Sqlite(pool) => pool.close().await,
-        }
+        self.db_pool.close().await;
         self.sandbox.shutdown().await;
         self.db.drop_db().await;
+    }
+}
+
+/// A sandbox on a free local port, accepting the API key `key`.
+pub async fn sandbox_accepting(key: &str, options: SandboxOptions) -> Sandbox {
+    Sandbox::start(
+        "127.0.0.1:0".parse().expect("address"),
+        SandboxOptions {
+            api_key: key.into(),
+            ..options
+        },
+    )
+    .await
+    .expect("sandbox starts")
+}
+
+/// The sandbox's defaults, but every answer to a change is lost after the
+/// change was applied.
+pub fn answers_lost() -> SandboxOptions {
+    SandboxOptions {
+        drop_rate: 1.0,
+        ..SandboxOptions::default()
+    }
+}
+
+/// The sandbox's defaults, but it answers `429` beyond `per_second`
+/// requests a second, with a `Retry-After` header or without.
+pub fn rate_limited(per_second: u32, retry_after: bool) -> SandboxOptions {
+    SandboxOptions {
+        rate_limit: Some(per_second),
+        retry_after,
+        ..SandboxOptions::default()
+    }
+}
+
+/// A client of `sandbox` sending the API key `key`, with the default
+/// request timeout or `timeout`.
+pub fn client_of(sandbox: &Sandbox, key: &str, timeout: Option<Duration>) -> EmbeddedClient {
+    let mut settings = EmbeddedSettings::local(sandbox.base_url(), SecretString::from(key));
+    if let Some(timeout) = timeout {
+        settings.timeout = timeout;
+    }
+    EmbeddedClient::new(&settings).expect("client")
+}
+
+/// A user to create, from an email and a name as a host holds them.
+pub fn new_user(email: &str, name: Option<&str>) -> NewUser {
+    NewUser {
+        username: Username::from_email(email).expect("email"),
+        full_name: FullName::parse_optional(name).expect("name"),
     }
 }
 
