@@ -29,9 +29,34 @@ pub(super) trait WorkingTables: Send {
     /// Drops the working tables (the connection would, at its end).
     fn discard(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Fills the snapshot from a `GET /users` stream, replacing what it
-    /// held. Returns how many users it holds. An error mid-stream leaves a
-    /// partial snapshot: the caller starts again.
-    fn load(&mut self, stream: UserStream) -> impl Future<Output = Result<u64, LoadError>> + Send;
+    /// held, chunk by chunk as the answer arrives. Returns how many users it
+    /// holds. An error mid-stream leaves a partial snapshot: the caller
+    /// starts again.
+    fn load(&mut self, stream: UserStream) -> impl Future<Output = Result<u64, LoadError>> + Send {
+        async move {
+            self.empty_snapshot().await?;
+            let mut chunks = ReadAhead::start(stream);
+            let mut total = 0u64;
+            while let Some(chunk) = chunks.next().await? {
+                total += self.insert_snapshot(&chunk).await?;
+            }
+            self.snapshot_loaded().await?;
+            Ok(total)
+        }
+    }
+    /// Empties the snapshot.
+    fn empty_snapshot(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send;
+    /// Writes `users` to the snapshot; returns how many it added (a
+    /// username already there keeps its first user: a repeat would be the
+    /// API's own inconsistency).
+    fn insert_snapshot<'a>(
+        &'a mut self,
+        users: &'a [EmbeddedUser],
+    ) -> impl Future<Output = sqlx::Result<u64>> + Send;
+    /// What is left to do once the whole answer is in.
+    fn snapshot_loaded(&mut self) -> impl Future<Output = sqlx::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
     /// Embedded users of the snapshot by username.
     fn find<'a>(
         &'a mut self,
@@ -73,17 +98,40 @@ impl WorkingTables for PgConnection {
         Ok(())
     }
 
-    async fn load(&mut self, stream: UserStream) -> Result<u64, LoadError> {
+    async fn empty_snapshot(&mut self) -> sqlx::Result<()> {
         sqlx::query("TRUNCATE pg_temp.backfill_embedded")
-            .execute(&mut *self)
+            .execute(self)
             .await?;
-        let mut chunks = ReadAhead::start(stream);
-        let mut total = 0u64;
-        while let Some(chunk) = chunks.next().await? {
-            total += insert(self, &chunk).await?;
+        Ok(())
+    }
+
+    async fn insert_snapshot(&mut self, users: &[EmbeddedUser]) -> sqlx::Result<u64> {
+        if users.is_empty() {
+            return Ok(0);
         }
-        note_mappings(self).await?;
-        Ok(total)
+        let usernames: Vec<&str> = users.iter().map(|u| u.username.as_str()).collect();
+        let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
+        let names: Vec<Option<&str>> = users
+            .iter()
+            .map(|u| u.full_name.as_ref().map(FullName::as_str))
+            .collect();
+        // Usernames are unique in any letter case; a repeat would be the API's
+        // own inconsistency, and the first one is kept.
+        let result = sqlx::query(
+            "INSERT INTO pg_temp.backfill_embedded (username, user_id, full_name)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+             ON CONFLICT (username) DO NOTHING",
+        )
+        .bind(&usernames)
+        .bind(&ids)
+        .bind(&names)
+        .execute(self)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn snapshot_loaded(&mut self) -> sqlx::Result<()> {
+        note_mappings(self).await
     }
 
     async fn find(&mut self, usernames: &[&str]) -> sqlx::Result<HashMap<Username, EmbeddedUser>> {
@@ -259,31 +307,6 @@ pub enum LoadError {
     ReaderStopped,
 }
 
-async fn insert(conn: &mut PgConnection, users: &[EmbeddedUser]) -> sqlx::Result<u64> {
-    if users.is_empty() {
-        return Ok(0);
-    }
-    let usernames: Vec<&str> = users.iter().map(|u| u.username.as_str()).collect();
-    let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
-    let names: Vec<Option<&str>> = users
-        .iter()
-        .map(|u| u.full_name.as_ref().map(FullName::as_str))
-        .collect();
-    // Usernames are unique in any letter case; a repeat would be the API's
-    // own inconsistency, and the first one is kept.
-    let result = sqlx::query(
-        "INSERT INTO pg_temp.backfill_embedded (username, user_id, full_name)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-         ON CONFLICT (username) DO NOTHING",
-    )
-    .bind(&usernames)
-    .bind(&ids)
-    .bind(&names)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected())
-}
-
 /// One row of a page lookup, on either backend.
 #[derive(sqlx::FromRow)]
 pub(super) struct LookupRow {
@@ -341,11 +364,11 @@ pub(super) mod on_sqlite {
     use sqlx::SqliteConnection;
 
     use crate::domain::{FullName, HostUserId, Profile, Username};
-    use crate::embedded::{EmbeddedUser, UserStream};
+    use crate::embedded::EmbeddedUser;
     use crate::storage::json_list;
 
     use super::super::decide::Known;
-    use super::{LoadError, LookupRow, ReadAhead, WorkingTables};
+    use super::{LookupRow, WorkingTables};
 
     impl WorkingTables for SqliteConnection {
         async fn prepare(&mut self) -> sqlx::Result<()> {
@@ -372,16 +395,34 @@ pub(super) mod on_sqlite {
             Ok(())
         }
 
-        async fn load(&mut self, stream: UserStream) -> Result<u64, LoadError> {
+        async fn empty_snapshot(&mut self) -> sqlx::Result<()> {
             sqlx::query("DELETE FROM temp.backfill_embedded")
-                .execute(&mut *self)
+                .execute(self)
                 .await?;
-            let mut chunks = ReadAhead::start(stream);
-            let mut total = 0u64;
-            while let Some(chunk) = chunks.next().await? {
-                total += insert(&mut *self, &chunk).await?;
+            Ok(())
+        }
+
+        async fn insert_snapshot(&mut self, users: &[EmbeddedUser]) -> sqlx::Result<u64> {
+            if users.is_empty() {
+                return Ok(0);
             }
-            Ok(total)
+            let list = json_list(users.iter().map(|u| {
+                json!([
+                    u.username.as_str(),
+                    u.user_id.as_str(),
+                    u.full_name.as_ref().map(FullName::as_str)
+                ])
+            }));
+            // Usernames are unique in any letter case; a repeat keeps the first.
+            let result = sqlx::query(
+                "INSERT INTO temp.backfill_embedded (username, user_id, full_name)
+                 SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) WHERE true
+                 ON CONFLICT (username) DO NOTHING",
+            )
+            .bind(list)
+            .execute(self)
+            .await?;
+            Ok(result.rows_affected())
         }
 
         async fn find(
@@ -456,28 +497,5 @@ pub(super) mod on_sqlite {
             .await?;
             Ok(rows.into_iter().map(LookupRow::into_known).collect())
         }
-    }
-
-    async fn insert(conn: &mut SqliteConnection, users: &[EmbeddedUser]) -> sqlx::Result<u64> {
-        if users.is_empty() {
-            return Ok(0);
-        }
-        let list = json_list(users.iter().map(|u| {
-            json!([
-                u.username.as_str(),
-                u.user_id.as_str(),
-                u.full_name.as_ref().map(FullName::as_str)
-            ])
-        }));
-        // Usernames are unique in any letter case; a repeat keeps the first.
-        let result = sqlx::query(
-            "INSERT INTO temp.backfill_embedded (username, user_id, full_name)
-             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) WHERE true
-             ON CONFLICT (username) DO NOTHING",
-        )
-        .bind(list)
-        .execute(conn)
-        .await?;
-        Ok(result.rows_affected())
     }
 }
