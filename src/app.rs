@@ -21,7 +21,7 @@ use crate::domain::EmbeddedUserId;
 use crate::embedded::{ApiError, EmbeddedClient, UserRef};
 use crate::ops::{self, OpsState};
 use crate::outbox::{self, Dispatcher};
-use crate::queue::{self, JobQueue, RedisQueue, SqliteQueue};
+use crate::queue::{self, RedisQueue, SqliteQueue, WorkerQueue};
 use crate::ratelimit::{self, ApiGate, SharedLimit};
 use crate::storage::{Database, PgStore, ProcessLock, SqliteStore, Store, SyncStore};
 use crate::sync::SyncContext;
@@ -36,12 +36,6 @@ pub struct Worker {
     /// On SQLite, this process's exclusive right to the file, held until
     /// every part has stopped.
     _file_lock: Option<ProcessLock>,
-}
-
-/// The queue the process's jobs come from.
-enum Queue {
-    Redis(RedisQueue),
-    Sqlite(SqliteQueue),
 }
 
 impl Worker {
@@ -59,27 +53,22 @@ impl Worker {
         };
         let database = Database::connect(&settings.database, pool_size(settings)).await?;
         database.check_current().await?;
-        let name = queue::worker_name();
-        let mut tasks = JoinSet::new();
-        let (queue, gate) = match &database {
-            Database::Postgres(_) => {
+        let mut parts = Parts {
+            settings,
+            api,
+            name: queue::worker_name(),
+            tasks: JoinSet::new(),
+            shutdown,
+        };
+        // The backend, chosen once: its storage and its queue, then every
+        // part is started generically over them.
+        let ops_addr = match database {
+            Database::Postgres(pool) => {
                 let redis = RedisQueue::connect(&settings.redis).await?;
-                let gate = match settings.rate_limit.scope {
-                    RateLimitScope::Process => ApiGate::new(&settings.rate_limit),
-                    RateLimitScope::Global => {
-                        let shared = SharedLimit::new(
-                            redis.dedicated_connection(ratelimit::REDIS_TIMEOUT).await?,
-                            &settings.redis.namespace,
-                            name.clone(),
-                            ApiGate::shared_params(&settings.rate_limit),
-                        );
-                        tasks.spawn(shared.clone().keep_membership(shutdown.clone()));
-                        ApiGate::shared(&settings.rate_limit, shared)
-                    }
-                };
-                (Queue::Redis(redis), gate)
+                let gate = parts.gate_beside_redis(&redis).await?;
+                parts.start(PgStore::new(pool), redis, gate).await?
             }
-            Database::Sqlite(_) => {
+            Database::Sqlite(pool) => {
                 anyhow::ensure!(
                     settings.rate_limit.scope == RateLimitScope::Process,
                     "rate_limit.scope = \"global\" shares the limit through Redis, which a SQLite \
@@ -87,76 +76,12 @@ impl Worker {
                      SQLite file has the whole limit)"
                 );
                 let queue = SqliteQueue::connect(&settings.database)?;
-                (Queue::Sqlite(queue), ApiGate::new(&settings.rate_limit))
+                let gate = ApiGate::new(&settings.rate_limit);
+                parts.start(SqliteStore::new(pool), queue, gate).await?
             }
         };
-        let gate = Arc::new(gate);
-        // The backend, chosen once: the jobs are generic over it, the rest
-        // of the process reaches it through one trait object.
-        let (store, handler) = match database {
-            Database::Postgres(pool) => {
-                assemble(Arc::new(PgStore::new(pool)), &api, &gate, settings)
-            }
-            Database::Sqlite(pool) => {
-                assemble(Arc::new(SqliteStore::new(pool)), &api, &gate, settings)
-            }
-        };
-        let job_queue: Arc<dyn JobQueue> = match &queue {
-            Queue::Redis(redis) => queue::shared(redis.clone()),
-            Queue::Sqlite(sqlite) => queue::shared(sqlite.clone()),
-        };
-
-        let ops_addr = ops::serve(
-            settings.http.bind,
-            OpsState {
-                store: store.clone(),
-                queue: job_queue.clone(),
-                gate: gate.clone(),
-            },
-            shutdown.clone(),
-        )
-        .await?;
-
-        // Work stops being taken at once on shutdown; running jobs get the
-        // grace period.
-        let dispatcher = Dispatcher::new(
-            store.clone(),
-            job_queue.clone(),
-            settings.dispatcher.clone(),
-        );
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(error) = dispatcher.run(stop).await {
-                tracing::error!(error = %format!("{error:#}"), "the dispatcher stopped");
-            }
-        });
-        tasks.spawn(outbox::run_sweeper(
-            store.clone(),
-            job_queue.clone(),
-            settings.sweeper.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(probe_auth(
-            api.clone(),
-            gate.clone(),
-            settings.worker.auth_retry_interval,
-            shutdown.clone(),
-        ));
-        let concurrency = jobs_in_flight(settings);
-        let workers = queue::Workers {
-            name: name.clone(),
-            handler,
-            concurrency,
-            shutdown,
-            grace: settings.worker.shutdown_timeout,
-        };
-        tasks.spawn(async move {
-            match queue {
-                Queue::Redis(redis) => redis.run_workers(&workers).await,
-                Queue::Sqlite(sqlite) => sqlite.run_workers(&workers).await,
-            }
-        });
-        tracing::info!(%ops_addr, worker = %name, concurrency, "user-sync is running");
+        let Parts { name, tasks, .. } = parts;
+        tracing::info!(%ops_addr, worker = %name, concurrency = jobs_in_flight(settings), "user-sync is running");
         Ok(Self {
             ops_addr,
             name,
@@ -178,21 +103,106 @@ impl Worker {
     }
 }
 
-/// The pipeline's storage as the dispatcher, the sweeper and the ops server
-/// reach it, and the queue's handler of sync jobs on it.
-fn assemble<S: SyncStore + Store>(
-    store: Arc<S>,
-    api: &EmbeddedClient,
-    gate: &Arc<ApiGate>,
-    settings: &Settings,
-) -> (Arc<dyn Store>, queue::Handler) {
-    let handler = queue::Handler::new(SyncContext::new(
-        store.clone(),
-        api.clone(),
-        gate.clone(),
-        settings.worker.clone(),
-    ));
-    (store, handler)
+/// What every part of the process is started with, whatever the backend.
+struct Parts<'a> {
+    settings: &'a Settings,
+    api: EmbeddedClient,
+    /// The name the process's queue worker registers under.
+    name: String,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Parts<'_> {
+    /// The gate of a process beside Redis: its own limit, or one limit
+    /// shared through Redis by every process (`rate_limit.scope`).
+    async fn gate_beside_redis(&mut self, redis: &RedisQueue) -> anyhow::Result<ApiGate> {
+        let settings = self.settings;
+        Ok(match settings.rate_limit.scope {
+            RateLimitScope::Process => ApiGate::new(&settings.rate_limit),
+            RateLimitScope::Global => {
+                let shared = SharedLimit::new(
+                    redis.dedicated_connection(ratelimit::REDIS_TIMEOUT).await?,
+                    &settings.redis.namespace,
+                    self.name.clone(),
+                    ApiGate::shared_params(&settings.rate_limit),
+                );
+                self.tasks
+                    .spawn(shared.clone().keep_membership(self.shutdown.clone()));
+                ApiGate::shared(&settings.rate_limit, shared)
+            }
+        })
+    }
+
+    /// Starts the ops server, the dispatcher, the sweeper, the auth probe
+    /// and the queue's workers on `store` and `queue`; returns where the
+    /// ops server listens. The jobs are generic over the store; the rest
+    /// of the process reaches it through one trait object.
+    async fn start<S, Q>(&mut self, store: S, queue: Q, gate: ApiGate) -> anyhow::Result<SocketAddr>
+    where
+        S: SyncStore + Store,
+        Q: WorkerQueue,
+    {
+        let settings = self.settings;
+        let shutdown = &self.shutdown;
+        let gate = Arc::new(gate);
+        let store = Arc::new(store);
+        let handler = queue::Handler::new(SyncContext::new(
+            store.clone(),
+            self.api.clone(),
+            gate.clone(),
+            settings.worker.clone(),
+        ));
+        let store: Arc<dyn Store> = store;
+        let job_queue = queue::shared(queue.clone());
+
+        let ops_addr = ops::serve(
+            settings.http.bind,
+            OpsState {
+                store: store.clone(),
+                queue: job_queue.clone(),
+                gate: gate.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+
+        // Work stops being taken at once on shutdown; running jobs get the
+        // grace period.
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            job_queue.clone(),
+            settings.dispatcher.clone(),
+        );
+        let stop = shutdown.clone();
+        self.tasks.spawn(async move {
+            if let Err(error) = dispatcher.run(stop).await {
+                tracing::error!(error = %format!("{error:#}"), "the dispatcher stopped");
+            }
+        });
+        self.tasks.spawn(outbox::run_sweeper(
+            store.clone(),
+            job_queue.clone(),
+            settings.sweeper.clone(),
+            shutdown.clone(),
+        ));
+        self.tasks.spawn(probe_auth(
+            self.api.clone(),
+            gate.clone(),
+            settings.worker.auth_retry_interval,
+            shutdown.clone(),
+        ));
+        let workers = queue::Workers {
+            name: self.name.clone(),
+            handler,
+            concurrency: jobs_in_flight(settings),
+            shutdown: shutdown.clone(),
+            grace: settings.worker.shutdown_timeout,
+        };
+        self.tasks
+            .spawn(async move { queue.run_workers(&workers).await });
+        Ok(ops_addr)
+    }
 }
 
 /// Jobs run at once: 16 users in flight per API call allowed in flight, as

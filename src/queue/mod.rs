@@ -49,6 +49,14 @@ pub trait JobQueue: Send + Sync {
     fn vacuum(&self) -> BoxFuture<'_, anyhow::Result<usize>>;
 }
 
+/// A queue whose workers a process runs: Redis's or the SQLite file's.
+pub trait WorkerQueue: JobQueue + Clone + 'static {
+    /// Runs `workers.concurrency` sync jobs at a time until their shutdown,
+    /// then lets the running ones finish for at most their grace; a worker
+    /// that stops on an error restarts after a pause.
+    fn run_workers(&self, workers: &Workers) -> impl Future<Output = ()> + Send;
+}
+
 /// What the queue's workers run for each job they take. The queue knows
 /// jobs only as ids; what a job does is the handler's.
 pub trait JobHandler: Send + Sync + 'static {

@@ -15,7 +15,9 @@ use futures::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
 
-use super::{Ended, HEARTBEAT, JobQueue, MISSED_HEARTBEATS, SyncJob, Workers, run_sync_worker};
+use super::{
+    Ended, HEARTBEAT, JobQueue, MISSED_HEARTBEATS, SyncJob, WorkerQueue, Workers, run_sync_worker,
+};
 use crate::config::RedisSettings;
 
 /// The Redis queue of one namespace.
@@ -75,12 +77,12 @@ impl RedisQueue {
     fn storage(&self) -> RedisStorage<SyncJob, ConnectionManager> {
         RedisStorage::new(self.conn.clone()).with_config(self.config.clone())
     }
+}
 
-    /// Runs `workers.concurrency` sync jobs at a time until their shutdown,
-    /// then lets the running ones finish for at most their grace. A lost
-    /// Redis connection restarts the worker (same name, so its own
+impl WorkerQueue for RedisQueue {
+    /// A lost Redis connection restarts the worker (same name, so its own
     /// unfinished jobs come back to it) after a short pause.
-    pub async fn run_workers(&self, workers: &Workers) {
+    async fn run_workers(&self, workers: &Workers) {
         let config = &self.config.clone().batch_size(workers.concurrency.max(1));
         let client = &self.client;
         workers

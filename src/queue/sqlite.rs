@@ -14,7 +14,9 @@ use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
 use sqlx::SqlitePool;
 
-use super::{HEARTBEAT, JobQueue, MISSED_HEARTBEATS, SyncJob, Workers, run_sync_worker};
+use super::{
+    HEARTBEAT, JobQueue, MISSED_HEARTBEATS, SyncJob, WorkerQueue, Workers, run_sync_worker,
+};
 use crate::config::DatabaseSettings;
 
 /// The queue's name in the `Jobs` table.
@@ -44,11 +46,10 @@ impl SqliteQueue {
                 .missed_heartbeats(MISSED_HEARTBEATS),
         })
     }
+}
 
-    /// Runs `workers.concurrency` sync jobs at a time until their shutdown,
-    /// then lets the running ones finish for at most their grace. A worker
-    /// stopped by an error restarts after a short pause.
-    pub async fn run_workers(&self, workers: &Workers) {
+impl WorkerQueue for SqliteQueue {
+    async fn run_workers(&self, workers: &Workers) {
         let config = &self.config.clone().batch_size(workers.concurrency.max(1));
         workers
             .keep_running(move || async move {
