@@ -351,14 +351,7 @@ async fn killed_then_run_again(
     args: &[&str],
     extra: &[(&str, &str)],
 ) {
-    let env = Env::start_on(
-        backend,
-        SandboxOptions {
-            latency: Duration::from_millis(20),
-            ..SandboxOptions::default()
-        },
-    )
-    .await;
+    let env = Env::start_on(backend, common::latency(20)).await;
     host_accounts(&env, n).await;
     let e = expected(n);
     kill_mid_run(&env, args, extra, 200).await;

@@ -338,11 +338,7 @@ async fn status_and_conflicts_report_what_the_pipeline_did(backend: Backend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_loses_nothing_and_duplicates_nothing() {
-    let env = Env::start(SandboxOptions {
-        latency: Duration::from_millis(300),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let env = Env::start(common::latency(300)).await;
     let vars = process_vars(&env);
     let mut victim = Proc::spawn(&vars, &["run"]);
     let mut survivor = Proc::spawn(&vars, &["run"]);
@@ -422,14 +418,7 @@ async fn kill_mid_work(env: &Env, victim: Proc, users: std::ops::Range<usize>) {
 /// without losing or duplicating anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sqlite_one_process_per_file_and_a_killed_one_is_replaced() {
-    let env = Env::start_on(
-        Backend::Sqlite,
-        SandboxOptions {
-            latency: Duration::from_millis(300),
-            ..SandboxOptions::default()
-        },
-    )
-    .await;
+    let env = Env::start_on(Backend::Sqlite, common::latency(300)).await;
     let vars = process_vars(&env);
     let mut victim = Proc::spawn(&vars, &["run"]);
     victim.ready().await;

@@ -312,11 +312,7 @@ async fn a_create_whose_answer_is_cut_was_applied_and_can_be_confirmed() {
 
 #[tokio::test]
 async fn a_slow_answer_times_out() {
-    let sb = sandbox(SandboxOptions {
-        latency: Duration::from_millis(1_500),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let sb = sandbox(common::latency(1_500)).await;
     let mut settings = EmbeddedSettings::local(sb.base_url(), SecretString::from(KEY));
     settings.timeout = Duration::from_millis(300);
     let api = EmbeddedClient::new(&settings).expect("client");

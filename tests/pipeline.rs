@@ -549,11 +549,7 @@ async fn a_flushed_queue_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_processes_create_each_user_exactly_once() {
-    let env = Env::start(SandboxOptions {
-        latency: Duration::from_millis(5),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let env = Env::start(common::latency(5)).await;
     let a = Running::start(&env).await;
     let b = Running::start(&env).await;
     let c = Running::start(&env).await;
@@ -589,14 +585,7 @@ async fn several_processes_create_each_user_exactly_once() {
 }
 
 async fn shutdown_lets_running_jobs_finish(backend: Backend) {
-    let env = Env::start_on(
-        backend,
-        SandboxOptions {
-            latency: Duration::from_millis(800),
-            ..SandboxOptions::default()
-        },
-    )
-    .await;
+    let env = Env::start_on(backend, common::latency(800)).await;
     let run = Running::start(&env).await;
     for i in 0..4 {
         env.signup(&format!("u{i}"), &format!("s{i}@example.com"), None)
@@ -744,14 +733,7 @@ async fn forty_quick_changes_of_one_user(env: &Env) {
 /// overlap either (the per-user lock is in the process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_for_one_user_never_overlap_in_one_sqlite_process() {
-    let env = Env::start_on(
-        Backend::Sqlite,
-        SandboxOptions {
-            latency: Duration::from_millis(20),
-            ..SandboxOptions::default()
-        },
-    )
-    .await;
+    let env = Env::start_on(Backend::Sqlite, common::latency(20)).await;
     let run = Running::start(&env).await;
     forty_quick_changes_of_one_user(&env).await;
 
@@ -761,11 +743,7 @@ async fn calls_for_one_user_never_overlap_in_one_sqlite_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_for_one_user_never_overlap_across_processes() {
-    let env = Env::start(SandboxOptions {
-        latency: Duration::from_millis(20),
-        ..SandboxOptions::default()
-    })
-    .await;
+    let env = Env::start(common::latency(20)).await;
     let a = Running::start(&env).await;
     let b = Running::start(&env).await;
     forty_quick_changes_of_one_user(&env).await;

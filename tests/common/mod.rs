@@ -476,6 +476,15 @@ pub fn answers_lost() -> SandboxOptions {
     }
 }
 
+/// The sandbox's defaults, but every API request is answered after
+/// `millis` milliseconds.
+pub fn latency(millis: u64) -> SandboxOptions {
+    SandboxOptions {
+        latency: Duration::from_millis(millis),
+        ..SandboxOptions::default()
+    }
+}
+
 /// The sandbox's defaults, but it answers `429` beyond `per_second`
 /// requests a second, with a `Retry-After` header or without.
 pub fn rate_limited(per_second: u32, retry_after: bool) -> SandboxOptions {
