@@ -32,9 +32,12 @@
 //!
 //! # Files
 //!
-//! The run's course (open, snapshot, pages, finish) is here; what is done
-//! with one page is in `page`, and the calls through the process's gate,
-//! with their retries, in `api`.
+//! The run's course (open, snapshot, pages, finish) is here; the
+//! backfill's session on each backend, and how it opens, in `db`; the
+//! working tables in `snapshot`; what is done with one page in `page`; and
+//! the calls through the process's gate, with their retries, in `api`. What
+//! the run writes to the worker's tables is the storage's
+//! (`storage::BackfillTables`).
 
 mod api;
 mod batch;
