@@ -200,6 +200,7 @@ fn assemble<S: SyncStore + Store>(
         api.clone(),
         gate.clone(),
         settings.worker.clone(),
+        settings.sync.clone(),
     ));
     (store, handler)
 }

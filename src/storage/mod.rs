@@ -25,6 +25,7 @@ pub mod pg;
 pub mod sqlite;
 pub mod users;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
@@ -142,17 +143,30 @@ pub trait UserSession: Send {
         reason: Option<&'a str>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Records the intent to create `profile`, durably, before the create
-    /// is sent; a username another host user holds is refused.
+    /// is sent; a username another host user holds is refused. `seen_free`:
+    /// the username was seen free in Embedded right before (kept with the
+    /// claim; see `domain::Intent`).
     fn claim_for_create<'a>(
         &'a mut self,
         profile: &'a Profile,
         event_id: i64,
+        seen_free: bool,
     ) -> impl Future<Output = sqlx::Result<Claim>> + Send;
     /// The other host user holding or claiming `username`, if any.
     fn holder_of<'a>(
         &'a mut self,
         username: &'a Username,
     ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send;
+    /// Whether `holder` claims `username` for a create whose outcome is
+    /// still being worked out (its row `creating`, an event of it still
+    /// pending), and if so when that event is next due. Such a claim may
+    /// yet be released (the username taken in Embedded), so who holds the
+    /// name is not settled.
+    fn claim_in_flight<'a>(
+        &'a mut self,
+        holder: &'a HostUserId,
+        username: &'a Username,
+    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send;
     /// Records that an update for `event_id` is about to be sent: until that
     /// event finishes, the row may not say what Embedded holds (see
     /// `NextEvent::last_acted_unfinished`).

@@ -11,11 +11,14 @@
 
 use std::collections::HashSet;
 
-use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
+use crate::domain::{
+    ClaimCheck, ConflictReason, FullName, HostUserId, Profile, UserState, Username,
+};
 use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
 use crate::storage::users::{Claim, ClaimIntent, Found};
 
 use super::api::Resend;
+use super::db::Create;
 use super::decide::ConflictFound;
 use super::{Pending, Run};
 
@@ -25,10 +28,7 @@ const MAX_ROUNDS: usize = 3;
 impl<D: super::db::BackfillDb> Run<D> {
     /// Records the intent to create, for users whose locks are held. Those
     /// whose username turns out claimed meanwhile become conflicts.
-    pub(super) async fn claim(
-        &mut self,
-        creates: &[(&HostUserId, &Profile, bool)],
-    ) -> anyhow::Result<Vec<Pending>> {
+    pub(super) async fn claim(&mut self, creates: &[Create<'_>]) -> anyhow::Result<Vec<Pending>> {
         let intents: Vec<ClaimIntent<'_>> = creates
             .iter()
             .map(|(host, profile, _)| ClaimIntent {
@@ -37,7 +37,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                 last_event_id: None,
             })
             .collect();
-        let pending = |c: &(&HostUserId, &Profile, bool)| Pending {
+        let pending = |c: &Create<'_>| Pending {
             host: c.0.clone(),
             profile: c.1.clone(),
             unconfirmed: c.2,
@@ -157,7 +157,12 @@ impl<D: super::db::BackfillDb> Run<D> {
             })
             .await;
         match found {
-            Ok(user) if entry.unconfirmed => {
+            Ok(user)
+                if entry.unconfirmed.is_some_and(|intent| {
+                    let check = ClaimCheck::now(self.claim_margin);
+                    intent.provenance_of(&user.user_id, &check).is_the_creates()
+                }) =>
+            {
                 let profile = user.profile();
                 let found = [Found {
                     host: &entry.host,
@@ -168,9 +173,16 @@ impl<D: super::db::BackfillDb> Run<D> {
                 self.summary.resumed += 1;
             }
             Ok(user) => {
+                // An earlier create not proven to have made it: an
+                // operator decides, as in the pipeline.
+                let reason = if entry.unconfirmed.is_some() {
+                    ConflictReason::UnconfirmedCreate
+                } else {
+                    ConflictReason::TakenInEmbedded
+                };
                 let conflict = ConflictFound {
                     username: username.clone(),
-                    reason: ConflictReason::TakenInEmbedded,
+                    reason,
                     holder_host_user_id: None,
                     holder_embedded_user_id: Some(user.user_id),
                 };
@@ -223,7 +235,9 @@ impl<D: super::db::BackfillDb> Run<D> {
                 let usernames: Vec<&str> =
                     rows.iter().filter_map(|r| r.username.as_deref()).collect();
                 let found = self.db.find_in_snapshot(&usernames).await?;
+                let check = ClaimCheck::now(self.claim_margin);
                 let mut linked: Vec<(HostUserId, crate::embedded::EmbeddedUser)> = Vec::new();
+                let mut unproven: Vec<(HostUserId, ConflictFound)> = Vec::new();
                 let mut again: Vec<Pending> = Vec::new();
                 let mut release: Vec<String> = Vec::new();
                 for row in &rows {
@@ -236,6 +250,25 @@ impl<D: super::db::BackfillDb> Run<D> {
                     };
                     let username = Username::from_api(username);
                     match found.get(&username) {
+                        // This run's claims saw the username free; a job's
+                        // may not have, and its user must prove itself.
+                        Some(user)
+                            if !row
+                                .intent()
+                                .provenance_of(&user.user_id, &check)
+                                .is_the_creates() =>
+                        {
+                            unproven.push((
+                                host,
+                                ConflictFound {
+                                    username,
+                                    reason: ConflictReason::UnconfirmedCreate,
+                                    holder_host_user_id: None,
+                                    holder_embedded_user_id: Some(user.user_id.clone()),
+                                },
+                            ));
+                            release.push(row.host_user_id.clone());
+                        }
                         Some(user) => {
                             linked.push((host, user.clone()));
                             release.push(row.host_user_id.clone());
@@ -246,12 +279,15 @@ impl<D: super::db::BackfillDb> Run<D> {
                                 username,
                                 full_name: row.full_name.as_deref().map(FullName::from_api),
                             },
-                            unconfirmed: true,
+                            unconfirmed: Some(row.intent()),
                         }),
                     }
                 }
                 self.mark_linked(&linked).await?;
                 self.summary.created += linked.len() as u64;
+                for (host, conflict) in &unproven {
+                    self.conflict(host, conflict).await?;
+                }
                 let release: Vec<&str> = release.iter().map(String::as_str).collect();
                 self.db.unlock_many(&release).await?;
                 if self.cancel.is_cancelled() {

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 use std::future::Future;
 
-use crate::domain::{HostUserId, Profile, UserState, Username};
+use crate::domain::{HostUserId, Intent, Profile, UserState, Username};
 use crate::embedded::EmbeddedUser;
 use crate::embedded::client::UserStream;
 use crate::host::table::{HostRow, HostTable};
@@ -29,8 +29,9 @@ use super::snapshot::{self, LoadError};
 /// An event's state, and when it comes due if pending: (id, state, due).
 pub(super) type EventState = (i64, String, DateTime<Utc>);
 
-/// One user to create in single mode: (host, profile, row was `creating`).
-pub(super) type Create<'a> = (&'a HostUserId, &'a Profile, bool);
+/// One user to create: (host, profile, the intent of its row's claim when
+/// the row was `creating`).
+pub(super) type Create<'a> = (&'a HostUserId, &'a Profile, Option<Intent>);
 
 /// The backfill's session on the worker's database.
 pub(super) trait BackfillDb: Send {

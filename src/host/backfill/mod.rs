@@ -53,7 +53,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseKind, Settings, SourceTarget, WorkerSettings};
+use crate::config::{DatabaseKind, Settings, SourceTarget};
+use crate::domain::Intent;
 use crate::domain::{HostUserId, Profile};
 use crate::embedded::EmbeddedClient;
 use crate::host::table::HostTable;
@@ -174,7 +175,8 @@ async fn run_on<D: BackfillDb>(
             gate: gate.clone(),
             worker: settings.worker.clone(),
         },
-        jobs: store.handler(client, gate, settings.worker.clone()),
+        jobs: store.handler(client, gate, settings),
+        claim_margin: settings.sync.clock_skew_margin,
         options: options.clone(),
         summary: Summary {
             dry_run: options.dry_run,
@@ -271,10 +273,11 @@ enum JobStore {
 }
 
 impl JobStore {
-    fn handler(self, api: EmbeddedClient, gate: Arc<ApiGate>, worker: WorkerSettings) -> Handler {
+    fn handler(self, api: EmbeddedClient, gate: Arc<ApiGate>, settings: &Settings) -> Handler {
+        let (worker, sync) = (settings.worker.clone(), settings.sync.clone());
         match self {
-            Self::Pg(store) => Handler::new(SyncContext::new(store, api, gate, worker)),
-            Self::Sqlite(store) => Handler::new(SyncContext::new(store, api, gate, worker)),
+            Self::Pg(store) => Handler::new(SyncContext::new(store, api, gate, worker, sync)),
+            Self::Sqlite(store) => Handler::new(SyncContext::new(store, api, gate, worker, sync)),
         }
     }
 }
@@ -284,9 +287,9 @@ impl JobStore {
 struct Pending {
     host: HostUserId,
     profile: Profile,
-    /// The row was `creating` before this claim: an earlier create of it
-    /// may have happened after all.
-    unconfirmed: bool,
+    /// The row was `creating` before this claim, with this intent: an
+    /// earlier create of it may have happened after all.
+    unconfirmed: Option<Intent>,
 }
 
 /// One backfill run.
@@ -303,6 +306,9 @@ struct Run<D> {
     cancel: CancellationToken,
     /// The database's clock at the start: rows claimed since are this run's.
     started_at: chrono::DateTime<chrono::Utc>,
+    /// `sync.clock_skew_margin`: what a user found for a claim another
+    /// process made is held against (see `domain::Provenance`).
+    claim_margin: std::time::Duration,
     page_size: u32,
     /// Batch mode: claimed creates not sent yet.
     pending: Vec<Pending>,

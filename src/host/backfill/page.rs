@@ -9,12 +9,15 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
+use crate::domain::{
+    ClaimCheck, ConflictReason, FullName, HostUserId, Profile, UserState, Username,
+};
 use crate::embedded::EmbeddedUser;
 use crate::host::table::HostRow;
 use crate::storage::conflicts::NewConflict;
 use crate::storage::users::Found;
 
+use super::db::Create;
 use super::decide::{ConflictFound, Decision, decide};
 use super::report::{ConflictLine, Output};
 use super::{Mode, Run};
@@ -62,11 +65,12 @@ impl<D: super::db::BackfillDb> Run<D> {
         output: &mut Output<'_>,
     ) -> anyhow::Result<()> {
         let known = self.db.lookup(&users).await?;
+        let check = ClaimCheck::now(self.claim_margin);
         let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
         let mut planned = Vec::new();
         for ((host, want), known) in users.iter().zip(&known) {
             let decision = within_page(
-                decide(host, want, known, self.options.adopt_existing),
+                decide(host, want, known, self.options.adopt_existing, &check),
                 host,
                 want,
                 &mut first_of,
@@ -132,20 +136,22 @@ impl<D: super::db::BackfillDb> Run<D> {
 
     async fn act_locked(&mut self, mine: &[(HostUserId, Profile)]) -> anyhow::Result<()> {
         let known = self.db.lookup(mine).await?;
+        let check = ClaimCheck::now(self.claim_margin);
         let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
         let mut adopt: Vec<(&HostUserId, EmbeddedUser)> = Vec::new();
-        let mut creates: Vec<(&HostUserId, &Profile, bool)> = Vec::new();
+        let mut creates: Vec<Create<'_>> = Vec::new();
         let mut release: Vec<&str> = Vec::new();
         for ((host, want), known) in mine.iter().zip(&known) {
             let decision = within_page(
-                decide(host, want, known, self.options.adopt_existing),
+                decide(host, want, known, self.options.adopt_existing, &check),
                 host,
                 want,
                 &mut first_of,
             );
             match decision {
                 Decision::Create => {
-                    creates.push((host, want, known.state.as_deref() == Some("creating")));
+                    let unconfirmed = known.state.as_deref() == Some("creating");
+                    creates.push((host, want, unconfirmed.then_some(known.claim)));
                     continue;
                 }
                 Decision::InSync => self.summary.in_sync += 1,

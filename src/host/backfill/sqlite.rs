@@ -172,13 +172,14 @@ impl BackfillDb for SqliteBackfillDb {
         // One statement: a username claimed meanwhile fails it whole.
         sqlx::query(
             "INSERT INTO user_sync_users
-                 (host_user_id, username, full_name, state, last_event_id, updated_at)
-             SELECT value ->> 0, value ->> 1, value ->> 2, 'creating', value ->> 3, ?2
+                 (host_user_id, username, full_name, state, last_event_id, updated_at,
+                  username_seen_free)
+             SELECT value ->> 0, value ->> 1, value ->> 2, 'creating', value ->> 3, ?2, 1
              FROM json_each(?1) WHERE true
              ON CONFLICT (host_user_id) DO UPDATE
              SET username = excluded.username, full_name = excluded.full_name,
                  embedded_user_id = NULL, state = 'creating',
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, username_seen_free = 1",
         )
         .bind(list)
         .bind(sqlite::now_text())
@@ -202,7 +203,8 @@ impl BackfillDb for SqliteBackfillDb {
         profile: &'a Profile,
         event_id: i64,
     ) -> impl Future<Output = sqlx::Result<Claim>> + Send {
-        rows::claim_for_create(&self.pool, host, profile, event_id)
+        // The backfill claims only what its snapshot saw free.
+        rows::claim_for_create(&self.pool, host, profile, event_id, true)
     }
 
     async fn mark_synced_many<'a>(&'a mut self, found: &'a [Found<'a>]) -> sqlx::Result<u64> {
@@ -282,7 +284,8 @@ impl BackfillDb for SqliteBackfillDb {
         limit: i64,
     ) -> impl Future<Output = sqlx::Result<Vec<Unconfirmed>>> + Send {
         sqlx::query_as(
-            "SELECT host_user_id, username, full_name FROM user_sync_users
+            "SELECT host_user_id, username, full_name, updated_at, username_seen_free
+                 FROM user_sync_users
                  WHERE state = 'creating' AND updated_at >= ?1 AND host_user_id > ?2
                  ORDER BY host_user_id LIMIT ?3",
         )
@@ -297,7 +300,8 @@ impl BackfillDb for SqliteBackfillDb {
         hosts: &'a [&'a str],
     ) -> impl Future<Output = sqlx::Result<Vec<Unconfirmed>>> + Send {
         sqlx::query_as(
-            "SELECT host_user_id, username, full_name FROM user_sync_users
+            "SELECT host_user_id, username, full_name, updated_at, username_seen_free
+                 FROM user_sync_users
                  WHERE host_user_id IN (SELECT value FROM json_each(?1)) AND state = 'creating'",
         )
         .bind(json_list(hosts.iter()))
