@@ -61,6 +61,16 @@ async fn host_accounts(env: &Env, n: i64) {
     }
 }
 
+/// The id of the Embedded user holding `username`.
+fn seeded_id(env: &Env, username: &str) -> String {
+    env.sandbox
+        .users()
+        .into_iter()
+        .find(|u| u.username == username)
+        .expect("seeded")
+        .user_id
+}
+
 /// What the accounts above must end in.
 struct Expected {
     mapped: BTreeSet<String>,
@@ -471,14 +481,7 @@ async fn adopt_existing_links_users_created_before_the_worker(backend: Backend) 
 async fn adopt_existing_never_links_a_user_mapped_to_another_host_user(backend: Backend) {
     let env = Env::start_on(backend, SandboxOptions::default()).await;
     host_accounts(&env, 2100).await;
-    let seeded = |username: &str| {
-        env.sandbox
-            .users()
-            .into_iter()
-            .find(|u| u.username == username)
-            .expect("seeded")
-            .user_id
-    };
+    let seeded = |username: &str| seeded_id(&env, username);
     // 2001 finds its username held by a user mapped to 99999; 2002 had
     // claimed its username in an earlier run, and the user holding it now
     // is mapped to 99998.
@@ -521,14 +524,7 @@ async fn adopt_existing_never_links_a_user_mapped_to_another_host_user(backend: 
 async fn a_claim_is_adopted_only_when_the_user_holding_its_name_proves_it(backend: Backend) {
     let env = Env::start_on(backend, SandboxOptions::default()).await;
     host_accounts(&env, 2100).await;
-    let seeded = |username: &str| {
-        env.sandbox
-            .users()
-            .into_iter()
-            .find(|u| u.username == username)
-            .expect("seeded")
-            .user_id
-    };
+    let seeded = |username: &str| seeded_id(&env, username);
     // Both claims were made a minute after the users now holding their
     // usernames (outside the worker). 2003's by a job that sent its create
     // first: that user is not its create's. 2004's right after a lookup saw

@@ -38,6 +38,20 @@ on_each_backend!(
     an_unconfirmed_create_never_adopts_a_user_mapped_to_another_host_user,
 );
 
+/// Waits for a create to reach the API (its answer lost), then lets
+/// answers through and lets the worker settle.
+async fn answers_back_once_created(env: &Env) {
+    eventually(SETTLE, "the create reaches the API", || async {
+        env.sandbox.stats().creates > 0
+    })
+    .await;
+    env.sandbox.update_faults(FaultUpdate {
+        drop_rate: Some(0.0),
+        ..FaultUpdate::default()
+    });
+    env.settle(SETTLE).await;
+}
+
 fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
     users
         .iter()
@@ -183,15 +197,7 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(backend: Backe
 
     // Every mutating answer is lost; wait until the create happened, then
     // let answers through so that the worker can confirm.
-    eventually(SETTLE, "the create reaches the API", || async {
-        env.sandbox.stats().creates > 0
-    })
-    .await;
-    env.sandbox.update_faults(FaultUpdate {
-        drop_rate: Some(0.0),
-        ..FaultUpdate::default()
-    });
-    env.settle(SETTLE).await;
+    answers_back_once_created(&env).await;
 
     assert_eq!(env.event_state(event).await.0, "applied");
     let users = env.sandbox.users();
@@ -357,15 +363,7 @@ async fn a_lost_answer_whose_user_id_carries_no_time_is_an_unconfirmed_create(ba
     .await;
     let run = Running::start(&env).await;
     let event = env.signup("u1", "uuid@example.com", Some("No Time")).await;
-    eventually(SETTLE, "the create reaches the API", || async {
-        env.sandbox.stats().creates > 0
-    })
-    .await;
-    env.sandbox.update_faults(FaultUpdate {
-        drop_rate: Some(0.0),
-        ..FaultUpdate::default()
-    });
-    env.settle(SETTLE).await;
+    answers_back_once_created(&env).await;
 
     // The worker's own user, but nothing proves it: reported, not adopted,
     // and never created twice.

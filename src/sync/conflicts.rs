@@ -28,18 +28,8 @@ pub(super) async fn taken_in_embedded(
     {
         return taken_by_host_user(session, host, username, &holder, event).await;
     }
-    session
-        .mark_without_user(UserState::Conflict, event.id)
-        .await?;
-    let conflict = NewConflict {
-        host,
-        username,
-        reason: ConflictReason::TakenInEmbedded,
-        holder_host_user_id: None,
-        holder_embedded_user_id: Some(&holder.user_id),
-        event_id: Some(event.id),
-    };
-    in_conflict(session, &conflict).await
+    let reason = ConflictReason::TakenInEmbedded;
+    held_in_embedded(session, host, username, &holder.user_id, event, reason).await
 }
 
 /// A user found under the username of a create whose answer was lost, and
@@ -54,15 +44,29 @@ pub(super) async fn unconfirmed_create(
     provenance: Provenance,
 ) -> anyhow::Result<Outcome> {
     tracing::warn!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, provenance = provenance.as_str(), "the user found after a lost create answer is not proven the worker's own");
+    let reason = ConflictReason::UnconfirmedCreate;
+    held_in_embedded(session, host, username, &found.user_id, event, reason).await
+}
+
+/// Releases the claim of `host` and reports `username` held in Embedded by
+/// `holder`, for `reason`.
+async fn held_in_embedded(
+    session: &mut impl UserSession,
+    host: &HostUserId,
+    username: &Username,
+    holder: &EmbeddedUserId,
+    event: &OutboxEvent,
+    reason: ConflictReason,
+) -> anyhow::Result<Outcome> {
     session
         .mark_without_user(UserState::Conflict, event.id)
         .await?;
     let conflict = NewConflict {
         host,
         username,
-        reason: ConflictReason::UnconfirmedCreate,
+        reason,
         holder_host_user_id: None,
-        holder_embedded_user_id: Some(&found.user_id),
+        holder_embedded_user_id: Some(holder),
         event_id: Some(event.id),
     };
     in_conflict(session, &conflict).await
