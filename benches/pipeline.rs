@@ -4,13 +4,18 @@
 //! bench-profile binary) on PostgreSQL and Redis from the machine, and prints
 //! one line per scenario ending in `key=value` pairs:
 //!
-//! - `baseline`: a bare reqwest loop making the calls the worker makes for a
-//!   signup (the username looked up, then created), at the worker's
-//!   concurrency, against the same sandbox: the ceiling of the HTTP side;
+//! - `baseline`: a bare reqwest loop making the call the worker makes for a
+//!   signup (the create), at the worker's concurrency, against the same
+//!   sandbox: the ceiling of the HTTP side;
+//! - `baseline2`: the same loop making two calls a signup (the username
+//!   looked up, then created), as the worker did before
+//!   `sync.lookup_before_create`, and still does with `always`: the
+//!   baseline of earlier figures;
 //! - `throughput`: signups committed to the outbox in one statement until
-//!   every user is created and mapped;
+//!   every user is created and mapped, with the API calls per signup;
 //! - `ratio`: `throughput` against the median of three `baseline` runs, two
-//!   before the pipeline's run and one after it;
+//!   before the pipeline's run and one after it; `ratio2` the same against
+//!   `baseline2`;
 //! - `latency`: 50 signups/s, each committed alone; from its commit to the
 //!   create arriving at the sandbox;
 //! - `idle`: outbox reads per second and RSS of an idle worker.
@@ -52,29 +57,40 @@ async fn main() {
     // The loop is short and the machine shared: the median of three runs,
     // two before the pipeline's run and one after it, so that the machine
     // slowing down or speeding up during the bench moves both sides.
-    let mut runs = Vec::new();
+    let (mut runs, mut runs2) = (Vec::new(), Vec::new());
     for run in 0..2 {
-        runs.push(bare_loop(&env, run * events, events).await);
+        runs.push(bare_loop(&env, (2 * run) * events, events, false).await);
+        runs2.push(bare_loop(&env, (2 * run + 1) * events, events, true).await);
     }
     println!(
-        "baseline    bare reqwest lookup + create, concurrency {CONCURRENCY}, before the pipeline: events={events} runs={:.0}/{:.0}",
+        "baseline    bare reqwest create, concurrency {CONCURRENCY}, before the pipeline: events={events} runs={:.0}/{:.0}",
         runs[0], runs[1]
+    );
+    println!(
+        "baseline2   bare reqwest lookup + create, concurrency {CONCURRENCY}, before the pipeline: events={events} runs={:.0}/{:.0}",
+        runs2[0], runs2[1]
     );
 
     let (mut worker, ops) = spawn_worker(&env).await;
     let (throughput, calls) = pipeline_throughput(&env, events).await;
     println!(
-        "throughput  outbox commit -> created and mapped: events={events} calls_per_event={calls:.2} rate={throughput:.0}"
+        "throughput  outbox commit -> created and mapped: events={events} calls_per_signup={calls:.2} rate={throughput:.0}"
     );
 
-    runs.push(bare_loop(&env, 2 * events, events).await);
-    let after = runs[2];
-    runs.sort_by(f64::total_cmp);
-    let baseline = runs[1];
-    println!(
-        "ratio       throughput / baseline (median of 2 runs before, 1 after = {after:.0}): rate={throughput:.0} baseline={baseline:.0} ratio={:.2}",
-        throughput / baseline
-    );
+    runs.push(bare_loop(&env, 4 * events, events, false).await);
+    runs2.push(bare_loop(&env, 5 * events, events, true).await);
+    for (name, base, runs) in [
+        ("ratio ", "baseline", &mut runs),
+        ("ratio2", "baseline2", &mut runs2),
+    ] {
+        let after = runs[2];
+        runs.sort_by(f64::total_cmp);
+        let baseline = runs[1];
+        println!(
+            "{name}      throughput / {base} (median of 2 runs before, 1 after = {after:.0}): rate={throughput:.0} baseline={baseline:.0} ratio={:.2}",
+            throughput / baseline
+        );
+    }
     if std::env::var_os("BENCH_THROUGHPUT_ONLY").is_some() {
         let _ = worker.start_kill();
         let _ = worker.wait().await;
@@ -101,9 +117,9 @@ async fn main() {
 }
 
 /// Signs `count` users up with plain reqwest calls, `CONCURRENCY` at a
-/// time: the username looked up (not found), then created, as the worker
-/// does. Returns signups per second.
-async fn bare_loop(env: &Env, first: usize, count: usize) -> f64 {
+/// time: each created, after a lookup of its username (not found) when
+/// `lookup`. Returns signups per second.
+async fn bare_loop(env: &Env, first: usize, count: usize, lookup: bool) -> f64 {
     let client = reqwest::Client::new();
     let url = format!("{}users/", env.sandbox.base_url());
     let next = Arc::new(AtomicUsize::new(0));
@@ -120,15 +136,17 @@ async fn bare_loop(env: &Env, first: usize, count: usize) -> f64 {
                     return;
                 }
                 let username = format!("baseline{}@example.com", first + i);
-                let lookup = client
-                    .get(format!("{url}{username}"))
-                    .bearer_auth(KEY)
-                    .header("x-api-version", "2025-09")
-                    .send()
-                    .await
-                    .expect("the sandbox answers");
-                assert_eq!(lookup.status(), reqwest::StatusCode::NOT_FOUND);
-                let _ = lookup.bytes().await;
+                if lookup {
+                    let found = client
+                        .get(format!("{url}{username}"))
+                        .bearer_auth(KEY)
+                        .header("x-api-version", "2025-09")
+                        .send()
+                        .await
+                        .expect("the sandbox answers");
+                    assert_eq!(found.status(), reqwest::StatusCode::NOT_FOUND);
+                    let _ = found.bytes().await;
+                }
                 let response = client
                     .post(&url)
                     .bearer_auth(KEY)

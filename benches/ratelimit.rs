@@ -8,11 +8,16 @@
 //! - `fixed-1p`: one process configured at the sandbox's limit (50/s, burst 2);
 //! - `fixed-4p`: four processes sharing the limit through Redis;
 //! - `adaptive`: one process not told the limit (40/s), starting at 10/s:
-//!   utilisation over its first 15 s and over the 30 s after.
+//!   its shares over its first 15 s and over the 30 s after.
 //!
-//! `utilisation` is creates the sandbox admitted over what the limit allowed
-//! in the window; `share_429` is the part of the requests answered 429.
-//! `BENCH_SECONDS` (default 60) sets the length of the fixed scenarios.
+//! Each scenario runs with both settings of `sync.lookup_before_create`
+//! (`after_lost_answer`, the default: one call per signup; `always`: a
+//! lookup before each create). Per window, each a share:
+//! `requests_share` is requests the sandbox admitted (every route) over what
+//! the limit allowed; `share_429` is the part of the requests answered 429;
+//! `signups_share` is signups synced (creates answered 200) over what the
+//! limit allowed, which is what users get. `BENCH_SECONDS` (default 60)
+//! sets the length of the fixed scenarios.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -33,38 +38,73 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
 
-    // BENCH_ONLY=fixed-4p (a comma-separated list) runs some scenarios only.
+    // BENCH_ONLY=fixed-4p (a comma-separated list) runs some scenarios only;
+    // BENCH_LOOKUP=always (or after_lost_answer) one setting of
+    // sync.lookup_before_create only.
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
-    if run("fixed-1p") {
-        let (utilisation, share) = fixed(1, 50, seconds).await;
-        println!(
-            "fixed-1p    sandbox 50/s, worker at 50/s, {seconds} s saturated: processes=1 utilisation={utilisation:.3} share_429={share:.4}"
-        );
-    }
-    if run("fixed-4p") {
-        let (utilisation, share) = fixed(4, 50, seconds).await;
-        println!(
-            "fixed-4p    sandbox 50/s, global limit 50/s, {seconds} s saturated: processes=4 utilisation={utilisation:.3} share_429={share:.4}"
-        );
-    }
-    if run("adaptive") {
-        let ((first_u, first_s), (then_u, then_s)) = adaptive(40).await;
-        println!(
-            "adaptive    sandbox 40/s, worker not told (starts at 10/s): utilisation_0_15s={first_u:.3} share_429_0_15s={first_s:.4} utilisation_15_45s={then_u:.3} share_429_15_45s={then_s:.4}"
-        );
+    let lookup = std::env::var("BENCH_LOOKUP").unwrap_or_default();
+    let lookups: Vec<&str> = ["after_lost_answer", "always"]
+        .into_iter()
+        .filter(|l| lookup.is_empty() || lookup == *l)
+        .collect();
+    for lookup in lookups {
+        if run("fixed-1p") {
+            let w = fixed(1, 50, seconds, lookup).await;
+            println!(
+                "fixed-1p    lookup={lookup:<17} sandbox 50/s, worker at 50/s, {seconds} s saturated: processes=1 {w}"
+            );
+        }
+        if run("fixed-4p") {
+            let w = fixed(4, 50, seconds, lookup).await;
+            println!(
+                "fixed-4p    lookup={lookup:<17} sandbox 50/s, global limit 50/s, {seconds} s saturated: processes=4 {w}"
+            );
+        }
+        if run("adaptive") {
+            let (first, then) = adaptive(40, lookup).await;
+            println!(
+                "adaptive    lookup={lookup:<17} sandbox 40/s, worker not told (starts at 10/s): 0-15s: {first}"
+            );
+            println!(
+                "adaptive    lookup={lookup:<17} sandbox 40/s, worker not told (starts at 10/s): 15-45s: {then}"
+            );
+        }
     }
 }
 
-fn window(before: &SandboxStats, after: &SandboxStats, limit: u32, span: Duration) -> (f64, f64) {
+/// What a window of a scenario gave, each as a share.
+struct Shares {
+    /// Requests the sandbox admitted (every route) over what the limit
+    /// allowed in the window.
+    requests: f64,
+    /// Requests answered 429 over all requests received.
+    rate_limited: f64,
+    /// Signups synced (creates answered 200) over what the limit allowed:
+    /// what users get.
+    signups: f64,
+}
+
+impl std::fmt::Display for Shares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "requests_share={:.3} share_429={:.4} signups_share={:.3}",
+            self.requests, self.rate_limited, self.signups
+        )
+    }
+}
+
+fn window(before: &SandboxStats, after: &SandboxStats, limit: u32, span: Duration) -> Shares {
     let created = after.count(CREATE, 200) - before.count(CREATE, 200);
     let limited = after.rate_limited - before.rate_limited;
     let requests = after.total_requests - before.total_requests;
     let allowed = f64::from(limit) * span.as_secs_f64();
-    (
-        created as f64 / allowed,
-        limited as f64 / (requests.max(1)) as f64,
-    )
+    Shares {
+        requests: requests.saturating_sub(limited) as f64 / allowed,
+        rate_limited: limited as f64 / (requests.max(1)) as f64,
+        signups: created as f64 / allowed,
+    }
 }
 
 async fn backlog(env: &Env, count: u32) {
@@ -110,7 +150,7 @@ async fn first_create(env: &Env) {
     }
 }
 
-async fn fixed(processes: usize, limit: u32, seconds: u64) -> (f64, f64) {
+async fn fixed(processes: usize, limit: u32, seconds: u64, lookup: &str) -> Shares {
     let env = Env::start(SandboxOptions {
         rate_limit: Some(limit),
         ..SandboxOptions::default()
@@ -129,6 +169,7 @@ async fn fixed(processes: usize, limit: u32, seconds: u64) -> (f64, f64) {
                 limit.to_string(),
             ),
             ("USER_SYNC__RATE_LIMIT__BURST", "2".into()),
+            ("USER_SYNC__SYNC__LOOKUP_BEFORE_CREATE", lookup.into()),
         ],
     )
     .await;
@@ -161,7 +202,7 @@ async fn fixed(processes: usize, limit: u32, seconds: u64) -> (f64, f64) {
     window(&before, &after, limit, span)
 }
 
-async fn adaptive(limit: u32) -> ((f64, f64), (f64, f64)) {
+async fn adaptive(limit: u32, lookup: &str) -> (Shares, Shares) {
     let env = Env::start(SandboxOptions {
         rate_limit: Some(limit),
         ..SandboxOptions::default()
@@ -175,6 +216,7 @@ async fn adaptive(limit: u32) -> ((f64, f64), (f64, f64)) {
             ("USER_SYNC__RATE_LIMIT__ADAPTIVE", "true".into()),
             ("USER_SYNC__RATE_LIMIT__REQUESTS_PER_SECOND", "10".into()),
             ("USER_SYNC__RATE_LIMIT__BURST", "1".into()),
+            ("USER_SYNC__SYNC__LOOKUP_BEFORE_CREATE", lookup.into()),
         ],
     )
     .await;

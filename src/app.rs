@@ -152,6 +152,7 @@ impl Parts<'_> {
             self.api.clone(),
             gate.clone(),
             settings.worker.clone(),
+            settings.sync.clone(),
         ));
         let store: Arc<dyn Store> = store;
         let job_queue = queue::shared(queue.clone());

@@ -61,6 +61,16 @@ async fn host_accounts(env: &Env, n: i64) {
     }
 }
 
+/// The id of the Embedded user holding `username`.
+fn seeded_id(env: &Env, username: &str) -> String {
+    env.sandbox
+        .users()
+        .into_iter()
+        .find(|u| u.username == username)
+        .expect("seeded")
+        .user_id
+}
+
 /// What the accounts above must end in.
 struct Expected {
     mapped: BTreeSet<String>,
@@ -288,6 +298,7 @@ on_each_backend!(
     a_single_backfill_killed_mid_run_resumes_without_duplicates,
     adopt_existing_links_users_created_before_the_worker,
     adopt_existing_never_links_a_user_mapped_to_another_host_user,
+    a_claim_is_adopted_only_when_the_user_holding_its_name_proves_it,
     a_bad_source_fails_at_start_naming_the_key,
     a_custom_query_source_is_paged_too,
 );
@@ -456,14 +467,7 @@ async fn adopt_existing_links_users_created_before_the_worker(backend: Backend) 
 async fn adopt_existing_never_links_a_user_mapped_to_another_host_user(backend: Backend) {
     let env = Env::start_on(backend, SandboxOptions::default()).await;
     host_accounts(&env, 2100).await;
-    let seeded = |username: &str| {
-        env.sandbox
-            .users()
-            .into_iter()
-            .find(|u| u.username == username)
-            .expect("seeded")
-            .user_id
-    };
+    let seeded = |username: &str| seeded_id(&env, username);
     // 2001 finds its username held by a user mapped to 99999; 2002 had
     // claimed its username in an earlier run, and the user holding it now
     // is mapped to 99998.
@@ -499,6 +503,55 @@ async fn adopt_existing_never_links_a_user_mapped_to_another_host_user(backend: 
             .expect("a conflict for each");
         assert_eq!(conflict.2, "taken_by_host_user");
         assert_eq!(conflict.3.as_deref(), Some(holder));
+    }
+    env.finish().await;
+}
+
+async fn a_claim_is_adopted_only_when_the_user_holding_its_name_proves_it(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    host_accounts(&env, 2100).await;
+    let seeded = |username: &str| seeded_id(&env, username);
+    // Both claims were made a minute after the users now holding their
+    // usernames (outside the worker). 2003's by a job that sent its create
+    // first: that user is not its create's. 2004's right after a lookup saw
+    // the username free: whatever holds it is its create's.
+    let later = match env.backend {
+        Backend::Postgres => "now() + interval '1 minute'",
+        Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+60 seconds')",
+    };
+    env.execute(
+        &format!(
+            "INSERT INTO user_sync.users
+                 (host_user_id, username, state, updated_at, username_seen_free)
+             VALUES ('2003', 'user2003@example.com', 'creating', {later}, false),
+                    ('2004', 'user2004@example.com', 'creating', {later}, true)"
+        ),
+        0,
+    )
+    .await;
+    let (done, _) = backfill_with(&env, &[], options(Mode::Batch)).await;
+
+    assert_eq!(env.embedded_id("2003").await, None, "never adopted");
+    let conflicts = env.open_conflicts().await;
+    let conflict = conflicts.iter().find(|c| c.0 == "2003").expect("2003's");
+    assert_eq!(conflict.2, "unconfirmed_create");
+    assert_eq!(
+        conflict.4.as_deref(),
+        Some(seeded("user2003@example.com").as_str())
+    );
+    assert_eq!(
+        env.embedded_id("2004").await.as_deref(),
+        Some(seeded("user2004@example.com").as_str())
+    );
+    assert_eq!(done.resumed, 1);
+    for name in ["user2003@example.com", "user2004@example.com"] {
+        let holders = env
+            .sandbox
+            .users()
+            .into_iter()
+            .filter(|u| u.username == name)
+            .count();
+        assert_eq!(holders, 1, "{name}: nothing created beside the holder");
     }
     env.finish().await;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::process::Running;
 use common::{Backend, Env, KEY, eventually};
-use user_sync_sandbox::{FaultUpdate, SandboxOptions, SandboxUser};
+use user_sync_sandbox::{FaultUpdate, IdFormat, SandboxOptions, SandboxUser};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -22,6 +22,7 @@ on_each_backend!(
     a_change_undone_after_its_answer_was_lost_is_undone_in_embedded,
     a_username_held_in_embedded_is_one_open_conflict,
     a_user_made_outside_is_never_adopted_nor_deleted_when_answers_are_lost,
+    a_lost_answer_whose_user_id_carries_no_time_is_an_unconfirmed_create,
     two_host_users_with_one_username_conflict_before_any_call,
     a_refused_rename_is_a_conflict_never_a_delete,
     closing_a_user_deleted_outside_is_success,
@@ -36,6 +37,20 @@ on_each_backend!(
     a_create_never_made_leaves_no_claim_when_the_next_username_is_taken,
     an_unconfirmed_create_never_adopts_a_user_mapped_to_another_host_user,
 );
+
+/// Waits for a create to reach the API (its answer lost), then lets
+/// answers through and lets the worker settle.
+async fn answers_back_once_created(env: &Env) {
+    eventually(SETTLE, "the create reaches the API", || async {
+        env.sandbox.stats().creates > 0
+    })
+    .await;
+    env.sandbox.update_faults(FaultUpdate {
+        drop_rate: Some(0.0),
+        ..FaultUpdate::default()
+    });
+    env.settle(SETTLE).await;
+}
 
 fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
     users
@@ -148,15 +163,7 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(backend: Backe
 
     // Every mutating answer is lost; wait until the create happened, then
     // let answers through so that the worker can confirm.
-    eventually(SETTLE, "the create reaches the API", || async {
-        env.sandbox.stats().creates > 0
-    })
-    .await;
-    env.sandbox.update_faults(FaultUpdate {
-        drop_rate: Some(0.0),
-        ..FaultUpdate::default()
-    });
-    env.settle(SETTLE).await;
+    answers_back_once_created(&env).await;
 
     assert_eq!(env.event_state(event).await.0, "applied");
     let users = env.sandbox.users();
@@ -246,42 +253,85 @@ async fn a_username_held_in_embedded_is_one_open_conflict(backend: Backend) {
 }
 
 async fn a_user_made_outside_is_never_adopted_nor_deleted_when_answers_are_lost(backend: Backend) {
-    // Every answer to a change is lost, the refusal of a taken username
-    // too, and lookups fail now and then.
+    // With either setting of sync.lookup_before_create: by default the
+    // create goes first, meets the holder, and its refusal is lost, so the
+    // user found is held against the claim (an `unconfirmed_create`); with
+    // `always` the lookup finds the holder before any create.
+    for (lookup, reason) in [
+        ("after_lost_answer", "unconfirmed_create"),
+        ("always", "taken_in_embedded"),
+    ] {
+        // Every answer to a change is lost, the refusal of a taken
+        // username too, and lookups fail now and then.
+        let env = Env::start_on(
+            backend,
+            SandboxOptions {
+                drop_rate: 1.0,
+                fail_rate: 0.3,
+                seed: Some(7),
+                ..SandboxOptions::default()
+            },
+        )
+        .await;
+        // Made outside the worker a minute before: its id says so.
+        let holder = env.sandbox.insert_user_made(
+            "taken@example.com",
+            Some("Someone Else"),
+            Duration::from_secs(60),
+        );
+        let run = Running::with(&env, &[("USER_SYNC__SYNC__LOOKUP_BEFORE_CREATE", lookup)]).await;
+        let signup = env
+            .signup("u1", "Taken@Example.com", Some("Host User"))
+            .await;
+        env.settle(SETTLE).await;
+
+        assert_eq!(env.event_state(signup).await.0, "conflict", "{lookup}");
+        let conflicts = env.open_conflicts().await;
+        assert_eq!(conflicts.len(), 1, "{lookup}: {conflicts:?}");
+        assert_eq!(conflicts[0].2, reason, "{lookup}");
+        assert_eq!(conflicts[0].4.as_deref(), Some(holder.as_str()), "{lookup}");
+        assert_eq!(env.embedded_id("u1").await, None, "{lookup}: not adopted");
+
+        // Closing the account must not delete someone else's user.
+        env.closure("u1").await;
+        env.settle(SETTLE).await;
+        let users = env.sandbox.users();
+        assert_eq!(users.len(), 1, "{lookup}: the outside user is still there");
+        assert_eq!(users[0].user_id, holder);
+        assert_eq!(users[0].full_name.as_deref(), Some("Someone Else"));
+        assert_eq!(env.sandbox.stats().route_total("DELETE /users/{id}"), 0);
+        assert_eq!(env.sandbox.stats().creates, 0, "{lookup}");
+
+        run.stop().await;
+        env.finish().await;
+    }
+}
+
+async fn a_lost_answer_whose_user_id_carries_no_time_is_an_unconfirmed_create(backend: Backend) {
     let env = Env::start_on(
         backend,
         SandboxOptions {
             drop_rate: 1.0,
-            fail_rate: 0.3,
-            seed: Some(7),
+            id_format: IdFormat::Uuid,
             ..SandboxOptions::default()
         },
     )
     .await;
-    let holder = env
-        .sandbox
-        .insert_user("taken@example.com", Some("Someone Else"));
     let run = Running::start(&env).await;
-    let signup = env
-        .signup("u1", "Taken@Example.com", Some("Host User"))
-        .await;
-    env.settle(SETTLE).await;
+    let event = env.signup("u1", "uuid@example.com", Some("No Time")).await;
+    answers_back_once_created(&env).await;
 
-    assert_eq!(env.event_state(signup).await.0, "conflict");
+    // The worker's own user, but nothing proves it: reported, not adopted,
+    // and never created twice.
+    assert_eq!(env.event_state(event).await.0, "conflict");
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    assert_eq!(env.sandbox.stats().creates, 1);
     let conflicts = env.open_conflicts().await;
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
-    assert_eq!(conflicts[0].2, "taken_in_embedded");
-    assert_eq!(conflicts[0].4.as_deref(), Some(holder.as_str()));
-    assert_eq!(env.embedded_id("u1").await, None, "not adopted");
-
-    // Closing the account must not delete someone else's user.
-    env.closure("u1").await;
-    env.settle(SETTLE).await;
-    let users = env.sandbox.users();
-    assert_eq!(users.len(), 1, "the outside user is still there");
-    assert_eq!(users[0].user_id, holder);
-    assert_eq!(users[0].full_name.as_deref(), Some("Someone Else"));
-    assert_eq!(env.sandbox.stats().route_total("DELETE /users/{id}"), 0);
+    assert_eq!(conflicts[0].2, "unconfirmed_create");
+    assert_eq!(conflicts[0].4.as_deref(), Some(users[0].user_id.as_str()));
+    assert_eq!(env.embedded_id("u1").await, None);
 
     run.stop().await;
     env.finish().await;
@@ -1008,6 +1058,7 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
                 host: host(h),
                 profile: profile(h),
                 event_id: *id,
+                seen_free: false,
             })
             .collect();
         claim_each_for_create(&mut tx, &claims)
@@ -1116,7 +1167,7 @@ async fn intents_are_durable_and_outcomes_do_not_wait_for_the_disk() {
         full_name: None,
     };
     let claim = a
-        .claim_for_create(&profile, a_event)
+        .claim_for_create(&profile, a_event, false)
         .await
         .expect("claim a's username");
     assert!(matches!(claim, Claim::Claimed));
@@ -1188,6 +1239,7 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
                 host,
                 profile,
                 event_id: i as i64,
+                seen_free: false,
             }
         })
         .collect();

@@ -323,14 +323,20 @@ async fn admin_insert_user(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
         username: String,
         #[serde(rename = "fullName", default)]
         full_name: Option<String>,
+        /// When the user was made, in seconds since the epoch (now when
+        /// absent): the time its id carries.
+        #[serde(rename = "createdAt", default)]
+        created_at: Option<u64>,
     }
     let Ok(seed) = serde_json::from_slice::<Seed>(&body) else {
         return message(
             StatusCode::BAD_REQUEST,
-            r#"expected {"username": "...", "fullName": "..."}"#,
+            r#"expected {"username": "...", "fullName": "...", "createdAt": <seconds since the epoch>}"#,
         );
     };
-    let id = shared.lock().seed_user(&seed.username, seed.full_name);
+    let id = shared
+        .lock()
+        .seed_user(&seed.username, seed.full_name, seed.created_at);
     Json(WireCreated { user_id: &id }).into_response()
 }
 

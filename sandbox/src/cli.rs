@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 
-use crate::{Sandbox, SandboxOptions};
+use crate::{IdFormat, Sandbox, SandboxOptions};
 
 /// Options of `user-sync sandbox`.
 #[derive(Clone, clap::Args)]
@@ -77,6 +77,17 @@ pub struct SandboxArgs {
     /// Seed for fault draws and user ids, to replay a run.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+
+    /// How user ids are minted: `objectid`, as the API's (24 hex digits
+    /// whose first 8 are the creation second), or `uuid`, which carries no
+    /// creation time (to try a client on ids it cannot read).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        default_value = "objectid",
+        value_parser = PossibleValuesParser::new(["objectid", "uuid"]).try_map(|s| IdFormat::parse(&s).ok_or("objectid or uuid"))
+    )]
+    pub id_format: IdFormat,
 }
 
 impl fmt::Debug for SandboxArgs {
@@ -112,6 +123,7 @@ impl SandboxArgs {
             duplicate_status: self.duplicate_status,
             refuse_rename: self.refuse_rename,
             seed: self.seed,
+            id_format: self.id_format,
             admin_token: self.admin_token.clone(),
         }
     }

@@ -79,6 +79,7 @@ use url::Url;
 
 pub use cli::{SandboxArgs, serve};
 pub use directory::SandboxUser;
+pub use ids::IdFormat;
 pub use options::{FaultUpdate, SandboxOptions};
 pub use stats::SandboxStats;
 
@@ -128,7 +129,7 @@ impl Sandbox {
         let base_url = Url::parse(&format!("http://{reachable}"))
             .map_err(|e| io::Error::other(format!("no base URL for {reachable}: {e}")))?;
         let shared = Arc::new(Shared {
-            state: Mutex::new(SandboxState::new(faults, options.seed)),
+            state: Mutex::new(SandboxState::new(faults, options.seed, options.id_format)),
             latency: AtomicU64::new(nanos(options.latency)),
         });
         let shutdown = CancellationToken::new();
@@ -180,6 +181,11 @@ impl Sandbox {
         self.shared.lock().created.clone()
     }
 
+    /// How many creates were refused for a taken username, by username.
+    pub fn refused_creates(&self) -> std::collections::HashMap<String, u64> {
+        self.shared.lock().refused_creates.clone()
+    }
+
     /// When each current user was created, by username: lets a benchmark
     /// measure from its own clock to the moment a create arrived.
     pub fn creation_times(&self) -> Vec<(String, Instant)> {
@@ -198,7 +204,21 @@ impl Sandbox {
     pub fn insert_user(&self, username: &str, full_name: Option<&str>) -> String {
         self.shared
             .lock()
-            .seed_user(username, full_name.map(str::to_owned))
+            .seed_user(username, full_name.map(str::to_owned), None)
+    }
+
+    /// [`Sandbox::insert_user`] for a user made `age` ago: its id (an
+    /// ObjectId) carries that creation time, as the API's would.
+    pub fn insert_user_made(
+        &self,
+        username: &str,
+        full_name: Option<&str>,
+        age: std::time::Duration,
+    ) -> String {
+        let created = ids::now_secs().saturating_sub(age.as_secs());
+        self.shared
+            .lock()
+            .seed_user(username, full_name.map(str::to_owned), Some(created))
     }
 
     /// Changes faults at run time, such as rotating or revoking the key.

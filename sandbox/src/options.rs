@@ -8,6 +8,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::ids::IdFormat;
+
 /// How a sandbox behaves when it starts. See the crate docs for the order
 /// in which faults apply.
 #[derive(Clone)]
@@ -34,6 +36,9 @@ pub struct SandboxOptions {
     pub refuse_rename: bool,
     /// Seed of the fault draws and user ids; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// How user ids are minted: ObjectIds as the API's (the default), or
+    /// UUIDs that carry no creation time.
+    pub id_format: IdFormat,
     /// When set, every `/_admin/` route asks for it as
     /// `Authorization: Bearer <token>` (`401` otherwise).
     pub admin_token: Option<String>,
@@ -51,6 +56,7 @@ impl Default for SandboxOptions {
             duplicate_status: 409,
             refuse_rename: false,
             seed: None,
+            id_format: IdFormat::default(),
             admin_token: None,
         }
     }
@@ -68,6 +74,7 @@ impl fmt::Debug for SandboxOptions {
             .field("duplicate_status", &self.duplicate_status)
             .field("refuse_rename", &self.refuse_rename)
             .field("seed", &self.seed)
+            .field("id_format", &self.id_format)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use crate::api::WireUpdate;
 use crate::directory::Directory;
 use crate::faults::{Faults, Window, draw};
-use crate::ids::uuid_like;
+use crate::ids::{IdFormat, IdMint, now_secs};
 use crate::options::FaultUpdate;
 use crate::routes;
 use crate::{SandboxStats, SandboxUser};
@@ -69,10 +69,14 @@ pub(crate) struct SandboxState {
     /// User ids and token signatures, apart from the fault draws so that
     /// creating users does not shift the fault sequence.
     pub(crate) id_rng: StdRng,
+    ids: IdMint,
     pub(crate) users: Directory,
     /// Every user created through the API, as created, deleted ones too:
     /// lets a test prove that no user was ever created twice.
     pub(crate) created: Vec<SandboxUser>,
+    /// Creates refused because the username was taken, per username: lets
+    /// a test trace a conflict back to the create that met the holder.
+    pub(crate) refused_creates: HashMap<String, u64>,
     pub(crate) stats: SandboxStats,
     received: Window,
     /// Doubles as the rate limiter: a request is admitted while this window
@@ -83,20 +87,23 @@ pub(crate) struct SandboxState {
 }
 
 impl SandboxState {
-    pub(crate) fn new(faults: Faults, seed: Option<u64>) -> Self {
-        let (fault_rng, id_rng) = match seed {
+    pub(crate) fn new(faults: Faults, seed: Option<u64>, id_format: IdFormat) -> Self {
+        let (fault_rng, mut id_rng) = match seed {
             Some(seed) => (
                 StdRng::seed_from_u64(seed),
                 StdRng::seed_from_u64(seed ^ 0x05ee_d1d5_u64),
             ),
             None => (StdRng::from_os_rng(), StdRng::from_os_rng()),
         };
+        let ids = IdMint::new(id_format, &mut id_rng);
         Self {
             faults,
             fault_rng,
             id_rng,
+            ids,
             users: Directory::default(),
             created: Vec::new(),
+            refused_creates: HashMap::new(),
             stats: SandboxStats::default(),
             received: Window::default(),
             admitted: Window::default(),
@@ -170,9 +177,10 @@ impl SandboxState {
         cut
     }
 
-    fn new_user_id(&mut self) -> String {
+    /// A new id for a user created at `created` (seconds since the epoch).
+    fn new_user_id(&mut self, created: u64) -> String {
         loop {
-            let id = uuid_like(&mut self.id_rng);
+            let id = self.ids.mint(&mut self.id_rng, created);
             if !self.users.by_id.contains_key(&id) {
                 return id;
             }
@@ -187,9 +195,10 @@ impl SandboxState {
     ) -> Result<String, Taken> {
         if self.users.id_of(username).is_some() {
             self.stats.duplicate_attempts += 1;
+            *self.refused_creates.entry(username.to_owned()).or_default() += 1;
             return Err(Taken);
         }
-        let id = self.new_user_id();
+        let id = self.new_user_id(now_secs());
         self.created.push(SandboxUser {
             user_id: id.clone(),
             username: username.to_owned(),
@@ -200,12 +209,18 @@ impl SandboxState {
         Ok(id)
     }
 
-    /// A seeded user: not counted; a taken username returns the holder's id.
-    pub(crate) fn seed_user(&mut self, username: &str, full_name: Option<String>) -> String {
+    /// A seeded user, made `created` (seconds since the epoch; now when
+    /// `None`): not counted; a taken username returns the holder's id.
+    pub(crate) fn seed_user(
+        &mut self,
+        username: &str,
+        full_name: Option<String>,
+        created: Option<u64>,
+    ) -> String {
         if let Some(id) = self.users.id_of(username) {
             return id.clone();
         }
-        let id = self.new_user_id();
+        let id = self.new_user_id(created.unwrap_or_else(now_secs));
         self.users.insert(id.clone(), username, full_name);
         id
     }

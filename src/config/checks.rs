@@ -13,7 +13,8 @@ use super::raw::{Raw, RawSource};
 use super::{
     ConfigError, DatabaseSettings, DispatcherSettings, EmbeddedSettings, HttpSettings, LogSettings,
     RateLimitSettings, RedisSettings, SUPPORTED_API_VERSIONS, Settings, SourceSettings,
-    SourceTable, SourceTarget, SweeperSettings, WorkerSettings, database_kind, invalid,
+    SourceTable, SourceTarget, SweeperSettings, SyncSettings, WorkerSettings, database_kind,
+    invalid,
 };
 
 impl Settings {
@@ -146,6 +147,10 @@ impl Settings {
                     "worker.shutdown_timeout_ms",
                     raw.worker.shutdown_timeout_ms,
                 )?,
+            },
+            sync: SyncSettings {
+                lookup_before_create: raw.sync.lookup_before_create,
+                clock_skew_margin: Duration::from_millis(raw.sync.clock_skew_margin_ms),
             },
             dispatcher: DispatcherSettings {
                 batch_size: raw.dispatcher.batch_size,

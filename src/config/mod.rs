@@ -63,6 +63,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub embedded: EmbeddedSettings,
     pub worker: WorkerSettings,
+    pub sync: SyncSettings,
     pub dispatcher: DispatcherSettings,
     pub sweeper: SweeperSettings,
     pub rate_limit: RateLimitSettings,
@@ -171,6 +172,36 @@ pub struct WorkerSettings {
     pub backoff_cap: Duration,
     pub auth_retry_interval: Duration,
     pub shutdown_timeout: Duration,
+}
+
+/// When a job looks a username up in Embedded before it creates the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupBeforeCreate {
+    /// Only to confirm a create whose answer was lost: one call per signup.
+    AfterLostAnswer,
+    /// Before every create too: two calls per signup, and a taken username
+    /// found before the create rather than after it.
+    Always,
+}
+
+/// How a job settles what it cannot see (`[sync]`).
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub lookup_before_create: LookupBeforeCreate,
+    /// How far the database's clock and the API's may differ: a user found
+    /// after a lost answer is the worker's own when its id says it was made
+    /// no earlier than the claim less this (see `domain::Provenance`).
+    pub clock_skew_margin: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            lookup_before_create: LookupBeforeCreate::AfterLostAnswer,
+            clock_skew_margin: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -390,6 +421,11 @@ mod tests {
         let s = Settings::load_from(dir.path(), &env(&[])).unwrap();
         assert_eq!(s.worker.concurrency, 16);
         assert_eq!(s.rate_limit.scope, RateLimitScope::Process);
+        assert_eq!(
+            s.sync.lookup_before_create,
+            LookupBeforeCreate::AfterLostAnswer
+        );
+        assert_eq!(s.sync.clock_skew_margin, Duration::from_secs(1));
         assert_eq!(s.embedded.api_version, "2025-09");
     }
 
@@ -551,6 +587,16 @@ mod tests {
                 "USER_SYNC__RATE_LIMIT__SCOPE",
                 "cluster",
                 "rate_limit.scope",
+            ),
+            (
+                "USER_SYNC__SYNC__LOOKUP_BEFORE_CREATE",
+                "sometimes",
+                "sync.lookup_before_create",
+            ),
+            (
+                "USER_SYNC__SYNC__CLOCK_SKEW_MARGIN_MS",
+                "-1",
+                "sync.clock_skew_margin_ms",
             ),
             ("USER_SYNC__HTTP__BIND", "nowhere", "http.bind"),
             ("USER_SYNC__LOG__FORMAT", "xml", "log.format"),

@@ -8,7 +8,7 @@
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{LogFormat, RateLimitScope};
+use super::{LogFormat, LookupBeforeCreate, RateLimitScope};
 
 #[derive(Deserialize)]
 pub(super) struct Raw {
@@ -16,6 +16,8 @@ pub(super) struct Raw {
     pub redis: RawRedis,
     pub embedded: RawEmbedded,
     pub worker: RawWorker,
+    #[serde(default)]
+    pub sync: RawSync,
     pub dispatcher: RawDispatcher,
     pub sweeper: RawSweeper,
     pub rate_limit: RawRateLimit,
@@ -54,6 +56,23 @@ pub(super) struct RawWorker {
     pub backoff_cap_ms: u64,
     pub auth_retry_interval_ms: u64,
     pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+pub(super) struct RawSync {
+    pub lookup_before_create: LookupBeforeCreate,
+    /// May be 0: the clocks are taken to agree.
+    pub clock_skew_margin_ms: u64,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        Self {
+            lookup_before_create: LookupBeforeCreate::AfterLostAnswer,
+            clock_skew_margin_ms: 1000,
+        }
+    }
 }
 
 #[derive(Deserialize)]

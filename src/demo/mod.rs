@@ -115,8 +115,12 @@ async fn demo(
     };
     let seeded = seed::accounts(&pool, args.users).await?;
     for id in seed::HELD_IN_EMBEDDED {
-        // Created in Embedded before the worker, by someone else.
-        sandbox.insert_user(&seed::email(id).trim().to_lowercase(), Some("Someone Else"));
+        // Created in Embedded a day before the worker, by someone else.
+        sandbox.insert_user_made(
+            &seed::email(id).trim().to_lowercase(),
+            Some("Someone Else"),
+            std::time::Duration::from_secs(86_400),
+        );
     }
     println!(
         "\n1. Backfill: {} historical accounts ({} closed), {} of them with an email \

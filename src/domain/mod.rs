@@ -7,10 +7,12 @@
 //! stray `{:?}` in a log line or an error cannot leak an email or a name.
 
 mod profile;
+mod provenance;
 mod report;
 mod state;
 
 pub use profile::{Desired, Profile, Synced};
+pub use provenance::{ClaimCheck, Intent, Provenance};
 pub use report::{ConflictRow, Status};
 pub use state::{ConflictReason, ErasureOutcome, EventKind, EventState, UserState};
 

@@ -1,7 +1,7 @@
 //! What a host user's Embedded user should be, and what the worker last
 //! knew it to be: the two inputs of the plan.
 
-use super::{EmbeddedUserId, FullName, Username};
+use super::{EmbeddedUserId, FullName, Intent, Username};
 
 /// What an Embedded user should look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +25,8 @@ pub enum Synced {
     /// No Embedded user: never created, erased, or never obtained (conflict).
     Nothing,
     /// A create of this username was sent and its answer never arrived: the
-    /// user may or may not exist.
-    Unconfirmed { username: Username },
+    /// user may or may not exist. `intent` is what the claim recorded.
+    Unconfirmed { username: Username, intent: Intent },
     /// The Embedded user exists, as last synced.
     Present {
         id: EmbeddedUserId,

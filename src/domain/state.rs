@@ -118,6 +118,10 @@ pub enum ConflictReason {
     TakenInEmbedded,
     /// The API refused to change the username.
     RenameRefused,
+    /// A create's answer was lost, and the user then found under the
+    /// username cannot be proven to be that create's (see `Provenance`):
+    /// an operator decides whether to adopt it.
+    UnconfirmedCreate,
 }
 
 impl ConflictReason {
@@ -126,6 +130,7 @@ impl ConflictReason {
             Self::TakenByHostUser => "taken_by_host_user",
             Self::TakenInEmbedded => "taken_in_embedded",
             Self::RenameRefused => "rename_refused",
+            Self::UnconfirmedCreate => "unconfirmed_create",
         }
     }
 }

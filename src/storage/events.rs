@@ -107,6 +107,8 @@ pub(super) struct NextEventRow {
     pub(super) user_embedded_id: Option<String>,
     pub(super) user_username: Option<String>,
     pub(super) user_full_name: Option<String>,
+    pub(super) user_updated_at: Option<DateTime<Utc>>,
+    pub(super) user_seen_free: Option<bool>,
     #[sqlx(default)]
     pub(super) probe_username: Option<String>,
     #[sqlx(default)]
@@ -121,6 +123,7 @@ impl NextEventRow {
                 self.user_embedded_id.as_deref(),
                 self.user_username.as_deref(),
                 self.user_full_name.as_deref(),
+                users::intent_of(self.user_updated_at, self.user_seen_free),
             ),
             None => Synced::Nothing,
         };

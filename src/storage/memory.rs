@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use std::future::Future;
 
 use crate::domain::{
-    ConflictReason, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile, Synced,
-    UserState, Username,
+    ConflictReason, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Intent, Profile,
+    Synced, UserState, Username,
 };
 use crate::storage::Claimed;
 use crate::storage::conflicts::NewConflict;
@@ -48,6 +48,9 @@ pub(crate) struct UserRow {
     pub full_name: Option<String>,
     pub state: UserState,
     pub last_event_id: Option<i64>,
+    /// What the row's last claim recorded (the tables' `updated_at` and
+    /// `username_seen_free` while the row is `creating`).
+    pub intent: Intent,
 }
 
 /// One reported conflict.
@@ -237,6 +240,7 @@ impl State {
                 full_name: None,
                 state,
                 last_event_id: None,
+                intent: Intent::default(),
             })
     }
 
@@ -344,7 +348,7 @@ impl UserSession for MemorySession {
             let last_acted = last_acted_on.and_then(|id| state.events.get(&id));
             let synced = user.map_or(Synced::Nothing, |u| {
                 let (id, name) = (u.embedded_user_id.as_deref(), u.full_name.as_deref());
-                synced_from(u.state.as_str(), id, u.username.as_deref(), name)
+                synced_from(u.state.as_str(), id, u.username.as_deref(), name, u.intent)
             });
             // `lower(btrim(email))`: btrim takes off spaces only.
             let holder_probe = newest.event.email.as_deref().map(|email| {
@@ -398,6 +402,7 @@ impl UserSession for MemorySession {
         &'a mut self,
         profile: &'a Profile,
         event_id: i64,
+        seen_free: bool,
     ) -> impl Future<Output = sqlx::Result<Claim>> + Send {
         self.with(move |state, host| {
             let username = profile.username.as_str();
@@ -411,6 +416,10 @@ impl UserSession for MemorySession {
             row.embedded_user_id = None;
             row.state = UserState::Creating;
             row.last_event_id = Some(event_id);
+            row.intent = Intent {
+                at: Some(Utc::now()),
+                seen_free,
+            };
             Ok(Claim::Claimed)
         })
     }
@@ -423,6 +432,27 @@ impl UserSession for MemorySession {
             Ok(state
                 .holder_of(username.as_str(), host)
                 .and_then(|h| HostUserId::parse(h).ok()))
+        })
+    }
+
+    fn claim_in_flight<'a>(
+        &'a mut self,
+        holder: &'a HostUserId,
+        username: &'a Username,
+    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send {
+        self.with(move |state, _| {
+            let claiming = state.users.get(holder.as_str()).is_some_and(|u| {
+                u.state == UserState::Creating && u.username.as_deref() == Some(username.as_str())
+            });
+            let due = state
+                .events
+                .values()
+                .filter(|e| {
+                    e.state == PENDING && e.event.host_user_id.as_deref() == Some(holder.as_str())
+                })
+                .map(|e| e.event.available_at)
+                .min();
+            Ok(due.filter(|_| claiming))
         })
     }
 
@@ -506,6 +536,17 @@ impl UserSession for MemorySession {
         c: &'a NewConflict<'a>,
     ) -> impl Future<Output = sqlx::Result<bool>> + Send {
         self.with(move |state, _| {
+            // An open one with another reason no longer stands.
+            for o in &mut state.conflicts {
+                if o.status == "open"
+                    && o.host_user_id == c.host.as_str()
+                    && o.username == c.username.as_str()
+                    && o.reason != c.reason
+                {
+                    o.status = "resolved";
+                    o.resolved_at = Some(Utc::now());
+                }
+            }
             let open = state.conflicts.iter().any(|o| {
                 o.status == "open"
                     && o.host_user_id == c.host.as_str()
@@ -589,6 +630,7 @@ mod tests {
             full_name: None,
             state: UserState::Synced,
             last_event_id: None,
+            intent: Intent::default(),
         });
         store.insert_event(Some("u2"), "signup", Some("grace@example.com"), None);
         let newest = store.insert_event(Some("u2"), "signup", Some(" ADA@example.com "), None);

@@ -38,7 +38,7 @@ use sqlx::SqlitePool;
 
 use crate::config::{DatabaseKind, DatabaseSettings};
 use crate::domain::{
-    ConflictRow, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Profile, Status,
+    ConflictRow, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Intent, Profile, Status,
     UserState, Username,
 };
 
@@ -52,6 +52,7 @@ pub use pg::{
     PgStore, claim_each_for_create, finish_many, holders_of, mark_synced, newest_pending_many,
 };
 pub use sqlite::{ProcessLock, SqliteBackfill, SqliteStore, json_list};
+pub(crate) use users::intent_of;
 pub use users::{Claim, ClaimIntent, Found, NewClaim, SyncedUser, Unconfirmed};
 
 /// What the dispatcher and the sweeper do to the outbox.
@@ -189,17 +190,30 @@ pub trait UserSession: Send {
         snooze: Snooze<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Records the intent to create `profile`, durably, before the create
-    /// is sent; a username another host user holds is refused.
+    /// is sent; a username another host user holds is refused. `seen_free`:
+    /// the username was seen free in Embedded right before (kept with the
+    /// claim; see `domain::Intent`).
     fn claim_for_create<'a>(
         &'a mut self,
         profile: &'a Profile,
         event_id: i64,
+        seen_free: bool,
     ) -> impl Future<Output = sqlx::Result<Claim>> + Send;
     /// The other host user holding or claiming `username`, if any.
     fn holder_of<'a>(
         &'a mut self,
         username: &'a Username,
     ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send;
+    /// Whether `holder` claims `username` for a create whose outcome is
+    /// still being worked out (its row `creating`, an event of it still
+    /// pending), and if so when that event is next due. Such a claim may
+    /// yet be released (the username taken in Embedded), so who holds the
+    /// name is not settled.
+    fn claim_in_flight<'a>(
+        &'a mut self,
+        holder: &'a HostUserId,
+        username: &'a Username,
+    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send;
     /// Records that an update for `event_id` is about to be sent: until that
     /// event finishes, the row may not say what Embedded holds (see
     /// `NextEvent::last_acted_unfinished`).
@@ -292,9 +306,9 @@ pub trait UserSession: Send {
     fn release(self) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
 
-/// One user to create in the backfill's single mode: (host, profile, the
-/// row was `creating`).
-pub type Signup<'a> = (&'a HostUserId, &'a Profile, bool);
+/// One user for the backfill to create: (host, profile, the intent of its
+/// row's claim when the row was `creating`).
+pub type Signup<'a> = (&'a HostUserId, &'a Profile, Option<Intent>);
 
 /// An event's state, and when it comes due if pending: (id, state, due).
 pub type EventStateDue = (i64, String, DateTime<Utc>);

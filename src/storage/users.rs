@@ -2,18 +2,25 @@
 //! state, as the job and the backfill see a row. The SQL is each backend's
 //! (`pg/users.rs`, `sqlite/users.rs`).
 
-use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, Synced, UserState, Username};
+use chrono::{DateTime, Utc};
 
-/// The plan's view of a `user_sync.users` row.
+use crate::domain::{
+    EmbeddedUserId, FullName, HostUserId, Intent, Profile, Synced, UserState, Username,
+};
+
+/// The plan's view of a `user_sync.users` row; `intent` is what its
+/// claim recorded (see [`intent_of`]), for a row in state `creating`.
 pub(crate) fn synced_from(
     state: &str,
     embedded_user_id: Option<&str>,
     username: Option<&str>,
     full_name: Option<&str>,
+    intent: Intent,
 ) -> Synced {
     match (UserState::parse(state), embedded_user_id, username) {
         (Some(UserState::Creating), _, Some(username)) => Synced::Unconfirmed {
             username: Username::from_api(username),
+            intent,
         },
         (Some(UserState::Synced), Some(id), Some(username)) => match EmbeddedUserId::parse(id) {
             Ok(id) => Synced::Present {
@@ -26,6 +33,17 @@ pub(crate) fn synced_from(
             Err(_) => Synced::Nothing,
         },
         _ => Synced::Nothing,
+    }
+}
+
+/// The intent a claimed row recorded: nothing writes a row between its
+/// claim and the claim's confirmation, so its `updated_at` is the time of
+/// the claim; `username_seen_free` says whether the username was seen free
+/// in Embedded right before.
+pub(crate) fn intent_of(updated_at: Option<DateTime<Utc>>, seen_free: Option<bool>) -> Intent {
+    Intent {
+        at: updated_at,
+        seen_free: seen_free.unwrap_or(false),
     }
 }
 
@@ -42,6 +60,8 @@ pub struct NewClaim {
     pub host: HostUserId,
     pub profile: Profile,
     pub event_id: i64,
+    /// The username was seen free in Embedded right before this claim.
+    pub seen_free: bool,
 }
 
 /// What a job found Embedded to hold for a host user, for
@@ -80,4 +100,13 @@ pub struct Unconfirmed {
     pub host_user_id: String,
     pub username: Option<String>,
     pub full_name: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub username_seen_free: Option<bool>,
+}
+
+impl Unconfirmed {
+    /// What the row's claim recorded.
+    pub fn intent(&self) -> Intent {
+        intent_of(self.updated_at, self.username_seen_free)
+    }
 }

@@ -2,7 +2,9 @@
 //! once (counted and logged with ids and a fingerprint only), and the event
 //! ends in it.
 
-use crate::domain::{ConflictReason, EmbeddedUserId, HostUserId, UserState, Username};
+use std::time::Duration;
+
+use crate::domain::{ConflictReason, EmbeddedUserId, HostUserId, Provenance, UserState, Username};
 use crate::embedded::EmbeddedUser;
 use crate::storage::{NewConflict, OutboxEvent, UserSession};
 use crate::sync::Outcome;
@@ -10,7 +12,8 @@ use crate::sync::Outcome;
 /// `username` belongs to an Embedded user the worker did not create for
 /// `host`: release the claim and report the conflict. When another host
 /// user has claimed it since this job looked (users of one job work at
-/// once), that user holds it: the conflict is with them.
+/// once) and holds it, the conflict is with them; a claim of theirs still
+/// in flight will meet the same Embedded user, so it is not.
 pub(super) async fn taken_in_embedded(
     session: &mut impl UserSession,
     host: &HostUserId,
@@ -18,21 +21,80 @@ pub(super) async fn taken_in_embedded(
     holder: &EmbeddedUser,
     event: &OutboxEvent,
 ) -> anyhow::Result<Outcome> {
-    if let Some(holder) = session.holder_of(username).await? {
+    if let Some(holder) = session.holder_of(username).await?
+        && session.claim_in_flight(&holder, username).await?.is_none()
+    {
         return taken_by_host_user(session, host, username, &holder, event).await;
     }
+    let reason = ConflictReason::TakenInEmbedded;
+    held_in_embedded(session, host, username, &holder.user_id, event, reason).await
+}
+
+/// A user found under the username of a create whose answer was lost, and
+/// not proven to be that create's: the claim goes, and an operator decides
+/// (`unconfirmed_create`). Never adopted, so never deleted on closure.
+pub(super) async fn unconfirmed_create(
+    session: &mut impl UserSession,
+    host: &HostUserId,
+    username: &Username,
+    found: &EmbeddedUser,
+    event: &OutboxEvent,
+    provenance: Provenance,
+) -> anyhow::Result<Outcome> {
+    tracing::warn!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, provenance = provenance.as_str(), "the user found after a lost create answer is not proven the worker's own");
+    let reason = ConflictReason::UnconfirmedCreate;
+    held_in_embedded(session, host, username, &found.user_id, event, reason).await
+}
+
+/// Releases the claim of `host` and reports `username` held in Embedded by
+/// `holder`, for `reason`.
+async fn held_in_embedded(
+    session: &mut impl UserSession,
+    host: &HostUserId,
+    username: &Username,
+    holder: &EmbeddedUserId,
+    event: &OutboxEvent,
+    reason: ConflictReason,
+) -> anyhow::Result<Outcome> {
     session
         .mark_without_user(UserState::Conflict, event.id)
         .await?;
     let conflict = NewConflict {
         host,
         username,
-        reason: ConflictReason::TakenInEmbedded,
+        reason,
         holder_host_user_id: None,
-        holder_embedded_user_id: Some(&holder.user_id),
+        holder_embedded_user_id: Some(holder),
         event_id: Some(event.id),
     };
     in_conflict(session, &conflict).await
+}
+
+/// How soon an event whose username another host user is creating comes
+/// back: that create's outcome is usually known within a round trip.
+const CLAIM_SETTLING: Duration = Duration::from_millis(200);
+
+/// `username` is claimed or held by `holder`, another host user: a conflict
+/// with them, unless their create of it is still in flight. That create may
+/// yet be refused (the username taken in Embedded) and the name not theirs,
+/// so the event comes back once it is settled, without using an attempt.
+pub(super) async fn held_by_host_user(
+    session: &mut impl UserSession,
+    host: &HostUserId,
+    username: &Username,
+    holder: &HostUserId,
+    event: &OutboxEvent,
+) -> anyhow::Result<Outcome> {
+    if let Some(due) = session.claim_in_flight(holder, username).await? {
+        // Back once that create's event has had its turn.
+        let until_due = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+        return Ok(Outcome::Snoozed {
+            after: until_due + CLAIM_SETTLING,
+            counts_attempt: false,
+            reason: format!("waiting for host user {holder}'s create of this username"),
+        });
+    }
+    taken_by_host_user(session, host, username, holder, event).await
 }
 
 pub(super) async fn taken_by_host_user(

@@ -15,17 +15,19 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
-use crate::config::WorkerSettings;
+use crate::config::{LookupBeforeCreate, SyncSettings, WorkerSettings};
 use crate::domain::{
-    ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, HostUserId, Profile, Synced,
-    UserState, Username,
+    ClaimCheck, ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, HostUserId, Profile,
+    Synced, UserState, Username,
 };
 use crate::embedded::{ApiError, EmbeddedClient, NewUser, UserRef, UserUpdate};
 use crate::queue::{JobEvent, JobHandler, SyncJob};
 use crate::ratelimit::{ApiGate, GateRefusal};
 use crate::retry::{Retry, RetryPolicy, Stop};
 use crate::storage::{Claim, NewConflict, OutboxEvent, SyncStore, UserSession};
-use crate::sync::conflicts::{in_conflict, taken_by_host_user, taken_in_embedded};
+use crate::sync::conflicts::{
+    held_by_host_user, in_conflict, taken_in_embedded, unconfirmed_create,
+};
 use crate::sync::outcome::{self, Outcome};
 use crate::sync::plan::{SyncPlan, plan};
 
@@ -36,6 +38,7 @@ pub struct SyncContext<S: SyncStore> {
     pub api: EmbeddedClient,
     pub gate: Arc<ApiGate>,
     pub worker: WorkerSettings,
+    pub sync: SyncSettings,
     /// What a failed call means, from `worker`.
     retry: RetryPolicy,
     /// API calls in flight in this process: at most `worker.concurrency`.
@@ -49,6 +52,7 @@ impl<S: SyncStore> Clone for SyncContext<S> {
             api: self.api.clone(),
             gate: self.gate.clone(),
             worker: self.worker.clone(),
+            sync: self.sync.clone(),
             retry: self.retry,
             calls: self.calls.clone(),
         }
@@ -61,6 +65,7 @@ impl<S: SyncStore> SyncContext<S> {
         api: EmbeddedClient,
         gate: Arc<ApiGate>,
         worker: WorkerSettings,
+        sync: SyncSettings,
     ) -> Self {
         let calls = Arc::new(Semaphore::new(worker.concurrency.max(1)));
         Self {
@@ -69,6 +74,7 @@ impl<S: SyncStore> SyncContext<S> {
             gate,
             retry: RetryPolicy::new(&worker),
             worker,
+            sync,
             calls,
         }
     }
@@ -270,7 +276,7 @@ async fn apply_event<S: SyncStore>(
     for _ in 0..3 {
         match plan(desired, &synced) {
             SyncPlan::Nothing => return Ok(Outcome::Applied { ended: false }),
-            SyncPlan::Confirm { username } => {
+            SyncPlan::Confirm { username, intent } => {
                 match call(ctx, || ctx.api.get_user(UserRef::Username(&username))).await {
                     Ok(found) => {
                         // A user already mapped to another host user (and
@@ -290,12 +296,20 @@ async fn apply_event<S: SyncStore>(
                             };
                             return in_conflict(session, &conflict).await;
                         }
+                        let check = ClaimCheck::now(ctx.sync.clock_skew_margin);
+                        let provenance = intent.provenance_of(&found.user_id, &check);
+                        if !provenance.is_the_creates() {
+                            return unconfirmed_create(
+                                session, host, &username, &found, event, provenance,
+                            )
+                            .await;
+                        }
                         // The lost create happened: adopt its user.
                         let profile = found.profile();
                         session
                             .mark_synced(&found.user_id, &profile, event.id, None)
                             .await?;
-                        tracing::info!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, "adopted the user of an unconfirmed create");
+                        tracing::info!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, provenance = provenance.as_str(), "adopted the user of an unconfirmed create");
                         synced = Synced::Present {
                             id: found.user_id,
                             profile,
@@ -353,13 +367,15 @@ async fn create<S: SyncStore>(
     };
     // Another host user's username: a conflict before any call.
     if let Some(holder) = session.holder_of(&profile.username).await? {
-        return taken_by_host_user(session, host, &profile.username, &holder, event).await;
+        return held_by_host_user(session, host, &profile.username, &holder, event).await;
     }
-    // Looked up before it is claimed: a claim (`creating`) then means the
-    // username was free, so the user a later confirmation finds is the one
-    // a lost answer created. A user made outside the worker is a conflict,
-    // never adopted (and deleted on closure) in its place.
-    if seen_free != Some(&profile.username) {
+    // With `lookup_before_create = "always"`, looked up before it is
+    // claimed: a claim (`creating`) then also means the username was free.
+    // By default the create goes first, and only a lost answer costs a
+    // lookup (see `Confirm`): a refusal proves the create made nothing.
+    let look_first = ctx.sync.lookup_before_create == LookupBeforeCreate::Always
+        && seen_free != Some(&profile.username);
+    if look_first {
         match call(ctx, || {
             ctx.api.get_user(UserRef::Username(&profile.username))
         })
@@ -372,8 +388,15 @@ async fn create<S: SyncStore>(
             Err(stop) => return Ok(stopped(ctx, event, stop)),
         }
     }
-    if let Claim::TakenBy(holder) = session.claim_for_create(&profile, event.id).await? {
-        return taken_by_host_user(session, host, &profile.username, &holder, event).await;
+    // Seen free just now (looked up first, or an unconfirmed create found
+    // never made): kept with the claim, so that whatever holds the name
+    // after a lost answer is this create's user.
+    let seen_free = look_first || seen_free == Some(&profile.username);
+    if let Claim::TakenBy(holder) = session
+        .claim_for_create(&profile, event.id, seen_free)
+        .await?
+    {
+        return held_by_host_user(session, host, &profile.username, &holder, event).await;
     }
     // The gate right before the call: the API sees requests spaced as the
     // gate spaced them, not blurred by the claim.
@@ -468,7 +491,7 @@ async fn update_user<S: SyncStore>(
     if let Some(new_username) = &update.username
         && let Some(holder) = session.holder_of(new_username).await?
     {
-        return taken_by_host_user(session, host, new_username, &holder, event)
+        return held_by_host_user(session, host, new_username, &holder, event)
             .await
             .map(Some);
     }

@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use secrecy::SecretString;
-use user_sync_sandbox::{FaultUpdate, Sandbox, SandboxOptions, routes};
+use user_sync_sandbox::{FaultUpdate, IdFormat, Sandbox, SandboxOptions, routes};
 
-use crate::config::{EmbeddedSettings, RateLimitScope, RateLimitSettings, WorkerSettings};
-use crate::domain::{ConflictReason, ErasureOutcome, HostUserId, UserState};
+use crate::config::{
+    EmbeddedSettings, LookupBeforeCreate, RateLimitScope, RateLimitSettings, SyncSettings,
+    WorkerSettings,
+};
+use crate::domain::{ConflictReason, ErasureOutcome, HostUserId, Intent, UserState};
 use crate::embedded::EmbeddedClient;
 use crate::queue::{JobEvent, SyncJob};
 use crate::ratelimit::ApiGate;
@@ -31,9 +34,18 @@ struct Env {
 
 impl Env {
     async fn start() -> Self {
+        Self::start_with(SandboxOptions::default(), SyncSettings::default()).await
+    }
+
+    /// With `lookup_before_create = "always"`.
+    async fn looking_up_first() -> Self {
+        Self::start_with(SandboxOptions::default(), always()).await
+    }
+
+    async fn start_with(options: SandboxOptions, sync: SyncSettings) -> Self {
         let options = SandboxOptions {
             api_key: KEY.into(),
-            ..SandboxOptions::default()
+            ..options
         };
         let sandbox = Sandbox::start("127.0.0.1:0".parse().expect("an address"), options)
             .await
@@ -56,7 +68,7 @@ impl Env {
             shutdown_timeout: Duration::from_secs(5),
         };
         let store = MemoryStore::default();
-        let ctx = SyncContext::new(Arc::new(store.clone()), api, gate, worker);
+        let ctx = SyncContext::new(Arc::new(store.clone()), api, gate, worker, sync);
         Self {
             store,
             sandbox,
@@ -329,9 +341,13 @@ async fn a_username_taken_in_embedded_is_a_conflict_and_never_adopted() {
     env.run(&[signup]).await;
 
     assert_eq!(env.state(signup), "conflict");
+    // The create goes first; its refusal proves it made nothing, and the
+    // lookup after it finds who holds the name.
     let stats = env.sandbox.stats();
-    assert_eq!(stats.route_total(routes::CREATE), 0);
+    assert_eq!(stats.route_total(routes::CREATE), 1);
+    assert_eq!(stats.count(routes::CREATE, 409), 1);
     assert_eq!(stats.route_total(routes::GET), 1);
+    assert_eq!(stats.creates, 0);
     let conflicts = env.store.conflicts();
     assert_eq!(conflicts.len(), 1);
     assert_eq!(conflicts[0].reason, ConflictReason::TakenInEmbedded);
@@ -387,6 +403,230 @@ async fn a_create_whose_answer_was_lost_is_adopted_without_a_second_create() {
     );
 }
 
+/// `lookup_before_create = "always"`.
+fn always() -> SyncSettings {
+    SyncSettings {
+        lookup_before_create: LookupBeforeCreate::Always,
+        ..SyncSettings::default()
+    }
+}
+
+/// A sandbox whose ids carry no creation time.
+fn uuids() -> SandboxOptions {
+    SandboxOptions {
+        id_format: IdFormat::Uuid,
+        ..SandboxOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_signup_costs_one_call_and_looking_up_first_two() {
+    let env = Env::start().await;
+    env.synced("u1", "ada@example.com", Some("Ada")).await;
+    assert_eq!(env.calls(), 1, "the create alone");
+
+    let env = Env::looking_up_first().await;
+    env.synced("u1", "ada@example.com", Some("Ada")).await;
+    let stats = env.sandbox.stats();
+    assert_eq!(
+        (stats.total_requests, stats.count(routes::GET, 404)),
+        (2, 1)
+    );
+    assert_eq!(env.user("u1").state, UserState::Synced);
+}
+
+#[tokio::test]
+async fn looking_up_first_a_taken_username_costs_no_create() {
+    let env = Env::looking_up_first().await;
+    let outside = env.sandbox.insert_user("bob@example.com", None);
+    let signup = env.signup("u1", "bob@example.com", Some("Bob"));
+    env.run(&[signup]).await;
+
+    assert_eq!(env.state(signup), "conflict");
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.route_total(routes::CREATE), 0);
+    assert_eq!(stats.total_requests, 1);
+    let conflicts = env.store.conflicts();
+    assert_eq!(conflicts[0].reason, ConflictReason::TakenInEmbedded);
+    assert_eq!(
+        conflicts[0].holder_embedded_user_id.as_deref(),
+        Some(outside.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_lost_answer_for_a_username_taken_before_the_claim_is_never_adopted() {
+    let env = Env::start().await;
+    // Made outside the worker a minute ago; its id says so.
+    let outside = env.sandbox.insert_user_made(
+        "bob@example.com",
+        Some("Bob Outside"),
+        Duration::from_secs(60),
+    );
+    env.drop_rate(1.0);
+    let signup = env.signup("u1", "bob@example.com", Some("Bob"));
+    env.run(&[signup]).await;
+    // The refusal was lost: the claim waits for its confirmation.
+    assert_eq!(env.user("u1").state, UserState::Creating);
+
+    env.drop_rate(0.0);
+    env.retry(&[signup]).await;
+    assert_eq!(env.state(signup), "conflict");
+    let conflicts = env.store.conflicts();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].reason, ConflictReason::UnconfirmedCreate);
+    assert_eq!(
+        conflicts[0].holder_embedded_user_id.as_deref(),
+        Some(outside.as_str())
+    );
+    let row = env.user("u1");
+    assert_eq!(
+        (row.state, row.embedded_user_id),
+        (UserState::Conflict, None)
+    );
+    assert_eq!(env.sandbox.stats().creates, 0);
+
+    // Not adopted, so never deleted.
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 0);
+    assert_eq!(env.sandbox.users().len(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_answer_with_ids_that_carry_no_time_is_an_unconfirmed_create() {
+    let env = Env::start_with(uuids(), SyncSettings::default()).await;
+    env.drop_rate(1.0);
+    let signup = env.signup("u1", "ada@example.com", Some("Ada"));
+    env.run(&[signup]).await;
+    env.drop_rate(0.0);
+    env.retry(&[signup]).await;
+
+    // The worker's own create, but nothing proves it: an operator decides.
+    assert_eq!(env.state(signup), "conflict");
+    let users = env.sandbox.users();
+    assert_eq!(users.len(), 1);
+    let conflicts = env.store.conflicts();
+    assert_eq!(conflicts[0].reason, ConflictReason::UnconfirmedCreate);
+    assert_eq!(
+        conflicts[0].holder_embedded_user_id.as_deref(),
+        Some(users[0].user_id.as_str())
+    );
+    assert_eq!(env.sandbox.stats().creates, 1, "never created twice");
+
+    // Looked up first, the username was seen free before the claim: the
+    // same lost answer is adopted.
+    let env = Env::start_with(uuids(), always()).await;
+    env.drop_rate(1.0);
+    let signup = env.signup("u1", "ada@example.com", Some("Ada"));
+    env.run(&[signup]).await;
+    env.drop_rate(0.0);
+    env.retry(&[signup]).await;
+    assert_eq!(env.state(signup), "applied");
+    assert!(env.store.conflicts().is_empty());
+    assert_eq!(env.user("u1").state, UserState::Synced);
+}
+
+#[tokio::test]
+async fn a_create_answered_5xx_is_confirmed_before_it_is_sent_again() {
+    let env = Env::start().await;
+    env.fail_rate(1.0);
+    let signup = env.signup("u1", "ada@example.com", None);
+    env.run(&[signup]).await;
+    // A 5xx may come from a proxy after the API made the user: the claim
+    // stays until a lookup settles it.
+    let stats = env.sandbox.stats();
+    assert_eq!((stats.route_total(routes::CREATE), stats.failed), (1, 1));
+    assert_eq!(env.user("u1").state, UserState::Creating);
+
+    env.fail_rate(0.0);
+    env.retry(&[signup]).await;
+    assert_eq!(env.state(signup), "applied");
+    let stats = env.sandbox.stats();
+    assert_eq!(
+        stats.count(routes::GET, 404),
+        1,
+        "looked up before sending again"
+    );
+    assert_eq!(stats.creates, 1);
+    assert_eq!(env.user("u1").state, UserState::Synced);
+}
+
+#[tokio::test]
+async fn a_conflict_that_no_longer_stands_is_resolved_by_the_one_that_does() {
+    let env = Env::start().await;
+    env.synced("u2", "ada@example.com", None).await;
+    let first = env.signup("u1", "ada@example.com", None);
+    env.run(&[first]).await;
+    assert_eq!(
+        env.store.conflicts()[0].reason,
+        ConflictReason::TakenByHostUser
+    );
+
+    // u2 leaves; someone then makes the username in Embedded by hand.
+    let closure = env.event("u2", "account_closure", None, None);
+    env.run(&[closure]).await;
+    env.sandbox
+        .insert_user_made("ada@example.com", None, Duration::from_secs(60));
+    let again = env.change("u1", "ada@example.com", Some("Ada"));
+    env.run(&[again]).await;
+
+    assert_eq!(env.state(again), "conflict");
+    let conflicts = env.store.conflicts();
+    assert_eq!(conflicts.len(), 2);
+    let open: Vec<_> = conflicts.iter().filter(|c| c.status == "open").collect();
+    assert_eq!(open.len(), 1, "{conflicts:?}");
+    assert_eq!(open[0].reason, ConflictReason::TakenInEmbedded);
+    let stale = conflicts.iter().find(|c| c.status == "resolved");
+    assert!(stale.is_some_and(|c| c.reason == ConflictReason::TakenByHostUser && c.resolved_at.is_some()));
+}
+
+#[tokio::test]
+async fn a_username_another_host_user_is_still_creating_waits_for_that_create() {
+    let env = Env::start().await;
+    // u1 claimed the username and sent its create; the answer is not in.
+    let pending = env.signup("u1", "bob@example.com", None);
+    env.store.put_user(UserRow {
+        host_user_id: "u1".into(),
+        embedded_user_id: None,
+        username: Some("bob@example.com".into()),
+        full_name: None,
+        state: UserState::Creating,
+        last_event_id: Some(pending),
+        intent: Intent {
+            at: Some(Utc::now()),
+            seen_free: false,
+        },
+    });
+    let signup = env.signup("u2", "bob@example.com", None);
+    env.run(&[signup]).await;
+    let event = env.row(signup);
+    assert_eq!((event.state, event.event.attempts), ("pending", 0));
+    assert!(event.reason.is_some_and(|r| r.contains("u1")));
+    assert!(env.store.conflicts().is_empty(), "not settled: no conflict");
+    assert_eq!(env.calls(), 0);
+
+    // u1's create turns out refused: someone made the name in Embedded.
+    let outside = env
+        .sandbox
+        .insert_user_made("bob@example.com", None, Duration::from_secs(60));
+    env.retry(&[pending]).await;
+    env.retry(&[signup]).await;
+    assert_eq!(env.state(signup), "conflict");
+    let open: Vec<_> = env
+        .store
+        .conflicts()
+        .into_iter()
+        .filter(|c| c.host_user_id == "u2")
+        .collect();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].reason, ConflictReason::TakenInEmbedded, "not u1's");
+    assert_eq!(
+        open[0].holder_embedded_user_id.as_deref(),
+        Some(outside.as_str())
+    );
+}
+
 #[tokio::test]
 async fn an_update_whose_answer_was_lost_is_read_back_before_planning() {
     let env = Env::start().await;
@@ -421,7 +661,10 @@ async fn an_update_whose_answer_was_lost_is_read_back_before_planning() {
 
 #[tokio::test]
 async fn server_errors_snooze_with_an_attempt_then_fail_leaving_the_name_free() {
-    let env = Env::start().await;
+    // Looked up first: the lookup fails, so no create is ever sent and no
+    // claim made. By default the create goes first, and a 5xx to it keeps
+    // its claim (`a_create_answered_5xx_is_confirmed_before_it_is_sent_again`).
+    let env = Env::looking_up_first().await;
     env.fail_rate(1.0);
     let signup = env.signup("u1", "ada@example.com", None);
     for attempt in 1..MAX_ATTEMPTS {
@@ -463,6 +706,10 @@ async fn a_create_of_unknown_outcome_keeps_its_claim_when_its_event_fails() {
         full_name: None,
         state: UserState::Creating,
         last_event_id: Some(signup),
+        intent: Intent {
+            at: Some(Utc::now()),
+            seen_free: false,
+        },
     });
     for _ in 0..MAX_ATTEMPTS {
         env.retry(&[signup]).await;
@@ -494,7 +741,8 @@ async fn a_refused_key_snoozes_without_counting_an_attempt() {
     env.run(&[signup]).await;
 
     let stats = env.sandbox.stats();
-    assert_eq!(stats.count(routes::GET, 401), 1);
+    assert_eq!(stats.count(routes::CREATE, 401), 1);
+    assert_eq!(stats.total_requests, 1);
     let event = env.row(signup);
     assert_eq!((event.state, event.event.attempts), ("pending", 0));
     assert!(event.event.available_at > Utc::now() + chrono::Duration::seconds(20));
@@ -577,6 +825,17 @@ async fn two_users_of_one_job_with_one_email_get_one_embedded_user() {
     let first = env.signup("u1", "ada@example.com", None);
     let second = env.signup("u2", "Ada@Example.com", None);
     env.run(&[first, second]).await;
+    // Whichever claimed the username second waits for the first one's
+    // create (it might yet be refused), without using an attempt.
+    let waiting: Vec<i64> = [first, second]
+        .into_iter()
+        .filter(|id| env.state(*id) == "pending")
+        .collect();
+    assert!(waiting.len() <= 1);
+    for id in &waiting {
+        assert_eq!(env.row(*id).event.attempts, 0);
+    }
+    env.retry(&waiting).await;
 
     let stats = env.sandbox.stats();
     assert_eq!((stats.creates, stats.duplicate_attempts), (1, 0));

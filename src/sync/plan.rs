@@ -5,7 +5,7 @@
 //! records the result; everything it must decide is decided here and tested
 //! exhaustively below.
 
-use crate::domain::{Desired, EmbeddedUserId, Synced, Username};
+use crate::domain::{Desired, EmbeddedUserId, Intent, Synced, Username};
 use crate::embedded::{NewUser, UserUpdate};
 
 /// What to do.
@@ -16,8 +16,9 @@ pub enum SyncPlan {
     /// Create the user.
     Create(NewUser),
     /// Look the username up first, to learn whether an unconfirmed create
-    /// happened; then plan again with what was found.
-    Confirm { username: Username },
+    /// happened; then plan again with what was found. A user found is held
+    /// against the claim's `intent` (see `domain::Provenance`).
+    Confirm { username: Username, intent: Intent },
     /// Change what differs, and only that.
     Update {
         id: EmbeddedUserId,
@@ -30,8 +31,9 @@ pub enum SyncPlan {
 
 pub fn plan(desired: &Desired, synced: &Synced) -> SyncPlan {
     match (desired, synced) {
-        (_, Synced::Unconfirmed { username }) => SyncPlan::Confirm {
+        (_, Synced::Unconfirmed { username, intent }) => SyncPlan::Confirm {
             username: username.clone(),
+            intent: *intent,
         },
         (Desired::Absent, Synced::Nothing) => SyncPlan::Erase { id: None },
         (Desired::Absent, Synced::Present { id, .. }) => SyncPlan::Erase {
@@ -94,11 +96,17 @@ mod tests {
 
     #[test]
     fn an_unconfirmed_create_is_looked_up_whatever_is_desired() {
+        let intent = Intent {
+            at: chrono::DateTime::from_timestamp(1_700_000_000, 0),
+            seen_free: false,
+        };
         let synced = Synced::Unconfirmed {
             username: Username::from_email("a@x.io").unwrap(),
+            intent,
         };
         let confirm = SyncPlan::Confirm {
             username: Username::from_email("a@x.io").unwrap(),
+            intent,
         };
         for desired in [
             Desired::Absent,
@@ -191,6 +199,7 @@ mod tests {
             Synced::Nothing,
             Synced::Unconfirmed {
                 username: Username::from_email("a@x.io").unwrap(),
+                intent: Intent::default(),
             },
             present("a@x.io", None),
             present("c@x.io", Some("C")),

@@ -14,6 +14,8 @@ pub struct Observed {
     pub embedded: Vec<SandboxUser>,
     /// Every user ever created through the API.
     pub created: Vec<SandboxUser>,
+    /// Creates the API refused for a taken username, by username.
+    pub refused_creates: std::collections::HashMap<String, u64>,
     /// `user_sync.users`: host id to (state, embedded id, username, name).
     pub rows: BTreeMap<String, UserRow>,
     pub conflicts: Vec<ConflictRow>,
@@ -105,6 +107,7 @@ impl Observed {
         Self {
             embedded: Vec::new(),
             created: Vec::new(),
+            refused_creates: Default::default(),
             rows: rows
                 .into_iter()
                 .map(|r| (r.host_user_id.clone(), r))
@@ -366,6 +369,7 @@ pub fn check(
             v.violate("conflict reported twice", &rows[0].host_user_id);
         }
     }
+    let mut unconfirmed = 0u64;
     for (host, name) in &expected_conflicts {
         let rows = reported
             .get(&(*host, *name))
@@ -382,6 +386,17 @@ pub fn check(
             "taken_in_embedded" => {
                 row.holder_embedded_user_id.as_deref()
                     == embedded.get(*name).map(|u| u.user_id.as_str())
+            }
+            // A create met the outside holder and its refusal never
+            // reached the worker (a cut answer, a killed worker): the user
+            // found then is older than the claim, so never adopted.
+            "unconfirmed_create" => {
+                let traced = seen.refused_creates.get(*name).copied().unwrap_or(0) > 0;
+                unconfirmed += 1;
+                traced
+                    && outside.contains(*name)
+                    && row.holder_embedded_user_id.as_deref()
+                        == embedded.get(*name).map(|u| u.user_id.as_str())
             }
             _ => false,
         };
@@ -489,6 +504,10 @@ pub fn check(
         seen.conflicts.iter().filter(|c| c.status == "open").count() as u64,
     );
     v.figure("expected conflicts", expected_conflicts.len() as u64);
+    v.figure(
+        "of them unconfirmed creates, each after a lost refusal",
+        unconfirmed,
+    );
     v.figure("duplicates", v.count(&[DUPLICATE, ORPHAN]));
     v.figure("lost", v.count(&[LOST, NOT_APPLIED]));
     v.figure("false conflicts", v.count(&[CONFLICT_FALSE]));

@@ -111,8 +111,11 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
 
     // Before the worker: users made in Embedded by hand, and the host's
     // historical accounts.
+    // Made well before the worker starts, as their ids say: a refusal
+    // of one whose answer is lost is told apart from the worker's create.
     for (email, name) in model.outside_users(20) {
-        env.sandbox.insert_user(&email, name.as_deref());
+        env.sandbox
+            .insert_user_made(&email, name.as_deref(), Duration::from_secs(3600));
     }
     let rows = model.historical(mode.historical);
     host_accounts(env.pg(), &rows).await;
@@ -172,6 +175,7 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
     let mut seen = Observed::read(env.pg()).await;
     seen.embedded = env.sandbox.users();
     seen.created = env.sandbox.created();
+    seen.refused_creates = env.sandbox.refused_creates();
     seen.redis = env.redis_dump_matching("*").await;
     seen.logs = std::mem::take(&mut fleet.logs);
     seen.logs.push(("postgresql".into(), pg.server_log()));

@@ -11,7 +11,9 @@
 
 use std::collections::HashSet;
 
-use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
+use crate::domain::{
+    ClaimCheck, ConflictReason, FullName, HostUserId, Profile, UserState, Username,
+};
 use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
 use crate::storage::{BackfillTables, Claim, ClaimIntent, Found};
 
@@ -19,6 +21,7 @@ use super::api::Resend;
 use super::decide::ConflictFound;
 use super::snapshot::WorkingTables;
 use super::{Pending, Run};
+use crate::storage::Signup;
 
 /// Rounds of "snapshot, link what was created, send again what was not".
 const MAX_ROUNDS: usize = 3;
@@ -26,10 +29,7 @@ const MAX_ROUNDS: usize = 3;
 impl<D: super::db::BackfillDb> Run<D> {
     /// Records the intent to create, for users whose locks are held. Those
     /// whose username turns out claimed meanwhile become conflicts.
-    pub(super) async fn claim(
-        &mut self,
-        creates: &[(&HostUserId, &Profile, bool)],
-    ) -> anyhow::Result<Vec<Pending>> {
+    pub(super) async fn claim(&mut self, creates: &[Signup<'_>]) -> anyhow::Result<Vec<Pending>> {
         let intents: Vec<ClaimIntent<'_>> = creates
             .iter()
             .map(|(host, profile, _)| ClaimIntent {
@@ -38,7 +38,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                 last_event_id: None,
             })
             .collect();
-        let pending = |c: &(&HostUserId, &Profile, bool)| Pending {
+        let pending = |c: &Signup<'_>| Pending {
             host: c.0.clone(),
             profile: c.1.clone(),
             unconfirmed: c.2,
@@ -159,7 +159,12 @@ impl<D: super::db::BackfillDb> Run<D> {
             })
             .await;
         match found {
-            Ok(user) if entry.unconfirmed => {
+            Ok(user)
+                if entry.unconfirmed.is_some_and(|intent| {
+                    let check = ClaimCheck::now(self.claim_margin);
+                    intent.provenance_of(&user.user_id, &check).is_the_creates()
+                }) =>
+            {
                 let profile = user.profile();
                 let found = [Found {
                     host: &entry.host,
@@ -170,9 +175,16 @@ impl<D: super::db::BackfillDb> Run<D> {
                 self.summary.resumed += 1;
             }
             Ok(user) => {
+                // An earlier create not proven to have made it: an
+                // operator decides, as in the pipeline.
+                let reason = if entry.unconfirmed.is_some() {
+                    ConflictReason::UnconfirmedCreate
+                } else {
+                    ConflictReason::TakenInEmbedded
+                };
                 let conflict = ConflictFound {
                     username: username.clone(),
-                    reason: ConflictReason::TakenInEmbedded,
+                    reason,
                     holder_host_user_id: None,
                     holder_embedded_user_id: Some(user.user_id),
                 };
@@ -232,7 +244,9 @@ impl<D: super::db::BackfillDb> Run<D> {
                 let usernames: Vec<&str> =
                     rows.iter().filter_map(|r| r.username.as_deref()).collect();
                 let found = self.db.conn().find(&usernames).await?;
+                let check = ClaimCheck::now(self.claim_margin);
                 let mut linked: Vec<(HostUserId, crate::embedded::EmbeddedUser)> = Vec::new();
+                let mut unproven: Vec<(HostUserId, ConflictFound)> = Vec::new();
                 let mut again: Vec<Pending> = Vec::new();
                 let mut release: Vec<String> = Vec::new();
                 for row in &rows {
@@ -245,6 +259,25 @@ impl<D: super::db::BackfillDb> Run<D> {
                     };
                     let username = Username::from_api(username);
                     match found.get(&username) {
+                        // This run's claims saw the username free; a job's
+                        // may not have, and its user must prove itself.
+                        Some(user)
+                            if !row
+                                .intent()
+                                .provenance_of(&user.user_id, &check)
+                                .is_the_creates() =>
+                        {
+                            unproven.push((
+                                host,
+                                ConflictFound {
+                                    username,
+                                    reason: ConflictReason::UnconfirmedCreate,
+                                    holder_host_user_id: None,
+                                    holder_embedded_user_id: Some(user.user_id.clone()),
+                                },
+                            ));
+                            release.push(row.host_user_id.clone());
+                        }
                         Some(user) => {
                             linked.push((host, user.clone()));
                             release.push(row.host_user_id.clone());
@@ -255,12 +288,15 @@ impl<D: super::db::BackfillDb> Run<D> {
                                 username,
                                 full_name: row.full_name.as_deref().map(FullName::from_api),
                             },
-                            unconfirmed: true,
+                            unconfirmed: Some(row.intent()),
                         }),
                     }
                 }
                 self.mark_linked(&linked).await?;
                 self.summary.created += linked.len() as u64;
+                for (host, conflict) in &unproven {
+                    self.conflict(host, conflict).await?;
+                }
                 let release: Vec<&str> = release.iter().map(String::as_str).collect();
                 self.db.tables().unlock_many(&release).await?;
                 if self.cancel.is_cancelled() {

@@ -6,7 +6,9 @@
 //! The dry run and both modes of the real run decide here, so that the dry
 //! run's counts are what the real run then does.
 
-use crate::domain::{ConflictReason, EmbeddedUserId, HostUserId, Profile, Username};
+use crate::domain::{
+    ClaimCheck, ConflictReason, EmbeddedUserId, HostUserId, Intent, Profile, Username,
+};
 use crate::embedded::EmbeddedUser;
 
 /// What is known of one host user when it is decided.
@@ -14,6 +16,8 @@ use crate::embedded::EmbeddedUser;
 pub struct Known {
     /// Its row's state in `user_sync.users`, if it has one.
     pub state: Option<String>,
+    /// What its row's claim recorded, when the row is `creating`.
+    pub claim: Intent,
     /// The Embedded user holding the username a `creating` row claimed: the
     /// create of an earlier run (or of a job) happened.
     pub claimed_found: Option<EmbeddedUser>,
@@ -61,7 +65,15 @@ pub struct ConflictFound {
     pub holder_embedded_user_id: Option<EmbeddedUserId>,
 }
 
-pub fn decide(host: &HostUserId, want: &Profile, known: &Known, adopt_existing: bool) -> Decision {
+/// `check` is what a user found for a `creating` row is held against: the
+/// claim may be a job's, made without looking the username up first.
+pub fn decide(
+    host: &HostUserId,
+    want: &Profile,
+    known: &Known,
+    adopt_existing: bool,
+    check: &ClaimCheck,
+) -> Decision {
     if known.closing {
         return Decision::Closed;
     }
@@ -76,6 +88,19 @@ pub fn decide(host: &HostUserId, want: &Profile, known: &Known, adopt_existing: 
                         username: want.username.clone(),
                         reason: ConflictReason::TakenByHostUser,
                         holder_host_user_id: Some(other.clone()),
+                        holder_embedded_user_id: Some(user.user_id.clone()),
+                    });
+                }
+                if !known
+                    .claim
+                    .provenance_of(&user.user_id, check)
+                    .is_the_creates()
+                {
+                    // Not proven that claim's create: never adopted.
+                    return Decision::Conflict(ConflictFound {
+                        username: want.username.clone(),
+                        reason: ConflictReason::UnconfirmedCreate,
+                        holder_host_user_id: None,
                         holder_embedded_user_id: Some(user.user_id.clone()),
                     });
                 }
@@ -139,6 +164,15 @@ mod tests {
         }
     }
 
+    /// Decides at a fixed time, with no margin.
+    fn judge(host: &HostUserId, want: &Profile, known: &Known, adopt_existing: bool) -> Decision {
+        let check = ClaimCheck {
+            now: chrono::DateTime::from_timestamp(0x6155_b200, 0).unwrap(),
+            margin: std::time::Duration::ZERO,
+        };
+        decide(host, want, known, adopt_existing, &check)
+    }
+
     fn state(s: &str) -> Known {
         Known {
             state: Some(s.into()),
@@ -150,23 +184,23 @@ mod tests {
     fn a_new_user_is_created_and_a_synced_one_left_alone() {
         let h = host("h1");
         let w = want("a@x.io");
-        assert_eq!(decide(&h, &w, &Known::default(), false), Decision::Create);
+        assert_eq!(judge(&h, &w, &Known::default(), false), Decision::Create);
         for s in ["failed", "conflict"] {
-            assert_eq!(decide(&h, &w, &state(s), false), Decision::Create, "{s}");
+            assert_eq!(judge(&h, &w, &state(s), false), Decision::Create, "{s}");
         }
-        assert_eq!(decide(&h, &w, &state("synced"), false), Decision::InSync);
+        assert_eq!(judge(&h, &w, &state("synced"), false), Decision::InSync);
     }
 
     #[test]
     fn closed_users_are_never_created() {
         let h = host("h1");
         let w = want("a@x.io");
-        assert_eq!(decide(&h, &w, &state("erased"), true), Decision::Closed);
+        assert_eq!(judge(&h, &w, &state("erased"), true), Decision::Closed);
         let closing = Known {
             closing: true,
             ..Known::default()
         };
-        assert_eq!(decide(&h, &w, &closing, true), Decision::Closed);
+        assert_eq!(judge(&h, &w, &closing, true), Decision::Closed);
     }
 
     #[test]
@@ -175,19 +209,24 @@ mod tests {
         let w = want("a@x.io");
         let found = Known {
             state: Some("creating".into()),
+            // This run's own claim: the snapshot saw the username free.
+            claim: Intent {
+                at: None,
+                seen_free: true,
+            },
             claimed_found: Some(embedded("e1", "a@x.io")),
             // The snapshot holds it too: still no conflict.
             in_embedded: Some(embedded("e1", "a@x.io")),
             ..Known::default()
         };
         assert_eq!(
-            decide(&h, &w, &found, false),
+            judge(&h, &w, &found, false),
             Decision::Adopt {
                 user: embedded("e1", "a@x.io"),
                 resumed: true
             }
         );
-        assert_eq!(decide(&h, &w, &state("creating"), false), Decision::Create);
+        assert_eq!(judge(&h, &w, &state("creating"), false), Decision::Create);
         // Found, but mapped to another host user (renamed to this username
         // since): a conflict with them, never a second mapping.
         let mapped = Known {
@@ -195,7 +234,7 @@ mod tests {
             ..found
         };
         assert_eq!(
-            decide(&h, &w, &mapped, true),
+            judge(&h, &w, &mapped, true),
             Decision::Conflict(ConflictFound {
                 username: w.username.clone(),
                 reason: ConflictReason::TakenByHostUser,
@@ -215,7 +254,7 @@ mod tests {
             ..Known::default()
         };
         for adopt in [false, true] {
-            match decide(&h, &w, &by_host, adopt) {
+            match judge(&h, &w, &by_host, adopt) {
                 Decision::Conflict(c) => {
                     assert_eq!(c.reason, ConflictReason::TakenByHostUser);
                     assert_eq!(c.holder_host_user_id, Some(host("h0")));
@@ -228,7 +267,7 @@ mod tests {
             ..Known::default()
         };
         assert!(matches!(
-            decide(&h, &w, &planned, true),
+            judge(&h, &w, &planned, true),
             Decision::Conflict(ConflictFound {
                 reason: ConflictReason::TakenByHostUser,
                 ..
@@ -239,7 +278,7 @@ mod tests {
             ..Known::default()
         };
         assert_eq!(
-            decide(&h, &w, &outside, false),
+            judge(&h, &w, &outside, false),
             Decision::Conflict(ConflictFound {
                 username: w.username.clone(),
                 reason: ConflictReason::TakenInEmbedded,
@@ -248,7 +287,7 @@ mod tests {
             })
         );
         assert_eq!(
-            decide(&h, &w, &outside, true),
+            judge(&h, &w, &outside, true),
             Decision::Adopt {
                 user: embedded("e9", "a@x.io"),
                 resumed: false
@@ -260,11 +299,48 @@ mod tests {
             ..Known::default()
         };
         assert!(matches!(
-            decide(&h, &w, &mapped, true),
+            judge(&h, &w, &mapped, true),
             Decision::Conflict(ConflictFound {
                 reason: ConflictReason::TakenByHostUser,
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_jobs_unconfirmed_create_is_adopted_only_when_its_id_proves_it() {
+        let h = host("h1");
+        let w = want("a@x.io");
+        // A job's claim, made without a lookup, at 0x6155b192.
+        let claim = Intent {
+            at: chrono::DateTime::from_timestamp(0x6155_b192, 0),
+            seen_free: false,
+        };
+        let found = |id: &str| Known {
+            state: Some("creating".into()),
+            claim,
+            claimed_found: Some(embedded(id, "a@x.io")),
+            ..Known::default()
+        };
+        let made_after = embedded("6155b193a3fa1e5e1f3a8d0c", "a@x.io");
+        assert_eq!(
+            judge(&h, &w, &found("6155b193a3fa1e5e1f3a8d0c"), false),
+            Decision::Adopt {
+                user: made_after,
+                resumed: true
+            }
+        );
+        for id in ["6155b100a3fa1e5e1f3a8d0c", "e1"] {
+            assert_eq!(
+                judge(&h, &w, &found(id), true),
+                Decision::Conflict(ConflictFound {
+                    username: w.username.clone(),
+                    reason: ConflictReason::UnconfirmedCreate,
+                    holder_host_user_id: None,
+                    holder_embedded_user_id: Some(EmbeddedUserId::parse(id).unwrap()),
+                }),
+                "{id}"
+            );
+        }
     }
 }

@@ -56,6 +56,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseKind, Settings};
+use crate::domain::Intent;
 use crate::domain::{HostUserId, Profile};
 use crate::embedded::EmbeddedClient;
 use crate::host::table::HostTable;
@@ -191,7 +192,9 @@ async fn run_on<D: BackfillDb, S: SyncStore>(
             client,
             gate,
             settings.worker.clone(),
+            settings.sync.clone(),
         )),
+        claim_margin: settings.sync.clock_skew_margin,
         options: options.clone(),
         summary: Summary {
             dry_run: options.dry_run,
@@ -243,9 +246,9 @@ async fn run_on<D: BackfillDb, S: SyncStore>(
 struct Pending {
     host: HostUserId,
     profile: Profile,
-    /// The row was `creating` before this claim: an earlier create of it
-    /// may have happened after all.
-    unconfirmed: bool,
+    /// The row was `creating` before this claim, with this intent: an
+    /// earlier create of it may have happened after all.
+    unconfirmed: Option<Intent>,
 }
 
 /// One backfill run.
@@ -262,6 +265,9 @@ struct Run<D> {
     cancel: CancellationToken,
     /// The database's clock at the start: rows claimed since are this run's.
     started_at: chrono::DateTime<chrono::Utc>,
+    /// `sync.clock_skew_margin`: what a user found for a claim another
+    /// process made is held against (see `domain::Provenance`).
+    claim_margin: std::time::Duration,
     page_size: u32,
     /// Batch mode: claimed creates not sent yet.
     pending: Vec<Pending>,

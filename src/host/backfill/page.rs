@@ -9,10 +9,12 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
+use crate::domain::{
+    ClaimCheck, ConflictReason, FullName, HostUserId, Profile, UserState, Username,
+};
 use crate::embedded::EmbeddedUser;
 use crate::host::table::HostRow;
-use crate::storage::{BackfillTables, Found, NewConflict};
+use crate::storage::{BackfillTables, Found, NewConflict, Signup};
 
 use super::decide::{ConflictFound, Decision, Known, decide};
 use super::report::{ConflictLine, Output};
@@ -62,7 +64,8 @@ impl<D: super::db::BackfillDb> Run<D> {
         output: &mut Output<'_>,
     ) -> anyhow::Result<()> {
         let known = self.db.conn().lookup(&users).await?;
-        let decisions = decide_page(&users, &known, self.options.adopt_existing);
+        let check = ClaimCheck::now(self.claim_margin);
+        let decisions = decide_page(&users, &known, self.options.adopt_existing, &check);
         let mut planned = Vec::new();
         for ((host, want), decision) in users.iter().zip(decisions) {
             match decision {
@@ -131,14 +134,16 @@ impl<D: super::db::BackfillDb> Run<D> {
 
     async fn act_locked(&mut self, mine: &[(HostUserId, Profile)]) -> anyhow::Result<()> {
         let known = self.db.conn().lookup(mine).await?;
-        let decisions = decide_page(mine, &known, self.options.adopt_existing);
+        let check = ClaimCheck::now(self.claim_margin);
+        let decisions = decide_page(mine, &known, self.options.adopt_existing, &check);
         let mut adopt: Vec<(&HostUserId, EmbeddedUser)> = Vec::new();
-        let mut creates: Vec<(&HostUserId, &Profile, bool)> = Vec::new();
+        let mut creates: Vec<Signup<'_>> = Vec::new();
         let mut release: Vec<&str> = Vec::new();
         for (((host, want), known), decision) in mine.iter().zip(&known).zip(decisions) {
             match decision {
                 Decision::Create => {
-                    creates.push((host, want, known.state.as_deref() == Some("creating")));
+                    let unconfirmed = known.state.as_deref() == Some("creating");
+                    creates.push((host, want, unconfirmed.then_some(known.claim)));
                     continue;
                 }
                 Decision::InSync => self.summary.in_sync += 1,
@@ -243,13 +248,23 @@ impl<D: super::db::BackfillDb> Run<D> {
 /// What to do with each user of a page (what is `known` of each, in
 /// order), a second host user with the same username conflicting with the
 /// first.
-fn decide_page(users: &[(HostUserId, Profile)], known: &[Known], adopt: bool) -> Vec<Decision> {
+fn decide_page(
+    users: &[(HostUserId, Profile)],
+    known: &[Known],
+    adopt: bool,
+    check: &ClaimCheck,
+) -> Vec<Decision> {
     let mut first_of: HashMap<&Username, &HostUserId> = HashMap::new();
     users
         .iter()
         .zip(known)
         .map(|((host, want), known)| {
-            within_page(decide(host, want, known, adopt), host, want, &mut first_of)
+            within_page(
+                decide(host, want, known, adopt, check),
+                host,
+                want,
+                &mut first_of,
+            )
         })
         .collect()
 }

@@ -172,7 +172,8 @@ impl WorkingTables for PgConnection {
         let hosts: Vec<&str> = users.iter().map(|(h, _)| h.as_str()).collect();
         let usernames: Vec<&str> = users.iter().map(|(_, p)| p.username.as_str()).collect();
         let rows: Vec<LookupRow> = sqlx::query_as(
-            "SELECT u.state, h.host_user_id AS holder,
+            "SELECT u.state, u.updated_at AS claimed_at,
+                    u.username_seen_free AS claim_seen_free, h.host_user_id AS holder,
                     s.user_id AS s_user_id, s.username AS s_username, s.full_name AS s_full_name,
                     CASE WHEN s.mapped_to <> n.host THEN s.mapped_to END AS s_mapped_to,
                     c.user_id AS c_user_id, c.username AS c_username, c.full_name AS c_full_name,
@@ -311,6 +312,8 @@ pub enum LoadError {
 #[derive(sqlx::FromRow)]
 pub(super) struct LookupRow {
     state: Option<String>,
+    claimed_at: Option<chrono::DateTime<chrono::Utc>>,
+    claim_seen_free: Option<bool>,
     holder: Option<String>,
     s_user_id: Option<String>,
     s_username: Option<String>,
@@ -329,6 +332,7 @@ impl LookupRow {
         let host = |h: Option<String>| h.and_then(|h| HostUserId::parse(&h).ok());
         Known {
             state: self.state,
+            claim: crate::storage::intent_of(self.claimed_at, self.claim_seen_free),
             claimed_found: embedded(self.c_user_id, self.c_username, self.c_full_name),
             claimed_found_mapped_to: host(self.c_mapped_to),
             holder: host(self.holder),
@@ -463,7 +467,8 @@ pub(super) mod on_sqlite {
         async fn lookup(&mut self, users: &[(HostUserId, Profile)]) -> sqlx::Result<Vec<Known>> {
             let list = json_list(users.iter().map(|(h, p)| [h.as_str(), p.username.as_str()]));
             let rows: Vec<LookupRow> = sqlx::query_as(
-                "SELECT u.state,
+                "SELECT u.state, u.updated_at AS claimed_at,
+                        u.username_seen_free AS claim_seen_free,
                         (SELECT o.host_user_id FROM user_sync_users o
                           WHERE o.username = n.username AND o.state IN ('creating', 'synced')
                             AND o.host_user_id <> n.host LIMIT 1) AS holder,

@@ -34,7 +34,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::domain::{EventState, FullName, HostUserId, Profile};
+use crate::domain::{EventState, FullName, HostUserId, Intent, Profile};
 use crate::storage::events::{Claimed, NextEvent, NextEventRow};
 
 /// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay
@@ -107,7 +107,8 @@ pub async fn newest_pending_many(
                           WHERE l.id = u.last_event_id), false) AS last_acted_unfinished,
                 u.state AS user_state,
                 u.embedded_user_id AS user_embedded_id, u.username AS user_username,
-                u.full_name AS user_full_name,
+                u.full_name AS user_full_name, u.updated_at AS user_updated_at,
+                u.username_seen_free AS user_seen_free,
                 p.username AS probe_username,
                 (SELECT o.host_user_id FROM user_sync.users o
                   WHERE o.username = p.username AND o.state IN ('creating', 'synced')
@@ -224,7 +225,7 @@ pub async fn mark_invalid(pool: &PgPool, id: i64, reason: &str) -> sqlx::Result<
 /// their jobs itself). Returns (event id, host user).
 pub async fn record_signups(
     conn: &mut PgConnection,
-    creates: &[(&HostUserId, &Profile, bool)],
+    creates: &[(&HostUserId, &Profile, Option<Intent>)],
 ) -> sqlx::Result<Vec<(i64, HostUserId)>> {
     if creates.is_empty() {
         return Ok(Vec::new());

@@ -30,6 +30,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
@@ -370,11 +371,13 @@ impl UserSession for BatchSession {
         &'a mut self,
         profile: &'a Profile,
         event_id: i64,
+        seen_free: bool,
     ) -> impl Future<Output = sqlx::Result<Claim>> + Send {
         let claim = NewClaim {
             host: self.host.clone(),
             profile: profile.clone(),
             event_id,
+            seen_free,
         };
         self.ask(move |answer| Request::Claim(claim, answer))
     }
@@ -396,6 +399,17 @@ impl UserSession for BatchSession {
                 }
             }
         }
+    }
+
+    fn claim_in_flight<'a>(
+        &'a mut self,
+        holder: &'a HostUserId,
+        username: &'a Username,
+    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send {
+        let (holder, username) = (holder.clone(), username.clone());
+        self.alone(move |conn| {
+            Box::pin(async move { users::claim_in_flight(conn, &holder, &username).await })
+        })
     }
 
     fn note_update_sent(&mut self, event_id: i64) -> impl Future<Output = sqlx::Result<()>> + Send {

@@ -21,7 +21,9 @@ pub async fn last_event_id(
 
 /// Records the intent to create `username` for `host`, durably, before the
 /// create is sent. The unique index on claimed usernames makes two host
-/// users with one username a conflict caught here, before any call.
+/// users with one username a conflict caught here, before any call. For
+/// the backfill, which claims only usernames its snapshot of Embedded saw
+/// free (a job's claims go through [`claim_each_for_create`]).
 pub async fn claim_for_create(
     conn: &mut PgConnection,
     host: &HostUserId,
@@ -32,6 +34,7 @@ pub async fn claim_for_create(
         host: host.clone(),
         profile: profile.clone(),
         event_id,
+        seen_free: true,
     };
     let mut claims = claim_each_for_create(conn, std::slice::from_ref(&claim)).await?;
     Ok(claims.pop().unwrap_or(Claim::Claimed))
@@ -53,13 +56,16 @@ pub async fn claim_each_for_create(
         .map(|c| c.profile.full_name.as_ref().map(FullName::as_str))
         .collect();
     let events: Vec<i64> = claims.iter().map(|c| c.event_id).collect();
+    let seen_free: Vec<bool> = claims.iter().map(|c| c.seen_free).collect();
     // Claimed only when no other host user holds the name: a refused insert
     // would make PostgreSQL log the username in its own server log. The
     // unique index still settles a race between two claims.
     let claimed = sqlx::query_scalar::<_, String>(
-        "INSERT INTO user_sync.users (host_user_id, username, full_name, state, last_event_id)
-         SELECT t.h, t.u, t.n, 'creating', t.e
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(h, u, n, e)
+        "INSERT INTO user_sync.users
+             (host_user_id, username, full_name, state, last_event_id, username_seen_free)
+         SELECT t.h, t.u, t.n, 'creating', t.e, t.f
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::boolean[])
+             AS t(h, u, n, e, f)
          WHERE NOT EXISTS (
              SELECT 1 FROM user_sync.users
              WHERE username = t.u AND state IN ('creating', 'synced') AND host_user_id <> t.h
@@ -67,7 +73,8 @@ pub async fn claim_each_for_create(
          ON CONFLICT (host_user_id) DO UPDATE
          SET username = EXCLUDED.username, full_name = EXCLUDED.full_name,
              embedded_user_id = NULL, state = 'creating',
-             last_event_id = EXCLUDED.last_event_id, updated_at = now()
+             last_event_id = EXCLUDED.last_event_id, updated_at = now(),
+             username_seen_free = EXCLUDED.username_seen_free
          RETURNING host_user_id",
     )
     // `OFFSET 0` keeps the check a probe of the username index per intent
@@ -77,6 +84,7 @@ pub async fn claim_each_for_create(
     .bind(&usernames)
     .bind(&names)
     .bind(&events)
+    .bind(&seen_free)
     .fetch_all(&mut *conn)
     .await;
     let claimed: std::collections::HashSet<String> = match claimed {
@@ -188,6 +196,25 @@ pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx:
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Whether `holder` claims `username` for a create still being worked on
+/// (see `UserSession::claim_in_flight`). Asked only on the rare path of a
+/// username another host user claims.
+pub async fn claim_in_flight(
+    conn: &mut PgConnection,
+    holder: &HostUserId,
+    username: &Username,
+) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    sqlx::query_scalar(
+        "SELECT min(e.available_at) FROM user_sync.users u
+         JOIN user_sync.events e ON e.host_user_id = u.host_user_id AND e.state = 'pending'
+         WHERE u.host_user_id = $1 AND u.username = $2 AND u.state = 'creating'",
+    )
+    .bind(holder.as_str())
+    .bind(username.as_str())
+    .fetch_one(conn)
+    .await
 }
 
 /// Records that an update for `event_id` is about to be sent: until that
@@ -341,12 +368,14 @@ pub async fn claim_many_for_create(
         .collect();
     let events: Vec<Option<i64>> = intents.iter().map(|i| i.last_event_id).collect();
     sqlx::query(
-        "INSERT INTO user_sync.users (host_user_id, username, full_name, state, last_event_id)
-         SELECT h, u, n, 'creating', e FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-             AS t(h, u, n, e)
+        "INSERT INTO user_sync.users
+             (host_user_id, username, full_name, state, last_event_id, username_seen_free)
+         SELECT h, u, n, 'creating', e, true
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(h, u, n, e)
          ON CONFLICT (host_user_id) DO UPDATE
          SET username = EXCLUDED.username, full_name = EXCLUDED.full_name,
-             embedded_user_id = NULL, state = 'creating', updated_at = now()",
+             embedded_user_id = NULL, state = 'creating', updated_at = now(),
+             username_seen_free = true",
     )
     .bind(&hosts)
     .bind(&usernames)
@@ -409,7 +438,8 @@ pub async fn unconfirmed_since(
     limit: i64,
 ) -> sqlx::Result<Vec<Unconfirmed>> {
     sqlx::query_as(
-        "SELECT host_user_id, username, full_name FROM user_sync.users
+        "SELECT host_user_id, username, full_name, updated_at, username_seen_free
+         FROM user_sync.users
          WHERE state = 'creating' AND updated_at >= $1 AND host_user_id > $2
          ORDER BY host_user_id LIMIT $3",
     )
@@ -447,7 +477,8 @@ pub async fn unconfirmed_of(
     hosts: &[&str],
 ) -> sqlx::Result<Vec<Unconfirmed>> {
     sqlx::query_as(
-        "SELECT host_user_id, username, full_name FROM user_sync.users
+        "SELECT host_user_id, username, full_name, updated_at, username_seen_free
+         FROM user_sync.users
          WHERE host_user_id = ANY($1::text[]) AND state = 'creating'",
     )
     .bind(hosts)

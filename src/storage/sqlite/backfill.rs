@@ -85,13 +85,14 @@ impl BackfillTables for SqliteBackfill {
         // One statement: a username claimed meanwhile fails it whole.
         sqlx::query(
             "INSERT INTO user_sync_users
-                 (host_user_id, username, full_name, state, last_event_id, updated_at)
-             SELECT value ->> 0, value ->> 1, value ->> 2, 'creating', value ->> 3, ?2
+                 (host_user_id, username, full_name, state, last_event_id, updated_at,
+                  username_seen_free)
+             SELECT value ->> 0, value ->> 1, value ->> 2, 'creating', value ->> 3, ?2, 1
              FROM json_each(?1) WHERE true
              ON CONFLICT (host_user_id) DO UPDATE
              SET username = excluded.username, full_name = excluded.full_name,
                  embedded_user_id = NULL, state = 'creating',
-                 updated_at = excluded.updated_at",
+                 updated_at = excluded.updated_at, username_seen_free = 1",
         )
         .bind(list)
         .bind(now_text())
@@ -111,7 +112,8 @@ impl BackfillTables for SqliteBackfill {
                 .fetch_optional(&self.pool)
                 .await?;
         let last = last.flatten();
-        users::claim_for_create(&self.pool, host, profile, last.unwrap_or(0)).await
+        // The backfill claims only what its snapshot saw free.
+        users::claim_for_create(&self.pool, host, profile, last.unwrap_or(0), true).await
     }
 
     async fn mark_synced_many(&mut self, found: &[Found<'_>]) -> sqlx::Result<u64> {
@@ -184,7 +186,8 @@ impl BackfillTables for SqliteBackfill {
         limit: i64,
     ) -> sqlx::Result<Vec<Unconfirmed>> {
         sqlx::query_as(
-            "SELECT host_user_id, username, full_name FROM user_sync_users
+            "SELECT host_user_id, username, full_name, updated_at, username_seen_free
+                 FROM user_sync_users
                  WHERE state = 'creating' AND updated_at >= ?1 AND host_user_id > ?2
                  ORDER BY host_user_id LIMIT ?3",
         )
@@ -197,7 +200,8 @@ impl BackfillTables for SqliteBackfill {
 
     async fn unconfirmed_of(&mut self, hosts: &[&str]) -> sqlx::Result<Vec<Unconfirmed>> {
         sqlx::query_as(
-            "SELECT host_user_id, username, full_name FROM user_sync_users
+            "SELECT host_user_id, username, full_name, updated_at, username_seen_free
+                 FROM user_sync_users
                  WHERE host_user_id IN (SELECT value FROM json_each(?1)) AND state = 'creating'",
         )
         .bind(json_list(hosts.iter()))

@@ -8,6 +8,17 @@ use super::now_text;
 
 /// Reports a conflict once; returns whether a row was added.
 pub(crate) async fn report_conflict(pool: &SqlitePool, c: &NewConflict<'_>) -> sqlx::Result<bool> {
+    // As on PostgreSQL: an open one with another reason no longer stands.
+    sqlx::query(
+        "UPDATE user_sync_conflicts SET status = 'resolved', resolved_at = ?4
+         WHERE host_user_id = ?1 AND username = ?2 AND status = 'open' AND reason <> ?3",
+    )
+    .bind(c.host.as_str())
+    .bind(c.username.as_str())
+    .bind(c.reason.as_str())
+    .bind(now_text())
+    .execute(pool)
+    .await?;
     let insert = sqlx::query(
         "INSERT INTO user_sync_conflicts
              (host_user_id, username, reason, holder_host_user_id, holder_embedded_user_id,

@@ -5,6 +5,7 @@
 //! always starting with a write so that it never has to upgrade a read
 //! lock (which SQLite refuses instead of waiting).
 
+use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 
 use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, UserState, Username};
@@ -46,7 +47,8 @@ impl UserSession for SqliteUserSession {
                       AS last_acted_unfinished,
                     u.state AS user_state,
                     u.embedded_user_id AS user_embedded_id, u.username AS user_username,
-                    u.full_name AS user_full_name
+                    u.full_name AS user_full_name, u.updated_at AS user_updated_at,
+                    u.username_seen_free AS user_seen_free
              FROM user_sync_events e
              LEFT JOIN user_sync_users u ON u.host_user_id = ?1
              WHERE e.host_user_id = ?1 AND e.state = 'pending'
@@ -83,8 +85,9 @@ impl UserSession for SqliteUserSession {
         &'a mut self,
         profile: &'a Profile,
         event_id: i64,
+        seen_free: bool,
     ) -> impl Future<Output = sqlx::Result<Claim>> + Send {
-        users::claim_for_create(&self.pool, &self.host, profile, event_id)
+        users::claim_for_create(&self.pool, &self.host, profile, event_id, seen_free)
     }
 
     fn holder_of<'a>(
@@ -92,6 +95,14 @@ impl UserSession for SqliteUserSession {
         username: &'a Username,
     ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send {
         users::holder_of(&self.pool, username, &self.host)
+    }
+
+    fn claim_in_flight<'a>(
+        &'a mut self,
+        holder: &'a HostUserId,
+        username: &'a Username,
+    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send {
+        users::claim_in_flight(&self.pool, holder, username)
     }
 
     async fn mapped_elsewhere<'a>(

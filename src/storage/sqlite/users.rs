@@ -9,24 +9,28 @@ use super::now_text;
 
 /// Records the intent to create `profile` for `host` (see
 /// [`crate::storage::users::claim_for_create`]); a username another host
-/// user holds is refused.
+/// user holds is refused. `seen_free`: the username was seen free in
+/// Embedded right before.
 pub(crate) async fn claim_for_create(
     pool: &SqlitePool,
     host: &HostUserId,
     profile: &Profile,
     event_id: i64,
+    seen_free: bool,
 ) -> sqlx::Result<Claim> {
     let claimed = sqlx::query_scalar::<_, String>(
         "INSERT INTO user_sync_users
-             (host_user_id, username, full_name, state, last_event_id, updated_at)
-         SELECT ?1, ?2, ?3, 'creating', ?4, ?5
+             (host_user_id, username, full_name, state, last_event_id, updated_at,
+              username_seen_free)
+         SELECT ?1, ?2, ?3, 'creating', ?4, ?5, ?6
          WHERE NOT EXISTS (
              SELECT 1 FROM user_sync_users
              WHERE username = ?2 AND state IN ('creating', 'synced') AND host_user_id <> ?1)
          ON CONFLICT (host_user_id) DO UPDATE
          SET username = excluded.username, full_name = excluded.full_name,
              embedded_user_id = NULL, state = 'creating',
-             last_event_id = excluded.last_event_id, updated_at = excluded.updated_at
+             last_event_id = excluded.last_event_id, updated_at = excluded.updated_at,
+             username_seen_free = excluded.username_seen_free
          RETURNING host_user_id",
     )
     .bind(host.as_str())
@@ -34,6 +38,7 @@ pub(crate) async fn claim_for_create(
     .bind(profile.full_name.as_ref().map(FullName::as_str))
     .bind(event_id)
     .bind(now_text())
+    .bind(seen_free)
     .fetch_optional(pool)
     .await;
     match claimed {
@@ -49,6 +54,29 @@ pub(crate) async fn claim_for_create(
 async fn taken(pool: &SqlitePool, username: &Username, host: &HostUserId) -> sqlx::Result<Claim> {
     let holder = holder_of(pool, username, host).await?;
     Ok(Claim::TakenBy(holder.unwrap_or_else(|| host.clone())))
+}
+
+/// Whether `holder` claims `username` for a create still being worked on
+/// (see `UserSession::claim_in_flight`).
+pub(crate) async fn claim_in_flight(
+    pool: &SqlitePool,
+    holder: &HostUserId,
+    username: &Username,
+) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let due: Option<String> = sqlx::query_scalar(
+        "SELECT min(e.available_at) FROM user_sync_users u
+         JOIN user_sync_events e ON e.host_user_id = u.host_user_id AND e.state = 'pending'
+         WHERE u.host_user_id = ?1 AND u.username = ?2 AND u.state = 'creating'",
+    )
+    .bind(holder.as_str())
+    .bind(username.as_str())
+    .fetch_one(pool)
+    .await?;
+    // min() of the column's text: a claim in flight with an unreadable
+    // due time is due now.
+    Ok(due.map(|t| {
+        chrono::DateTime::parse_from_rfc3339(&t).map_or_else(|_| chrono::Utc::now(), |t| t.to_utc())
+    }))
 }
 
 /// The other host user holding or claiming `username`, if any.
