@@ -23,7 +23,7 @@ use crate::storage::Claimed;
 use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{HolderProbe, NextEvent, OutboxEvent};
 use crate::storage::sqlite::{UserLockGuard, UserLocks};
-use crate::storage::users::{Claim, synced_from};
+use crate::storage::users::{Claim, HolderClaim, synced_from};
 use crate::storage::{Ending, Erasure, Holding, Sessions, Snooze, SyncStore, UserSession};
 
 const PENDING: &str = "pending";
@@ -435,14 +435,15 @@ impl UserSession for MemorySession {
         })
     }
 
-    fn claim_in_flight<'a>(
+    fn holder_claim<'a>(
         &'a mut self,
         holder: &'a HostUserId,
         username: &'a Username,
-    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send {
+    ) -> impl Future<Output = sqlx::Result<HolderClaim>> + Send {
         self.with(move |state, _| {
-            let claiming = state.users.get(holder.as_str()).is_some_and(|u| {
-                u.state == UserState::Creating && u.username.as_deref() == Some(username.as_str())
+            let row = state.users.get(holder.as_str()).filter(|u| {
+                matches!(u.state, UserState::Creating | UserState::Synced)
+                    && u.username.as_deref() == Some(username.as_str())
             });
             let due = state
                 .events
@@ -452,7 +453,9 @@ impl UserSession for MemorySession {
                 })
                 .map(|e| e.event.available_at)
                 .min();
-            Ok(due.filter(|_| claiming))
+            Ok(HolderClaim::of(
+                row.map(|u| (u.state.as_str().to_owned(), due)),
+            ))
         })
     }
 

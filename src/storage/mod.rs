@@ -53,7 +53,7 @@ pub use pg::{
 };
 pub use sqlite::{ProcessLock, SqliteBackfill, SqliteStore, json_list};
 pub(crate) use users::intent_of;
-pub use users::{Claim, ClaimIntent, Found, NewClaim, SyncedUser, Unconfirmed};
+pub use users::{Claim, ClaimIntent, Found, HolderClaim, NewClaim, SyncedUser, Unconfirmed};
 
 /// What the dispatcher and the sweeper do to the outbox.
 pub trait Outbox: Send + Sync {
@@ -204,16 +204,15 @@ pub trait UserSession: Send {
         &'a mut self,
         username: &'a Username,
     ) -> impl Future<Output = sqlx::Result<Option<HostUserId>>> + Send;
-    /// Whether `holder` claims `username` for a create whose outcome is
-    /// still being worked out (its row `creating`, an event of it still
-    /// pending), and if so when that event is next due. Such a claim may
-    /// yet be released (the username taken in Embedded), so who holds the
-    /// name is not settled.
-    fn claim_in_flight<'a>(
+    /// What `holder`'s hold on `username` is now (see [`HolderClaim`]):
+    /// asked when it stands in the way, since the holder read with the
+    /// event may have let go since, or be claiming it for a create that
+    /// may yet be refused.
+    fn holder_claim<'a>(
         &'a mut self,
         holder: &'a HostUserId,
         username: &'a Username,
-    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send;
+    ) -> impl Future<Output = sqlx::Result<HolderClaim>> + Send;
     /// Records that an update for `event_id` is about to be sent: until that
     /// event finishes, the row may not say what Embedded holds (see
     /// `NextEvent::last_acted_unfinished`).

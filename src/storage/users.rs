@@ -47,6 +47,34 @@ pub(crate) fn intent_of(updated_at: Option<DateTime<Utc>>, seen_free: Option<boo
     }
 }
 
+/// What another host user's hold on a username is, asked again when it
+/// stands in a job's way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderClaim {
+    /// It no longer holds or claims the username.
+    Gone,
+    /// It holds it: synced, or a claim nobody works on any more (its
+    /// events ended with the create's outcome unknown).
+    Held,
+    /// It claims it for a create still being worked on (an event of it
+    /// pending, next due at this time): the create may yet be refused.
+    InFlight(DateTime<Utc>),
+}
+
+impl HolderClaim {
+    /// From the holder's row, if it still holds or claims the username:
+    /// its state, and when its next pending event is due.
+    pub(crate) fn of(row: Option<(String, Option<DateTime<Utc>>)>) -> Self {
+        match row {
+            None => Self::Gone,
+            Some((state, Some(due))) if state == UserState::Creating.as_str() => {
+                Self::InFlight(due)
+            }
+            Some(_) => Self::Held,
+        }
+    }
+}
+
 /// Why a username claim failed.
 pub enum Claim {
     Claimed,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::domain::{ConflictReason, EmbeddedUserId, HostUserId, Provenance, UserState, Username};
 use crate::embedded::EmbeddedUser;
-use crate::storage::{NewConflict, OutboxEvent, UserSession};
+use crate::storage::{HolderClaim, NewConflict, OutboxEvent, UserSession};
 use crate::sync::Outcome;
 
 /// `username` belongs to an Embedded user the worker did not create for
@@ -22,7 +22,7 @@ pub(super) async fn taken_in_embedded(
     event: &OutboxEvent,
 ) -> anyhow::Result<Outcome> {
     if let Some(holder) = session.holder_of(username).await?
-        && session.claim_in_flight(&holder, username).await?.is_none()
+        && session.holder_claim(&holder, username).await? == HolderClaim::Held
     {
         return taken_by_host_user(session, host, username, &holder, event).await;
     }
@@ -75,9 +75,10 @@ async fn held_in_embedded(
 const CLAIM_SETTLING: Duration = Duration::from_millis(200);
 
 /// `username` is claimed or held by `holder`, another host user: a conflict
-/// with them, unless their create of it is still in flight. That create may
-/// yet be refused (the username taken in Embedded) and the name not theirs,
-/// so the event comes back once it is settled, without using an attempt.
+/// with them, if they still hold it. A create of theirs still in flight may
+/// yet be refused (the username taken in Embedded) and the name not theirs;
+/// a holder read with the event may have let go since. Either way the
+/// event comes back shortly, without using an attempt, and looks again.
 pub(super) async fn held_by_host_user(
     session: &mut impl UserSession,
     host: &HostUserId,
@@ -85,16 +86,21 @@ pub(super) async fn held_by_host_user(
     holder: &HostUserId,
     event: &OutboxEvent,
 ) -> anyhow::Result<Outcome> {
-    if let Some(due) = session.claim_in_flight(holder, username).await? {
+    let after = match session.holder_claim(holder, username).await? {
+        HolderClaim::Held => {
+            return taken_by_host_user(session, host, username, holder, event).await;
+        }
+        HolderClaim::Gone => CLAIM_SETTLING,
         // Back once that create's event has had its turn.
-        let until_due = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-        return Ok(Outcome::Snoozed {
-            after: until_due + CLAIM_SETTLING,
-            counts_attempt: false,
-            reason: format!("waiting for host user {holder}'s create of this username"),
-        });
-    }
-    taken_by_host_user(session, host, username, holder, event).await
+        HolderClaim::InFlight(due) => {
+            (due - chrono::Utc::now()).to_std().unwrap_or_default() + CLAIM_SETTLING
+        }
+    };
+    Ok(Outcome::Snoozed {
+        after,
+        counts_attempt: false,
+        reason: format!("waiting for host user {holder}'s hold on this username to settle"),
+    })
 }
 
 pub(super) async fn taken_by_host_user(

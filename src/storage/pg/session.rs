@@ -30,7 +30,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, PgConnection, PgPool, Postgres};
@@ -41,7 +40,7 @@ use crate::domain::{
 };
 use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{HolderProbe, NextEvent};
-use crate::storage::users::{Claim, NewClaim, SyncedUser};
+use crate::storage::users::{Claim, HolderClaim, NewClaim, SyncedUser};
 use crate::storage::{Ending, Erasure, Holding, Sessions, Snooze, UserSession};
 
 use super::{events, users};
@@ -401,14 +400,14 @@ impl UserSession for BatchSession {
         }
     }
 
-    fn claim_in_flight<'a>(
+    fn holder_claim<'a>(
         &'a mut self,
         holder: &'a HostUserId,
         username: &'a Username,
-    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send {
+    ) -> impl Future<Output = sqlx::Result<HolderClaim>> + Send {
         let (holder, username) = (holder.clone(), username.clone());
         self.alone(move |conn| {
-            Box::pin(async move { users::claim_in_flight(conn, &holder, &username).await })
+            Box::pin(async move { users::holder_claim(conn, &holder, &username).await })
         })
     }
 

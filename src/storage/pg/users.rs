@@ -4,7 +4,9 @@
 use sqlx::PgConnection;
 
 use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, UserState, Username};
-use crate::storage::users::{Claim, ClaimIntent, Found, NewClaim, SyncedUser, Unconfirmed};
+use crate::storage::users::{
+    Claim, ClaimIntent, Found, HolderClaim, NewClaim, SyncedUser, Unconfirmed,
+};
 
 /// The newest event the worker has acted on for `host`, if any.
 pub async fn last_event_id(
@@ -198,23 +200,25 @@ pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx:
     Ok(())
 }
 
-/// Whether `holder` claims `username` for a create still being worked on
-/// (see `UserSession::claim_in_flight`). Asked only on the rare path of a
-/// username another host user claims.
-pub async fn claim_in_flight(
+/// `holder`'s hold on `username` (see `UserSession::holder_claim`).
+/// Asked only on the rare path of a username another host user holds.
+pub async fn holder_claim(
     conn: &mut PgConnection,
     holder: &HostUserId,
     username: &Username,
-) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
-    sqlx::query_scalar(
-        "SELECT min(e.available_at) FROM user_sync.users u
-         JOIN user_sync.events e ON e.host_user_id = u.host_user_id AND e.state = 'pending'
-         WHERE u.host_user_id = $1 AND u.username = $2 AND u.state = 'creating'",
+) -> sqlx::Result<HolderClaim> {
+    let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "SELECT u.state,
+                (SELECT min(e.available_at) FROM user_sync.events e
+                  WHERE e.host_user_id = u.host_user_id AND e.state = 'pending') AS due
+         FROM user_sync.users u
+         WHERE u.host_user_id = $1 AND u.username = $2 AND u.state IN ('creating', 'synced')",
     )
     .bind(holder.as_str())
     .bind(username.as_str())
-    .fetch_one(conn)
-    .await
+    .fetch_optional(conn)
+    .await?;
+    Ok(HolderClaim::of(row))
 }
 
 /// Records that an update for `event_id` is about to be sent: until that

@@ -5,13 +5,12 @@
 //! always starting with a write so that it never has to upgrade a read
 //! lock (which SQLite refuses instead of waiting).
 
-use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
 
 use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, UserState, Username};
 use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{NextEvent, NextEventRow};
-use crate::storage::users::Claim;
+use crate::storage::users::{Claim, HolderClaim};
 use crate::storage::{Ending, Erasure, Holding, Snooze, UserSession};
 
 use super::{UserLockGuard, conflicts, erasures, events, now_text, users};
@@ -97,12 +96,12 @@ impl UserSession for SqliteUserSession {
         users::holder_of(&self.pool, username, &self.host)
     }
 
-    fn claim_in_flight<'a>(
+    fn holder_claim<'a>(
         &'a mut self,
         holder: &'a HostUserId,
         username: &'a Username,
-    ) -> impl Future<Output = sqlx::Result<Option<DateTime<Utc>>>> + Send {
-        users::claim_in_flight(&self.pool, holder, username)
+    ) -> impl Future<Output = sqlx::Result<HolderClaim>> + Send {
+        users::holder_claim(&self.pool, holder, username)
     }
 
     async fn mapped_elsewhere<'a>(

@@ -3,7 +3,7 @@
 use sqlx::SqlitePool;
 
 use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, UserState, Username};
-use crate::storage::users::Claim;
+use crate::storage::users::{Claim, HolderClaim};
 
 use super::now_text;
 
@@ -56,27 +56,31 @@ async fn taken(pool: &SqlitePool, username: &Username, host: &HostUserId) -> sql
     Ok(Claim::TakenBy(holder.unwrap_or_else(|| host.clone())))
 }
 
-/// Whether `holder` claims `username` for a create still being worked on
-/// (see `UserSession::claim_in_flight`).
-pub(crate) async fn claim_in_flight(
+/// `holder`'s hold on `username` (see `UserSession::holder_claim`).
+pub(crate) async fn holder_claim(
     pool: &SqlitePool,
     holder: &HostUserId,
     username: &Username,
-) -> sqlx::Result<Option<chrono::DateTime<chrono::Utc>>> {
-    let due: Option<String> = sqlx::query_scalar(
-        "SELECT min(e.available_at) FROM user_sync_users u
-         JOIN user_sync_events e ON e.host_user_id = u.host_user_id AND e.state = 'pending'
-         WHERE u.host_user_id = ?1 AND u.username = ?2 AND u.state = 'creating'",
+) -> sqlx::Result<HolderClaim> {
+    let row: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT u.state,
+                (SELECT min(e.available_at) FROM user_sync_events e
+                  WHERE e.host_user_id = u.host_user_id AND e.state = 'pending') AS due
+         FROM user_sync_users u
+         WHERE u.host_user_id = ?1 AND u.username = ?2 AND u.state IN ('creating', 'synced')",
     )
     .bind(holder.as_str())
     .bind(username.as_str())
-    .fetch_one(pool)
+    .fetch_optional(pool)
     .await?;
-    // min() of the column's text: a claim in flight with an unreadable
-    // due time is due now.
-    Ok(due.map(|t| {
-        chrono::DateTime::parse_from_rfc3339(&t).map_or_else(|_| chrono::Utc::now(), |t| t.to_utc())
-    }))
+    // The column's text; an unreadable due time is due now.
+    Ok(HolderClaim::of(row.map(|(state, due)| {
+        let due = due.map(|t| {
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .map_or_else(|_| chrono::Utc::now(), |t| t.to_utc())
+        });
+        (state, due)
+    })))
 }
 
 /// The other host user holding or claiming `username`, if any.
