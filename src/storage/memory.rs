@@ -7,6 +7,10 @@
 //!
 //! Per-user locks are the SQLite store's ([`UserLocks`]): held in the
 //! process, freed when a session ends however it ends.
+//!
+//! The whole module is test code (`#[cfg(test)] mod memory` in
+//! `storage/mod.rs`), hence its length: a third implementation of every
+//! session method, beside the two backends'.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
