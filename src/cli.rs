@@ -58,7 +58,15 @@ enum Command {
     /// List open username conflicts for reconciliation.
     ///
     /// Each row names the host user, the username (in clear: this report is
-    /// for the people who resolve conflicts) and who holds it.
+    /// for the people who resolve conflicts) and who holds it. Reasons:
+    /// taken_by_host_user (another host user holds the username),
+    /// taken_in_embedded (an Embedded user the worker did not create holds
+    /// it), rename_refused (the API refused the change of username), and
+    /// unconfirmed_create (a create's answer was lost, and the Embedded user
+    /// found under the username is not proven the worker's own: see
+    /// "Lost answers" in the README before adopting it).
+    ///
+    /// Example: DATABASE_URL=postgres://... user-sync conflicts --format json
     Conflicts {
         #[arg(long, value_enum, default_value_t = ConflictFormat::Table)]
         format: ConflictFormat,
