@@ -369,7 +369,8 @@ pub fn check(
             v.violate("conflict reported twice", &rows[0].host_user_id);
         }
     }
-    let mut unconfirmed = 0u64;
+    // Unconfirmed creates: (after a refused create, with no create sent).
+    let mut unconfirmed = (0u64, 0u64);
     for (host, name) in &expected_conflicts {
         let rows = reported
             .get(&(*host, *name))
@@ -387,14 +388,19 @@ pub fn check(
                 row.holder_embedded_user_id.as_deref()
                     == embedded.get(*name).map(|u| u.user_id.as_str())
             }
-            // A create met the outside holder and its refusal never
-            // reached the worker (a cut answer, a killed worker): the user
-            // found then is older than the claim, so never adopted.
+            // A claim whose create's outcome the worker never learnt met
+            // the outside holder: a refusal that never reached it (a cut
+            // answer, a killed worker: the sandbox refused a create of the
+            // name), or no create at all (a worker killed, or its database
+            // gone, between the claim and the call). The user found is
+            // older than the claim, so never adopted.
             "unconfirmed_create" => {
-                let traced = seen.refused_creates.get(*name).copied().unwrap_or(0) > 0;
-                unconfirmed += 1;
-                traced
-                    && outside.contains(*name)
+                if seen.refused_creates.get(*name).copied().unwrap_or(0) > 0 {
+                    unconfirmed.0 += 1;
+                } else {
+                    unconfirmed.1 += 1;
+                }
+                outside.contains(*name)
                     && row.holder_embedded_user_id.as_deref()
                         == embedded.get(*name).map(|u| u.user_id.as_str())
             }
@@ -505,8 +511,12 @@ pub fn check(
     );
     v.figure("expected conflicts", expected_conflicts.len() as u64);
     v.figure(
-        "of them unconfirmed creates, each after a lost refusal",
-        unconfirmed,
+        "of them unconfirmed creates after a refusal that never reached the worker",
+        unconfirmed.0,
+    );
+    v.figure(
+        "of them unconfirmed creates whose create was never sent (claim, then a crash)",
+        unconfirmed.1,
     );
     v.figure("duplicates", v.count(&[DUPLICATE, ORPHAN]));
     v.figure("lost", v.count(&[LOST, NOT_APPLIED]));
