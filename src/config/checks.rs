@@ -151,6 +151,7 @@ impl Settings {
             sync: SyncSettings {
                 lookup_before_create: raw.sync.lookup_before_create,
                 clock_skew_margin: Duration::from_millis(raw.sync.clock_skew_margin_ms),
+                create_window: SyncSettings::create_window_for(timeout),
             },
             dispatcher: DispatcherSettings {
                 batch_size: raw.dispatcher.batch_size,

@@ -27,6 +27,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::domain::ClaimCheck;
 use raw::Raw;
 
 /// The compiled-in defaults: a binary copied alone still starts.
@@ -193,6 +194,22 @@ pub struct SyncSettings {
     /// after a lost answer is the worker's own when its id says it was made
     /// no earlier than the claim less this (see `domain::Provenance`).
     pub clock_skew_margin: Duration,
+    /// How long after its claim a create can have been made: a call slot,
+    /// the rate gate's longest wait and the request itself (twice
+    /// `embedded.timeout_ms`, plus 2 s).
+    pub create_window: Duration,
+}
+
+impl SyncSettings {
+    /// What a user found after a lost answer is held against, now.
+    pub fn claim_check(&self) -> ClaimCheck {
+        ClaimCheck::now(self.clock_skew_margin, self.create_window)
+    }
+
+    /// The window for requests that time out after `timeout`.
+    pub fn create_window_for(timeout: Duration) -> Duration {
+        timeout * 2 + Duration::from_secs(2)
+    }
 }
 
 impl Default for SyncSettings {
@@ -200,6 +217,7 @@ impl Default for SyncSettings {
         Self {
             lookup_before_create: LookupBeforeCreate::AfterLostAnswer,
             clock_skew_margin: Duration::from_secs(1),
+            create_window: Self::create_window_for(Duration::from_secs(10)),
         }
     }
 }

@@ -9,7 +9,11 @@
 //! A user found under the username afterwards was made by that create when
 //! its id's second is no earlier than the claim less a clock-skew margin
 //! (the database's and the API's clocks differ a little), and no later
-//! than now plus the margin (a time in the future is no ObjectId's).
+//! than the create could have been made: the claim plus the longest a
+//! create's request can take to leave and be answered (`window`), or now
+//! if that is sooner, plus the margin. A user made under the username
+//! while the event waited to try again (after a create that made nothing)
+//! is then not taken for its own.
 //!
 //! A claim made right after the username was seen free in Embedded (a
 //! lookup before the create, with `sync.lookup_before_create = "always"`,
@@ -40,19 +44,22 @@ pub struct Intent {
     pub seen_free: bool,
 }
 
-/// What a found user's id is held against: the time of the check, and how
-/// far the clocks may differ.
+/// What a found user's id is held against: the time of the check, how far
+/// the clocks may differ, and how long after its claim a create can have
+/// been made.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimCheck {
     pub now: DateTime<Utc>,
     pub margin: Duration,
+    pub window: Duration,
 }
 
 impl ClaimCheck {
-    pub fn now(margin: Duration) -> Self {
+    pub fn now(margin: Duration, window: Duration) -> Self {
         Self {
             now: Utc::now(),
             margin,
+            window,
         }
     }
 }
@@ -64,7 +71,11 @@ impl Intent {
         if self.seen_free {
             return Provenance::SeenFree;
         }
-        found.provenance(self.at, check.now, check.margin)
+        let latest = self
+            .at
+            .and_then(|at| at.checked_add_signed(chrono::Duration::from_std(check.window).ok()?))
+            .map_or(check.now, |end| end.min(check.now));
+        found.provenance(self.at, latest, check.margin)
     }
 }
 
@@ -78,8 +89,9 @@ pub enum Provenance {
     Claimed,
     /// Made before the claim (less the margin): someone else made it.
     Earlier,
-    /// A time after now: not an ObjectId's, so it proves nothing.
-    Future,
+    /// Made after the claim's create can have been made (or a time in the
+    /// future): not that create's.
+    Later,
     /// No time can be read from the id, or no claim time was recorded.
     Unreadable,
 }
@@ -95,7 +107,7 @@ impl Provenance {
             Self::SeenFree => "seen_free",
             Self::Claimed => "claimed",
             Self::Earlier => "earlier",
-            Self::Future => "future",
+            Self::Later => "later",
             Self::Unreadable => "unreadable",
         }
     }
@@ -114,11 +126,12 @@ impl EmbeddedUserId {
     }
 
     /// Who made this user, given the time of the claim whose create may
-    /// have made it (see the module docs).
+    /// have made it and the latest that create can have been made (see the
+    /// module docs).
     pub fn provenance(
         &self,
         claimed_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
+        latest: DateTime<Utc>,
         margin: Duration,
     ) -> Provenance {
         let (Some(created), Some(claimed)) = (self.created_at(), claimed_at) else {
@@ -129,13 +142,13 @@ impl EmbeddedUserId {
         let earliest = claimed
             .checked_sub_signed(margin)
             .map_or(i64::MIN, |t| t.timestamp());
-        let latest = now
+        let latest = latest
             .checked_add_signed(margin)
             .map_or(i64::MAX, |t| t.timestamp());
         if created.timestamp() < earliest {
             Provenance::Earlier
         } else if created.timestamp() > latest {
-            Provenance::Future
+            Provenance::Later
         } else {
             Provenance::Claimed
         }
@@ -225,6 +238,7 @@ mod tests {
         let check = ClaimCheck {
             now: at(0x6155_b192, 0),
             margin: Duration::ZERO,
+            window: Duration::from_secs(20),
         };
         let intent = Intent {
             at: None,
@@ -248,6 +262,28 @@ mod tests {
     }
 
     #[test]
+    fn a_user_made_after_the_create_can_have_been_made_is_not_the_claims() {
+        let claimed = at(0x6155_b192, 0);
+        let intent = Intent {
+            at: Some(claimed),
+            seen_free: false,
+        };
+        // Confirmed ten minutes later, after the event waited to retry.
+        let check = ClaimCheck {
+            now: at(0x6155_b192 + 600, 0),
+            margin: Duration::from_secs(1),
+            window: Duration::from_secs(22),
+        };
+        let within = id(&format!("{:08x}a3fa1e5e1f3a8d0c", 0x6155_b192 + 20));
+        assert_eq!(intent.provenance_of(&within, &check), Provenance::Claimed);
+        let during_the_wait = id(&format!("{:08x}a3fa1e5e1f3a8d0c", 0x6155_b192 + 60));
+        assert_eq!(
+            intent.provenance_of(&during_the_wait, &check),
+            Provenance::Later
+        );
+    }
+
+    #[test]
     fn a_time_after_now_or_no_claim_time_proves_nothing() {
         let claimed = at(0x6155_b192, 0);
         let now = at(0x6155_b192 + 5, 0);
@@ -255,12 +291,12 @@ mod tests {
         let later = id("6155b199a3fa1e5e1f3a8d0c");
         assert_eq!(
             later.provenance(Some(claimed), now, margin),
-            Provenance::Future
+            Provenance::Later
         );
         let random = id("ffffffffa3fa1e5e1f3a8d0c");
         assert_eq!(
             random.provenance(Some(claimed), now, margin),
-            Provenance::Future
+            Provenance::Later
         );
         let user = id("6155b193a3fa1e5e1f3a8d0c");
         assert_eq!(user.provenance(None, now, margin), Provenance::Unreadable);

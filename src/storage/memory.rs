@@ -543,7 +543,20 @@ impl UserSession for MemorySession {
         c: &'a NewConflict<'a>,
     ) -> impl Future<Output = sqlx::Result<bool>> + Send {
         self.with(move |state, _| {
-            // An open one with another reason no longer stands.
+            // An open unconfirmed_create met again by its user stands; an
+            // open one with another reason no longer does.
+            let kept = c.reason == ConflictReason::TakenInEmbedded
+                && state.conflicts.iter().any(|o| {
+                    o.status == "open"
+                        && o.host_user_id == c.host.as_str()
+                        && o.username == c.username.as_str()
+                        && o.reason == ConflictReason::UnconfirmedCreate
+                        && o.holder_embedded_user_id.as_deref()
+                            == c.holder_embedded_user_id.map(EmbeddedUserId::as_str)
+                });
+            if kept {
+                return Ok(false);
+            }
             for o in &mut state.conflicts {
                 if o.status == "open"
                     && o.host_user_id == c.host.as_str()

@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::{LookupBeforeCreate, SyncSettings, WorkerSettings};
 use crate::domain::{
-    ClaimCheck, ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, HostUserId, Profile,
-    Synced, UserState, Username,
+    ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, HostUserId, Profile, Synced,
+    UserState, Username,
 };
 use crate::embedded::{ApiError, EmbeddedClient, NewUser, UserRef, UserUpdate};
 use crate::queue::{JobEvent, JobHandler, SyncJob};
@@ -282,7 +282,23 @@ async fn apply_event<S: SyncStore>(
                         // A user already mapped to another host user (and
                         // renamed to this username since) is theirs: never
                         // a second mapping of one Embedded user.
-                        if let Some(other) = session.mapped_elsewhere(&found.user_id).await? {
+                        let other = session.mapped_elsewhere(&found.user_id).await?;
+                        let check = ctx.sync.claim_check();
+                        let provenance = intent.provenance_of(&found.user_id, &check);
+                        if (other.is_some() || !provenance.is_the_creates())
+                            && *desired == Desired::Absent
+                        {
+                            // A closure: the user found is not proven this
+                            // host user's, so it is neither adopted nor
+                            // deleted, and the erasure goes on without it.
+                            tracing::warn!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, provenance = provenance.as_str(), "closing a host user whose create was never confirmed: the Embedded user found is not proven its own and is left as it is");
+                            session
+                                .mark_without_user(UserState::NotCreated, event.id)
+                                .await?;
+                            synced = Synced::Nothing;
+                            continue;
+                        }
+                        if let Some(other) = other {
                             session
                                 .mark_without_user(UserState::Conflict, event.id)
                                 .await?;
@@ -296,8 +312,6 @@ async fn apply_event<S: SyncStore>(
                             };
                             return in_conflict(session, &conflict).await;
                         }
-                        let check = ClaimCheck::now(ctx.sync.clock_skew_margin);
-                        let provenance = intent.provenance_of(&found.user_id, &check);
                         if !provenance.is_the_creates() {
                             return unconfirmed_create(
                                 session, host, &username, &found, event, provenance,

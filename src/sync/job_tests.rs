@@ -514,6 +514,20 @@ async fn a_lost_answer_with_ids_that_carry_no_time_is_an_unconfirmed_create() {
     );
     assert_eq!(env.sandbox.stats().creates, 1, "never created twice");
 
+    // The next event meets the same user as taken in Embedded: the
+    // unconfirmed create stays the open conflict, for the operator.
+    let change = env.change("u1", "ada@example.com", Some("Ada L"));
+    env.run(&[change]).await;
+    assert_eq!(env.state(change), "conflict");
+    let open: Vec<_> = env
+        .store
+        .conflicts()
+        .into_iter()
+        .filter(|c| c.status == "open")
+        .collect();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].reason, ConflictReason::UnconfirmedCreate);
+
     // Looked up first, the username was seen free before the claim: the
     // same lost answer is adopted.
     let env = Env::start_with(uuids(), always()).await;
@@ -525,6 +539,31 @@ async fn a_lost_answer_with_ids_that_carry_no_time_is_an_unconfirmed_create() {
     assert_eq!(env.state(signup), "applied");
     assert!(env.store.conflicts().is_empty());
     assert_eq!(env.user("u1").state, UserState::Synced);
+}
+
+#[tokio::test]
+async fn a_closure_after_a_lost_create_answer_erases_without_deleting_an_unproven_user() {
+    let env = Env::start_with(uuids(), SyncSettings::default()).await;
+    env.drop_rate(1.0);
+    let signup = env.signup("u1", "ada@example.com", Some("Ada"));
+    env.run(&[signup]).await;
+    assert_eq!(env.user("u1").state, UserState::Creating);
+    env.drop_rate(0.0);
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+
+    // Nothing proves the user found is u1's: it is neither adopted nor
+    // deleted, and the erasure completes without it.
+    assert_eq!(env.state(closure), "applied");
+    assert_eq!(
+        env.store.erasures()[0].outcome,
+        ErasureOutcome::NeverCreated
+    );
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 0);
+    assert_eq!(env.sandbox.users().len(), 1);
+    assert!(env.store.conflicts().is_empty());
+    let row = env.user("u1");
+    assert_eq!((row.username, row.full_name), (None, None), "scrubbed");
 }
 
 #[tokio::test]

@@ -11,9 +11,7 @@
 
 use std::collections::HashSet;
 
-use crate::domain::{
-    ClaimCheck, ConflictReason, FullName, HostUserId, Profile, UserState, Username,
-};
+use crate::domain::{ConflictReason, FullName, HostUserId, Profile, UserState, Username};
 use crate::embedded::{ApiError, InvalidBatchUser, NewUser, UserRef};
 use crate::storage::{BackfillTables, Claim, ClaimIntent, Found};
 
@@ -161,7 +159,7 @@ impl<D: super::db::BackfillDb> Run<D> {
         match found {
             Ok(user)
                 if entry.unconfirmed.is_some_and(|intent| {
-                    let check = ClaimCheck::now(self.claim_margin);
+                    let check = self.sync.claim_check();
                     intent.provenance_of(&user.user_id, &check).is_the_creates()
                 }) =>
             {
@@ -244,7 +242,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                 let usernames: Vec<&str> =
                     rows.iter().filter_map(|r| r.username.as_deref()).collect();
                 let found = self.db.conn().find(&usernames).await?;
-                let check = ClaimCheck::now(self.claim_margin);
+                let check = self.sync.claim_check();
                 let mut linked: Vec<(HostUserId, crate::embedded::EmbeddedUser)> = Vec::new();
                 let mut unproven: Vec<(HostUserId, ConflictFound)> = Vec::new();
                 let mut again: Vec<Pending> = Vec::new();

@@ -169,6 +169,7 @@ mod tests {
         let check = ClaimCheck {
             now: chrono::DateTime::from_timestamp(0x6155_b200, 0).unwrap(),
             margin: std::time::Duration::ZERO,
+            window: std::time::Duration::from_secs(22),
         };
         decide(host, want, known, adopt_existing, &check)
     }

@@ -194,7 +194,7 @@ async fn run_on<D: BackfillDb, S: SyncStore>(
             settings.worker.clone(),
             settings.sync.clone(),
         )),
-        claim_margin: settings.sync.clock_skew_margin,
+        sync: settings.sync.clone(),
         options: options.clone(),
         summary: Summary {
             dry_run: options.dry_run,
@@ -265,9 +265,9 @@ struct Run<D> {
     cancel: CancellationToken,
     /// The database's clock at the start: rows claimed since are this run's.
     started_at: chrono::DateTime<chrono::Utc>,
-    /// `sync.clock_skew_margin`: what a user found for a claim another
-    /// process made is held against (see `domain::Provenance`).
-    claim_margin: std::time::Duration,
+    /// `[sync]`: what a user found for a claim another process made is
+    /// held against (see `domain::Provenance`).
+    sync: crate::config::SyncSettings,
     page_size: u32,
     /// Batch mode: claimed creates not sent yet.
     pending: Vec<Pending>,

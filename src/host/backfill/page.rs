@@ -64,7 +64,7 @@ impl<D: super::db::BackfillDb> Run<D> {
         output: &mut Output<'_>,
     ) -> anyhow::Result<()> {
         let known = self.db.conn().lookup(&users).await?;
-        let check = ClaimCheck::now(self.claim_margin);
+        let check = self.sync.claim_check();
         let decisions = decide_page(&users, &known, self.options.adopt_existing, &check);
         let mut planned = Vec::new();
         for ((host, want), decision) in users.iter().zip(decisions) {
@@ -134,7 +134,7 @@ impl<D: super::db::BackfillDb> Run<D> {
 
     async fn act_locked(&mut self, mine: &[(HostUserId, Profile)]) -> anyhow::Result<()> {
         let known = self.db.conn().lookup(mine).await?;
-        let check = ClaimCheck::now(self.claim_margin);
+        let check = self.sync.claim_check();
         let decisions = decide_page(mine, &known, self.options.adopt_existing, &check);
         let mut adopt: Vec<(&HostUserId, EmbeddedUser)> = Vec::new();
         let mut creates: Vec<Signup<'_>> = Vec::new();
