@@ -12,7 +12,7 @@ use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::demo::{self, DemoArgs};
 use crate::host::{self, BackfillOptions, Mode, OutputFormat};
 use crate::ops::{self, ConflictFormat};
-use crate::storage::Database;
+use crate::storage::{Database, Store};
 use crate::telemetry;
 
 /// Keeps a host product's users in step with its Embedded iPaaS account.
@@ -220,7 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json } => {
             let settings = load_settings()?;
-            let store = Database::connect(&settings.database, 1).await?.into_store();
+            let store = open_store(&settings).await?;
             let status = store.status().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -270,12 +270,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Conflicts { format } => {
             let settings = load_settings()?;
-            let store = Database::connect(&settings.database, 1).await?.into_store();
+            let store = open_store(&settings).await?;
             let rows = store.open_conflicts().await?;
             print!("{}", ops::render_conflicts(&rows, format)?);
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The worker's tables for a report: a database never migrated (or behind
+/// this binary) is refused with what to run, not with the SQL error its
+/// first query would meet.
+async fn open_store(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let database = Database::connect(&settings.database, 1).await?;
+    database.check_current().await?;
+    Ok(database.into_store())
 }
 
 /// SIGTERM (what orchestrators send) or Ctrl-C.

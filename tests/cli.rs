@@ -230,13 +230,13 @@ async fn configuration_errors_are_one_line_naming_the_key() {
 }
 
 on_each_backend!(
-    run_on_a_database_never_migrated_says_to_migrate,
+    commands_on_a_database_never_migrated_say_to_migrate,
     status_and_conflicts_report_what_the_pipeline_did,
     health_readiness_and_metrics,
     logs_never_contain_personal_data,
 );
 
-async fn run_on_a_database_never_migrated_says_to_migrate(backend: Backend) {
+async fn commands_on_a_database_never_migrated_say_to_migrate(backend: Backend) {
     let env = Env::start_on(backend, SandboxOptions::default()).await;
     let bare = match backend {
         Backend::Postgres => TestDb::create().await,
@@ -244,10 +244,28 @@ async fn run_on_a_database_never_migrated_says_to_migrate(backend: Backend) {
     };
     let mut vars = env.vars();
     vars.insert("DATABASE_URL".into(), bare.url.clone());
-    let out = run_once(&vars, &["run"]).await;
-    assert!(!out.status.success(), "{out}");
-    assert!(out.stderr.contains("run `user-sync migrate`"), "{out}");
-    assert!(!out.stderr.contains(KEY), "{out}");
+    for command in [
+        &["run"][..],
+        &["status"],
+        &["status", "--json"],
+        &["conflicts"],
+    ] {
+        let out = run_once(&vars, command).await;
+        assert!(!out.status.success(), "{command:?}: {out}");
+        assert!(
+            out.stderr.contains("run `user-sync migrate`"),
+            "{command:?}: {out}"
+        );
+        assert!(
+            !out.stderr.contains("relation"),
+            "{command:?}: a raw SQL error: {out}"
+        );
+        assert!(
+            !out.stderr.contains("no such table"),
+            "{command:?}: a raw SQL error: {out}"
+        );
+        assert!(!out.stderr.contains(KEY), "{command:?}: {out}");
+    }
     bare.drop_db().await;
     env.finish().await;
 }
