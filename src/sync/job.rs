@@ -285,13 +285,14 @@ async fn apply_event<S: SyncStore>(
                         let other = session.mapped_elsewhere(&found.user_id).await?;
                         let check = ctx.sync.claim_check();
                         let provenance = intent.provenance_of(&found.user_id, &check);
-                        if (other.is_some() || !provenance.is_the_creates())
-                            && *desired == Desired::Absent
-                        {
-                            // A closure: the user found is not proven this
-                            // host user's, so it is neither adopted nor
-                            // deleted, and the erasure goes on without it.
-                            tracing::warn!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, provenance = provenance.as_str(), "closing a host user whose create was never confirmed: the Embedded user found is not proven its own and is left as it is");
+                        let still_wanted =
+                            matches!(desired, Desired::Present(want) if want.username == username);
+                        if (other.is_some() || !provenance.is_the_creates()) && !still_wanted {
+                            // A closure, or a new username: the user found
+                            // is not proven this host user's, so it is
+                            // neither adopted nor deleted, and the event
+                            // goes on without it.
+                            tracing::warn!(event_id = event.id, host_user_id = %host, embedded_user_id = %found.user_id, provenance = provenance.as_str(), "the Embedded user found for a create never confirmed is not proven the host user's, who no longer wants its username: left as it is");
                             session
                                 .mark_without_user(UserState::NotCreated, event.id)
                                 .await?;

@@ -567,6 +567,27 @@ async fn a_closure_after_a_lost_create_answer_erases_without_deleting_an_unprove
 }
 
 #[tokio::test]
+async fn a_new_email_after_a_lost_create_answer_is_created_without_the_unproven_user() {
+    let env = Env::start_with(uuids(), SyncSettings::default()).await;
+    env.drop_rate(1.0);
+    let signup = env.signup("u1", "ada@example.com", Some("Ada"));
+    env.run(&[signup]).await;
+    env.drop_rate(0.0);
+    let change = env.change("u1", "ada.l@example.com", Some("Ada"));
+    env.run(&[change]).await;
+
+    // The unproven user under the old username is left alone; the host
+    // user gets the one it asks for now.
+    assert_eq!(env.state(change), "applied");
+    assert!(env.store.conflicts().is_empty());
+    let row = env.user("u1");
+    assert_eq!(row.state, UserState::Synced);
+    assert_eq!(row.username.as_deref(), Some("ada.l@example.com"));
+    assert_eq!(env.sandbox.users().len(), 2);
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 0);
+}
+
+#[tokio::test]
 async fn a_create_answered_5xx_is_confirmed_before_it_is_sent_again() {
     let env = Env::start().await;
     env.fail_rate(1.0);
