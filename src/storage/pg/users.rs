@@ -60,8 +60,20 @@ pub async fn claim_each_for_create(
     let events: Vec<i64> = claims.iter().map(|c| c.event_id).collect();
     let seen_free: Vec<bool> = claims.iter().map(|c| c.seen_free).collect();
     // Claimed only when no other host user holds the name: a refused insert
-    // would make PostgreSQL log the username in its own server log. The
-    // unique index still settles a race between two claims.
+    // would make PostgreSQL log the username in its own server log. Two
+    // jobs claiming one username at once (a name held in Embedded that
+    // several host users want, each sending its create first) wait for
+    // each other on a lock of the username, taken in username order, so
+    // that the second's check sees the first's claim. The unique index
+    // still settles what the lock cannot see (a rename to the name).
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('user_sync.username'), hashtext(u))
+         FROM (SELECT DISTINCT u FROM unnest($1::text[]) AS t(u) ORDER BY u) s",
+    )
+    .bind(&usernames)
+    .execute(&mut *tx)
+    .await?;
     let claimed = sqlx::query_scalar::<_, String>(
         "INSERT INTO user_sync.users
              (host_user_id, username, full_name, state, last_event_id, username_seen_free)
@@ -87,13 +99,17 @@ pub async fn claim_each_for_create(
     .bind(&names)
     .bind(&events)
     .bind(&seen_free)
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut *tx)
     .await;
     let claimed: std::collections::HashSet<String> = match claimed {
-        Ok(claimed) => claimed.into_iter().collect(),
+        Ok(claimed) => {
+            tx.commit().await?;
+            claimed.into_iter().collect()
+        }
         // One intent: nothing was claimed, and whoever claimed first is
         // found below.
         Err(e) if claims.len() == 1 && crate::storage::is_unique_violation(&e) => {
+            tx.rollback().await?;
             Default::default()
         }
         Err(e) => return Err(e),
