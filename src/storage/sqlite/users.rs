@@ -5,7 +5,7 @@ use sqlx::SqlitePool;
 use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, UserState, Username};
 use crate::storage::users::{Claim, HolderClaim};
 
-use super::now_text;
+use super::{now_text, parse_at};
 
 /// Records the intent to create `profile` for `host` (see
 /// [`crate::storage::users::claim_for_create`]); a username another host
@@ -75,10 +75,7 @@ pub(crate) async fn holder_claim(
     .await?;
     // The column's text; an unreadable due time is due now.
     Ok(HolderClaim::of(row.map(|(state, due)| {
-        let due = due.map(|t| {
-            chrono::DateTime::parse_from_rfc3339(&t)
-                .map_or_else(|_| chrono::Utc::now(), |t| t.to_utc())
-        });
+        let due = due.map(|t| parse_at(&t).unwrap_or_else(chrono::Utc::now));
         (state, due)
     })))
 }
