@@ -14,7 +14,10 @@ mod state;
 pub use profile::{Desired, Profile, Synced};
 pub use provenance::{ClaimCheck, Intent, Provenance};
 pub use report::{ConflictRow, Status};
-pub use state::{ConflictReason, ErasureOutcome, EventKind, EventState, UserState};
+pub use state::{
+    ConflictReason, ErasureOutcome, EventKind, EventState, RESOLVED_BY_WORKER, Resolution,
+    UserState, WebhookKind,
+};
 
 use std::fmt;
 

@@ -133,6 +133,94 @@ impl ConflictReason {
             Self::UnconfirmedCreate => "unconfirmed_create",
         }
     }
+
+    pub const ALL: [Self; 4] = [
+        Self::TakenByHostUser,
+        Self::TakenInEmbedded,
+        Self::RenameRefused,
+        Self::UnconfirmedCreate,
+    ];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    /// Whether an Embedded user outside the worker's mappings holds the
+    /// username: the worker looks it up again now and then
+    /// (`conflicts.recheck_interval_ms`), and an operator may adopt that
+    /// user for a host user that has none.
+    pub fn held_in_embedded(self) -> bool {
+        !matches!(self, Self::TakenByHostUser)
+    }
+}
+
+/// How a conflict was resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// An operator linked the host user to the Embedded user holding the
+    /// username.
+    Adopted,
+    /// An operator freed the username or fixed the host's data, and the
+    /// retried event synced the user.
+    Retried,
+    /// An operator chose to leave the host user without an Embedded user
+    /// under this username.
+    Ignored,
+    /// Its cause went away (the holder let the username go, or the user's
+    /// email changed) and the user synced.
+    Moot,
+}
+
+impl Resolution {
+    pub const ALL: [Self; 4] = [Self::Adopted, Self::Retried, Self::Ignored, Self::Moot];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adopted => "adopted",
+            Self::Retried => "retried",
+            Self::Ignored => "ignored",
+            Self::Moot => "moot",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+/// What `resolved_by` says when the worker resolved a conflict itself.
+pub const RESOLVED_BY_WORKER: &str = "worker";
+
+/// A kind of webhook the worker sends the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookKind {
+    ConflictOpened,
+    ConflictResolved,
+    ErasureCompleted,
+    EventFailed,
+}
+
+impl WebhookKind {
+    pub const ALL: [Self; 4] = [
+        Self::ConflictOpened,
+        Self::ConflictResolved,
+        Self::ErasureCompleted,
+        Self::EventFailed,
+    ];
+
+    /// The `type` of its body, and what `webhooks.events` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConflictOpened => "conflict.opened",
+            Self::ConflictResolved => "conflict.resolved",
+            Self::ErasureCompleted => "erasure.completed",
+            Self::EventFailed => "event.failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == text)
+    }
 }
 
 /// How an erasure ended.
