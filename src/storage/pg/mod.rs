@@ -17,6 +17,7 @@ mod nodelay;
 mod reports;
 mod session;
 mod users;
+mod webhooks;
 
 pub use events::{finish_many, newest_pending_many};
 pub(super) use migrate::{check_current, run as migrate};

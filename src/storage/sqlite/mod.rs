@@ -20,6 +20,7 @@ mod events;
 mod reports;
 mod session;
 mod users;
+mod webhooks;
 
 pub use backfill::{SqliteBackfill, json_list};
 
