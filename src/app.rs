@@ -134,8 +134,8 @@ impl Parts<'_> {
         })
     }
 
-    /// Starts the ops server, the dispatcher, the sweeper, the auth probe
-    /// and the queue's workers on `store` and `queue`; returns where the
+    /// Starts the ops server, the dispatcher, the sweeper, the auth probe,
+    /// the conflicts' rechecks and the queue's workers on `store` and `queue`; returns where the
     /// ops server listens. The jobs are generic over the store; the rest
     /// of the process reaches it through one trait object.
     async fn start<S, Q>(&mut self, store: S, queue: Q, gate: ApiGate) -> anyhow::Result<SocketAddr>
@@ -191,6 +191,13 @@ impl Parts<'_> {
             self.api.clone(),
             gate.clone(),
             settings.worker.auth_retry_interval,
+            shutdown.clone(),
+        ));
+        self.tasks.spawn(ops::recheck_conflicts(
+            store.clone(),
+            self.api.clone(),
+            gate.clone(),
+            settings.conflicts.recheck_interval,
             shutdown.clone(),
         ));
         let workers = queue::Workers {

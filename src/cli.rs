@@ -1,6 +1,7 @@
 //! The `user-sync` command line.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -8,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 use user_sync_sandbox::SandboxArgs;
 
 use crate::app::Worker;
-use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
+use crate::config::{ConfigError, DatabaseKind, LogFormat, LogSettings, Settings};
 use crate::demo::{self, DemoArgs};
+use crate::domain::ConflictStatus;
 use crate::host::{self, BackfillOptions, Mode, OutputFormat};
-use crate::ops::{self, ConflictFormat};
-use crate::storage::{Database, Store};
+use crate::ops::{self, Action, ConflictFormat, Reconciler};
+use crate::storage::{Database, Operator, PgStore, ProcessLock, SqliteStore, Store};
 use crate::telemetry;
 
 /// Keeps a host product's users in step with its Embedded iPaaS account.
@@ -55,19 +57,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List open username conflicts for reconciliation.
+    /// List username conflicts, or resolve one (`conflicts resolve`).
     ///
-    /// Each row names the host user, the username (in clear: this report is
-    /// for the people who resolve conflicts) and who holds it. Reasons:
-    /// taken_by_host_user (another host user holds the username),
-    /// taken_in_embedded (an Embedded user the worker did not create holds
-    /// it), rename_refused (the API refused the change of username), and
-    /// unconfirmed_create (a create's answer was lost, and the Embedded user
-    /// found under the username is not proven the worker's own: see
-    /// "Lost answers" in the README before adopting it).
+    /// Each row names the conflict's id, its age, the host user, the
+    /// username (in clear: this report is for the people who resolve
+    /// conflicts; logs, webhooks and metrics never show it) and who holds
+    /// it. Reasons: taken_by_host_user (another host user holds the
+    /// username), taken_in_embedded (an Embedded user the worker did not
+    /// create holds it), rename_refused (the API refused the change of
+    /// username), and unconfirmed_create (a create's answer was lost, and
+    /// the Embedded user found under the username is not proven the
+    /// worker's own: see "Lost answers" in the README before adopting it).
+    /// A resolved conflict says how: adopted, retried, ignored or moot (its
+    /// cause went away and the user synced, which the worker sees itself).
     ///
-    /// Example: DATABASE_URL=postgres://... user-sync conflicts --format json
+    /// Examples:
+    ///   user-sync conflicts
+    ///   user-sync conflicts --status all --format csv > conflicts.csv
+    ///   user-sync conflicts resolve 42 --adopt --by alice --note "ticket 1234"
+    #[command(args_conflicts_with_subcommands = true)]
     Conflicts {
+        #[command(subcommand)]
+        resolve: Option<ConflictsCommand>,
+        /// Which conflicts to list.
+        #[arg(long, value_enum, default_value_t = StatusArg::Open)]
+        status: StatusArg,
+        /// table for a terminal; json (an array of objects) or csv (safe to
+        /// open in a spreadsheet) for other tools.
         #[arg(long, value_enum, default_value_t = ConflictFormat::Table)]
         format: ConflictFormat,
     },
@@ -137,6 +153,88 @@ enum Command {
         #[arg(long)]
         drop: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConflictsCommand {
+    /// Resolve an open conflict: adopt, retry or ignore.
+    ///
+    /// --adopt (taken_in_embedded, unconfirmed_create): links the host user
+    /// to the Embedded user holding the username, as if the worker had
+    /// created it, and brings its fullName in line with one PUT. Refused for
+    /// a username another host user holds (one Embedded user is never given
+    /// to two host users), a host user that has an Embedded user already,
+    /// or a holder that changed since the conflict was reported.
+    ///
+    /// --retry: for when you freed the username (deleted or renamed its
+    /// holder in Embedded) or fixed the host's data: applies the host user's
+    /// newest event now. The conflict resolves `retried` when the user
+    /// syncs; otherwise it stays open, the attempt counted.
+    ///
+    /// --ignore: the host user stays without an Embedded user; later events
+    /// with the same email do not reopen the conflict, a new email does.
+    ///
+    /// Prints the username in clear (this is for the people who resolve
+    /// conflicts). Exits 0 when the conflict is resolved, 1 when it is not
+    /// (refused, or the cause is still there), 2 on bad input. On SQLite,
+    /// --adopt and --retry need `user-sync run` stopped on that file.
+    ///
+    /// Example: user-sync conflicts resolve 42 --retry --by alice --note "renamed the old account"
+    Resolve {
+        /// The conflict's id, from `user-sync conflicts`.
+        id: i64,
+        #[command(flatten)]
+        action: ActionArg,
+        /// Who resolves it, kept as resolved_by (default: $USER).
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+        /// Why, kept with the conflict (never sent in webhooks).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct ActionArg {
+    /// Link the host user to the Embedded user holding the username.
+    #[arg(long)]
+    adopt: bool,
+    /// Apply the host user's newest event again now.
+    #[arg(long)]
+    retry: bool,
+    /// Leave the host user without an Embedded user under this username.
+    #[arg(long)]
+    ignore: bool,
+}
+
+impl ActionArg {
+    fn action(&self) -> Action {
+        if self.adopt {
+            Action::Adopt
+        } else if self.retry {
+            Action::Retry
+        } else {
+            Action::Ignore
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StatusArg {
+    Open,
+    Resolved,
+    All,
+}
+
+impl From<StatusArg> for ConflictStatus {
+    fn from(status: StatusArg) -> Self {
+        match status {
+            StatusArg::Open => Self::Open,
+            StatusArg::Resolved => Self::Resolved,
+            StatusArg::All => Self::All,
+        }
+    }
 }
 
 /// Runs the command line and turns any failure into one line on stderr.
@@ -268,14 +366,90 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", host::install_triggers(&database, target, drop).await?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Conflicts { format } => {
+        Command::Conflicts {
+            resolve: None,
+            status,
+            format,
+        } => {
             let settings = load_settings()?;
             let store = open_store(&settings).await?;
-            let rows = store.open_conflicts().await?;
-            print!("{}", ops::render_conflicts(&rows, format)?);
+            let rows = store.conflicts(status.into()).await?;
+            print!(
+                "{}",
+                ops::render_conflicts(&rows, format, chrono::Utc::now())?
+            );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Conflicts {
+            resolve:
+                Some(ConflictsCommand::Resolve {
+                    id,
+                    action,
+                    by,
+                    note,
+                }),
+            ..
+        } => {
+            let settings = load_settings()?;
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .filter(|by| !by.trim().is_empty())
+                .unwrap_or_else(|| "operator".into());
+            let operator = Operator {
+                by: by.trim(),
+                note: note.as_deref(),
+            };
+            resolve_conflict(&settings, id, action.action(), operator).await
+        }
     }
+}
+
+/// `user-sync conflicts resolve`: carries the action out on the backend
+/// `database.url` names, and says how it went in one line.
+async fn resolve_conflict(
+    settings: &Settings,
+    id: i64,
+    action: Action,
+    operator: Operator<'_>,
+) -> anyhow::Result<ExitCode> {
+    // On SQLite the per-user locks live in the process that holds the file:
+    // an adoption or a retry runs only where no `run` does.
+    let _file_lock = match (settings.database.kind()?, action) {
+        (DatabaseKind::Sqlite, Action::Adopt | Action::Retry) => {
+            Some(ProcessLock::acquire(&settings.database)?)
+        }
+        _ => None,
+    };
+    let database = Database::connect(&settings.database, 2).await?;
+    database.check_current().await?;
+    let result = match &database {
+        Database::Postgres(pool) => {
+            let store = Arc::new(PgStore::new(pool.clone()));
+            Reconciler::new(store, settings)?
+                .resolve(id, action, operator)
+                .await?
+        }
+        Database::Sqlite(pool) => {
+            let store = Arc::new(SqliteStore::new(pool.clone()));
+            Reconciler::new(store, settings)?
+                .resolve(id, action, operator)
+                .await?
+        }
+    };
+    database.close().await;
+    let done = match result {
+        Ok(done) => done,
+        Err(refused) => {
+            eprintln!("refused: {refused}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!("{}", ops::describe_done(id, &done));
+    Ok(if done.resolved() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The worker's tables for a report: a database never migrated (or behind

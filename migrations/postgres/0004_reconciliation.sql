@@ -74,3 +74,55 @@ LANGUAGE sql STABLE AS $$
         'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
         'data', data)::text
 $$;
+
+-- A conflict as its webhooks tell it: ids, the reason, holders and how it
+-- ended; never the username (an email), a note or an operator's name.
+CREATE OR REPLACE FUNCTION user_sync.conflict_data(
+    id BIGINT, host_user_id TEXT, reason TEXT, holder_host_user_id TEXT,
+    holder_embedded_user_id TEXT, status TEXT, resolution TEXT) RETURNS JSONB
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object(
+        'conflict_id', id, 'host_user_id', host_user_id, 'reason', reason,
+        'holder_host_user_id', holder_host_user_id,
+        'holder_embedded_user_id', holder_embedded_user_id,
+        'status', status, 'resolution', resolution)
+$$;
+
+-- Sends the newest event of `host` again, at once, when it ended in a
+-- conflict: what stood in its way may be gone. Returns its id, if any.
+CREATE OR REPLACE FUNCTION user_sync.wake_user(host TEXT) RETURNS BIGINT
+LANGUAGE plpgsql AS $$
+DECLARE
+    woken BIGINT;
+BEGIN
+    UPDATE user_sync.events e
+    SET state = 'pending', available_at = now(), dispatched_at = NULL, attempts = 0,
+        reason = NULL, finished_at = NULL
+    WHERE e.id = (SELECT max(n.id) FROM user_sync.events n WHERE n.host_user_id = host)
+      AND e.state = 'conflict'
+    RETURNING e.id INTO woken;
+    IF woken IS NOT NULL THEN
+        PERFORM pg_notify('user_sync_events', '');
+    END IF;
+    RETURN woken;
+END;
+$$;
+
+-- A host user letting a username go (closed, erased, its email changed, its
+-- create refused) wakes the host users whose conflict was that it held it:
+-- they are synced at once, and their conflicts resolve `moot`.
+CREATE OR REPLACE FUNCTION user_sync.username_released() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM user_sync.wake_user(c.host_user_id)
+    FROM user_sync.conflicts c
+    WHERE c.holder_host_user_id = OLD.host_user_id AND c.username = OLD.username
+      AND c.status = 'open' AND c.reason = 'taken_by_host_user';
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER IF EXISTS users_username_released ON user_sync.users;
+CREATE TRIGGER users_username_released AFTER UPDATE OF username ON user_sync.users
+    FOR EACH ROW WHEN (OLD.username IS NOT NULL AND OLD.username IS DISTINCT FROM NEW.username)
+    EXECUTE FUNCTION user_sync.username_released();

@@ -38,3 +38,26 @@ CREATE INDEX user_sync_webhook_deliveries_due ON user_sync_webhook_deliveries (n
 CREATE TABLE user_sync_webhook_subscriptions (
     type TEXT PRIMARY KEY
 );
+
+-- A host user letting a username go (closed, erased, its email changed, its
+-- create refused) sends again, at once, the newest event of each host user
+-- whose conflict was that it held it, when that event ended in the
+-- conflict: they are synced, and their conflicts resolve `moot`. Here a
+-- row holds its username while creating or synced (its state says so).
+CREATE TRIGGER user_sync_users_username_released
+AFTER UPDATE OF username, state ON user_sync_users
+FOR EACH ROW WHEN OLD.username IS NOT NULL AND OLD.state IN ('creating', 'synced')
+    AND (NEW.username IS NULL OR NEW.username <> OLD.username
+         OR NEW.state NOT IN ('creating', 'synced'))
+BEGIN
+    UPDATE user_sync_events
+    SET state = 'pending', available_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+        dispatched_at = NULL, attempts = 0, reason = NULL, finished_at = NULL
+    WHERE state = 'conflict'
+      AND id IN (SELECT (SELECT max(n.id) FROM user_sync_events n
+                         WHERE n.host_user_id = c.host_user_id)
+                 FROM user_sync_conflicts c
+                 WHERE c.holder_host_user_id = OLD.host_user_id
+                   AND c.username = OLD.username
+                   AND c.status = 'open' AND c.reason = 'taken_by_host_user');
+END;

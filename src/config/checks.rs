@@ -11,10 +11,10 @@ use url::Url;
 
 use super::raw::{Raw, RawSource};
 use super::{
-    ConfigError, DatabaseSettings, DispatcherSettings, EmbeddedSettings, HttpSettings, LogSettings,
-    RateLimitSettings, RedisSettings, SUPPORTED_API_VERSIONS, Settings, SourceSettings,
-    SourceTable, SourceTarget, SweeperSettings, SyncSettings, WorkerSettings, database_kind,
-    invalid,
+    ConfigError, ConflictSettings, DatabaseSettings, DispatcherSettings, EmbeddedSettings,
+    HttpSettings, LogSettings, RateLimitSettings, RedisSettings, SUPPORTED_API_VERSIONS, Settings,
+    SourceSettings, SourceTable, SourceTarget, SweeperSettings, SyncSettings, WorkerSettings,
+    database_kind, invalid,
 };
 
 impl Settings {
@@ -166,6 +166,12 @@ impl Settings {
                 redispatch_after: millis(
                     "sweeper.redispatch_after_ms",
                     raw.sweeper.redispatch_after_ms,
+                )?,
+            },
+            conflicts: ConflictSettings {
+                recheck_interval: millis(
+                    "conflicts.recheck_interval_ms",
+                    raw.conflicts.recheck_interval_ms,
                 )?,
             },
             rate_limit: RateLimitSettings {

@@ -67,6 +67,7 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub dispatcher: DispatcherSettings,
     pub sweeper: SweeperSettings,
+    pub conflicts: ConflictSettings,
     pub rate_limit: RateLimitSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
@@ -234,6 +235,13 @@ pub struct DispatcherSettings {
 pub struct SweeperSettings {
     pub interval: Duration,
     pub redispatch_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConflictSettings {
+    /// How often the worker looks again at a username held outside the
+    /// worker, for each open conflict.
+    pub recheck_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -25,6 +25,8 @@ pub(super) struct Raw {
     pub log: RawLog,
     #[serde(default)]
     pub source: RawSource,
+    #[serde(default)]
+    pub conflicts: RawConflicts,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +82,20 @@ pub(super) struct RawDispatcher {
     pub batch_size: u32,
     pub users_per_job: usize,
     pub poll_interval_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+pub(super) struct RawConflicts {
+    pub recheck_interval_ms: u64,
+}
+
+impl Default for RawConflicts {
+    fn default() -> Self {
+        Self {
+            recheck_interval_ms: 3_600_000,
+        }
+    }
 }
 
 #[derive(Deserialize)]

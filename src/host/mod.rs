@@ -8,5 +8,7 @@ mod backfill;
 mod table;
 mod triggers;
 
-pub use backfill::{BackfillOptions, Mode, OutputFormat, Summary, run as run_backfill};
+pub use backfill::{
+    Api as ForegroundApi, BackfillOptions, Mode, OutputFormat, Resend, Summary, run as run_backfill,
+};
 pub use triggers::install_triggers;

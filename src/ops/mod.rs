@@ -5,8 +5,10 @@
 
 mod http;
 mod metrics;
+mod reconcile;
 mod status;
 
 pub use http::{OpsState, serve};
 pub use metrics::recorder;
-pub use status::{ConflictFormat, render_conflicts, status_table};
+pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, recheck_conflicts};
+pub use status::{ConflictFormat, describe_done, render_conflicts, status_table};

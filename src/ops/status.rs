@@ -1,7 +1,10 @@
 //! `user-sync status` and `user-sync conflicts`: what an operator asks of the
 //! worker's tables.
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::{ConflictRow, Status};
+use crate::ops::{Done, FullNameFix};
 
 /// `user-sync status` as a table of two columns.
 pub fn status_table(status: &Status) -> String {
@@ -28,60 +31,153 @@ pub enum ConflictFormat {
     Csv,
 }
 
-pub fn render_conflicts(rows: &[ConflictRow], format: ConflictFormat) -> anyhow::Result<String> {
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+/// `user-sync conflicts` in `format`, ages as of `now`.
+pub fn render_conflicts(
+    rows: &[ConflictRow],
+    format: ConflictFormat,
+    now: DateTime<Utc>,
+) -> anyhow::Result<String> {
     Ok(match format {
         ConflictFormat::Json => serde_json::to_string_pretty(rows)? + "\n",
-        ConflictFormat::Csv => {
-            let mut out = String::from(
-                "id,host_user_id,username,reason,holder_host_user_id,holder_embedded_user_id,event_id,detected_at\n",
-            );
-            for r in rows {
-                let fields = [
-                    r.id.to_string(),
-                    r.host_user_id.clone(),
-                    r.username.clone(),
-                    r.reason.clone(),
-                    opt(&r.holder_host_user_id),
-                    opt(&r.holder_embedded_user_id),
-                    r.event_id.map(|e| e.to_string()).unwrap_or_default(),
-                    r.detected_at.to_rfc3339(),
-                ];
-                let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-                out.push_str(&line.join(","));
-                out.push('\n');
-            }
-            out
-        }
-        ConflictFormat::Table => {
-            if rows.is_empty() {
-                return Ok("no open conflicts\n".into());
-            }
-            let mut out = format!(
-                "{:<8} {:<20} {:<32} {:<20} {}\n",
-                "ID", "HOST USER", "USERNAME", "REASON", "HELD BY"
-            );
-            for r in rows {
-                let holder = match (&r.holder_host_user_id, &r.holder_embedded_user_id) {
-                    (Some(h), _) => format!("host user {h}"),
-                    (None, Some(e)) => format!("Embedded user {e}"),
-                    (None, None) => "-".into(),
-                };
-                out.push_str(&format!(
-                    "{:<8} {:<20} {:<32} {:<20} {}\n",
-                    r.id, r.host_user_id, r.username, r.reason, holder
-                ));
-            }
-            out
-        }
+        ConflictFormat::Csv => conflicts_csv(rows)?,
+        ConflictFormat::Table => conflicts_table(rows, now),
     })
 }
 
-fn csv_field(value: &str) -> String {
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value.to_owned()
+/// The columns of the CSV, in order.
+const CSV_HEADER: [&str; 15] = [
+    "id",
+    "host_user_id",
+    "username",
+    "reason",
+    "status",
+    "resolution",
+    "holder_host_user_id",
+    "holder_embedded_user_id",
+    "event_id",
+    "detected_at",
+    "resolved_at",
+    "resolved_by",
+    "note",
+    "checks",
+    "checked_at",
+];
+
+fn conflicts_csv(rows: &[ConflictRow]) -> anyhow::Result<String> {
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record(CSV_HEADER)?;
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let at = |v: &Option<DateTime<Utc>>| v.map(|at| at.to_rfc3339()).unwrap_or_default();
+    for r in rows {
+        let fields = [
+            r.id.to_string(),
+            r.host_user_id.clone(),
+            r.username.clone(),
+            r.reason.clone(),
+            r.status.clone(),
+            text(&r.resolution),
+            text(&r.holder_host_user_id),
+            text(&r.holder_embedded_user_id),
+            r.event_id.map(|e| e.to_string()).unwrap_or_default(),
+            r.detected_at.to_rfc3339(),
+            at(&r.resolved_at),
+            text(&r.resolved_by),
+            text(&r.note),
+            r.checks.to_string(),
+            at(&r.checked_at),
+        ];
+        out.write_record(fields.iter().map(|f| spreadsheet_safe(f).into_owned()))?;
+    }
+    Ok(String::from_utf8(out.into_inner()?)?)
+}
+
+/// A cell a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, or a
+/// tab or carriage return before one) is prefixed with `'`, which makes it
+/// text: a host id or a note written by anyone cannot run in the sheet of
+/// the person who opens the export.
+fn spreadsheet_safe(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}").into(),
+        _ => value.into(),
+    }
+}
+
+fn conflicts_table(rows: &[ConflictRow], now: DateTime<Utc>) -> String {
+    if rows.is_empty() {
+        return "no conflicts\n".into();
+    }
+    let mut out = format!(
+        "{:<8} {:<6} {:<20} {:<32} {:<20} {:<16} {}\n",
+        "ID", "AGE", "HOST USER", "USERNAME", "REASON", "STATUS", "HELD BY"
+    );
+    for r in rows {
+        let holder = match (&r.holder_host_user_id, &r.holder_embedded_user_id) {
+            (Some(h), _) => format!("host user {h}"),
+            (None, Some(e)) => format!("Embedded user {e}"),
+            (None, None) => "-".into(),
+        };
+        let status = match &r.resolution {
+            Some(resolution) => resolution.clone(),
+            None => r.status.clone(),
+        };
+        out.push_str(&format!(
+            "{:<8} {:<6} {:<20} {:<32} {:<20} {:<16} {}\n",
+            r.id,
+            age(now - r.detected_at),
+            r.host_user_id,
+            r.username,
+            r.reason,
+            status,
+            holder
+        ));
+    }
+    out
+}
+
+/// An age in its largest unit: `45s`, `12m`, `5h`, `3d`.
+fn age(elapsed: chrono::TimeDelta) -> String {
+    let seconds = elapsed.num_seconds().max(0);
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..86400 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86400),
+    }
+}
+
+/// One line saying how an operator's action on conflict `id` ended.
+pub fn describe_done(id: i64, done: &Done) -> String {
+    match done {
+        Done::Adopted { user, full_name } => {
+            let name = match full_name {
+                FullNameFix::AlreadyInLine => String::new(),
+                FullNameFix::Updated => "; its fullName was brought in line".into(),
+                FullNameFix::Failed(error) => format!(
+                    "; its fullName could not be brought in line ({error}): the user's next \
+                     event will"
+                ),
+            };
+            format!("conflict {id} adopted: the host user is linked to Embedded user {user}{name}")
+        }
+        Done::Retried { resolution } => {
+            format!("conflict {id} resolved ({resolution}): the user is synced")
+        }
+        Done::StillOpen { reason, checks } => format!(
+            "conflict {id} is still open: the retry met {reason} again (checked {checks} times)"
+        ),
+        Done::Pending { reason } => format!(
+            "conflict {id} is still open: the retried event waits to be tried again ({}); the \
+             workers will",
+            reason.as_deref().unwrap_or("no reason given")
+        ),
+        Done::Ended { state, reason } => format!(
+            "conflict {id} is still open: the retried event ended {state} ({})",
+            reason.as_deref().unwrap_or("no reason given")
+        ),
+        Done::Ignored => format!(
+            "conflict {id} ignored: the host user stays without an Embedded user under this \
+             username"
+        ),
     }
 }
 
@@ -89,10 +185,64 @@ fn csv_field(value: &str) -> String {
 mod tests {
     use super::*;
 
+    fn row(host: &str, note: Option<&str>) -> ConflictRow {
+        ConflictRow {
+            id: 7,
+            host_user_id: host.into(),
+            username: "a,b@example.com".into(),
+            reason: "taken_in_embedded".into(),
+            status: "open".into(),
+            resolution: None,
+            holder_host_user_id: None,
+            holder_embedded_user_id: Some("6155b19200000000000000aa".into()),
+            event_id: Some(3),
+            detected_at: Utc::now(),
+            resolved_at: None,
+            resolved_by: None,
+            note: note.map(Into::into),
+            checks: 0,
+            checked_at: None,
+        }
+    }
+
     #[test]
-    fn csv_quotes_what_needs_quoting() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    fn csv_neutralises_formulas_and_quotes_what_needs_quoting() {
+        let rows = [
+            row("=HYPERLINK(\"http://x\")", Some("+1 call")),
+            row("@SUM(A1)", Some("-2")),
+            row("42", Some("say \"hi\"")),
+        ];
+        let out = conflicts_csv(&rows).expect("csv");
+        let mut reader = csv::Reader::from_reader(out.as_bytes());
+        let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+        assert_eq!(records.len(), 3);
+        assert_eq!(&records[0][1], "'=HYPERLINK(\"http://x\")");
+        assert_eq!(&records[0][12], "'+1 call");
+        assert_eq!(&records[1][1], "'@SUM(A1)");
+        assert_eq!(&records[1][12], "'-2");
+        assert_eq!(&records[2][1], "42", "a plain cell is left as it is");
+        assert_eq!(
+            &records[2][2], "a,b@example.com",
+            "a comma is quoted, not lost"
+        );
+        assert_eq!(&records[2][12], "say \"hi\"");
+        for record in &records {
+            for cell in record {
+                assert!(
+                    !cell.starts_with(['=', '+', '-', '@']),
+                    "{cell} would run as a formula"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ages_read_in_their_largest_unit() {
+        let s = chrono::TimeDelta::seconds;
+        assert_eq!(age(s(-3)), "0s");
+        assert_eq!(age(s(59)), "59s");
+        assert_eq!(age(s(61)), "1m");
+        assert_eq!(age(s(7200)), "2h");
+        assert_eq!(age(s(90000)), "1d");
     }
 }

@@ -125,6 +125,9 @@ pub struct ApiGate {
     paused_until: Mutex<Option<Instant>>,
     /// Set by a `401`/`403`; cleared by a successful auth probe.
     auth_paused: AtomicBool,
+    /// The last time a caller had to wait for budget (or was told to come
+    /// back): work of the lowest priority goes only when nobody has lately.
+    contended_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for ApiGate {
@@ -184,12 +187,38 @@ impl ApiGate {
             configured_rate,
             paused_until: Mutex::new(None),
             auth_paused: AtomicBool::new(false),
+            contended_at: Mutex::new(None),
         }
     }
 
     /// The rate allowed now, requests per second (adaptive rates move).
     pub fn allowed_rate(&self) -> f64 {
         self.limit.rate(self.configured_rate)
+    }
+
+    /// The right to make one call of the lowest priority (a recheck of an
+    /// old conflict): only when no caller has had to wait for budget for
+    /// `quiet`, so that live events and erasures always go first; otherwise
+    /// the caller is told to come back later.
+    pub async fn acquire_spare(&self, quiet: Duration) -> Result<(), GateRefusal> {
+        match self.spare_in(quiet) {
+            Duration::ZERO => self.acquire().await,
+            wait => Err(GateRefusal::Backoff(wait)),
+        }
+    }
+
+    /// How long until work of the lowest priority may go (see
+    /// [`Self::acquire_spare`]); zero when it may now. Takes no budget.
+    pub fn spare_in(&self, quiet: Duration) -> Duration {
+        if self.auth_paused() || !self.pause_remaining().is_zero() {
+            return quiet;
+        }
+        let contended = *self.contended_at.lock().unwrap_or_else(|e| e.into_inner());
+        contended.map_or(Duration::ZERO, |at| quiet.saturating_sub(at.elapsed()))
+    }
+
+    fn note_contention(&self) {
+        *self.contended_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
     /// Waits for the right to make one call, or says why not now.
@@ -199,9 +228,11 @@ impl ApiGate {
         }
         let pause = self.pause_remaining();
         if pause > MAX_INLINE_WAIT {
+            self.note_contention();
             return Err(GateRefusal::Backoff(pause));
         }
         if !pause.is_zero() {
+            self.note_contention();
             tokio::time::sleep(pause).await;
         }
         let deadline = Instant::now() + MAX_INLINE_WAIT;
@@ -210,6 +241,7 @@ impl ApiGate {
             match self.limit.reserve(max_wait).await {
                 Slot::After(wait) => {
                     if !wait.is_zero() {
+                        self.note_contention();
                         metrics::counter!("user_sync_rate_limit_waits_total").increment(1);
                         tokio::time::sleep(wait).await;
                     }
@@ -220,6 +252,7 @@ impl ApiGate {
                     return Ok(());
                 }
                 Slot::Retry(wait) => {
+                    self.note_contention();
                     metrics::counter!("user_sync_rate_limit_waits_total").increment(1);
                     if wait > max_wait {
                         return Err(GateRefusal::Backoff(wait));
@@ -349,5 +382,19 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(gate.acquire().await, Ok(()));
         assert!(started.elapsed() >= Duration::from_millis(900));
+    }
+
+    #[tokio::test]
+    async fn spare_budget_goes_only_when_nobody_waited_lately() {
+        let gate = ApiGate::new(&settings(50, 1));
+        assert_eq!(gate.acquire_spare(Duration::from_secs(60)).await, Ok(()));
+        // The next call waits for budget: the gate is contended.
+        assert_eq!(gate.acquire().await, Ok(()));
+        match gate.acquire_spare(Duration::from_secs(60)).await {
+            Err(GateRefusal::Backoff(wait)) => assert!(wait <= Duration::from_secs(60)),
+            other => panic!("a contended gate gave spare budget: {other:?}"),
+        }
+        // Quiet long enough (here: no quiet asked for), it goes again.
+        assert_eq!(gate.acquire_spare(Duration::ZERO).await, Ok(()));
     }
 }

@@ -21,7 +21,7 @@ use std::future::Future;
 
 use crate::domain::{
     ConflictReason, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Intent, Profile,
-    Synced, UserState, Username,
+    RESOLVED_BY_WORKER, Resolution, Synced, UserState, Username,
 };
 use crate::storage::Claimed;
 use crate::storage::conflicts::NewConflict;
@@ -68,8 +68,30 @@ pub(crate) struct ConflictRow {
     pub event_id: Option<i64>,
     /// `open` or `resolved`.
     pub status: &'static str,
+    /// How it was resolved (see `domain::Resolution`), and by whom.
+    pub resolution: Option<Resolution>,
+    pub resolved_by: Option<String>,
+    /// An operator's retry under way: who asked.
+    pub retry_by: Option<String>,
+    /// How often it was met again while open.
+    pub checks: u32,
     pub detected_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+}
+
+impl ConflictRow {
+    /// Resolves it as the worker: `retried` when an operator's retry is
+    /// under way, `moot` otherwise.
+    fn resolve_by_worker(&mut self, now: DateTime<Utc>) {
+        self.status = "resolved";
+        self.resolved_at = Some(now);
+        let retry_by = self.retry_by.take();
+        self.resolution = Some(match retry_by {
+            Some(_) => Resolution::Retried,
+            None => Resolution::Moot,
+        });
+        self.resolved_by = Some(retry_by.unwrap_or_else(|| RESOLVED_BY_WORKER.to_owned()));
+    }
 }
 
 /// One proof of erasure: ids and times only.
@@ -496,11 +518,9 @@ impl UserSession for MemorySession {
                 state.finish(applied, EventState::Applied, None);
             }
             let now = Utc::now();
-            let username = synced.profile.username.as_str();
             for c in &mut state.conflicts {
-                if c.host_user_id == host && c.status == "open" && c.username != username {
-                    c.status = "resolved";
-                    c.resolved_at = Some(now);
+                if c.host_user_id == host && c.status == "open" {
+                    c.resolve_by_worker(now);
                 }
             }
             Ok(())
@@ -543,37 +563,38 @@ impl UserSession for MemorySession {
         c: &'a NewConflict<'a>,
     ) -> impl Future<Output = sqlx::Result<bool>> + Send {
         self.with(move |state, _| {
-            // An open unconfirmed_create met again by its user stands; an
-            // open one with another reason no longer does.
-            let kept = c.reason == ConflictReason::TakenInEmbedded
-                && state.conflicts.iter().any(|o| {
-                    o.status == "open"
-                        && o.host_user_id == c.host.as_str()
-                        && o.username == c.username.as_str()
-                        && o.reason == ConflictReason::UnconfirmedCreate
-                        && o.holder_embedded_user_id.as_deref()
-                            == c.holder_embedded_user_id.map(EmbeddedUserId::as_str)
-                });
-            if kept {
+            // An ignored one, or an open unconfirmed_create met again by
+            // its user, stands; an open one with another reason no longer
+            // does (moot); one with the same reason is counted met again.
+            let same = |o: &ConflictRow| {
+                o.host_user_id == c.host.as_str() && o.username == c.username.as_str()
+            };
+            let stands = state.conflicts.iter().any(|o| {
+                same(o)
+                    && (o.resolution == Some(Resolution::Ignored)
+                        || (c.reason == ConflictReason::TakenInEmbedded
+                            && o.status == "open"
+                            && o.reason == ConflictReason::UnconfirmedCreate
+                            && o.holder_embedded_user_id.as_deref()
+                                == c.holder_embedded_user_id.map(EmbeddedUserId::as_str)))
+            });
+            if stands {
                 return Ok(false);
             }
+            let now = Utc::now();
             for o in &mut state.conflicts {
-                if o.status == "open"
-                    && o.host_user_id == c.host.as_str()
-                    && o.username == c.username.as_str()
-                    && o.reason != c.reason
-                {
-                    o.status = "resolved";
-                    o.resolved_at = Some(Utc::now());
+                if o.status == "open" && same(o) && o.reason != c.reason {
+                    o.retry_by = None;
+                    o.resolve_by_worker(now);
                 }
             }
-            let open = state.conflicts.iter().any(|o| {
-                o.status == "open"
-                    && o.host_user_id == c.host.as_str()
-                    && o.username == c.username.as_str()
-                    && o.reason == c.reason
-            });
-            if open {
+            if let Some(open) = state
+                .conflicts
+                .iter_mut()
+                .find(|o| o.status == "open" && same(o) && o.reason == c.reason)
+            {
+                open.checks += 1;
+                open.retry_by = None;
                 return Ok(false);
             }
             state.conflicts.push(ConflictRow {
@@ -584,7 +605,11 @@ impl UserSession for MemorySession {
                 holder_embedded_user_id: c.holder_embedded_user_id.map(|u| u.as_str().to_owned()),
                 event_id: c.event_id,
                 status: "open",
-                detected_at: Utc::now(),
+                resolution: None,
+                resolved_by: None,
+                retry_by: None,
+                checks: 0,
+                detected_at: now,
                 resolved_at: None,
             });
             Ok(true)

@@ -38,11 +38,11 @@ use sqlx::SqlitePool;
 
 use crate::config::{DatabaseKind, DatabaseSettings};
 use crate::domain::{
-    ConflictRow, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Intent, Profile, Status,
-    UserState, Username,
+    ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Intent,
+    Profile, Status, UserState, Username,
 };
 
-pub use conflicts::NewConflict;
+pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
 pub use events::{Claimed, HolderProbe, NextEvent, OutboxEvent};
 #[cfg(test)]
 pub(crate) use memory::{EventRow, MemoryStore, UserRow};
@@ -404,14 +404,81 @@ pub trait Reports: Send + Sync {
     /// Whether the database answers.
     fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>>;
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>>;
-    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>>;
+    /// The conflicts in `status`, oldest first.
+    fn conflicts(&self, status: ConflictStatus) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>>;
+    /// The open conflicts, oldest first.
+    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
+        self.conflicts(ConflictStatus::Open)
+    }
+    /// One conflict, by id.
+    fn conflict(&self, id: i64) -> BoxFuture<'_, sqlx::Result<Option<ConflictRow>>>;
 }
 
-/// What the dispatcher, the sweeper and the ops server need of a backend:
-/// a handful of calls a second, through one trait object.
-pub trait Store: Outbox + Reports {}
+/// What reconciliation does to conflicts, for an operator (`conflicts
+/// resolve`) and for the worker's rechecks. Each change of a conflict
+/// writes its webhook in the same transaction.
+pub trait Reconcile: Send + Sync {
+    /// The newest event of `host`, whatever its state.
+    fn latest_event<'a>(
+        &'a self,
+        host: &'a HostUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<LatestEvent>>>;
+    /// The Embedded user `host` is mapped to, if it is synced.
+    fn mapped_user<'a>(
+        &'a self,
+        host: &'a HostUserId,
+    ) -> BoxFuture<'a, sqlx::Result<Option<String>>>;
+    /// Resolves open conflict `id` `ignored`; false when it is not open.
+    fn ignore<'a>(&'a self, id: i64, operator: Operator<'a>) -> BoxFuture<'a, sqlx::Result<bool>>;
+    /// Marks open conflict `id` as retried by `operator` (it resolves
+    /// `retried` when its user syncs) and puts the host user's newest event
+    /// back to pending at once, its attempts reset: for the workers to
+    /// dispatch (`dispatch`), or as dispatched already, for the caller to
+    /// run. Returns that event, or `None` when the conflict is not open or
+    /// its user has no event.
+    fn ask_retry<'a>(
+        &'a self,
+        id: i64,
+        operator: Operator<'a>,
+        dispatch: bool,
+    ) -> BoxFuture<'a, sqlx::Result<Option<i64>>>;
+    /// Links a conflict's host user to the Embedded user holding its
+    /// username, under the user's lock, after checking that nobody else
+    /// holds either; the conflict resolves `adopted`, the user's other open
+    /// conflicts `moot`.
+    fn adopt<'a>(&'a self, adoption: Adoption<'a>) -> BoxFuture<'a, sqlx::Result<Adopted>>;
+    /// Records the full name an adopted user was brought in line with.
+    fn record_full_name<'a>(
+        &'a self,
+        host: &'a HostUserId,
+        user: &'a EmbeddedUserId,
+        full_name: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<()>>;
+    /// Claims up to `limit` open conflicts due a recheck, and moves each
+    /// one's next recheck `interval` ahead (every process shares the
+    /// schedule: each conflict is looked at once per interval).
+    fn claim_rechecks(
+        &self,
+        limit: u32,
+        interval: Duration,
+    ) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>>;
+    /// Sends the newest event of `host` again at once when it ended in a
+    /// conflict; returns it.
+    fn wake<'a>(&'a self, host: &'a str) -> BoxFuture<'a, sqlx::Result<Option<i64>>>;
+    /// Whether `holder` still holds or claims `username`.
+    fn still_holds<'a>(
+        &'a self,
+        holder: &'a str,
+        username: &'a str,
+    ) -> BoxFuture<'a, sqlx::Result<bool>>;
+}
 
-impl<T: Outbox + Reports> Store for T {}
+/// What the dispatcher, the sweeper, the ops server and operators' commands
+/// need of a backend: a handful of calls a second, through one trait
+/// object.
+pub trait Store: Outbox + Reports + Reconcile {}
+
+impl<T: Outbox + Reports + Reconcile> Store for T {}
 
 /// The database `database.url` names, connected: PostgreSQL (beside Redis)
 /// or a SQLite file (the single-file mode, queue included).

@@ -1,4 +1,5 @@
-//! The Embedded API as a backfill calls it: through the process's gate, as
+//! The Embedded API as a foreground command (the backfill, an operator's
+//! `conflicts resolve`) calls it: through the process's gate, as
 //! the jobs do, with the worker's retry policy cut to waits a foreground run
 //! can sit through, and [`Resend`] saying which failures a call may be sent
 //! again after (a create that may have been applied never is).
@@ -16,7 +17,7 @@ use crate::retry::{Backoff, Retry, RetryPolicy};
 
 /// When a failed call may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Resend {
+pub enum Resend {
     /// Reads: any retryable failure.
     Always,
     /// Creates: only when nothing can have been applied (`429`, or no
@@ -26,17 +27,17 @@ pub(super) enum Resend {
 
 /// The API through the process's gate, as the jobs call it: `acquire`
 /// before each call, `observe` after each error.
-pub(super) struct Api {
-    pub(super) client: EmbeddedClient,
-    pub(super) gate: Arc<ApiGate>,
-    pub(super) worker: WorkerSettings,
+pub struct Api {
+    pub client: EmbeddedClient,
+    pub gate: Arc<ApiGate>,
+    pub worker: WorkerSettings,
 }
 
 /// A foreground run waits at most this long between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Api {
-    pub(super) async fn call<T, F, Fut>(&self, retry: Resend, make: F) -> Result<T, ApiError>
+    pub async fn call<T, F, Fut>(&self, retry: Resend, make: F) -> Result<T, ApiError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,

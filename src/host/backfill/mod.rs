@@ -65,7 +65,7 @@ use crate::ratelimit::ApiGate;
 use crate::storage::{BackfillTables, Database, ProcessLock, SyncStore};
 use crate::sync::SyncContext;
 
-use api::{Api, Resend};
+pub use api::{Api, Resend};
 use db::{BackfillDb, Opened};
 use report::{Output, Progress};
 pub use report::{OutputFormat, Summary};

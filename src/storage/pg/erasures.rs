@@ -38,6 +38,15 @@ pub async fn erase(
     .bind(closure_event_id)
     .execute(&mut *tx)
     .await?;
+    // Its open conflicts end with it (the host hears of each), then go:
+    // they name its username.
+    sqlx::query(concat!(
+        "WITH synced AS (SELECT unnest($1::text[]) AS host_user_id),",
+        super::conflicts::resolve_synced!()
+    ))
+    .bind([host.as_str()])
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("DELETE FROM user_sync.conflicts WHERE host_user_id = $1")
         .bind(host.as_str())
         .execute(&mut *tx)

@@ -2,7 +2,7 @@
 
 use futures::future::BoxFuture;
 
-use crate::domain::{ConflictRow, Status};
+use crate::domain::{ConflictRow, ConflictStatus, Status};
 use crate::storage::{PgStore, Reports, ping};
 
 impl Reports for PgStore {
@@ -44,15 +44,26 @@ impl Reports for PgStore {
         })
     }
 
-    /// The open conflicts, oldest first.
-    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
+    fn conflicts(&self, status: ConflictStatus) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
         Box::pin(async move {
-            sqlx::query_as(
-                "SELECT id, host_user_id, username, reason, holder_host_user_id,
-                        holder_embedded_user_id, event_id, detected_at
-                 FROM user_sync.conflicts WHERE status = 'open' ORDER BY id",
-            )
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync.conflicts WHERE status = ANY($1) ORDER BY id",
+                ConflictRow::COLUMNS
+            )))
+            .bind(status.statuses())
             .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn conflict(&self, id: i64) -> BoxFuture<'_, sqlx::Result<Option<ConflictRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync.conflicts WHERE id = $1",
+                ConflictRow::COLUMNS
+            )))
+            .bind(id)
+            .fetch_optional(self.pool())
             .await
         })
     }

@@ -168,8 +168,8 @@ pub async fn holders_of(
 }
 
 /// Records that each host user now has its Embedded user and profile, and
-/// resolves its open conflicts over other usernames; each `applied` event
-/// ends `applied` in the same statement.
+/// resolves its open conflicts (see `conflicts::resolve_synced`); each
+/// `applied` event ends `applied` in the same statement.
 pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx::Result<()> {
     let hosts: Vec<&str> = users.iter().map(|u| u.host.as_str()).collect();
     let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
@@ -180,8 +180,8 @@ pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx:
         .collect();
     let events: Vec<i64> = users.iter().map(|u| u.event_id).collect();
     let applied: Vec<Option<i64>> = users.iter().map(|u| u.applied).collect();
-    sqlx::query(
-        "WITH t AS (
+    sqlx::query(concat!(
+        r#"WITH t AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[],
                                   $6::bigint[]) AS t(h, i, u, n, e, a)),
          synced AS (
@@ -196,12 +196,9 @@ pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx:
          applied AS (
              UPDATE user_sync.events e
              SET state = 'applied', reason = NULL, finished_at = now()
-             FROM t WHERE e.id = t.a AND e.state IS NOT DISTINCT FROM 'pending')
-         UPDATE user_sync.conflicts c SET status = 'resolved', resolved_at = now()
-         FROM synced s
-         WHERE c.host_user_id = ANY($1::text[]) AND c.host_user_id = s.host_user_id
-           AND c.status = 'open' AND c.username <> s.username",
-    )
+             FROM t WHERE e.id = t.a AND e.state IS NOT DISTINCT FROM 'pending'),"#,
+        super::conflicts::resolve_synced!()
+    ))
     // Planned for these rows each time: a plan cached while the table was
     // small would read all of it once it has grown.
     .persistent(false)
@@ -408,7 +405,7 @@ pub async fn claim_many_for_create(
 
 /// [`mark_synced`] for many host users whose locks the caller holds, with
 /// the same effects: the row is `synced` with the user and its profile, and
-/// the host user's open conflicts over another username are resolved. The
+/// the host user's open conflicts are resolved. The
 /// last event id is kept. Returns how many rows it changed.
 pub async fn mark_synced_many(conn: &mut PgConnection, found: &[Found<'_>]) -> sqlx::Result<u64> {
     if found.is_empty() {
@@ -436,14 +433,11 @@ pub async fn mark_synced_many(conn: &mut PgConnection, found: &[Found<'_>]) -> s
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    sqlx::query(
-        "UPDATE user_sync.conflicts c SET status = 'resolved', resolved_at = now()
-         FROM unnest($1::text[], $2::text[]) AS t(h, u)
-         WHERE c.host_user_id = ANY($1::text[]) AND c.host_user_id = t.h
-           AND c.status = 'open' AND c.username <> t.u",
-    )
+    sqlx::query(concat!(
+        "WITH synced AS (SELECT unnest($1::text[]) AS host_user_id),",
+        super::conflicts::resolve_synced!()
+    ))
     .bind(&hosts)
-    .bind(&usernames)
     .execute(conn)
     .await?;
     Ok(changed)

@@ -8,6 +8,7 @@ use crate::domain::WebhookKind;
 /// Writes a webhook of `kind` with `data` (ids, reasons and resolutions
 /// only), in the caller's transaction, when the deployment sends that kind
 /// (`user_sync.webhook_subscriptions`).
+#[allow(dead_code)] // Until erasures and failed events write theirs.
 pub async fn enqueue(
     conn: &mut PgConnection,
     kind: WebhookKind,

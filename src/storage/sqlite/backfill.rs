@@ -145,17 +145,8 @@ impl BackfillTables for SqliteBackfill {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query(
-            "UPDATE user_sync_conflicts SET status = 'resolved', resolved_at = ?2
-             WHERE status = 'open' AND EXISTS (
-                 SELECT 1 FROM json_each(?1)
-                 WHERE value ->> 0 = user_sync_conflicts.host_user_id
-                   AND value ->> 2 <> user_sync_conflicts.username)",
-        )
-        .bind(&list)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+        let hosts: Vec<&str> = found.iter().map(|f| f.host.as_str()).collect();
+        conflicts::resolve_synced(&mut tx, &hosts, &now).await?;
         tx.commit().await?;
         Ok(changed)
     }

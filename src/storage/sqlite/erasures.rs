@@ -40,6 +40,9 @@ pub(super) async fn erase(
     .bind(closure_event_id)
     .execute(&mut *tx)
     .await?;
+    // Its open conflicts end with it (the host hears of each), then go:
+    // they name its username.
+    super::conflicts::resolve_synced(&mut tx, &[host], &now).await?;
     sqlx::query("DELETE FROM user_sync_conflicts WHERE host_user_id = ?1")
         .bind(host)
         .execute(&mut *tx)

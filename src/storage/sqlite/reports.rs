@@ -5,7 +5,7 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use sqlx::Row;
 
-use crate::domain::{ConflictRow, Status};
+use crate::domain::{ConflictRow, ConflictStatus, Status};
 use crate::storage::{Reports, SqliteStore, ping};
 
 use super::parse_at;
@@ -50,15 +50,27 @@ impl Reports for SqliteStore {
         })
     }
 
-    /// The open conflicts, oldest first.
-    fn open_conflicts(&self) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
+    fn conflicts(&self, status: ConflictStatus) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
         Box::pin(async move {
-            sqlx::query_as(
-                "SELECT id, host_user_id, username, reason, holder_host_user_id,
-                        holder_embedded_user_id, event_id, detected_at
-                 FROM user_sync_conflicts WHERE status = 'open' ORDER BY id",
-            )
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync_conflicts
+                 WHERE status IN (SELECT value FROM json_each(?1)) ORDER BY id",
+                ConflictRow::COLUMNS
+            )))
+            .bind(serde_json::json!(status.statuses()).to_string())
             .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn conflict(&self, id: i64) -> BoxFuture<'_, sqlx::Result<Option<ConflictRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync_conflicts WHERE id = ?1",
+                ConflictRow::COLUMNS
+            )))
+            .bind(id)
+            .fetch_optional(self.pool())
             .await
         })
     }

@@ -99,8 +99,7 @@ pub(crate) async fn holder_of(
 }
 
 /// Records the user's Embedded user and profile and resolves its open
-/// conflicts over other usernames; with `applied`, that event ends
-/// `applied` too.
+/// conflicts; with `applied`, that event ends `applied` too.
 pub(super) async fn mark_synced(
     pool: &SqlitePool,
     host: &HostUserId,
@@ -132,15 +131,7 @@ pub(super) async fn mark_synced(
     if let Some(applied) = applied {
         super::events::mark_applied(&mut tx, applied, &now).await?;
     }
-    sqlx::query(
-        "UPDATE user_sync_conflicts SET status = 'resolved', resolved_at = ?3
-         WHERE host_user_id = ?1 AND status = 'open' AND username <> ?2",
-    )
-    .bind(host.as_str())
-    .bind(profile.username.as_str())
-    .bind(&now)
-    .execute(&mut *tx)
-    .await?;
+    super::conflicts::resolve_synced(&mut tx, &[host.as_str()], &now).await?;
     tx.commit().await
 }
 

@@ -18,7 +18,6 @@ macro_rules! webhook_body {
         )
     };
 }
-pub(crate) use webhook_body;
 
 /// Writes a webhook of `kind` with `data` (ids, reasons and resolutions
 /// only), in the caller's transaction, when the deployment sends that kind
@@ -33,9 +32,9 @@ pub(crate) async fn enqueue(
         webhook_body!("?1", "?2"),
         " WHERE EXISTS (SELECT 1 FROM user_sync_webhook_subscriptions WHERE type = ?1)"
     ))
-        .bind(kind.as_str())
-        .bind(data.to_string())
-        .execute(conn)
-        .await?;
+    .bind(kind.as_str())
+    .bind(data.to_string())
+    .execute(conn)
+    .await?;
     Ok(())
 }
