@@ -10,6 +10,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::{Backend, Env};
+
+const SETTLE: Duration = Duration::from_secs(30);
 use tokio_util::sync::CancellationToken;
 use user_sync::host::{self, BackfillOptions, Mode, OutputFormat, Summary};
 use user_sync_sandbox::{FaultUpdate, SandboxOptions};
@@ -301,6 +303,7 @@ on_each_backend!(
     a_claim_is_adopted_only_when_the_user_holding_its_name_proves_it,
     a_bad_source_fails_at_start_naming_the_key,
     a_custom_query_source_is_paged_too,
+    conflicts_the_backfill_found_can_be_retried_and_resolve_themselves,
 );
 
 async fn batch_backfill_maps_every_open_account_and_reports_each_conflict_once(backend: Backend) {
@@ -832,4 +835,62 @@ async fn cut_first_list(upstream: url::Url, keep: usize) -> CuttingProxy {
         }
     });
     CuttingProxy { url, lists }
+}
+
+/// A conflict the backfill found has an event of its own (the host user's
+/// profile from its table, ended `conflict`): an operator's retry applies
+/// it, and so does the worker once the other host user lets the username go.
+async fn conflicts_the_backfill_found_can_be_retried_and_resolve_themselves(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    host_accounts(&env, 2003).await;
+    let (done, _) = backfill_with(&env, &[], options(Mode::Batch)).await;
+    assert_eq!(done.conflicts, 8, "{done:?}");
+    let waiting: Vec<(i64, Option<i64>)> = env
+        .rows(
+            "SELECT id, event_id FROM user_sync.conflicts
+             WHERE host_user_id IN ('1001', '2001') ORDER BY host_user_id",
+        )
+        .await;
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    assert!(
+        waiting.iter().all(|(_, event)| event.is_some()),
+        "{waiting:?}"
+    );
+
+    // 1 closes its account: 1001, waiting for its username, is synced with
+    // the profile its host row had.
+    let run = common::process::Running::start(&env).await;
+    env.closure("1").await;
+    common::eventually(SETTLE, "1001 is synced", || async {
+        env.embedded_id("1001").await.is_some()
+    })
+    .await;
+    run.stop().await;
+    let resolution: Vec<(String, Option<String>)> = env
+        .rows(&format!(
+            "SELECT status, resolution FROM user_sync.conflicts WHERE id = {}",
+            waiting[0].0
+        ))
+        .await;
+    assert_eq!(resolution, [("resolved".into(), Some("moot".into()))]);
+    let made = env
+        .sandbox
+        .users()
+        .into_iter()
+        .find(|u| u.username == "user1@example.com");
+    assert_eq!(made.and_then(|u| u.full_name).as_deref(), Some("User 1001"));
+
+    // 2001's username is held outside: freed by an operator, then retried.
+    let holder = seeded_id(&env, "user2001@example.com");
+    let api = common::client_of(&env.sandbox, common::KEY, None);
+    let holder = user_sync::domain::EmbeddedUserId::parse(&holder).expect("an id");
+    api.delete_user(&holder)
+        .await
+        .expect("the holder is deleted");
+    let id = waiting[1].0.to_string();
+    let retried =
+        common::process::run_once(&env.vars(), &["conflicts", "resolve", &id, "--retry"]).await;
+    assert!(retried.status.success(), "{retried}");
+    assert!(env.embedded_id("2001").await.is_some());
+    env.finish().await;
 }

@@ -38,8 +38,8 @@ use sqlx::SqlitePool;
 
 use crate::config::{DatabaseKind, DatabaseSettings};
 use crate::domain::{
-    ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Intent,
-    Profile, Status, UserState, Username,
+    ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, EventState, FullName, HostUserId,
+    Intent, Profile, Status, UserState, Username,
 };
 
 pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
@@ -362,10 +362,15 @@ pub trait BackfillTables: Send {
         host: &'a HostUserId,
         state: UserState,
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
-    /// Reports a conflict once; returns whether a row was added.
+    /// Reports a conflict once; returns whether a row was added. A conflict
+    /// added gets an event of its own, a `signup` of the user's profile
+    /// (`conflict.username`, `full_name`) ended `conflict`, as if the host
+    /// had written it: an operator's retry, or the conflict's user woken
+    /// when the username is free, applies it.
     fn report_conflict<'a>(
         &'a mut self,
         conflict: &'a NewConflict<'a>,
+        full_name: Option<&'a FullName>,
     ) -> impl Future<Output = sqlx::Result<bool>> + Send;
     /// Rows `creating` claimed at or after `since`, in host id order after
     /// `after`: the backfill's creates waiting for their user id.

@@ -60,6 +60,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                 Claim::TakenBy(holder) => {
                     let found = ConflictFound {
                         username: create.1.username.clone(),
+                        full_name: create.1.full_name.clone(),
                         reason: ConflictReason::TakenByHostUser,
                         holder_host_user_id: Some(holder),
                         holder_embedded_user_id: None,
@@ -182,6 +183,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                 };
                 let conflict = ConflictFound {
                     username: username.clone(),
+                    full_name: entry.profile.full_name.clone(),
                     reason,
                     holder_host_user_id: None,
                     holder_embedded_user_id: Some(user.user_id),
@@ -269,6 +271,7 @@ impl<D: super::db::BackfillDb> Run<D> {
                                 host,
                                 ConflictFound {
                                     username,
+                                    full_name: row.full_name.as_deref().map(FullName::from_api),
                                     reason: ConflictReason::UnconfirmedCreate,
                                     holder_host_user_id: None,
                                     holder_embedded_user_id: Some(user.user_id.clone()),

@@ -7,7 +7,7 @@
 //! run's counts are what the real run then does.
 
 use crate::domain::{
-    ClaimCheck, ConflictReason, EmbeddedUserId, HostUserId, Intent, Profile, Username,
+    ClaimCheck, ConflictReason, EmbeddedUserId, FullName, HostUserId, Intent, Profile, Username,
 };
 use crate::embedded::EmbeddedUser;
 
@@ -60,6 +60,9 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConflictFound {
     pub username: Username,
+    /// The host's name for the user, kept with the conflict's event (an
+    /// operator's retry applies it).
+    pub full_name: Option<FullName>,
     pub reason: ConflictReason,
     pub holder_host_user_id: Option<HostUserId>,
     pub holder_embedded_user_id: Option<EmbeddedUserId>,
@@ -86,6 +89,7 @@ pub fn decide(
                     // Never a second mapping of one Embedded user.
                     return Decision::Conflict(ConflictFound {
                         username: want.username.clone(),
+                        full_name: want.full_name.clone(),
                         reason: ConflictReason::TakenByHostUser,
                         holder_host_user_id: Some(other.clone()),
                         holder_embedded_user_id: Some(user.user_id.clone()),
@@ -99,6 +103,7 @@ pub fn decide(
                     // Not proven that claim's create: never adopted.
                     return Decision::Conflict(ConflictFound {
                         username: want.username.clone(),
+                        full_name: want.full_name.clone(),
                         reason: ConflictReason::UnconfirmedCreate,
                         holder_host_user_id: None,
                         holder_embedded_user_id: Some(user.user_id.clone()),
@@ -117,6 +122,7 @@ pub fn decide(
         |reason, holder_host: Option<&HostUserId>, holder_embedded: Option<&EmbeddedUser>| {
             Decision::Conflict(ConflictFound {
                 username: want.username.clone(),
+                full_name: want.full_name.clone(),
                 reason,
                 holder_host_user_id: holder_host.cloned(),
                 holder_embedded_user_id: holder_embedded.map(|u| u.user_id.clone()),
@@ -238,6 +244,7 @@ mod tests {
             judge(&h, &w, &mapped, true),
             Decision::Conflict(ConflictFound {
                 username: w.username.clone(),
+                full_name: w.full_name.clone(),
                 reason: ConflictReason::TakenByHostUser,
                 holder_host_user_id: Some(host("h0")),
                 holder_embedded_user_id: Some(EmbeddedUserId::parse("e1").unwrap()),
@@ -282,6 +289,7 @@ mod tests {
             judge(&h, &w, &outside, false),
             Decision::Conflict(ConflictFound {
                 username: w.username.clone(),
+                full_name: w.full_name.clone(),
                 reason: ConflictReason::TakenInEmbedded,
                 holder_host_user_id: None,
                 holder_embedded_user_id: Some(EmbeddedUserId::parse("e9").unwrap()),
@@ -336,6 +344,7 @@ mod tests {
                 judge(&h, &w, &found(id), true),
                 Decision::Conflict(ConflictFound {
                     username: w.username.clone(),
+                    full_name: w.full_name.clone(),
                     reason: ConflictReason::UnconfirmedCreate,
                     holder_host_user_id: None,
                     holder_embedded_user_id: Some(EmbeddedUserId::parse(id).unwrap()),

@@ -237,7 +237,13 @@ impl<D: super::db::BackfillDb> Run<D> {
             holder_embedded_user_id: c.holder_embedded_user_id.as_ref(),
             event_id: None,
         };
-        if self.db.tables().report_conflict(&conflict).await? {
+        let full_name = c.full_name.as_ref();
+        if self
+            .db
+            .tables()
+            .report_conflict(&conflict, full_name)
+            .await?
+        {
             crate::sync::reported(&conflict);
         }
         self.summary.conflicts += 1;
@@ -283,6 +289,7 @@ fn within_page<'a>(
     match first_of.get(&want.username) {
         Some(first) => Decision::Conflict(ConflictFound {
             username: want.username.clone(),
+            full_name: want.full_name.clone(),
             reason: ConflictReason::TakenByHostUser,
             holder_host_user_id: Some((*first).clone()),
             holder_embedded_user_id: None,

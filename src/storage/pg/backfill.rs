@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::domain::{HostUserId, Profile, UserState};
+use crate::domain::{FullName, HostUserId, Profile, UserState};
 use crate::storage::{
     BackfillTables, Claim, ClaimIntent, EventStateDue, Found, NewConflict, Signup, Unconfirmed,
 };
@@ -46,8 +46,16 @@ impl BackfillTables for PgConnection {
         users::set_without_user(self, host, state).await
     }
 
-    async fn report_conflict(&mut self, conflict: &NewConflict<'_>) -> sqlx::Result<bool> {
-        conflicts::report_conflict(self, conflict).await
+    async fn report_conflict(
+        &mut self,
+        conflict: &NewConflict<'_>,
+        full_name: Option<&FullName>,
+    ) -> sqlx::Result<bool> {
+        let added = conflicts::report_conflict(self, conflict).await?;
+        if added {
+            conflicts::record_event_of(self, conflict, full_name).await?;
+        }
+        Ok(added)
     }
 
     async fn unconfirmed_since(

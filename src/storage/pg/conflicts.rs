@@ -80,6 +80,32 @@ pub async fn report_conflict(conn: &mut PgConnection, c: &NewConflict<'_>) -> sq
     Ok(added)
 }
 
+/// Gives a conflict the backfill found an event of its own (see
+/// `BackfillTables::report_conflict`).
+pub async fn record_event_of(
+    conn: &mut PgConnection,
+    c: &NewConflict<'_>,
+    full_name: Option<&FullName>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH e AS (
+             INSERT INTO user_sync.events
+                 (host_user_id, kind, email, full_name, state, dispatched_at, reason, finished_at)
+             VALUES ($1, 'signup', $2, $3, 'conflict', now(), $4, now())
+             RETURNING id)
+         UPDATE user_sync.conflicts c SET event_id = e.id FROM e
+         WHERE c.host_user_id = $1 AND c.username = $2 AND c.status = 'open'
+           AND c.event_id IS NULL",
+    )
+    .bind(c.host.as_str())
+    .bind(c.username.as_str())
+    .bind(full_name.map(FullName::as_str))
+    .bind(c.reason.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The part of a statement that resolves, as the worker, the open conflicts
 /// of the host users in `synced(host_user_id)`: `retried` (by the operator
 /// who asked) when an operator's retry is under way, `moot` otherwise; each

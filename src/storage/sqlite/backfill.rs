@@ -166,8 +166,16 @@ impl BackfillTables for SqliteBackfill {
         Ok(())
     }
 
-    async fn report_conflict(&mut self, conflict: &NewConflict<'_>) -> sqlx::Result<bool> {
-        conflicts::report_conflict(&self.pool, conflict).await
+    async fn report_conflict(
+        &mut self,
+        conflict: &NewConflict<'_>,
+        full_name: Option<&FullName>,
+    ) -> sqlx::Result<bool> {
+        let added = conflicts::report_conflict(&self.pool, conflict).await?;
+        if added {
+            conflicts::record_event_of(&self.pool, conflict, full_name).await?;
+        }
+        Ok(added)
     }
 
     async fn unconfirmed_since(

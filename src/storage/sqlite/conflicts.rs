@@ -90,6 +90,41 @@ pub(crate) async fn report_conflict(pool: &SqlitePool, c: &NewConflict<'_>) -> s
     Ok(true)
 }
 
+/// Gives a conflict the backfill found an event of its own (see
+/// `BackfillTables::report_conflict`).
+pub(crate) async fn record_event_of(
+    pool: &SqlitePool,
+    c: &NewConflict<'_>,
+    full_name: Option<&FullName>,
+) -> sqlx::Result<()> {
+    let now = now_text();
+    let mut tx = pool.begin().await?;
+    let event: i64 = sqlx::query_scalar(
+        "INSERT INTO user_sync_events
+             (host_user_id, kind, email, full_name, state, occurred_at, available_at,
+              dispatched_at, reason, finished_at)
+         VALUES (?1, 'signup', ?2, ?3, 'conflict', ?5, ?5, ?5, ?4, ?5)
+         RETURNING id",
+    )
+    .bind(c.host.as_str())
+    .bind(c.username.as_str())
+    .bind(full_name.map(FullName::as_str))
+    .bind(c.reason.as_str())
+    .bind(&now)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE user_sync_conflicts SET event_id = ?3
+         WHERE host_user_id = ?1 AND username = ?2 AND status = 'open' AND event_id IS NULL",
+    )
+    .bind(c.host.as_str())
+    .bind(c.username.as_str())
+    .bind(event)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 /// Resolves, as the worker, the open conflicts of `hosts`, which just
 /// synced: `retried` (by the operator who asked) when an operator's retry
 /// is under way, `moot` otherwise; each writes its webhook.
