@@ -170,11 +170,14 @@ impl Parts<'_> {
 
         // Work stops being taken at once on shutdown; running jobs get the
         // grace period.
+        self.tasks
+            .spawn(follow_pause(store.clone(), gate.clone(), shutdown.clone()));
         let dispatcher = Dispatcher::new(
             store.clone(),
             job_queue.clone(),
             settings.dispatcher.clone(),
-        );
+        )
+        .holding_while_paused(gate.clone());
         let stop = shutdown.clone();
         self.tasks.spawn(async move {
             if let Err(error) = dispatcher.run(stop).await {
@@ -233,6 +236,27 @@ fn pool_size(settings: &Settings) -> u32 {
     u32::try_from(settings.worker.concurrency)
         .unwrap_or(u32::MAX)
         .saturating_add(4)
+}
+
+/// How often a process reads the deployment's pause: a pause stops every
+/// process's API calls within this (plus a call already under way).
+const PAUSE_POLL: Duration = Duration::from_millis(250);
+
+/// Follows the deployment's pause (`user-sync pause`/`resume`, kept in the
+/// database) into the gate, which refuses every call while it holds; a
+/// database that does not answer leaves the last state as it was.
+async fn follow_pause(store: Arc<dyn Store>, gate: Arc<ApiGate>, shutdown: CancellationToken) {
+    metrics::gauge!("user_sync_paused").set(0.0);
+    loop {
+        match store.pause_state().await {
+            Ok(pause) => gate.set_operator_paused(pause.is_some()),
+            Err(error) => tracing::debug!(%error, "reading the pause failed; it is read again"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PAUSE_POLL) => {}
+        }
+    }
 }
 
 /// While the API refuses the key, asks again every `interval` with a

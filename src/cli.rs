@@ -87,6 +87,29 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ConflictFormat::Table)]
         format: ConflictFormat,
     },
+    /// Pause every process's calls to the Embedded API, deployment-wide.
+    ///
+    /// For an incident: an Embedded outage, a host deploy that writes wrong
+    /// emails. Within a second every `user-sync run` stops calling the API
+    /// and stops dispatching; events stay pending (nothing fails, nothing is
+    /// lost) until `user-sync resume`. `status`, /metrics
+    /// (`user_sync_paused`) and the console say since when and why;
+    /// /readyz stays 200 (paused is not broken). Pausing again keeps the
+    /// first time and takes the new reason.
+    ///
+    /// Example: user-sync pause --reason "INC-2231: host writes bad emails" --by alice
+    Pause {
+        /// Why, shown with the pause.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        /// Who pauses (default: $USER).
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+    },
+    /// Lift `user-sync pause`: every process picks the pending events up.
+    ///
+    /// Example: user-sync resume
+    Resume,
     /// Serve a local, in-memory simulator of the Embedded Users API, with
     /// injectable faults (rate limits, 5xx, cut connections, latency).
     ///
@@ -366,6 +389,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", host::install_triggers(&database, target, drop).await?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pause { reason, by } => {
+            let settings = load_settings()?;
+            let store = open_store(&settings).await?;
+            let by = operator_name(by);
+            let pause = store.pause(&by, reason.as_deref()).await?;
+            println!("paused: {}", ops::describe_pause(&pause));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume => {
+            let settings = load_settings()?;
+            let store = open_store(&settings).await?;
+            match store.resume().await? {
+                Some(pause) => println!("resumed (was {})", ops::describe_pause(&pause)),
+                None => println!("not paused: nothing to resume"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Conflicts {
             resolve: None,
             status,
@@ -391,12 +431,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ..
         } => {
             let settings = load_settings()?;
-            let by = by
-                .or_else(|| std::env::var("USER").ok())
-                .filter(|by| !by.trim().is_empty())
-                .unwrap_or_else(|| "operator".into());
+            let by = operator_name(by);
             let operator = Operator {
-                by: by.trim(),
+                by: &by,
                 note: note.as_deref(),
             };
             resolve_conflict(&settings, id, action.action(), operator).await
@@ -459,6 +496,14 @@ async fn open_store(settings: &Settings) -> anyhow::Result<std::sync::Arc<dyn St
     let database = Database::connect(&settings.database, 1).await?;
     database.check_current().await?;
     Ok(database.into_store())
+}
+
+/// Who acts: `--by`, else `$USER`, else `operator`.
+fn operator_name(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .map(|by| by.trim().to_owned())
+        .filter(|by| !by.is_empty())
+        .unwrap_or_else(|| "operator".into())
 }
 
 /// SIGTERM (what orchestrators send) or Ctrl-C.

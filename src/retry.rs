@@ -17,6 +17,11 @@ use crate::config::WorkerSettings;
 use crate::embedded::ApiError;
 use crate::ratelimit::GateRefusal;
 
+/// How soon an event refused by an operator's pause is looked at again:
+/// the dispatcher holds everything else back while paused, so this is only
+/// the few events already in the queue when the pause came.
+pub const OPERATOR_PAUSE_RETRY: Duration = Duration::from_secs(2);
+
 /// Full-jitter exponential backoff: after `attempt` failures, a random wait
 /// in `[1 ms, min(cap, base * 2^attempt)]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +120,11 @@ impl RetryPolicy {
                 after: self.auth_retry_interval,
                 counts_attempt: false,
                 reason: "paused: the Embedded API refused the API key".into(),
+            },
+            Stop::Gate(GateRefusal::Paused) => Retry::After {
+                after: OPERATOR_PAUSE_RETRY,
+                counts_attempt: false,
+                reason: "paused by an operator".into(),
             },
             Stop::Gate(GateRefusal::Backoff(wait)) => Retry::After {
                 after: *wait,

@@ -21,6 +21,16 @@ pub struct Status {
     pub completed_erasures: i64,
     /// Age of the oldest pending event, in seconds (0 when none is pending).
     pub outbox_lag_seconds: f64,
+    /// Set while an operator has paused the deployment.
+    pub paused: Option<Pause>,
+}
+
+/// An operator's pause of the deployment: since when, by whom, why.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct Pause {
+    pub paused_at: DateTime<Utc>,
+    pub paused_by: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// One conflict, with what an operator needs to resolve it.

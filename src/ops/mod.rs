@@ -11,4 +11,4 @@ mod status;
 pub use http::{OpsState, serve};
 pub use metrics::recorder;
 pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, recheck_conflicts};
-pub use status::{ConflictFormat, describe_done, render_conflicts, status_table};
+pub use status::{ConflictFormat, describe_done, describe_pause, render_conflicts, status_table};

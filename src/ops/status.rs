@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ConflictRow, Status};
+use crate::domain::{ConflictRow, Pause, Status};
 use crate::ops::{Done, FullNameFix};
 
 /// `user-sync status` as a table of two columns.
@@ -17,6 +17,13 @@ pub fn status_table(status: &Status) -> String {
         ("open conflicts", status.open_conflicts.to_string()),
         ("completed erasures", status.completed_erasures.to_string()),
         ("outbox lag", format!("{:.1}s", status.outbox_lag_seconds)),
+        (
+            "paused",
+            status
+                .paused
+                .as_ref()
+                .map_or_else(|| "no".into(), describe_pause),
+        ),
     ];
     rows.iter()
         .map(|(k, v)| format!("{k:<20} {v:>12}\n"))
@@ -29,6 +36,23 @@ pub enum ConflictFormat {
     Table,
     Json,
     Csv,
+}
+
+/// A pause in words: since when, by whom, why.
+pub fn describe_pause(pause: &Pause) -> String {
+    let mut text = format!(
+        "since {}",
+        pause
+            .paused_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    if let Some(by) = &pause.paused_by {
+        text.push_str(&format!(" by {by}"));
+    }
+    if let Some(reason) = &pause.reason {
+        text.push_str(&format!(": {reason}"));
+    }
+    text
 }
 
 /// `user-sync conflicts` in `format`, ages as of `now`.

@@ -14,13 +14,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DispatcherSettings;
 use crate::queue::{JobEvent, JobQueue, SyncJob};
+use crate::ratelimit::ApiGate;
 use crate::retry::Backoff;
 use crate::storage::Outbox;
+
+/// How often a paused dispatcher looks whether the pause is over.
+const PAUSED_POLL: Duration = Duration::from_millis(100);
 
 pub struct Dispatcher {
     outbox: Arc<dyn Outbox>,
     queue: Arc<dyn JobQueue>,
     settings: DispatcherSettings,
+    /// While an operator's pause holds this gate, nothing is dispatched:
+    /// events stay pending in the outbox.
+    gate: Option<Arc<ApiGate>>,
 }
 
 impl Dispatcher {
@@ -33,7 +40,20 @@ impl Dispatcher {
             outbox,
             queue,
             settings,
+            gate: None,
         }
+    }
+
+    /// Holds dispatching back while an operator has paused `gate`.
+    pub fn holding_while_paused(mut self, gate: Arc<ApiGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    fn paused(&self) -> bool {
+        self.gate
+            .as_ref()
+            .is_some_and(|gate| gate.operator_paused())
     }
 
     /// Dispatches one batch; returns how many events went to the queue.
@@ -74,6 +94,12 @@ impl Dispatcher {
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
+            }
+            if self.paused() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(PAUSED_POLL) => continue,
+                }
             }
             match self.dispatch_once().await {
                 Ok(n) if n == self.settings.batch_size as usize => {

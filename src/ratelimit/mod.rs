@@ -48,6 +48,9 @@ pub const ADAPTIVE_FLOOR: f64 = 1.0;
 pub enum GateRefusal {
     /// The API refused the key; calls resume when a probe succeeds.
     AuthPaused,
+    /// An operator paused the deployment (`user-sync pause`); calls resume
+    /// with `user-sync resume`.
+    Paused,
     /// Come back after this long.
     Backoff(Duration),
 }
@@ -125,6 +128,9 @@ pub struct ApiGate {
     paused_until: Mutex<Option<Instant>>,
     /// Set by a `401`/`403`; cleared by a successful auth probe.
     auth_paused: AtomicBool,
+    /// An operator's pause of the deployment, as last read from the
+    /// database.
+    operator_paused: AtomicBool,
     /// The last time a caller had to wait for budget (or was told to come
     /// back): work of the lowest priority goes only when nobody has lately.
     contended_at: Mutex<Option<Instant>>,
@@ -187,6 +193,7 @@ impl ApiGate {
             configured_rate,
             paused_until: Mutex::new(None),
             auth_paused: AtomicBool::new(false),
+            operator_paused: AtomicBool::new(false),
             contended_at: Mutex::new(None),
         }
     }
@@ -210,7 +217,7 @@ impl ApiGate {
     /// How long until work of the lowest priority may go (see
     /// [`Self::acquire_spare`]); zero when it may now. Takes no budget.
     pub fn spare_in(&self, quiet: Duration) -> Duration {
-        if self.auth_paused() || !self.pause_remaining().is_zero() {
+        if self.operator_paused() || self.auth_paused() || !self.pause_remaining().is_zero() {
             return quiet;
         }
         let contended = *self.contended_at.lock().unwrap_or_else(|e| e.into_inner());
@@ -221,8 +228,29 @@ impl ApiGate {
         *self.contended_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
+    /// Whether an operator paused the deployment.
+    pub fn operator_paused(&self) -> bool {
+        self.operator_paused.load(Ordering::Relaxed)
+    }
+
+    /// Follows the deployment's pause (read from the database by every
+    /// process): while paused, every call is refused.
+    pub fn set_operator_paused(&self, paused: bool) {
+        let was = self.operator_paused.swap(paused, Ordering::Relaxed);
+        if was != paused {
+            metrics::gauge!("user_sync_paused").set(if paused { 1.0 } else { 0.0 });
+            match paused {
+                true => tracing::warn!("paused by an operator: no API call until resumed"),
+                false => tracing::info!("resumed by an operator"),
+            }
+        }
+    }
+
     /// Waits for the right to make one call, or says why not now.
     pub async fn acquire(&self) -> Result<(), GateRefusal> {
+        if self.operator_paused() {
+            return Err(GateRefusal::Paused);
+        }
         if self.auth_paused() {
             return Err(GateRefusal::AuthPaused);
         }

@@ -39,7 +39,7 @@ use sqlx::SqlitePool;
 use crate::config::{DatabaseKind, DatabaseSettings};
 use crate::domain::{
     ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, EventState, FullName, HostUserId,
-    Intent, Profile, Status, UserState, Username,
+    Intent, Pause, Profile, Status, UserState, Username,
 };
 
 pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
@@ -417,6 +417,21 @@ pub trait Reports: Send + Sync {
     }
     /// One conflict, by id.
     fn conflict(&self, id: i64) -> BoxFuture<'_, sqlx::Result<Option<ConflictRow>>>;
+    /// The deployment's pause, if an operator paused it.
+    fn pause_state(&self) -> BoxFuture<'_, sqlx::Result<Option<Pause>>>;
+}
+
+/// What operators switch for the whole deployment.
+pub trait Operate: Send + Sync {
+    /// Pauses every process's API calls (kept while already paused, its
+    /// reason updated); returns the pause.
+    fn pause<'a>(
+        &'a self,
+        by: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<Pause>>;
+    /// Lifts the pause; returns the one lifted, if any.
+    fn resume(&self) -> BoxFuture<'_, sqlx::Result<Option<Pause>>>;
 }
 
 /// What reconciliation does to conflicts, for an operator (`conflicts
@@ -481,9 +496,9 @@ pub trait Reconcile: Send + Sync {
 /// What the dispatcher, the sweeper, the ops server and operators' commands
 /// need of a backend: a handful of calls a second, through one trait
 /// object.
-pub trait Store: Outbox + Reports + Reconcile {}
+pub trait Store: Outbox + Reports + Reconcile + Operate {}
 
-impl<T: Outbox + Reports + Reconcile> Store for T {}
+impl<T: Outbox + Reports + Reconcile + Operate> Store for T {}
 
 /// The database `database.url` names, connected: PostgreSQL (beside Redis)
 /// or a SQLite file (the single-file mode, queue included).

@@ -52,6 +52,11 @@ impl Api {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
+                Err(GateRefusal::Paused) => {
+                    // Paused by an operator: a foreground run waits too.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
                 Err(GateRefusal::AuthPaused) => {
                     return Err(ApiError::Unauthorized { status: 401 });
                 }

@@ -2,8 +2,8 @@
 
 use futures::future::BoxFuture;
 
-use crate::domain::{ConflictRow, ConflictStatus, Status};
-use crate::storage::{PgStore, Reports, ping};
+use crate::domain::{ConflictRow, ConflictStatus, Pause, Status};
+use crate::storage::{Operate, PgStore, Reports, ping};
 
 impl Reports for PgStore {
     fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>> {
@@ -40,6 +40,7 @@ impl Reports for PgStore {
                 open_conflicts,
                 completed_erasures,
                 outbox_lag_seconds: row.4.max(0.0),
+                paused: self.pause_state().await?,
             })
         })
     }
@@ -63,6 +64,51 @@ impl Reports for PgStore {
                 ConflictRow::COLUMNS
             )))
             .bind(id)
+            .fetch_optional(self.pool())
+            .await
+        })
+    }
+
+    fn pause_state(&self) -> BoxFuture<'_, sqlx::Result<Option<Pause>>> {
+        Box::pin(async move {
+            sqlx::query_as(
+                "SELECT paused_at, paused_by, reason FROM user_sync.pause
+                 WHERE paused_at IS NOT NULL",
+            )
+            .fetch_optional(self.pool())
+            .await
+        })
+    }
+}
+
+impl Operate for PgStore {
+    fn pause<'a>(
+        &'a self,
+        by: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<Pause>> {
+        Box::pin(async move {
+            sqlx::query_as(
+                "UPDATE user_sync.pause
+                 SET paused_at = coalesce(paused_at, now()), paused_by = $1,
+                     reason = coalesce($2, reason)
+                 RETURNING paused_at, paused_by, reason",
+            )
+            .bind(by)
+            .bind(reason)
+            .fetch_one(self.pool())
+            .await
+        })
+    }
+
+    fn resume(&self) -> BoxFuture<'_, sqlx::Result<Option<Pause>>> {
+        Box::pin(async move {
+            sqlx::query_as(
+                "UPDATE user_sync.pause p SET paused_at = NULL, paused_by = NULL, reason = NULL
+                 FROM (SELECT paused_at, paused_by, reason FROM user_sync.pause) AS was
+                 WHERE was.paused_at IS NOT NULL
+                 RETURNING was.paused_at, was.paused_by, was.reason",
+            )
             .fetch_optional(self.pool())
             .await
         })

@@ -5,8 +5,8 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use sqlx::Row;
 
-use crate::domain::{ConflictRow, ConflictStatus, Status};
-use crate::storage::{Reports, SqliteStore, ping};
+use crate::domain::{ConflictRow, ConflictStatus, Pause, Status};
+use crate::storage::{Operate, Reports, SqliteStore, ping};
 
 use super::parse_at;
 
@@ -46,6 +46,7 @@ impl Reports for SqliteStore {
                 open_conflicts: row.try_get("open")?,
                 completed_erasures: row.try_get("erasures")?,
                 outbox_lag_seconds: lag.max(0.0),
+                paused: self.pause_state().await?,
             })
         })
     }
@@ -72,6 +73,58 @@ impl Reports for SqliteStore {
             .bind(id)
             .fetch_optional(self.pool())
             .await
+        })
+    }
+
+    fn pause_state(&self) -> BoxFuture<'_, sqlx::Result<Option<Pause>>> {
+        Box::pin(async move {
+            sqlx::query_as(
+                "SELECT paused_at, paused_by, reason FROM user_sync_pause
+                 WHERE paused_at IS NOT NULL",
+            )
+            .fetch_optional(self.pool())
+            .await
+        })
+    }
+}
+
+impl Operate for SqliteStore {
+    fn pause<'a>(
+        &'a self,
+        by: &'a str,
+        reason: Option<&'a str>,
+    ) -> BoxFuture<'a, sqlx::Result<Pause>> {
+        Box::pin(async move {
+            sqlx::query_as(
+                "UPDATE user_sync_pause
+                 SET paused_at = coalesce(paused_at, ?1), paused_by = ?2,
+                     reason = coalesce(?3, reason)
+                 RETURNING paused_at, paused_by, reason",
+            )
+            .bind(super::now_text())
+            .bind(by)
+            .bind(reason)
+            .fetch_one(self.pool())
+            .await
+        })
+    }
+
+    fn resume(&self) -> BoxFuture<'_, sqlx::Result<Option<Pause>>> {
+        Box::pin(async move {
+            let mut tx = self.pool().begin().await?;
+            let was: Option<Pause> = sqlx::query_as(
+                "SELECT paused_at, paused_by, reason FROM user_sync_pause
+                 WHERE paused_at IS NOT NULL",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE user_sync_pause SET paused_at = NULL, paused_by = NULL, reason = NULL",
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(was)
         })
     }
 }
