@@ -11,9 +11,9 @@ use user_sync_sandbox::SandboxArgs;
 use crate::app::Worker;
 use crate::config::{ConfigError, DatabaseKind, LogFormat, LogSettings, Settings};
 use crate::demo::{self, DemoArgs};
-use crate::domain::ConflictStatus;
+use crate::domain::{ConflictStatus, EventFilter, RetryTarget};
 use crate::host::{self, BackfillOptions, Mode, OutputFormat};
-use crate::ops::{self, Action, ConflictFormat, Reconciler};
+use crate::ops::{self, Action, ListFormat, Reconciler};
 use crate::storage::{Database, Operator, PgStore, ProcessLock, SqliteStore, Store};
 use crate::telemetry;
 
@@ -84,8 +84,71 @@ enum Command {
         status: StatusArg,
         /// table for a terminal; json (an array of objects) or csv (safe to
         /// open in a spreadsheet) for other tools.
-        #[arg(long, value_enum, default_value_t = ConflictFormat::Table)]
-        format: ConflictFormat,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Everything about one host user: its Embedded user, recent events,
+    /// conflicts and erasure record.
+    ///
+    /// The username is masked (a***@e***.com) unless --reveal: a support
+    /// engineer looking a user up rarely needs it. Events show ids, states,
+    /// attempts and reasons, never the email or name they carry.
+    ///
+    /// Example: user-sync show 4711 --format json
+    Show {
+        /// The host's id for the user.
+        host_user_id: String,
+        /// Show the username in clear.
+        #[arg(long)]
+        reveal: bool,
+        /// The newest events shown.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10000))]
+        events: i64,
+        #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+        format: ShowFormat,
+    },
+    /// List outbox events, newest first: ids, states, attempts and reasons.
+    ///
+    /// Never prints an event's email or name.
+    ///
+    /// Examples:
+    ///   user-sync events --state failed
+    ///   user-sync events --host-user-id 4711 --format json
+    ///   user-sync events --since 2026-11-30T00:00:00Z --limit 1000 --format csv
+    Events {
+        #[arg(long, value_enum)]
+        state: Option<EventStateArg>,
+        #[arg(long, value_name = "ID")]
+        host_user_id: Option<String>,
+        /// Only events that occurred at or after this time (RFC 3339).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=100000))]
+        limit: i64,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Send events again: the newest event of each user named goes back to
+    /// pending at once, its attempts reset. Prints how many.
+    ///
+    /// --failed (or --state failed) retries every user whose newest event
+    /// failed, after an outage or a fix; host user ids retry those users.
+    /// The workers of `user-sync run` apply them.
+    ///
+    /// Examples:
+    ///   user-sync retry --failed
+    ///   user-sync retry --state invalid
+    ///   user-sync retry 4711 4712
+    Retry {
+        /// Every user whose newest event failed.
+        #[arg(long, conflicts_with_all = ["state", "host_user_ids"])]
+        failed: bool,
+        /// Every user whose newest event is in this state.
+        #[arg(long, value_enum, conflicts_with = "host_user_ids")]
+        state: Option<EventStateArg>,
+        /// These host users.
+        #[arg(value_name = "HOST_USER_ID")]
+        host_user_ids: Vec<String>,
     },
     /// Pause every process's calls to the Embedded API, deployment-wide.
     ///
@@ -244,6 +307,41 @@ impl ActionArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ShowFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EventStateArg {
+    Pending,
+    Applied,
+    Superseded,
+    Conflict,
+    Failed,
+    Invalid,
+}
+
+impl EventStateArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Applied => "applied",
+            Self::Superseded => "superseded",
+            Self::Conflict => "conflict",
+            Self::Failed => "failed",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+fn parse_rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("expected a time like 2026-11-30T00:00:00Z: {e}"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum StatusArg {
     Open,
     Resolved,
@@ -387,6 +485,65 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let target = settings.source.target()?;
             let database = Database::connect(&settings.database, 1).await?;
             println!("{}", host::install_triggers(&database, target, drop).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show {
+            host_user_id,
+            reveal,
+            events,
+            format,
+        } => {
+            let settings = load_settings()?;
+            let store = open_store(&settings).await?;
+            let record = store.user_record(host_user_id.trim(), events).await?;
+            match format {
+                ShowFormat::Text => print!("{}", ops::render_user(&record, reveal)),
+                ShowFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ops::user_json(&record, reveal))?
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events {
+            state,
+            host_user_id,
+            since,
+            limit,
+            format,
+        } => {
+            let settings = load_settings()?;
+            let store = open_store(&settings).await?;
+            let filter = EventFilter {
+                state: state.map(|s| s.as_str().to_owned()),
+                host_user_id: host_user_id.map(|h| h.trim().to_owned()),
+                since,
+                limit,
+            };
+            let rows = store.events(&filter).await?;
+            print!("{}", ops::render_events(&rows, format)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry {
+            failed,
+            state,
+            host_user_ids,
+        } => {
+            let target = match (failed, state, host_user_ids.is_empty()) {
+                (true, _, _) => RetryTarget::State("failed".into()),
+                (false, Some(state), _) => RetryTarget::State(state.as_str().to_owned()),
+                (false, None, false) => {
+                    RetryTarget::Hosts(host_user_ids.iter().map(|h| h.trim().to_owned()).collect())
+                }
+                (false, None, true) => {
+                    eprintln!("error: say what to retry: --failed, --state STATE or host user ids");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let settings = load_settings()?;
+            let store = open_store(&settings).await?;
+            let retried = store.retry_events(&target).await?;
+            println!("{retried} events back to pending");
             Ok(ExitCode::SUCCESS)
         }
         Command::Pause { reason, by } => {

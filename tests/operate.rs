@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use common::process::{Running, run_once};
 use common::{Backend, Env};
-use user_sync_sandbox::SandboxOptions;
+use user_sync_sandbox::{FaultUpdate, SandboxOptions};
 
 const SETTLE: Duration = Duration::from_secs(30);
 /// A pause stops every process's calls within a second.
 const PAUSE_TAKES: Duration = Duration::from_secs(1);
 
-on_each_backend!(a_pause_holds_every_event_pending_until_resume);
+on_each_backend!(
+    a_pause_holds_every_event_pending_until_resume,
+    failed_events_are_listed_looked_up_and_sent_again,
+);
 
 async fn a_pause_holds_every_event_pending_until_resume(backend: Backend) {
     let env = Env::start_on(backend, SandboxOptions::default()).await;
@@ -86,5 +89,94 @@ async fn a_pause_holds_every_event_pending_until_resume(backend: Backend) {
     if let Some(second) = second {
         second.stop().await;
     }
+    env.finish().await;
+}
+
+async fn failed_events_are_listed_looked_up_and_sent_again(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let attempts = [("USER_SYNC__WORKER__MAX_ATTEMPTS", "2")];
+    let run = Running::with(&env, &attempts).await;
+    env.signup("ok", "fine@example.com", Some("Fine Person"))
+        .await;
+    env.settle(SETTLE).await;
+    env.sandbox.update_faults(FaultUpdate {
+        fail_rate: Some(1.0),
+        ..FaultUpdate::default()
+    });
+    let failing = [
+        env.signup("f1", "first@example.com", Some("First")).await,
+        env.signup("f2", "second@example.com", None).await,
+    ];
+    env.settle(SETTLE).await;
+    run.stop().await;
+    for event in failing {
+        assert_eq!(env.event_state(event).await.0, "failed");
+    }
+
+    let listed = run_once(
+        &env.vars(),
+        &["events", "--state", "failed", "--format", "json"],
+    )
+    .await;
+    assert!(listed.status.success(), "{listed}");
+    let rows: serde_json::Value = serde_json::from_str(&listed.stdout).expect("JSON");
+    let hosts: Vec<&str> = rows
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["host_user_id"].as_str())
+        .collect();
+    assert_eq!(hosts, ["f2", "f1"], "newest first: {rows}");
+    assert!(rows[0]["reason"].is_string(), "a failure says why: {rows}");
+    for text in ["first@example.com", "second@example.com", "First"] {
+        assert!(!listed.stdout.contains(text), "{text} in {listed}");
+    }
+    let csv = run_once(
+        &env.vars(),
+        &["events", "--host-user-id", "ok", "--format", "csv"],
+    )
+    .await;
+    assert_eq!(
+        csv.stdout.lines().count(),
+        2,
+        "a header and ok's one event: {csv}"
+    );
+    let since = run_once(&env.vars(), &["events", "--since", "2999-01-01T00:00:00Z"]).await;
+    assert!(since.stdout.starts_with("no events"), "{since}");
+    let bad = run_once(&env.vars(), &["events", "--since", "yesterday"]).await;
+    assert_eq!(bad.status.code(), Some(2), "{bad}");
+
+    let shown = run_once(&env.vars(), &["show", "ok"]).await;
+    assert!(shown.status.success(), "{shown}");
+    assert!(shown.stdout.contains("f***@e***.com"), "masked: {shown}");
+    assert!(!shown.stdout.contains("fine@example.com"), "{shown}");
+    let id = env.embedded_id("ok").await.expect("synced");
+    assert!(shown.stdout.contains(&id), "{shown}");
+    let revealed = run_once(&env.vars(), &["show", "ok", "--reveal", "--format", "json"]).await;
+    let record: serde_json::Value = serde_json::from_str(&revealed.stdout).expect("JSON");
+    assert_eq!(record["mapping"]["username"], "fine@example.com");
+    assert_eq!(record["mapping"]["embedded_user_id"], id.as_str());
+    assert_eq!(record["events"].as_array().map(Vec::len), Some(1));
+    let unknown = run_once(&env.vars(), &["show", "nobody"]).await;
+    assert!(unknown.stdout.contains("has not acted on it"), "{unknown}");
+
+    env.sandbox.update_faults(FaultUpdate {
+        fail_rate: Some(0.0),
+        ..FaultUpdate::default()
+    });
+    let nothing = run_once(&env.vars(), &["retry"]).await;
+    assert_eq!(nothing.status.code(), Some(2), "{nothing}");
+    let retried = run_once(&env.vars(), &["retry", "--failed"]).await;
+    assert!(retried.status.success(), "{retried}");
+    assert_eq!(retried.stdout.trim(), "2 events back to pending");
+    let run = Running::with(&env, &attempts).await;
+    env.settle(SETTLE).await;
+    for event in failing {
+        assert_eq!(env.event_state(event).await.0, "applied");
+    }
+    assert!(env.embedded_id("f1").await.is_some());
+    run.stop().await;
+    let again = run_once(&env.vars(), &["retry", "ok", "f1"]).await;
+    assert_eq!(again.stdout.trim(), "2 events back to pending", "{again}");
     env.finish().await;
 }

@@ -13,7 +13,10 @@ mod state;
 
 pub use profile::{Desired, Profile, Synced};
 pub use provenance::{ClaimCheck, Intent, Provenance};
-pub use report::{ConflictRow, ConflictStatus, Pause, Status};
+pub use report::{
+    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, MappingRow, Pause, RetryTarget,
+    Status, UserRecord,
+};
 pub use state::{
     ConflictReason, ErasureOutcome, EventKind, EventState, RESOLVED_BY_WORKER, Resolution,
     UserState, WebhookKind,

@@ -86,3 +86,84 @@ impl ConflictStatus {
         }
     }
 }
+
+/// One outbox event as operators see it: ids, states and reasons, never the
+/// email or the name it carries.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct EventRow {
+    pub id: i64,
+    pub host_user_id: Option<String>,
+    pub kind: Option<String>,
+    pub state: String,
+    pub attempts: i32,
+    /// Why it failed, was refused, conflicted or waits.
+    pub reason: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    /// When a pending event is next due.
+    pub available_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl EventRow {
+    /// Its columns, for a `SELECT`.
+    pub const COLUMNS: &'static str = "id, host_user_id, kind, state, attempts, reason, \
+         occurred_at, available_at, dispatched_at, finished_at";
+}
+
+/// Which events a listing shows, newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    pub state: Option<String>,
+    pub host_user_id: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+/// Which users' newest events go back to pending.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetryTarget {
+    /// Every user whose newest event is in this state.
+    State(String),
+    /// These users, whatever state their newest event is in.
+    Hosts(Vec<String>),
+}
+
+/// A host user's row in `user_sync.users`, as operators see it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct MappingRow {
+    pub state: String,
+    pub embedded_user_id: Option<String>,
+    /// In clear here; masked when shown unless asked for.
+    pub username: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One proof of erasure: ids, the outcome and times.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct ErasureRow {
+    pub id: i64,
+    pub host_user_id: String,
+    pub embedded_user_id: Option<String>,
+    pub event_id: i64,
+    pub outcome: String,
+    pub requested_at: DateTime<Utc>,
+    pub completed_at: DateTime<Utc>,
+}
+
+impl ErasureRow {
+    /// Its columns, for a `SELECT`.
+    pub const COLUMNS: &'static str =
+        "id, host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at";
+}
+
+/// Everything about one host user: `user-sync show`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UserRecord {
+    pub host_user_id: String,
+    pub mapping: Option<MappingRow>,
+    /// Its most recent events, newest first.
+    pub events: Vec<EventRow>,
+    pub conflicts: Vec<ConflictRow>,
+    pub erasures: Vec<ErasureRow>,
+}

@@ -11,4 +11,7 @@ mod status;
 pub use http::{OpsState, serve};
 pub use metrics::recorder;
 pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, recheck_conflicts};
-pub use status::{ConflictFormat, describe_done, describe_pause, render_conflicts, status_table};
+pub use status::{
+    ListFormat, describe_done, describe_pause, mask_username, render_conflicts, render_events,
+    render_user, status_table, user_json,
+};

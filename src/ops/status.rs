@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ConflictRow, Pause, Status};
+use crate::domain::{ConflictRow, EventRow, Pause, Status, UserRecord};
 use crate::ops::{Done, FullNameFix};
 
 /// `user-sync status` as a table of two columns.
@@ -30,12 +30,188 @@ pub fn status_table(status: &Status) -> String {
         .collect()
 }
 
-/// The output formats of `user-sync conflicts`.
+/// The output formats of the listings (`conflicts`, `events`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ConflictFormat {
+pub enum ListFormat {
     Table,
     Json,
     Csv,
+}
+
+/// `user-sync events` in `format`: ids, states and reasons only (an
+/// event's email and name are never shown).
+pub fn render_events(rows: &[EventRow], format: ListFormat) -> anyhow::Result<String> {
+    let at = |v: &Option<DateTime<Utc>>| v.map(|at| at.to_rfc3339()).unwrap_or_default();
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    Ok(match format {
+        ListFormat::Json => serde_json::to_string_pretty(rows)? + "\n",
+        ListFormat::Csv => {
+            let mut out = csv::Writer::from_writer(Vec::new());
+            out.write_record([
+                "id",
+                "host_user_id",
+                "kind",
+                "state",
+                "attempts",
+                "reason",
+                "occurred_at",
+                "available_at",
+                "dispatched_at",
+                "finished_at",
+            ])?;
+            for r in rows {
+                let fields = [
+                    r.id.to_string(),
+                    text(&r.host_user_id),
+                    text(&r.kind),
+                    r.state.clone(),
+                    r.attempts.to_string(),
+                    text(&r.reason),
+                    r.occurred_at.to_rfc3339(),
+                    r.available_at.to_rfc3339(),
+                    at(&r.dispatched_at),
+                    at(&r.finished_at),
+                ];
+                out.write_record(fields.iter().map(|f| spreadsheet_safe(f).into_owned()))?;
+            }
+            String::from_utf8(out.into_inner()?)?
+        }
+        ListFormat::Table => {
+            if rows.is_empty() {
+                return Ok("no events\n".into());
+            }
+            let mut out = format!(
+                "{:<10} {:<20} {:<16} {:<11} {:<8} {:<25} {}\n",
+                "ID", "HOST USER", "KIND", "STATE", "ATTEMPTS", "OCCURRED", "REASON"
+            );
+            for r in rows {
+                out.push_str(&format!(
+                    "{:<10} {:<20} {:<16} {:<11} {:<8} {:<25} {}\n",
+                    r.id,
+                    r.host_user_id.as_deref().unwrap_or("-"),
+                    r.kind.as_deref().unwrap_or("-"),
+                    r.state,
+                    r.attempts,
+                    r.occurred_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    r.reason.as_deref().unwrap_or("")
+                ));
+            }
+            out
+        }
+    })
+}
+
+/// A username with most of it hidden, for screens that need not show it:
+/// `a***@e***.com`.
+pub fn mask_username(username: &str) -> String {
+    let first = |part: &str| part.chars().next().map(String::from).unwrap_or_default();
+    match username.rsplit_once('@') {
+        Some((local, domain)) => {
+            let (host, tld) = domain.rsplit_once('.').unwrap_or((domain, ""));
+            let tld = if tld.is_empty() {
+                String::new()
+            } else {
+                format!(".{tld}")
+            };
+            format!("{}***@{}***{tld}", first(local), first(host))
+        }
+        None => format!("{}***", first(username)),
+    }
+}
+
+/// `user-sync show` as text. The username is masked unless `reveal`.
+pub fn render_user(record: &UserRecord, reveal: bool) -> String {
+    let mut out = format!("host user {}\n", record.host_user_id);
+    match &record.mapping {
+        Some(m) => {
+            let username = m.username.as_deref().map_or_else(
+                || "-".to_owned(),
+                |u| {
+                    if reveal {
+                        u.to_owned()
+                    } else {
+                        mask_username(u)
+                    }
+                },
+            );
+            out.push_str(&format!(
+                "  state        {}\n  userId       {}\n  username     {}\n  updated      {}\n",
+                m.state,
+                m.embedded_user_id.as_deref().unwrap_or("-"),
+                username,
+                m.updated_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        None => out.push_str("  no row in user_sync.users: the worker has not acted on it\n"),
+    }
+    out.push_str("\nevents (newest first)\n");
+    if record.events.is_empty() {
+        out.push_str("  none\n");
+    }
+    for e in &record.events {
+        out.push_str(&format!(
+            "  {:<10} {:<16} {:<11} attempts {:<3} {}  {}\n",
+            e.id,
+            e.kind.as_deref().unwrap_or("-"),
+            e.state,
+            e.attempts,
+            e.occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            e.reason.as_deref().unwrap_or("")
+        ));
+    }
+    out.push_str("\nconflicts\n");
+    if record.conflicts.is_empty() {
+        out.push_str("  none\n");
+    }
+    for c in &record.conflicts {
+        let username = if reveal {
+            c.username.clone()
+        } else {
+            mask_username(&c.username)
+        };
+        out.push_str(&format!(
+            "  {:<8} {:<20} {:<10} {:<8} {}\n",
+            c.id,
+            c.reason,
+            c.status,
+            c.resolution.as_deref().unwrap_or("-"),
+            username
+        ));
+    }
+    out.push_str("\nerasures\n");
+    if record.erasures.is_empty() {
+        out.push_str("  none\n");
+    }
+    for e in &record.erasures {
+        out.push_str(&format!(
+            "  {:<8} {:<15} userId {:<26} requested {}  completed {}\n",
+            e.id,
+            e.outcome,
+            e.embedded_user_id.as_deref().unwrap_or("-"),
+            e.requested_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            e.completed_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ));
+    }
+    out
+}
+
+/// [`UserRecord`] for JSON: the usernames masked unless `reveal`.
+pub fn user_json(record: &UserRecord, reveal: bool) -> UserRecord {
+    let mut record = record.clone();
+    if !reveal {
+        if let Some(m) = &mut record.mapping {
+            m.username = m.username.as_deref().map(mask_username);
+        }
+        for c in &mut record.conflicts {
+            c.username = mask_username(&c.username);
+        }
+    }
+    record
 }
 
 /// A pause in words: since when, by whom, why.
@@ -58,13 +234,13 @@ pub fn describe_pause(pause: &Pause) -> String {
 /// `user-sync conflicts` in `format`, ages as of `now`.
 pub fn render_conflicts(
     rows: &[ConflictRow],
-    format: ConflictFormat,
+    format: ListFormat,
     now: DateTime<Utc>,
 ) -> anyhow::Result<String> {
     Ok(match format {
-        ConflictFormat::Json => serde_json::to_string_pretty(rows)? + "\n",
-        ConflictFormat::Csv => conflicts_csv(rows)?,
-        ConflictFormat::Table => conflicts_table(rows, now),
+        ListFormat::Json => serde_json::to_string_pretty(rows)? + "\n",
+        ListFormat::Csv => conflicts_csv(rows)?,
+        ListFormat::Table => conflicts_table(rows, now),
     })
 }
 
@@ -258,6 +434,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn usernames_are_masked_down_to_their_first_letters() {
+        assert_eq!(mask_username("ada@example.com"), "a***@e***.com");
+        assert_eq!(mask_username("x@localhost"), "x***@l***");
+        assert_eq!(mask_username("noat"), "n***");
+        assert_eq!(mask_username(""), "***");
     }
 
     #[test]

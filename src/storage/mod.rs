@@ -38,8 +38,8 @@ use sqlx::SqlitePool;
 
 use crate::config::{DatabaseKind, DatabaseSettings};
 use crate::domain::{
-    ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, EventState, FullName, HostUserId,
-    Intent, Pause, Profile, Status, UserState, Username,
+    ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, EventFilter, EventState, FullName,
+    HostUserId, Intent, Pause, Profile, RetryTarget, Status, UserRecord, UserState, Username,
 };
 
 pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
@@ -432,6 +432,20 @@ pub trait Operate: Send + Sync {
     ) -> BoxFuture<'a, sqlx::Result<Pause>>;
     /// Lifts the pause; returns the one lifted, if any.
     fn resume(&self) -> BoxFuture<'_, sqlx::Result<Option<Pause>>>;
+    /// Events as `filter` says, newest first.
+    fn events<'a>(
+        &'a self,
+        filter: &'a EventFilter,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<crate::domain::EventRow>>>;
+    /// Puts the newest event of each user `target` names back to pending,
+    /// due at once, its attempts reset; returns how many.
+    fn retry_events<'a>(&'a self, target: &'a RetryTarget) -> BoxFuture<'a, sqlx::Result<u64>>;
+    /// Everything about `host`, with its `recent` newest events.
+    fn user_record<'a>(
+        &'a self,
+        host: &'a str,
+        recent: i64,
+    ) -> BoxFuture<'a, sqlx::Result<UserRecord>>;
 }
 
 /// What reconciliation does to conflicts, for an operator (`conflicts

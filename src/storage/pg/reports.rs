@@ -2,7 +2,10 @@
 
 use futures::future::BoxFuture;
 
-use crate::domain::{ConflictRow, ConflictStatus, Pause, Status};
+use crate::domain::{
+    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, Pause, RetryTarget, Status,
+    UserRecord,
+};
 use crate::storage::{Operate, PgStore, Reports, ping};
 
 impl Reports for PgStore {
@@ -111,6 +114,104 @@ impl Operate for PgStore {
             )
             .fetch_optional(self.pool())
             .await
+        })
+    }
+
+    fn events<'a>(&'a self, filter: &'a EventFilter) -> BoxFuture<'a, sqlx::Result<Vec<EventRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync.events
+                 WHERE ($1::text IS NULL OR state = $1)
+                   AND ($2::text IS NULL OR host_user_id = $2)
+                   AND ($3::timestamptz IS NULL OR occurred_at >= $3)
+                 ORDER BY id DESC LIMIT $4",
+                EventRow::COLUMNS
+            )))
+            .bind(filter.state.as_deref())
+            .bind(filter.host_user_id.as_deref())
+            .bind(filter.since)
+            .bind(filter.limit)
+            .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn retry_events<'a>(&'a self, target: &'a RetryTarget) -> BoxFuture<'a, sqlx::Result<u64>> {
+        Box::pin(async move {
+            let (state, hosts): (Option<&str>, Option<&[String]>) = match target {
+                RetryTarget::State(state) => (Some(state), None),
+                RetryTarget::Hosts(hosts) => (None, Some(hosts)),
+            };
+            let mut tx = self.pool().begin().await?;
+            // The newest event of each user, found from the events in the
+            // state asked for (or of the users named).
+            let retried = sqlx::query(
+                "UPDATE user_sync.events e
+                 SET state = 'pending', available_at = now(), dispatched_at = NULL,
+                     attempts = 0, reason = NULL, finished_at = NULL
+                 WHERE e.host_user_id IS NOT NULL
+                   AND ($1::text IS NULL OR e.state = $1)
+                   AND ($2::text[] IS NULL OR e.host_user_id = ANY($2))
+                   AND NOT EXISTS (SELECT 1 FROM user_sync.events n
+                                   WHERE n.host_user_id = e.host_user_id AND n.id > e.id)",
+            )
+            .bind(state)
+            .bind(hosts)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if retried > 0 {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(super::CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(retried)
+        })
+    }
+
+    fn user_record<'a>(
+        &'a self,
+        host: &'a str,
+        recent: i64,
+    ) -> BoxFuture<'a, sqlx::Result<UserRecord>> {
+        Box::pin(async move {
+            let mapping = sqlx::query_as(
+                "SELECT state, embedded_user_id, username, updated_at FROM user_sync.users
+                 WHERE host_user_id = $1",
+            )
+            .bind(host)
+            .fetch_optional(self.pool())
+            .await?;
+            let events = self
+                .events(&EventFilter {
+                    host_user_id: Some(host.to_owned()),
+                    limit: recent,
+                    ..EventFilter::default()
+                })
+                .await?;
+            let conflicts = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync.conflicts WHERE host_user_id = $1 ORDER BY id",
+                ConflictRow::COLUMNS
+            )))
+            .bind(host)
+            .fetch_all(self.pool())
+            .await?;
+            let erasures = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync.erasures WHERE host_user_id = $1 ORDER BY id",
+                ErasureRow::COLUMNS
+            )))
+            .bind(host)
+            .fetch_all(self.pool())
+            .await?;
+            Ok(UserRecord {
+                host_user_id: host.to_owned(),
+                mapping,
+                events,
+                conflicts,
+                erasures,
+            })
         })
     }
 }

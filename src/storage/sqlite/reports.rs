@@ -5,7 +5,10 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use sqlx::Row;
 
-use crate::domain::{ConflictRow, ConflictStatus, Pause, Status};
+use crate::domain::{
+    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, Pause, RetryTarget, Status,
+    UserRecord,
+};
 use crate::storage::{Operate, Reports, SqliteStore, ping};
 
 use super::parse_at;
@@ -125,6 +128,95 @@ impl Operate for SqliteStore {
             .await?;
             tx.commit().await?;
             Ok(was)
+        })
+    }
+
+    fn events<'a>(&'a self, filter: &'a EventFilter) -> BoxFuture<'a, sqlx::Result<Vec<EventRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync_events
+                 WHERE (?1 IS NULL OR state = ?1)
+                   AND (?2 IS NULL OR host_user_id = ?2)
+                   AND (?3 IS NULL OR occurred_at >= ?3)
+                 ORDER BY id DESC LIMIT ?4",
+                EventRow::COLUMNS
+            )))
+            .bind(filter.state.as_deref())
+            .bind(filter.host_user_id.as_deref())
+            .bind(filter.since.map(super::text_at))
+            .bind(filter.limit)
+            .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn retry_events<'a>(&'a self, target: &'a RetryTarget) -> BoxFuture<'a, sqlx::Result<u64>> {
+        Box::pin(async move {
+            let (state, hosts) = match target {
+                RetryTarget::State(state) => (Some(state.as_str()), None),
+                RetryTarget::Hosts(hosts) => (None, Some(serde_json::json!(hosts).to_string())),
+            };
+            let retried = sqlx::query(
+                "UPDATE user_sync_events AS e
+                 SET state = 'pending', available_at = ?3, dispatched_at = NULL,
+                     attempts = 0, reason = NULL, finished_at = NULL
+                 WHERE e.host_user_id IS NOT NULL
+                   AND (?1 IS NULL OR e.state = ?1)
+                   AND (?2 IS NULL OR e.host_user_id IN (SELECT value FROM json_each(?2)))
+                   AND NOT EXISTS (SELECT 1 FROM user_sync_events n
+                                   WHERE n.host_user_id = e.host_user_id AND n.id > e.id)",
+            )
+            .bind(state)
+            .bind(hosts)
+            .bind(super::now_text())
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            Ok(retried)
+        })
+    }
+
+    fn user_record<'a>(
+        &'a self,
+        host: &'a str,
+        recent: i64,
+    ) -> BoxFuture<'a, sqlx::Result<UserRecord>> {
+        Box::pin(async move {
+            let mapping = sqlx::query_as(
+                "SELECT state, embedded_user_id, username, updated_at FROM user_sync_users
+                 WHERE host_user_id = ?1",
+            )
+            .bind(host)
+            .fetch_optional(self.pool())
+            .await?;
+            let events = self
+                .events(&EventFilter {
+                    host_user_id: Some(host.to_owned()),
+                    limit: recent,
+                    ..EventFilter::default()
+                })
+                .await?;
+            let conflicts = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync_conflicts WHERE host_user_id = ?1 ORDER BY id",
+                ConflictRow::COLUMNS
+            )))
+            .bind(host)
+            .fetch_all(self.pool())
+            .await?;
+            let erasures = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync_erasures WHERE host_user_id = ?1 ORDER BY id",
+                ErasureRow::COLUMNS
+            )))
+            .bind(host)
+            .fetch_all(self.pool())
+            .await?;
+            Ok(UserRecord {
+                host_user_id: host.to_owned(),
+                mapping,
+                events,
+                conflicts,
+                erasures,
+            })
         })
     }
 }
