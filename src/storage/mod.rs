@@ -488,9 +488,10 @@ pub trait Reconcile: Send + Sync {
         user: &'a EmbeddedUserId,
         full_name: Option<&'a str>,
     ) -> BoxFuture<'a, sqlx::Result<()>>;
-    /// Claims up to `limit` open conflicts due a recheck, and moves each
-    /// one's next recheck `interval` ahead (every process shares the
-    /// schedule: each conflict is looked at once per interval).
+    /// Claims up to `limit` open conflicts due a recheck (reported at least
+    /// `interval` ago: the job that reported one has just looked), and
+    /// moves each one's next recheck `interval` ahead (every process shares
+    /// the schedule: each conflict is looked at once per interval).
     fn claim_rechecks(
         &self,
         limit: u32,

@@ -369,6 +369,7 @@ impl Reconcile for PgStore {
                  SET next_check_at = now() + $2 * interval '1 millisecond'
                  WHERE id IN (SELECT id FROM user_sync.conflicts
                               WHERE status = 'open' AND next_check_at <= now()
+                                AND detected_at <= now() - $2 * interval '1 millisecond'
                               ORDER BY next_check_at LIMIT $1 FOR UPDATE SKIP LOCKED)
                  RETURNING {}",
                 ConflictRow::COLUMNS

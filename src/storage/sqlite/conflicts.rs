@@ -367,11 +367,14 @@ impl Reconcile for SqliteStore {
     ) -> BoxFuture<'_, sqlx::Result<Vec<ConflictRow>>> {
         Box::pin(async move {
             let now = chrono::Utc::now();
-            let next = now + chrono::Duration::from_std(interval).unwrap_or(chrono::TimeDelta::MAX);
+            let interval = chrono::Duration::from_std(interval).unwrap_or(chrono::TimeDelta::MAX);
+            let next = now.checked_add_signed(interval).unwrap_or(now);
+            let detected_before = now.checked_sub_signed(interval).unwrap_or(now);
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "UPDATE user_sync_conflicts SET next_check_at = ?3
                  WHERE id IN (SELECT id FROM user_sync_conflicts
                               WHERE status = 'open' AND next_check_at <= ?2
+                                AND detected_at <= ?4
                               ORDER BY next_check_at LIMIT ?1)
                  RETURNING {}",
                 ConflictRow::COLUMNS
@@ -379,6 +382,7 @@ impl Reconcile for SqliteStore {
             .bind(i64::from(limit))
             .bind(text_at(now))
             .bind(text_at(next))
+            .bind(text_at(detected_before))
             .fetch_all(self.pool())
             .await
         })
