@@ -1,8 +1,9 @@
 //! `user-sync run`: one worker process, assembled.
 //!
 //! A process runs the dispatcher, the sweeper, sync jobs (at most
-//! `worker.concurrency` API calls in flight among them), the auth probe and
-//! the ops HTTP server, until its shutdown token is cancelled (SIGTERM or
+//! `worker.concurrency` API calls in flight among them), the auth probe,
+//! the deliverer of webhooks (when `webhooks.url` is set) and the ops HTTP
+//! server, until its shutdown token is cancelled (SIGTERM or
 //! Ctrl-C from the command line). Shutdown stops taking work first, then
 //! gives the running jobs `worker.shutdown_timeout` to finish. Any number of
 //! processes may share one PostgreSQL database and one Redis; on SQLite
@@ -23,8 +24,9 @@ use crate::ops::{self, OpsState};
 use crate::outbox::{self, Dispatcher};
 use crate::queue::{self, RedisQueue, SqliteQueue, WorkerQueue};
 use crate::ratelimit::{self, ApiGate, SharedLimit};
-use crate::storage::{Database, PgStore, ProcessLock, SqliteStore, Store, SyncStore};
+use crate::storage::{Database, Deliveries, PgStore, ProcessLock, SqliteStore, Store, SyncStore};
 use crate::sync::SyncContext;
+use crate::webhooks::Deliverer;
 
 /// A started worker process.
 pub struct Worker {
@@ -140,13 +142,14 @@ impl Parts<'_> {
     /// of the process reaches it through one trait object.
     async fn start<S, Q>(&mut self, store: S, queue: Q, gate: ApiGate) -> anyhow::Result<SocketAddr>
     where
-        S: SyncStore + Store,
+        S: SyncStore + Store + Deliveries,
         Q: WorkerQueue,
     {
         let settings = self.settings;
+        let store = Arc::new(store);
+        self.start_webhooks(store.clone()).await?;
         let shutdown = &self.shutdown;
         let gate = Arc::new(gate);
-        let store = Arc::new(store);
         let handler = queue::Handler::new(SyncContext::new(
             store.clone(),
             self.api.clone(),
@@ -213,6 +216,23 @@ impl Parts<'_> {
         self.tasks
             .spawn(async move { queue.run_workers(&workers).await });
         Ok(ops_addr)
+    }
+}
+
+impl Parts<'_> {
+    /// Records the deployment's webhook types (none when webhooks are off)
+    /// and, when they are on, starts the deliverer.
+    async fn start_webhooks(&mut self, deliveries: Arc<dyn Deliveries>) -> anyhow::Result<()> {
+        let settings = &self.settings.webhooks;
+        deliveries.subscribe(settings.subscribed()).await?;
+        let Some(deliverer) = Deliverer::new(deliveries, settings)? else {
+            tracing::info!("webhooks are off (webhooks.url is empty)");
+            return Ok(());
+        };
+        let types: Vec<&str> = settings.events.iter().map(|k| k.as_str()).collect();
+        tracing::info!(types = %types.join(","), "webhooks are on");
+        self.tasks.spawn(deliverer.run(self.shutdown.clone()));
+        Ok(())
     }
 }
 

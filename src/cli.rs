@@ -16,6 +16,7 @@ use crate::host::{self, BackfillOptions, Mode, OutputFormat};
 use crate::ops::{self, Action, ListFormat, Reconciler};
 use crate::storage::{Database, Operator, PgStore, ProcessLock, SqliteStore, Store};
 use crate::telemetry;
+use crate::webhooks;
 
 /// Keeps a host product's users in step with its Embedded iPaaS account.
 ///
@@ -173,6 +174,33 @@ enum Command {
     ///
     /// Example: user-sync resume
     Resume,
+    /// List the webhooks not delivered to the host, or send them again.
+    ///
+    /// Lists every webhook still waiting for its next attempt (pending) or
+    /// given up after webhooks.max_age_ms (abandoned): its id, webhook id
+    /// (the webhook-id header, the same on every attempt), type, state,
+    /// attempts, age and last error (an HTTP status or a transport error).
+    /// Delivered webhooks are not listed.
+    ///
+    /// --redeliver sends each of them now, from this command, abandoned
+    /// ones included, to webhooks.url (which must be set), skipping any
+    /// that a running worker is sending at this moment; it prints how many
+    /// were delivered and exits 1 when any still failed. Exits 2 when the
+    /// configuration is bad, or with --redeliver when webhooks.url is
+    /// empty.
+    ///
+    /// Example: DATABASE_URL=postgres://... user-sync webhooks --format json
+    ///
+    /// Example: USER_SYNC__WEBHOOKS__URL=https://host.example/hooks
+    /// USER_SYNC_WEBHOOK_SECRET=whsec_... user-sync webhooks --redeliver
+    Webhooks {
+        /// A table to read, or a JSON array for scripts.
+        #[arg(long, value_enum, default_value_t = webhooks::ListFormat::Table)]
+        format: webhooks::ListFormat,
+        /// Send every listed webhook again now.
+        #[arg(long)]
+        redeliver: bool,
+    },
     /// Serve a local, in-memory simulator of the Embedded Users API, with
     /// injectable faults (rate limits, 5xx, cut connections, latency).
     ///
@@ -486,6 +514,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let database = Database::connect(&settings.database, 1).await?;
             println!("{}", host::install_triggers(&database, target, drop).await?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhooks { format, redeliver } => {
+            let settings = load_settings()?;
+            let mut stdout = std::io::stdout();
+            let settled = webhooks::run_command(&settings, format, redeliver, &mut stdout).await?;
+            Ok(if settled {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Show {
             host_user_id,

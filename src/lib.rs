@@ -33,16 +33,19 @@
 //!    outcome type its steps end in.
 //! 10. [`outbox`]: the outbox feed: the dispatcher (claim, push, confirm)
 //!     and the sweeper (dispatches again what the queue lost).
-//! 11. [`host`]: the host's own users table: the backfill of historical
+//! 11. [`webhooks`]: the webhooks to the host: the deliverer that signs and
+//!     sends what the storage layer wrote beside each change, and the
+//!     listing and redelivery of `user-sync webhooks`.
+//! 12. [`host`]: the host's own users table: the backfill of historical
 //!     accounts and the triggers that write the outbox for hosts that
 //!     cannot.
-//! 12. [`ops`]: `/healthz`, `/readyz`, `/metrics`, `status` and
+//! 13. [`ops`]: `/healthz`, `/readyz`, `/metrics`, `status` and
 //!     `conflicts`.
-//! 13. [`app`]: one `user-sync run` process, assembled from the layers
+//! 14. [`app`]: one `user-sync run` process, assembled from the layers
 //!     above; the backend is chosen here.
-//! 14. [`demo`]: `user-sync demo`, the whole job on one machine: SQLite, the
+//! 15. [`demo`]: `user-sync demo`, the whole job on one machine: SQLite, the
 //!     sandbox, a backfill and live traffic, then a checked summary.
-//! 15. [`cli`]: the `user-sync` command line; `main.rs` only calls it.
+//! 16. [`cli`]: the `user-sync` command line; `main.rs` only calls it.
 //!
 //! The sandbox, a faithful local simulator of the Embedded API that `user-sync
 //! sandbox`, the demo, the tests and the benchmarks run, is a crate of its
@@ -69,6 +72,8 @@ pub mod queue;
 pub mod sync;
 
 pub mod outbox;
+
+pub mod webhooks;
 
 pub mod host;
 

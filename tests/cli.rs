@@ -249,6 +249,7 @@ async fn commands_on_a_database_never_migrated_say_to_migrate(backend: Backend) 
         &["status"],
         &["status", "--json"],
         &["conflicts"],
+        &["webhooks"],
     ] {
         let out = run_once(&vars, command).await;
         assert!(!out.status.success(), "{command:?}: {out}");

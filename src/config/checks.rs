@@ -187,6 +187,7 @@ impl Settings {
                 level: raw.log.level,
             },
             source,
+            webhooks: super::webhooks::check(raw.webhooks)?,
         })
     }
 }

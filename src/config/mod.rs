@@ -3,20 +3,23 @@
 //! Order, later wins: the built-in defaults (this repository's
 //! `config/default.toml`, compiled in), `config/default.toml` on disk,
 //! `config/$USER_SYNC_ENV.toml` when that variable is set (it must exist then),
-//! the conventional `DATABASE_URL`, `REDIS_URL` and `EMBEDDED_API_KEY`, and
-//! last `USER_SYNC__SECTION__KEY` variables. The folder is `config/` under the
+//! the conventional `DATABASE_URL`, `REDIS_URL`, `EMBEDDED_API_KEY` and
+//! `USER_SYNC_WEBHOOK_SECRET`, and last `USER_SYNC__SECTION__KEY` variables. The folder is `config/` under the
 //! working directory unless `USER_SYNC_CONFIG_DIR` names another.
 //!
 //! Values are checked once, here. A bad value fails at start with one line that
-//! names its key; secrets (the API key, and the database and Redis URLs, which
-//! may carry passwords) are `secrecy` types that never print.
+//! names its key; secrets (the API key, the webhook secret, and the database
+//! and Redis URLs, which may carry passwords) are `secrecy` types that never
+//! print.
 //!
 //! This file holds the typed settings and their loading; the shapes the
 //! files and variables are read into are in `raw`, and the checks that turn
-//! them into settings in `checks`.
+//! them into settings in `checks` (`[webhooks]`, settings and checks, in
+//! `webhooks`).
 
 mod checks;
 mod raw;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +32,8 @@ use url::Url;
 
 use crate::domain::ClaimCheck;
 use raw::Raw;
+
+pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 /// The compiled-in defaults: a binary copied alone still starts.
 const BUILT_IN_DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -72,6 +77,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub source: SourceSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +376,7 @@ impl Settings {
             ("DATABASE_URL", "DATABASE__URL"),
             ("REDIS_URL", "REDIS__URL"),
             ("EMBEDDED_API_KEY", "EMBEDDED__API_KEY"),
+            ("USER_SYNC_WEBHOOK_SECRET", "WEBHOOKS__SECRET"),
         ]
         .into_iter()
         .filter_map(|(var, key)| env.get(var).map(|v| (key.to_owned(), v.clone())))

@@ -9,6 +9,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{LogFormat, LookupBeforeCreate, RateLimitScope};
+use crate::domain::WebhookKind;
 
 #[derive(Deserialize)]
 pub(super) struct Raw {
@@ -27,6 +28,8 @@ pub(super) struct Raw {
     pub source: RawSource,
     #[serde(default)]
     pub conflicts: RawConflicts,
+    #[serde(default)]
+    pub webhooks: RawWebhooks,
 }
 
 #[derive(Deserialize)]
@@ -148,4 +151,56 @@ impl Default for RawSource {
 pub(super) struct RawLog {
     pub format: LogFormat,
     pub level: String,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+pub(super) struct RawWebhooks {
+    pub url: String,
+    /// A TOML list, or a comma-separated string (as a variable gives it).
+    pub events: RawList,
+    pub secret: SecretString,
+    pub max_age_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            events: RawList::List(
+                WebhookKind::ALL
+                    .iter()
+                    .map(|k| k.as_str().to_owned())
+                    .collect(),
+            ),
+            secret: SecretString::from(""),
+            max_age_ms: 259_200_000,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A list of names as a file writes it (`["a", "b"]`) or as a variable
+/// does (`a,b`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawList {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl RawList {
+    /// The names, trimmed, empty ones left out.
+    pub fn names(&self) -> Vec<&str> {
+        let names: Vec<&str> = match self {
+            Self::List(list) => list.iter().map(String::as_str).collect(),
+            Self::Text(text) => text.split(',').collect(),
+        };
+        names
+            .into_iter()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
 }

@@ -7,8 +7,9 @@
 //! backend: [`Outbox`] (what the dispatcher and the sweeper do to the
 //! outbox), [`SyncStore`] and [`UserSession`] (what a job does to one host
 //! user's rows, under that user's lock), [`BackfillTables`] (what the
-//! backfill writes, many users a statement) and [`Reports`] (what `status`,
-//! `conflicts` and the ops server read). [`PgStore`] implements them on
+//! backfill writes, many users a statement), [`Reports`] (what `status`,
+//! `conflicts` and the ops server read) and [`Deliveries`] (what the
+//! deliverer of webhooks and `user-sync webhooks` do to their rows). [`PgStore`] implements them on
 //! PostgreSQL, [`SqliteStore`] on a SQLite file; [`Database`] picks one from
 //! `database.url`.
 //!
@@ -26,6 +27,7 @@ mod memory;
 mod pg;
 mod sqlite;
 mod users;
+mod webhooks;
 
 use sqlx::PgPool;
 use std::future::Future;
@@ -54,6 +56,7 @@ pub use pg::{
 pub use sqlite::{ProcessLock, SqliteBackfill, SqliteStore, json_list};
 pub(crate) use users::intent_of;
 pub use users::{Claim, ClaimIntent, Found, HolderClaim, NewClaim, SyncedUser, Unconfirmed};
+pub use webhooks::{Deliveries, Delivery, FailedAttempt, WaitingDelivery};
 
 /// What the dispatcher and the sweeper do to the outbox.
 pub trait Outbox: Send + Sync {
@@ -545,6 +548,15 @@ impl Database {
         match self {
             Self::Postgres(pool) => pg::check_current(pool).await,
             Self::Sqlite(pool) => sqlite::check_current(pool).await,
+        }
+    }
+
+    /// The webhook deliveries of this database (no per-user lock is
+    /// involved: any number may exist beside the process's store).
+    pub fn deliveries(&self) -> Arc<dyn Deliveries> {
+        match self {
+            Self::Postgres(pool) => Arc::new(pg::PgStore::new(pool.clone())),
+            Self::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
         }
     }
 

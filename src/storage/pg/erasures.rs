@@ -4,12 +4,14 @@
 
 use sqlx::PgConnection;
 
-use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId};
+use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId, WebhookKind};
+use crate::storage::webhooks::erasure_completed;
 
 /// Completes a closure: in one transaction, removes every email and name of
 /// `host` from the worker's tables (its user row, its outbox rows up to the
-/// closure, its conflicts), records the erasure with ids and times only, and
-/// ends the closure event.
+/// closure, its conflicts), records the erasure with ids and times only
+/// (and, when the deployment sends them, an `erasure.completed` webhook),
+/// and ends the closure event.
 pub async fn erase(
     conn: &mut PgConnection,
     host: &HostUserId,
@@ -51,18 +53,29 @@ pub async fn erase(
         .bind(host.as_str())
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
+    let recorded: Option<i64> = sqlx::query_scalar(
         "INSERT INTO user_sync.erasures
              (host_user_id, embedded_user_id, event_id, outcome, requested_at)
          SELECT $1, $2, id, $3, occurred_at FROM user_sync.events WHERE id = $4
-         ON CONFLICT (event_id) DO NOTHING",
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING id",
     )
     .bind(host.as_str())
     .bind(embedded_user_id.map(EmbeddedUserId::as_str))
     .bind(outcome.as_str())
     .bind(closure_event_id)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    if let Some(erasure_id) = recorded {
+        let data = erasure_completed(
+            host.as_str(),
+            embedded_user_id,
+            closure_event_id,
+            outcome,
+            erasure_id,
+        );
+        super::webhooks::enqueue(&mut tx, WebhookKind::ErasureCompleted, &data).await?;
+    }
     super::events::finish(
         &mut tx,
         closure_event_id,

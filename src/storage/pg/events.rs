@@ -34,7 +34,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::domain::{EventState, FullName, HostUserId, Intent, Profile};
+use crate::domain::{EventState, FullName, HostUserId, Intent, Profile, WebhookKind};
 use crate::storage::events::{Claimed, NextEvent, NextEventRow};
 
 /// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay
@@ -147,7 +147,9 @@ pub async fn finish(
     finish_many(conn, &[(id, state, reason)]).await
 }
 
-/// Ends several events, each in its own state and with its own reason.
+/// Ends several events, each in its own state and with its own reason. An
+/// event that ends `failed` writes an `event.failed` webhook in the same
+/// statement, when the deployment sends them.
 pub async fn finish_many(
     conn: &mut PgConnection,
     ends: &[(i64, EventState, Option<&str>)],
@@ -155,21 +157,53 @@ pub async fn finish_many(
     let ids: Vec<i64> = ends.iter().map(|(id, _, _)| *id).collect();
     let states: Vec<&str> = ends.iter().map(|(_, state, _)| state.as_str()).collect();
     let reasons: Vec<Option<&str>> = ends.iter().map(|(_, _, reason)| *reason).collect();
-    sqlx::query(
-        "UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now()
-         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
-         WHERE e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'",
-    )
+    // Nearly every batch ends no event `failed`: it runs the bare update,
+    // and the statement that also writes webhooks is paid only by a batch
+    // that needs it.
+    let failing = ends
+        .iter()
+        .any(|(_, state, _)| *state == EventState::Failed);
+    let query = sqlx::query(if failing {
+        FINISH_WRITING_FAILURES
+    } else {
+        FINISH
+    })
     // Planned for these rows each time: a plan cached while the table was
     // small would read all of it once it has grown.
     .persistent(false)
     .bind(&ids)
     .bind(&states)
-    .bind(&reasons)
-    .execute(conn)
-    .await?;
+    .bind(&reasons);
+    let query = if failing {
+        query.bind(WebhookKind::EventFailed.as_str())
+    } else {
+        query
+    };
+    query.execute(conn).await?;
     Ok(())
 }
+
+/// Ends the events of `$1` in the states `$2` with the reasons `$3`.
+const FINISH: &str =
+    "UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now()
+     FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
+     WHERE e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'";
+
+/// [`FINISH`], and a webhook of type `$4` for each event it ends `failed`:
+/// ids, its kind and its attempts (the last included). The reason stays
+/// out: an API's refusal may quote a name.
+const FINISH_WRITING_FAILURES: &str = "WITH ended AS (
+         UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now()
+         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
+         WHERE e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'
+         RETURNING e.id, e.host_user_id, e.kind, e.attempts, e.state)
+     INSERT INTO user_sync.webhook_deliveries (type, payload)
+     SELECT $4, user_sync.webhook_body($4, jsonb_build_object(
+                'event_id', id, 'host_user_id', host_user_id, 'kind', kind,
+                'attempts', attempts + 1))
+     FROM ended
+     WHERE state = 'failed'
+       AND EXISTS (SELECT 1 FROM user_sync.webhook_subscriptions WHERE type = $4)";
 
 /// Ends every pending event of `host` older than `newest`: latest wins.
 pub async fn supersede_older(

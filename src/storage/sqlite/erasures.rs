@@ -3,12 +3,14 @@
 
 use sqlx::SqlitePool;
 
-use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId};
+use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId, WebhookKind};
+use crate::storage::webhooks::erasure_completed as completed;
 
 use super::now_text;
 
 /// Completes a closure in one transaction: scrubs the user's email and
-/// name from every table, records the erasure, ends the event.
+/// name from every table, records the erasure (and, when the deployment
+/// sends them, an `erasure.completed` webhook), ends the event.
 pub(super) async fn erase(
     pool: &SqlitePool,
     host: &HostUserId,
@@ -47,19 +49,30 @@ pub(super) async fn erase(
         .bind(host)
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
+    let recorded: Option<i64> = sqlx::query_scalar(
         "INSERT INTO user_sync_erasures
              (host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at)
          SELECT ?1, ?2, id, ?3, occurred_at, ?5 FROM user_sync_events WHERE id = ?4
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING
+         RETURNING id",
     )
     .bind(host)
     .bind(embedded_user_id.map(EmbeddedUserId::as_str))
     .bind(outcome.as_str())
     .bind(closure_event_id)
     .bind(&now)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
+    if let Some(erasure_id) = recorded {
+        let data = completed(
+            host,
+            embedded_user_id,
+            closure_event_id,
+            outcome,
+            erasure_id,
+        );
+        super::webhooks::enqueue(&mut tx, WebhookKind::ErasureCompleted, &data).await?;
+    }
     super::events::mark_applied(&mut tx, closure_event_id, &now).await?;
     tx.commit().await
 }

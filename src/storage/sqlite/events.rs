@@ -6,30 +6,54 @@ use std::time::Duration;
 use chrono::Utc;
 use sqlx::SqlitePool;
 
-use crate::domain::EventState;
+use crate::domain::{EventState, WebhookKind};
 
 use crate::storage::Claimed;
 
 use super::{now_text, parse_at, text_at};
 
-/// Ends one event.
+/// Ends one event. One that ends `failed` writes an `event.failed` webhook
+/// in the same transaction, when the deployment sends them.
 pub(super) async fn finish(
     pool: &SqlitePool,
     id: i64,
     state: EventState,
     reason: Option<&str>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE user_sync_events SET state = ?2, reason = ?3, finished_at = ?4
-         WHERE id = ?1 AND state = 'pending'",
-    )
+    const FINISH: &str = "UPDATE user_sync_events SET state = ?2, reason = ?3, finished_at = ?4
+         WHERE id = ?1 AND state = 'pending'";
+    if state != EventState::Failed {
+        sqlx::query(FINISH)
+            .bind(id)
+            .bind(state.as_str())
+            .bind(reason)
+            .bind(now_text())
+            .execute(pool)
+            .await?;
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    let ended: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
+        format!("{FINISH} RETURNING host_user_id, kind, attempts"),
+    ))
     .bind(id)
     .bind(state.as_str())
     .bind(reason)
     .bind(now_text())
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(())
+    if let Some((host_user_id, kind, attempts)) = ended {
+        // Ids, the kind and the attempts (the last included); the reason
+        // stays out: an API's refusal may quote a name.
+        let data = serde_json::json!({
+            "event_id": id,
+            "host_user_id": host_user_id,
+            "kind": kind,
+            "attempts": attempts + 1,
+        });
+        super::webhooks::enqueue(&mut tx, WebhookKind::EventFailed, &data).await?;
+    }
+    tx.commit().await
 }
 
 /// Puts an event back to be dispatched after `delay`.
