@@ -300,10 +300,10 @@ pub fn fingerprint(value: &str) -> String {
 pub fn mask_email(value: &str) -> String {
     let first = |s: &str| s.chars().next().map(String::from).unwrap_or_default();
     match value.rsplit_once('@') {
-        Some((local, domain)) => {
-            let tld = domain.rsplit_once('.').map(|(_, t)| t).unwrap_or("");
-            format!("{}***@{}***.{}", first(local), first(domain), tld)
-        }
+        Some((local, domain)) => match domain.rsplit_once('.') {
+            Some((_, tld)) => format!("{}***@{}***.{tld}", first(local), first(domain)),
+            None => format!("{}***@{}***", first(local), first(domain)),
+        },
         None => format!("{}***", first(value)),
     }
 }

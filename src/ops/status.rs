@@ -105,19 +105,7 @@ pub fn render_events(rows: &[EventRow], format: ListFormat) -> anyhow::Result<St
 /// A username with most of it hidden, for screens that need not show it:
 /// `a***@e***.com`.
 pub fn mask_username(username: &str) -> String {
-    let first = |part: &str| part.chars().next().map(String::from).unwrap_or_default();
-    match username.rsplit_once('@') {
-        Some((local, domain)) => {
-            let (host, tld) = domain.rsplit_once('.').unwrap_or((domain, ""));
-            let tld = if tld.is_empty() {
-                String::new()
-            } else {
-                format!(".{tld}")
-            };
-            format!("{}***@{}***{tld}", first(local), first(host))
-        }
-        None => format!("{}***", first(username)),
-    }
+    crate::domain::mask_email(username)
 }
 
 /// `user-sync show` as text. The username is masked unless `reveal`.
