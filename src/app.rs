@@ -55,6 +55,9 @@ impl Worker {
         };
         let database = Database::connect(&settings.database, pool_size(settings)).await?;
         database.check_current().await?;
+        database
+            .key_fingerprints(settings.fingerprint_key.as_ref())
+            .await?;
         let mut parts = Parts {
             settings,
             api,

@@ -654,6 +654,9 @@ async fn resolve_conflict(
     };
     let database = Database::connect(&settings.database, 2).await?;
     database.check_current().await?;
+    database
+        .key_fingerprints(settings.fingerprint_key.as_ref())
+        .await?;
     let result = match &database {
         Database::Postgres(pool) => {
             let store = Arc::new(PgStore::new(pool.clone()));

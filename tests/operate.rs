@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{Running, run_once};
+use common::process::{Proc, Running, process_vars, run_once};
 use common::{Backend, Env};
 use user_sync_sandbox::{FaultUpdate, SandboxOptions};
 
@@ -17,6 +17,7 @@ const PAUSE_TAKES: Duration = Duration::from_secs(1);
 on_each_backend!(
     a_pause_holds_every_event_pending_until_resume,
     failed_events_are_listed_looked_up_and_sent_again,
+    log_fingerprints_are_keyed_with_the_deployments_key,
 );
 
 async fn a_pause_holds_every_event_pending_until_resume(backend: Backend) {
@@ -178,5 +179,61 @@ async fn failed_events_are_listed_looked_up_and_sent_again(backend: Backend) {
     run.stop().await;
     let again = run_once(&env.vars(), &["retry", "ok", "f1"]).await;
     assert_eq!(again.stdout.trim(), "2 events back to pending", "{again}");
+    env.finish().await;
+}
+
+/// The fingerprint a worker logs for a username is the HMAC under the key
+/// `migrate` made for the deployment: a plain digest of the email does not
+/// find it, and `log.fingerprint_key` replaces the key.
+async fn log_fingerprints_are_keyed_with_the_deployments_key(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let keys: Vec<(String,)> = env
+        .rows("SELECT fingerprint_key FROM user_sync.deployment")
+        .await;
+    assert_eq!(keys.len(), 1, "migrate made one key");
+    let key = &keys[0].0;
+    assert!(
+        key.len() >= 64,
+        "a long random key: {} characters",
+        key.len()
+    );
+    let migrated = run_once(&env.vars(), &["migrate"]).await;
+    assert!(migrated.status.success(), "{migrated}");
+    let again: Vec<(String,)> = env
+        .rows("SELECT fingerprint_key FROM user_sync.deployment")
+        .await;
+    assert_eq!(&again[0].0, key, "migrating again keeps the key");
+
+    let conflicted = async |vars: std::collections::HashMap<String, String>, n: usize| {
+        let mut worker = Proc::spawn(&vars, &["run"]);
+        worker.ready().await;
+        env.signup(&format!("a{n}"), "same.person@example.com", None)
+            .await;
+        env.settle(SETTLE).await;
+        env.signup(&format!("b{n}"), "same.person@example.com", None)
+            .await;
+        env.settle(SETTLE).await;
+        let log = worker.kill().await;
+        log.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["message"] == "username conflict reported")
+            .and_then(|line| line["username_fingerprint"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("no conflict line in:\n{log}"))
+    };
+    let logged = conflicted(process_vars(&env), 1).await;
+    let username = "same.person@example.com";
+    assert_eq!(
+        logged,
+        user_sync::domain::keyed_fingerprint(key.as_bytes(), username)
+    );
+    let mut vars = process_vars(&env);
+    vars.insert("USER_SYNC__LOG__FINGERPRINT_KEY".into(), "rotated".into());
+    // a1 holds the username already: b2 conflicts with it too.
+    let rotated = conflicted(vars, 2).await;
+    assert_eq!(
+        rotated,
+        user_sync::domain::keyed_fingerprint(b"rotated", username)
+    );
+    assert_ne!(rotated, logged);
     env.finish().await;
 }

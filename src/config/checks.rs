@@ -186,6 +186,7 @@ impl Settings {
                 format: raw.log.format,
                 level: raw.log.level,
             },
+            fingerprint_key: raw.log.fingerprint_key.and_then(non_empty),
             source,
             webhooks: super::webhooks::check(raw.webhooks)?,
         })

@@ -76,6 +76,9 @@ pub struct Settings {
     pub rate_limit: RateLimitSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
+    /// `log.fingerprint_key`: the key of the usernames' fingerprints in
+    /// logs; unset, the deployment's own key (made by `migrate`) is used.
+    pub fingerprint_key: Option<SecretString>,
     pub source: SourceSettings,
     pub webhooks: WebhookSettings,
 }

@@ -151,6 +151,8 @@ impl Default for RawSource {
 pub(super) struct RawLog {
     pub format: LogFormat,
     pub level: String,
+    #[serde(default)]
+    pub fingerprint_key: Option<SecretString>,
 }
 
 #[derive(Deserialize)]

@@ -25,7 +25,7 @@ pub use state::{
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 /// Longest username the worker sends. The API documents no limit; 254 is the
 /// longest valid email address, and the username is the email.
@@ -288,10 +288,38 @@ impl fmt::Display for EmbeddedUserId {
     }
 }
 
-/// A short hex tag of a SHA-256 digest: enough to correlate, too short and
-/// too one-way to recover the input.
+/// The key of this process's fingerprints: the deployment's, once set
+/// ([`set_fingerprint_key`]); until then one drawn at random for this
+/// process, so that no fingerprint is ever unkeyed.
+static FINGERPRINT_KEY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Keys every fingerprint of this process with the deployment's key (the
+/// same in every process of the deployment, so that their logs correlate).
+/// The first key set stays; returns whether this one was taken.
+pub fn set_fingerprint_key(key: &[u8]) -> bool {
+    FINGERPRINT_KEY.set(key.to_vec()).is_ok()
+}
+
+/// A short hex tag of `value` for correlating log lines: an HMAC-SHA256
+/// under the deployment's key, cut to 12 hex digits. Without the key,
+/// nobody can tell whether a candidate email is the one behind it.
 pub fn fingerprint(value: &str) -> String {
-    let digest = Sha256::digest(value.as_bytes());
+    let key = FINGERPRINT_KEY.get_or_init(|| {
+        use rand::RngCore;
+        let mut key = vec![0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        key
+    });
+    keyed_fingerprint(key, value)
+}
+
+/// [`fingerprint`] under `key`.
+pub fn keyed_fingerprint(key: &[u8], value: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+    mac.update(value.as_bytes());
+    let digest = mac.finalize().into_bytes();
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -461,5 +489,29 @@ mod tests {
         assert!(!redacted.contains("ada@example.com"), "{redacted}");
         assert!(redacted.contains("already exists"));
         assert_eq!(fingerprint("x").len(), 12);
+    }
+
+    #[test]
+    fn fingerprints_are_keyed() {
+        let email = "ada@example.com";
+        let a = keyed_fingerprint(b"deployment a", email);
+        assert_eq!(a, keyed_fingerprint(b"deployment a", email), "stable");
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, keyed_fingerprint(b"deployment b", email), "another key");
+        assert_ne!(a, keyed_fingerprint(b"deployment a", "bob@example.com"));
+        use sha2::Digest;
+        let unkeyed: String = Sha256::digest(email.as_bytes())[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(
+            a, unkeyed,
+            "a plain digest of a candidate email does not match"
+        );
+        // RFC 4231, test case 2: HMAC-SHA256("Jefe", "what do ya want ...").
+        assert_eq!(
+            keyed_fingerprint(b"Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60"
+        );
     }
 }

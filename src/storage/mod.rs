@@ -29,6 +29,7 @@ mod sqlite;
 mod users;
 mod webhooks;
 
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use std::future::Future;
 use std::sync::Arc;
@@ -558,6 +559,30 @@ impl Database {
             Self::Postgres(pool) => Arc::new(pg::PgStore::new(pool.clone())),
             Self::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
         }
+    }
+
+    /// Keys this process's username fingerprints with the deployment's key:
+    /// `log.fingerprint_key` when set, else the one `migrate` made in the
+    /// database, so that every process's logs correlate and nobody without
+    /// the key can test a candidate email against them.
+    pub async fn key_fingerprints(&self, configured: Option<&SecretString>) -> anyhow::Result<()> {
+        let key = match configured {
+            Some(key) => key.expose_secret().to_owned(),
+            None => match self {
+                Self::Postgres(pool) => {
+                    sqlx::query_scalar("SELECT fingerprint_key FROM user_sync.deployment")
+                        .fetch_one(pool)
+                        .await?
+                }
+                Self::Sqlite(pool) => {
+                    sqlx::query_scalar("SELECT fingerprint_key FROM user_sync_deployment")
+                        .fetch_one(pool)
+                        .await?
+                }
+            },
+        };
+        crate::domain::set_fingerprint_key(key.as_bytes());
+        Ok(())
     }
 
     /// The pipeline's storage on this database. One per process: on

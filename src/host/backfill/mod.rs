@@ -141,6 +141,10 @@ pub async fn run(
     };
     let database =
         Database::connect(&settings.database, settings.worker.concurrency as u32 + 2).await?;
+    database.check_current().await?;
+    database
+        .key_fingerprints(settings.fingerprint_key.as_ref())
+        .await?;
     let summary = match &database {
         Database::Postgres(pool) => {
             let opened = db::open_postgres(pool, target).await?;
