@@ -1369,3 +1369,38 @@ async fn a_padded_host_user_id_is_applied_not_dispatched_forever(backend: Backen
     run.stop().await;
     env.finish().await;
 }
+
+/// `rediss://` works: the queue reaches a Redis that speaks TLS only, and
+/// checks its certificate (a CA the process does not trust is refused, and
+/// the worker never falls back to plain text).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_reaches_redis_over_tls_and_checks_its_certificate() {
+    let redis = common::services::TlsRedis::start().await;
+    let env = Env::start_with(
+        Backend::Postgres,
+        &common::admin_url(),
+        &redis.url,
+        SandboxOptions::default(),
+    )
+    .await;
+    let mut vars = common::process::process_vars(&env);
+    let untrusted = common::process::run_once(&vars, &["run"]).await;
+    assert!(!untrusted.status.success(), "{untrusted}");
+    assert!(untrusted.stderr.contains("Redis"), "{untrusted}");
+
+    vars.insert(
+        "SSL_CERT_FILE".into(),
+        redis.ca.to_string_lossy().into_owned(),
+    );
+    let mut worker = common::process::Proc::spawn(&vars, &["run"]);
+    worker.ready().await;
+    env.signup("tls", "over.tls@example.com", None).await;
+    env.settle(SETTLE).await;
+    assert!(env.embedded_id("tls").await.is_some(), "{}", worker.log());
+    worker.kill().await;
+    // The test's own Redis goes with it: no namespace to flush (this test
+    // process does not trust its CA).
+    env.db_pool.close().await;
+    env.sandbox.shutdown().await;
+    env.db.drop_db().await;
+}
