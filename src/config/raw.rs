@@ -8,7 +8,7 @@
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{LogFormat, LookupBeforeCreate, RateLimitScope};
+use super::{ConsoleMode, LogFormat, LookupBeforeCreate, RateLimitScope};
 
 #[derive(Deserialize)]
 pub(super) struct Raw {
@@ -27,6 +27,8 @@ pub(super) struct Raw {
     pub source: RawSource,
     #[serde(default)]
     pub conflicts: RawConflicts,
+    #[serde(default)]
+    pub console: RawConsole,
 }
 
 #[derive(Deserialize)]
@@ -148,4 +150,20 @@ impl Default for RawSource {
 pub(super) struct RawLog {
     pub format: LogFormat,
     pub level: String,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+pub(super) struct RawConsole {
+    pub enabled: ConsoleMode,
+    pub token: Option<SecretString>,
+}
+
+impl Default for RawConsole {
+    fn default() -> Self {
+        Self {
+            enabled: ConsoleMode::Auto,
+            token: None,
+        }
+    }
 }
