@@ -362,14 +362,6 @@ impl ConsoleSettings {
             (_, None) => Ok(None),
         }
     }
-
-    /// Settings serving the console with `token` (tests, tools).
-    pub fn with_token(token: SecretString) -> Self {
-        Self {
-            enabled: ConsoleMode::Auto,
-            token: Some(token),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod console;
 pub mod process;
 mod redis_ns;
 pub mod services;
