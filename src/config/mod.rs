@@ -758,20 +758,18 @@ mod tests {
                 ("EMBEDDED_API_KEY", "super-secret-key"),
                 ("DATABASE_URL", "postgres://u:db-password@h/db"),
                 ("REDIS_URL", "redis://:redis-password@h:6379"),
+                ("USER_SYNC_CONSOLE_TOKEN", "console-token-never-shown"),
             ]),
         )
         .unwrap();
         let printed = format!("{s:?}");
-        for secret in ["super-secret-key", "db-password", "redis-password"] {
-            assert!(!printed.contains(secret), "{secret} printed");
-        }
-        let s = Settings::load_from(
-            dir.path(),
-            &env(&[("USER_SYNC_CONSOLE_TOKEN", "console-token-never-shown")]),
-        )
-        .unwrap();
-        let printed = format!("{:?} {:?}", s, s.console);
-        for secret in ["console-token-never-shown"] {
+        assert!(printed.contains("ConsoleSettings"), "{printed}");
+        for secret in [
+            "super-secret-key",
+            "db-password",
+            "redis-password",
+            "console-token-never-shown",
+        ] {
             assert!(!printed.contains(secret), "{secret} printed");
         }
     }
