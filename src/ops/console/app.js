@@ -174,7 +174,8 @@ function currentView() {
 
 function showSection(name) {
   for (const section of document.querySelectorAll('main > section')) {
-    section.hidden = section.id !== name;
+    // Not named as the hash is: the browser would scroll the header away.
+    section.hidden = section.id !== 'view-' + name;
   }
   for (const link of document.querySelectorAll('#tabs a')) {
     link.classList.toggle('current', link.dataset.view === name);
@@ -232,16 +233,21 @@ function showPause(paused) {
   }
 }
 
+/// The share of the allowed rate this process used since the last
+/// reading, and the numbers behind it.
 function rateInUse(rate) {
   const now = performance.now();
-  let text = '– of ' + Math.round(rate.allowed_rps) + '/s';
-  if (lastCalls && now > lastCalls.at) {
+  const allowed = Math.round(rate.allowed_rps) + ' requests/s allowed';
+  let reading = { share: '–', detail: allowed };
+  if (rate.api_key_refused) {
+    reading = { share: 'key refused', detail: 'the Embedded API refuses the key' };
+  } else if (lastCalls && now > lastCalls.at) {
     const perSecond = ((rate.calls_granted - lastCalls.calls) * 1000) / (now - lastCalls.at);
     const share = rate.allowed_rps > 0 ? Math.round((100 * perSecond) / rate.allowed_rps) : 0;
-    text = share + '% (' + perSecond.toFixed(1) + ' of ' + Math.round(rate.allowed_rps) + '/s)';
+    reading = { share: share + '%', detail: perSecond.toFixed(1) + ' of ' + allowed };
   }
   lastCalls = { calls: rate.calls_granted, at: now };
-  return rate.api_key_refused ? 'key refused' : text;
+  return reading;
 }
 
 async function showOverview() {
@@ -252,7 +258,9 @@ async function showOverview() {
   number('m-conflicts', status.open_conflicts, status.open_conflicts > 0);
   number('m-erasures', status.pending_erasures);
   number('m-queue', status.queue_depth);
-  number('m-rate', rateInUse(status.rate_limit), status.rate_limit.api_key_refused);
+  const rate = rateInUse(status.rate_limit);
+  number('m-rate', rate.share, status.rate_limit.api_key_refused);
+  $('m-rate-detail').textContent = rate.detail;
   number('m-synced', status.synced_users);
   showPause(status.paused);
   drawChart(activity.minutes);
