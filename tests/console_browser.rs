@@ -148,11 +148,11 @@ async fn script(browser: &Client, js: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{js}: {e}"))
 }
 
-/// Waits until the toast says `words`.
-async fn toast_says(browser: &Client, words: &str) {
-    let what = format!("a toast saying {words:?}");
+/// Waits until the element `css` finds says `words`.
+async fn says(browser: &Client, css: &str, words: &str) {
+    let what = format!("{css} saying {words:?}");
     eventually(SHOWS, &what, || async {
-        text(browser, "#toast").await.contains(words)
+        text(browser, css).await.contains(words)
     })
     .await;
 }
@@ -251,10 +251,7 @@ async fn the_console_works_in_a_real_browser() {
     browser.goto(&console).await.expect("open the console");
     type_into(&browser, "#token", "not-the-token").await;
     click(&browser, "#sign-in-form button").await;
-    eventually(SHOWS, "a wrong token is refused", || async {
-        text(&browser, "#sign-in-error").await.contains("refused")
-    })
-    .await;
+    says(&browser, "#sign-in-error", "refused").await;
     assert!(!shown(&browser, "#tabs").await);
     browser
         .find(Locator::Css("#token"))
@@ -288,10 +285,7 @@ async fn the_console_works_in_a_real_browser() {
     })
     .await;
     // Two readings of the gate: the rate in use is shown.
-    eventually(SHOWS, "the rate limit in use", || async {
-        text(&browser, "#m-rate").await.contains('%')
-    })
-    .await;
+    says(&browser, "#m-rate", "%").await;
     save_screenshot(&browser).await;
 
     // A failed event, with its reason, sent again.
@@ -305,7 +299,7 @@ async fn the_console_works_in_a_real_browser() {
     assert!(!reason.is_empty(), "a failure says why");
     assert!(!text(&browser, row).await.contains("f1@example.com"));
     click(&browser, &format!("{row} button.retry")).await;
-    toast_says(&browser, "1 event(s) back to pending").await;
+    says(&browser, "#toast", "1 event(s) back to pending").await;
     env.settle(SETTLE).await;
     assert_eq!(env.event_state(failed).await.0, "applied");
     click(&browser, "#tabs a[data-view=failed]").await;
@@ -317,13 +311,10 @@ async fn the_console_works_in_a_real_browser() {
     // A conflict adopted, with a note.
     click(&browser, "#tabs a[data-view=conflicts]").await;
     let row = "#conflict-rows tr[data-host=c]";
-    eventually(SHOWS, "c's conflict is listed", || async {
-        text(&browser, row).await.contains("outside@example.com")
-    })
-    .await;
+    says(&browser, row, "outside@example.com").await;
     type_into(&browser, &format!("{row} input.note"), "ticket 9").await;
     click(&browser, &format!("{row} button[data-action=adopt]")).await;
-    toast_says(&browser, "adopted").await;
+    says(&browser, "#toast", "adopted").await;
     assert_eq!(
         env.embedded_id("c").await.as_deref(),
         Some(outside.as_str())
@@ -362,12 +353,7 @@ async fn the_console_works_in_a_real_browser() {
 
     // The erasures, and their CSV downloaded as the page saves it.
     click(&browser, "#tabs a[data-view=erasures]").await;
-    eventually(SHOWS, "the erasure of leaving is listed", || async {
-        text(&browser, "#erasure-rows tr[data-host=leaving]")
-            .await
-            .contains("deleted")
-    })
-    .await;
+    says(&browser, "#erasure-rows tr[data-host=leaving]", "deleted").await;
     click(&browser, "#download-erasures").await;
     let file = downloads.path().join("erasures.csv");
     eventually(SHOWS, "erasures.csv is downloaded", || async {
@@ -388,22 +374,14 @@ async fn the_console_works_in_a_real_browser() {
     // A search opens the user's page, the username masked until revealed.
     type_into(&browser, "#search-id", "c").await;
     click(&browser, "#search button").await;
-    eventually(SHOWS, "c's page", || async {
-        text(&browser, "#user-mapping").await.contains(&outside)
-    })
-    .await;
+    says(&browser, "#user-mapping", &outside).await;
     assert!(
         text(&browser, "#user-mapping")
             .await
             .contains("o***@e***.com")
     );
     click(&browser, "#reveal").await;
-    eventually(SHOWS, "the username revealed", || async {
-        text(&browser, "#user-mapping")
-            .await
-            .contains("outside@example.com")
-    })
-    .await;
+    says(&browser, "#user-mapping", "outside@example.com").await;
 
     // A phone: nothing wider than the screen.
     browser
