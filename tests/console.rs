@@ -11,7 +11,7 @@ use common::console::{Api, TOKEN, WITH_TOKEN};
 use common::process::{Proc, Running, process_vars, run_once};
 use common::{Backend, Env};
 use serde_json::json;
-use user_sync_sandbox::{FaultUpdate, SandboxOptions};
+use user_sync_sandbox::SandboxOptions;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -219,10 +219,7 @@ async fn events_users_and_retries_through_the_api(backend: Backend) {
     env.signup("ok", "fine@example.com", Some("Fine Person"))
         .await;
     env.settle(SETTLE).await;
-    env.sandbox.update_faults(FaultUpdate {
-        fail_rate: Some(1.0),
-        ..FaultUpdate::default()
-    });
+    env.fail_every_call(true);
     let failing = [
         env.signup("f1", "first@example.com", Some("First")).await,
         env.signup("f2", "second@example.com", None).await,
@@ -291,10 +288,7 @@ async fn events_users_and_retries_through_the_api(backend: Backend) {
         assert_eq!(refused.status, 400, "{body}: {refused}");
         assert!(!refused.error().is_empty());
     }
-    env.sandbox.update_faults(FaultUpdate {
-        fail_rate: Some(0.0),
-        ..FaultUpdate::default()
-    });
+    env.fail_every_call(false);
     let retried = api
         .post("/api/v1/events/retry", json!({"state": "failed"}))
         .await;

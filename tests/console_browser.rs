@@ -20,7 +20,7 @@ use common::process::Running;
 use common::{Backend, Env, eventually};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
-use user_sync_sandbox::{FaultUpdate, SandboxOptions};
+use user_sync_sandbox::SandboxOptions;
 
 const SETTLE: Duration = Duration::from_secs(30);
 /// How long the page may take to show what a step waits for.
@@ -117,25 +117,27 @@ async fn shown(browser: &Client, css: &str) -> bool {
     }
 }
 
-async fn click(browser: &Client, css: &str) {
+/// The element `css` finds, once it is there.
+async fn element(browser: &Client, css: &str) -> fantoccini::elements::Element {
     browser
         .wait()
         .at_most(SHOWS)
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
+}
+
+async fn click(browser: &Client, css: &str) {
+    element(browser, css)
+        .await
         .click()
         .await
         .unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
 async fn type_into(browser: &Client, css: &str, keys: &str) {
-    browser
-        .wait()
-        .at_most(SHOWS)
-        .for_element(Locator::Css(css))
+    element(browser, css)
         .await
-        .unwrap_or_else(|e| panic!("{css} never appeared: {e}"))
         .send_keys(keys)
         .await
         .unwrap_or_else(|e| panic!("type into {css}: {e}"));
@@ -229,17 +231,11 @@ async fn the_console_works_in_a_real_browser() {
     env.signup("c", "outside@example.com", Some("Carla")).await;
     env.closure("leaving").await;
     env.settle(SETTLE).await;
-    env.sandbox.update_faults(FaultUpdate {
-        fail_rate: Some(1.0),
-        ..FaultUpdate::default()
-    });
+    env.fail_every_call(true);
     let failed = env.signup("f1", "f1@example.com", None).await;
     env.settle(SETTLE).await;
     assert_eq!(env.event_state(failed).await.0, "failed");
-    env.sandbox.update_faults(FaultUpdate {
-        fail_rate: Some(0.0),
-        ..FaultUpdate::default()
-    });
+    env.fail_every_call(false);
     an_hour_of_history(&env).await;
 
     let downloads = tempfile::tempdir().expect("a downloads folder");
@@ -253,10 +249,8 @@ async fn the_console_works_in_a_real_browser() {
     click(&browser, "#sign-in-form button").await;
     says(&browser, "#sign-in-error", "refused").await;
     assert!(!shown(&browser, "#tabs").await);
-    browser
-        .find(Locator::Css("#token"))
+    element(&browser, "#token")
         .await
-        .expect("the token field")
         .clear()
         .await
         .expect("clear it");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::process::{Running, run_once};
 use common::{Backend, Env};
-use user_sync_sandbox::{FaultUpdate, SandboxOptions};
+use user_sync_sandbox::SandboxOptions;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -81,10 +81,7 @@ async fn failed_events_are_listed_looked_up_and_sent_again(backend: Backend) {
     env.signup("ok", "fine@example.com", Some("Fine Person"))
         .await;
     env.settle(SETTLE).await;
-    env.sandbox.update_faults(FaultUpdate {
-        fail_rate: Some(1.0),
-        ..FaultUpdate::default()
-    });
+    env.fail_every_call(true);
     let failing = [
         env.signup("f1", "first@example.com", Some("First")).await,
         env.signup("f2", "second@example.com", None).await,
@@ -142,10 +139,7 @@ async fn failed_events_are_listed_looked_up_and_sent_again(backend: Backend) {
     let unknown = run_once(&env.vars(), &["show", "nobody"]).await;
     assert!(unknown.stdout.contains("has not acted on it"), "{unknown}");
 
-    env.sandbox.update_faults(FaultUpdate {
-        fail_rate: Some(0.0),
-        ..FaultUpdate::default()
-    });
+    env.fail_every_call(false);
     let nothing = run_once(&env.vars(), &["retry"]).await;
     assert_eq!(nothing.status.code(), Some(2), "{nothing}");
     let retried = run_once(&env.vars(), &["retry", "--failed"]).await;

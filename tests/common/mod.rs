@@ -388,6 +388,15 @@ impl Env {
         .expect("read an event")
     }
 
+    /// Makes the sandbox answer every call with a server error (`true`),
+    /// or none (`false`).
+    pub fn fail_every_call(&self, fail: bool) {
+        self.sandbox.update_faults(user_sync_sandbox::FaultUpdate {
+            fail_rate: Some(if fail { 1.0 } else { 0.0 }),
+            ..user_sync_sandbox::FaultUpdate::default()
+        });
+    }
+
     /// Once a pause has had its second to take every process: writes
     /// `signups` signups (`u0`, `u1`, ...) and then `then` (one more event),
     /// waits, and checks that no API call was made, that every event waits
