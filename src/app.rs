@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseKind, RateLimitScope, Settings};
+use crate::config::{ConsoleMode, DatabaseKind, RateLimitScope, Settings};
 use crate::domain::EmbeddedUserId;
 use crate::embedded::{ApiError, EmbeddedClient, UserRef};
 use crate::ops::{self, OpsState};
@@ -47,6 +47,7 @@ impl Worker {
         let _ = ops::recorder();
         // Settings first: a missing key fails before any connection.
         let api = EmbeddedClient::new(&settings.embedded)?;
+        settings.console.token_for(settings.http.bind)?;
         // On SQLite, one process per file (the per-user locks live in it):
         // the file is ours before anything else touches it.
         let file_lock = match settings.database.kind()? {
@@ -160,15 +161,41 @@ impl Parts<'_> {
             settings.worker.clone(),
             settings.sync.clone(),
         ));
+        // The console resolves conflicts with this process's store (on
+        // SQLite, the holder of the per-user locks), client and gate.
+        let reconciler =
+            ops::Reconciler::sharing(store.clone(), self.api.clone(), gate.clone(), settings);
         let store: Arc<dyn Store> = store;
         let job_queue = queue::shared(queue.clone());
 
+        let console = match settings.console.token_for(settings.http.bind)? {
+            Some(token) => {
+                tracing::info!("the operator API and console are served at /api/v1 and /console");
+                Some(Arc::new(ops::Console::new(
+                    token,
+                    store.clone(),
+                    job_queue.clone(),
+                    gate.clone(),
+                    Arc::new(reconciler),
+                )))
+            }
+            None => {
+                if settings.console.enabled == ConsoleMode::On {
+                    tracing::warn!(
+                        "console.enabled = \"on\" but no token is set (USER_SYNC_CONSOLE_TOKEN): \
+                         the console stays off"
+                    );
+                }
+                None
+            }
+        };
         let ops_addr = ops::serve(
             settings.http.bind,
             OpsState {
                 store: store.clone(),
                 queue: job_queue.clone(),
                 gate: gate.clone(),
+                console,
             },
             shutdown.clone(),
         )

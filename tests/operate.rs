@@ -8,11 +8,9 @@ use std::time::Duration;
 
 use common::process::{Proc, Running, process_vars, run_once};
 use common::{Backend, Env};
-use user_sync_sandbox::{FaultUpdate, SandboxOptions};
+use user_sync_sandbox::SandboxOptions;
 
 const SETTLE: Duration = Duration::from_secs(30);
-/// A pause stops every process's calls within a second.
-const PAUSE_TAKES: Duration = Duration::from_secs(1);
 
 on_each_backend!(
     a_pause_holds_every_event_pending_until_resume,
@@ -38,28 +36,12 @@ async fn a_pause_holds_every_event_pending_until_resume(backend: Backend) {
     .await;
     assert!(paused.status.success(), "{paused}");
     assert!(paused.stdout.contains("INC-1: bad emails"), "{paused}");
-    tokio::time::sleep(PAUSE_TAKES).await;
-    let requests = env.sandbox.stats().total_requests;
-    let mut events = Vec::new();
-    for i in 0..20 {
-        events.push(
-            env.signup(&format!("u{i}"), &format!("u{i}@example.com"), None)
-                .await,
-        );
-    }
-    env.change("before", "before@example.com", Some("Renamed"))
+    let events = env
+        .held_while_paused(
+            20,
+            env.change("before", "before@example.com", Some("Renamed")),
+        )
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        env.sandbox.stats().total_requests,
-        requests,
-        "no API call while paused"
-    );
-    assert_eq!(env.pending().await, 21, "every event waits, none failed");
-    let attempts = env
-        .scalar("SELECT CAST(coalesce(sum(attempts), 0) AS BIGINT) FROM user_sync.events")
-        .await;
-    assert_eq!(attempts, 0, "a pause uses no attempt");
 
     let status = run_once(&env.vars(), &["status", "--json"]).await;
     let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("JSON");
@@ -100,10 +82,7 @@ async fn failed_events_are_listed_looked_up_and_sent_again(backend: Backend) {
     env.signup("ok", "fine@example.com", Some("Fine Person"))
         .await;
     env.settle(SETTLE).await;
-    env.sandbox.update_faults(FaultUpdate {
-        fail_rate: Some(1.0),
-        ..FaultUpdate::default()
-    });
+    env.fail_every_call(true);
     let failing = [
         env.signup("f1", "first@example.com", Some("First")).await,
         env.signup("f2", "second@example.com", None).await,
@@ -161,10 +140,7 @@ async fn failed_events_are_listed_looked_up_and_sent_again(backend: Backend) {
     let unknown = run_once(&env.vars(), &["show", "nobody"]).await;
     assert!(unknown.stdout.contains("has not acted on it"), "{unknown}");
 
-    env.sandbox.update_faults(FaultUpdate {
-        fail_rate: Some(0.0),
-        ..FaultUpdate::default()
-    });
+    env.fail_every_call(false);
     let nothing = run_once(&env.vars(), &["retry"]).await;
     assert_eq!(nothing.status.code(), Some(2), "{nothing}");
     let retried = run_once(&env.vars(), &["retry", "--failed"]).await;

@@ -11,10 +11,10 @@ use url::Url;
 
 use super::raw::{Raw, RawSource};
 use super::{
-    ConfigError, ConflictSettings, DatabaseSettings, DispatcherSettings, EmbeddedSettings,
-    HttpSettings, LogSettings, RateLimitSettings, RedisSettings, SUPPORTED_API_VERSIONS, Settings,
-    SourceSettings, SourceTable, SourceTarget, SweeperSettings, SyncSettings, WorkerSettings,
-    database_kind, invalid,
+    ConfigError, ConflictSettings, ConsoleSettings, DatabaseSettings, DispatcherSettings,
+    EmbeddedSettings, HttpSettings, LogSettings, RateLimitSettings, RedisSettings,
+    SUPPORTED_API_VERSIONS, Settings, SourceSettings, SourceTable, SourceTarget, SweeperSettings,
+    SyncSettings, WorkerSettings, database_kind, invalid,
 };
 
 impl Settings {
@@ -189,6 +189,10 @@ impl Settings {
             fingerprint_key: raw.log.fingerprint_key.and_then(non_empty),
             source,
             webhooks: super::webhooks::check(raw.webhooks)?,
+            console: ConsoleSettings {
+                enabled: raw.console.enabled,
+                token: header_safe("console.token", raw.console.token.and_then(non_empty))?,
+            },
         })
     }
 }

@@ -81,6 +81,7 @@ pub struct Settings {
     pub fingerprint_key: Option<SecretString>,
     pub source: SourceSettings,
     pub webhooks: WebhookSettings,
+    pub console: ConsoleSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +331,48 @@ impl SourceSettings {
     }
 }
 
+/// Whether `user-sync run` serves the operator API and the console
+/// (`console.enabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleMode {
+    /// Served when a token is set.
+    Auto,
+    /// Wanted: a non-loopback `http.bind` without a token refuses to start.
+    On,
+    Off,
+}
+
+/// The operator API under `/api/v1` and the page at `/console` (`[console]`).
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    pub enabled: ConsoleMode,
+    /// The bearer token every API request carries; `None` when unset.
+    /// Never printed (its `Debug` is redacted).
+    token: Option<SecretString>,
+}
+
+impl ConsoleSettings {
+    /// The token to serve the console with on `bind`, or `None` when it is
+    /// off. An operator who turned it on for an address other than loopback
+    /// without a token is refused, by the keys to fix: an API that pauses
+    /// the deployment is never open to a network.
+    pub fn token_for(&self, bind: SocketAddr) -> Result<Option<&SecretString>, ConfigError> {
+        match (self.enabled, &self.token) {
+            (ConsoleMode::Off, _) => Ok(None),
+            (_, Some(token)) => Ok(Some(token)),
+            (ConsoleMode::On, None) if !bind.ip().is_loopback() => Err(invalid(
+                "console.enabled",
+                format!(
+                    "\"on\" with http.bind {bind} (not loopback) needs a token: set \
+                     USER_SYNC_CONSOLE_TOKEN (or console.token), or console.enabled = \"off\""
+                ),
+            )),
+            (_, None) => Ok(None),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -380,6 +423,7 @@ impl Settings {
             ("REDIS_URL", "REDIS__URL"),
             ("EMBEDDED_API_KEY", "EMBEDDED__API_KEY"),
             ("USER_SYNC_WEBHOOK_SECRET", "WEBHOOKS__SECRET"),
+            ("USER_SYNC_CONSOLE_TOKEN", "CONSOLE__TOKEN"),
         ]
         .into_iter()
         .filter_map(|(var, key)| env.get(var).map(|v| (key.to_owned(), v.clone())))
@@ -724,12 +768,78 @@ mod tests {
                 ("EMBEDDED_API_KEY", "super-secret-key"),
                 ("DATABASE_URL", "postgres://u:db-password@h/db"),
                 ("REDIS_URL", "redis://:redis-password@h:6379"),
+                ("USER_SYNC_CONSOLE_TOKEN", "console-token-never-shown"),
             ]),
         )
         .unwrap();
         let printed = format!("{s:?}");
-        for secret in ["super-secret-key", "db-password", "redis-password"] {
+        assert!(printed.contains("ConsoleSettings"), "{printed}");
+        for secret in [
+            "super-secret-key",
+            "db-password",
+            "redis-password",
+            "console-token-never-shown",
+        ] {
             assert!(!printed.contains(secret), "{secret} printed");
         }
+    }
+
+    #[test]
+    fn the_console_follows_its_token_and_refuses_an_open_bind_without_one() {
+        let dir = empty_dir();
+        let loopback: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+        let open: SocketAddr = "0.0.0.0:9090".parse().unwrap();
+        let load = |vars: &[(&str, &str)]| Settings::load_from(dir.path(), &env(vars)).unwrap();
+
+        let s = load(&[]);
+        assert_eq!(s.console.enabled, ConsoleMode::Auto);
+        assert!(
+            s.console.token_for(open).unwrap().is_none(),
+            "auto: off without a token"
+        );
+        let s = load(&[("USER_SYNC_CONSOLE_TOKEN", " t-1\n")]);
+        let token = s.console.token_for(open).unwrap().expect("served");
+        assert_eq!(token.expose_secret(), "t-1", "trimmed like every secret");
+        let s = load(&[
+            ("USER_SYNC__CONSOLE__TOKEN", "t-2"),
+            ("USER_SYNC__CONSOLE__ENABLED", "off"),
+        ]);
+        assert!(
+            s.console.token_for(loopback).unwrap().is_none(),
+            "off wins over a token"
+        );
+        let s = load(&[("USER_SYNC_CONSOLE_TOKEN", "   ")]);
+        assert!(
+            s.console.token_for(open).unwrap().is_none(),
+            "blank is unset"
+        );
+
+        let s = load(&[("USER_SYNC__CONSOLE__ENABLED", "on")]);
+        assert!(
+            s.console.token_for(loopback).unwrap().is_none(),
+            "on loopback it stays off"
+        );
+        let error = s.console.token_for(open).unwrap_err().to_string();
+        for key in [
+            "console.enabled",
+            "http.bind",
+            "USER_SYNC_CONSOLE_TOKEN",
+            "console.token",
+        ] {
+            assert!(error.contains(key), "{key} named: {error}");
+        }
+
+        for bad in ["two words", "zw\u{f6}lf"] {
+            let error = Settings::load_from(dir.path(), &env(&[("USER_SYNC_CONSOLE_TOKEN", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("console.token is invalid"), "{error}");
+            assert!(!error.contains(bad), "the token is never shown: {error}");
+        }
+        let error =
+            Settings::load_from(dir.path(), &env(&[("USER_SYNC__CONSOLE__ENABLED", "yes")]))
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("console.enabled"), "{error}");
     }
 }

@@ -8,7 +8,7 @@
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{LogFormat, LookupBeforeCreate, RateLimitScope};
+use super::{ConsoleMode, LogFormat, LookupBeforeCreate, RateLimitScope};
 use crate::domain::WebhookKind;
 
 #[derive(Deserialize)]
@@ -30,6 +30,8 @@ pub(super) struct Raw {
     pub conflicts: RawConflicts,
     #[serde(default)]
     pub webhooks: RawWebhooks,
+    #[serde(default)]
+    pub console: RawConsole,
 }
 
 #[derive(Deserialize)]
@@ -204,5 +206,21 @@ impl RawList {
             .map(str::trim)
             .filter(|n| !n.is_empty())
             .collect()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+pub(super) struct RawConsole {
+    pub enabled: ConsoleMode,
+    pub token: Option<SecretString>,
+}
+
+impl Default for RawConsole {
+    fn default() -> Self {
+        Self {
+            enabled: ConsoleMode::Auto,
+            token: None,
+        }
     }
 }

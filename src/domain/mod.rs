@@ -14,8 +14,8 @@ mod state;
 pub use profile::{Desired, Profile, Synced};
 pub use provenance::{ClaimCheck, Intent, Provenance};
 pub use report::{
-    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, MappingRow, Pause, RetryTarget,
-    Status, UserRecord,
+    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, FinishedInMinute, MappingRow,
+    Pause, RetryTarget, Status, UserRecord,
 };
 pub use state::{
     ConflictReason, ErasureOutcome, EventKind, EventState, RESOLVED_BY_WORKER, Resolution,

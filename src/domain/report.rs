@@ -19,6 +19,8 @@ pub struct Status {
     pub synced_users: i64,
     pub open_conflicts: i64,
     pub completed_erasures: i64,
+    /// Account closures not carried out yet (their events are pending).
+    pub pending_erasures: i64,
     /// Age of the oldest pending event, in seconds (0 when none is pending).
     pub outbox_lag_seconds: f64,
     /// Set while an operator has paused the deployment.
@@ -155,6 +157,16 @@ impl ErasureRow {
     /// Its columns, for a `SELECT`.
     pub const COLUMNS: &'static str =
         "id, host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at";
+}
+
+/// How many events ended in `state` within one minute (by `finished_at`):
+/// the console's chart of the last hour.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FinishedInMinute {
+    /// The minute's start.
+    pub minute: DateTime<Utc>,
+    pub state: String,
+    pub events: i64,
 }
 
 /// Everything about one host user: `user-sync show`.

@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz` and `/metrics` of `user-sync run`.
+//! `/healthz`, `/readyz` and `/metrics` of `user-sync run`, and the
+//! console's routes when it is on.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,9 @@ pub struct OpsState {
     pub store: Arc<dyn Reports>,
     pub queue: Arc<dyn JobQueue>,
     pub gate: Arc<ApiGate>,
+    /// The operator API and the page, when `[console]` serves them; without
+    /// it their paths answer 404.
+    pub console: Option<Arc<super::console::Console>>,
 }
 
 #[derive(Serialize)]
@@ -31,11 +35,16 @@ struct Readiness {
 }
 
 pub fn router(state: OpsState) -> Router {
-    Router::new()
+    let console = state.console.clone();
+    let ops = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    match console {
+        Some(console) => ops.merge(super::console::router(console)),
+        None => ops,
+    }
 }
 
 /// Serves until `shutdown` is cancelled.

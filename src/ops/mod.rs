@@ -1,17 +1,19 @@
 //! Operating the worker: the HTTP endpoints of `user-sync run` (`/healthz`,
-//! `/readyz`, `/metrics`), Prometheus metrics, and the `status`/`conflicts`
-//! reports. Each in a private file; what `app` and `cli` use is re-exported
+//! `/readyz`, `/metrics`), the operator API and its console (`console`),
+//! Prometheus metrics, and the `status`/`conflicts` reports. Each in a private file; what `app` and `cli` use is re-exported
 //! here.
 
+mod console;
 mod http;
 mod metrics;
 mod reconcile;
 mod status;
 
+pub use console::Console;
 pub use http::{OpsState, serve};
 pub use metrics::recorder;
-pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, recheck_conflicts};
+pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, Resolve, recheck_conflicts};
 pub use status::{
-    ListFormat, describe_done, describe_pause, mask_username, render_conflicts, render_events,
-    render_user, status_table, user_json,
+    ListFormat, describe_done, describe_pause, erasures_csv, mask_username, render_conflicts,
+    render_events, render_user, status_table, user_json,
 };

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -95,9 +96,23 @@ pub struct Reconciler<S: SyncStore + Store> {
 }
 
 impl<S: SyncStore + Store> Reconciler<S> {
+    /// A reconciler of its own, for a command: its own client and rate
+    /// gate.
     pub fn new(store: Arc<S>, settings: &Settings) -> anyhow::Result<Self> {
         let client = EmbeddedClient::new(&settings.embedded)?;
         let gate = Arc::new(ApiGate::new(&settings.rate_limit));
+        Ok(Self::sharing(store, client, gate, settings))
+    }
+
+    /// A reconciler inside a worker process (its operator API): the
+    /// process's store (on SQLite, the holder of its per-user locks), client
+    /// and gate, whose rate limit and pause it keeps to.
+    pub fn sharing(
+        store: Arc<S>,
+        client: EmbeddedClient,
+        gate: Arc<ApiGate>,
+        settings: &Settings,
+    ) -> Self {
         let jobs = SyncContext::new(
             store.clone(),
             client.clone(),
@@ -105,7 +120,7 @@ impl<S: SyncStore + Store> Reconciler<S> {
             settings.worker.clone(),
             settings.sync.clone(),
         );
-        Ok(Self {
+        Self {
             store,
             api: ForegroundApi {
                 client,
@@ -113,7 +128,7 @@ impl<S: SyncStore + Store> Reconciler<S> {
                 worker: settings.worker.clone(),
             },
             jobs,
-        })
+        }
     }
 
     /// Carries out `action` on conflict `id`.
@@ -355,6 +370,28 @@ impl<S: SyncStore + Store> Reconciler<S> {
             }
             Err(error) => Ok(FullNameFix::Failed(error.to_string())),
         }
+    }
+}
+
+/// [`Reconciler::resolve`] behind a trait object: the ops server holds it
+/// without knowing the backend, which `app` chose.
+pub trait Resolve: Send + Sync {
+    fn resolve<'a>(
+        &'a self,
+        id: i64,
+        action: Action,
+        operator: Operator<'a>,
+    ) -> BoxFuture<'a, anyhow::Result<Result<Done, Refused>>>;
+}
+
+impl<S: SyncStore + Store> Resolve for Reconciler<S> {
+    fn resolve<'a>(
+        &'a self,
+        id: i64,
+        action: Action,
+        operator: Operator<'a>,
+    ) -> BoxFuture<'a, anyhow::Result<Result<Done, Refused>>> {
+        Box::pin(Reconciler::resolve(self, id, action, operator))
     }
 }
 

@@ -19,7 +19,7 @@ mod shared;
 pub use shared::{REDIS_TIMEOUT, SharedLimit, SharedParams, Slot};
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -134,6 +134,9 @@ pub struct ApiGate {
     /// The last time a caller had to wait for budget (or was told to come
     /// back): work of the lowest priority goes only when nobody has lately.
     contended_at: Mutex<Option<Instant>>,
+    /// Calls let through since the process started: the console reads the
+    /// rate in use from two readings.
+    granted: AtomicU64,
 }
 
 impl std::fmt::Debug for ApiGate {
@@ -195,7 +198,13 @@ impl ApiGate {
             auth_paused: AtomicBool::new(false),
             operator_paused: AtomicBool::new(false),
             contended_at: Mutex::new(None),
+            granted: AtomicU64::new(0),
         }
+    }
+
+    /// Calls this gate let through since it was made.
+    pub fn calls_granted(&self) -> u64 {
+        self.granted.load(Ordering::Relaxed)
     }
 
     /// The rate allowed now, requests per second (adaptive rates move).
@@ -277,6 +286,7 @@ impl ApiGate {
                         metrics::gauge!("user_sync_rate_limit_allowed_rps")
                             .set(self.allowed_rate());
                     }
+                    self.granted.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
                 Slot::Retry(wait) => {

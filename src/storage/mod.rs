@@ -41,8 +41,9 @@ use sqlx::SqlitePool;
 
 use crate::config::{DatabaseKind, DatabaseSettings};
 use crate::domain::{
-    ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, EventFilter, EventState, FullName,
-    HostUserId, Intent, Pause, Profile, RetryTarget, Status, UserRecord, UserState, Username,
+    ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, ErasureRow, EventFilter,
+    EventState, FinishedInMinute, FullName, HostUserId, Intent, Pause, Profile, RetryTarget,
+    Status, UserRecord, UserState, Username,
 };
 
 pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
@@ -450,6 +451,15 @@ pub trait Operate: Send + Sync {
         host: &'a str,
         recent: i64,
     ) -> BoxFuture<'a, sqlx::Result<UserRecord>>;
+    /// The proofs of erasure, newest first, at most `limit`.
+    fn erasures(&self, limit: i64) -> BoxFuture<'_, sqlx::Result<Vec<ErasureRow>>>;
+    /// How many events ended in each state in each minute since `since`
+    /// (by `finished_at`), oldest minute first; minutes without any are
+    /// left out.
+    fn finished_per_minute(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'_, sqlx::Result<Vec<FinishedInMinute>>>;
 }
 
 /// What reconciliation does to conflicts, for an operator (`conflicts

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod console;
 pub mod process;
 mod redis_ns;
 pub mod services;
@@ -385,6 +386,53 @@ impl Env {
             .fetch_one(pool)
             .await)
         .expect("read an event")
+    }
+
+    /// Makes the sandbox answer every call with a server error (`true`),
+    /// or none (`false`).
+    pub fn fail_every_call(&self, fail: bool) {
+        self.sandbox.update_faults(user_sync_sandbox::FaultUpdate {
+            fail_rate: Some(if fail { 1.0 } else { 0.0 }),
+            ..user_sync_sandbox::FaultUpdate::default()
+        });
+    }
+
+    /// Once a pause has had its second to take every process: writes
+    /// `signups` signups (`u0`, `u1`, ...) and then `then` (one more event),
+    /// waits, and checks that no API call was made, that every event waits
+    /// and that none used an attempt. Returns the signups' ids.
+    pub async fn held_while_paused(
+        &self,
+        signups: usize,
+        then: impl std::future::Future<Output = i64>,
+    ) -> Vec<i64> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let requests = self.sandbox.stats().total_requests;
+        let mut events = Vec::new();
+        for i in 0..signups {
+            events.push(
+                self.signup(&format!("u{i}"), &format!("u{i}@example.com"), None)
+                    .await,
+            );
+        }
+        then.await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            self.sandbox.stats().total_requests,
+            requests,
+            "no API call while paused"
+        );
+        let waiting = i64::try_from(signups).expect("a count") + 1;
+        assert_eq!(
+            self.pending().await,
+            waiting,
+            "every event waits, none failed"
+        );
+        let attempts = self
+            .scalar("SELECT CAST(coalesce(sum(attempts), 0) AS BIGINT) FROM user_sync.events")
+            .await;
+        assert_eq!(attempts, 0, "a pause uses no attempt");
+        events
     }
 
     /// Waits until no event is pending (or panics after `limit`).

@@ -1,10 +1,11 @@
 //! What operators read, on PostgreSQL: `status`, `conflicts`, `/metrics`.
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::domain::{
-    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, Pause, RetryTarget, Status,
-    UserRecord,
+    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, FinishedInMinute, Pause,
+    RetryTarget, Status, UserRecord,
 };
 use crate::storage::{Operate, PgStore, Reports, ping};
 
@@ -16,12 +17,13 @@ impl Reports for PgStore {
     /// The counts behind `user-sync status`.
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
         Box::pin(async move {
-            let row: (i64, i64, i64, i64, f64) = sqlx::query_as(
+            let row: (i64, i64, i64, i64, f64, i64) = sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE state = 'pending'),
                         count(*) FILTER (WHERE state = 'failed'),
                         count(*) FILTER (WHERE state = 'invalid'),
                         count(*) FILTER (WHERE state = 'conflict'),
-                        COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE state = 'pending')), 0)::float8
+                        COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE state = 'pending')), 0)::float8,
+                        count(*) FILTER (WHERE state = 'pending' AND kind = 'account_closure')
                  FROM user_sync.events",
             )
             .fetch_one(self.pool())
@@ -42,6 +44,7 @@ impl Reports for PgStore {
                 synced_users,
                 open_conflicts,
                 completed_erasures,
+                pending_erasures: row.5,
                 outbox_lag_seconds: row.4.max(0.0),
                 paused: self.pause_state().await?,
             })
@@ -212,6 +215,42 @@ impl Operate for PgStore {
                 conflicts,
                 erasures,
             })
+        })
+    }
+
+    fn erasures(&self, limit: i64) -> BoxFuture<'_, sqlx::Result<Vec<ErasureRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync.erasures ORDER BY id DESC LIMIT $1",
+                ErasureRow::COLUMNS
+            )))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn finished_per_minute(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'_, sqlx::Result<Vec<FinishedInMinute>>> {
+        Box::pin(async move {
+            let rows: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
+                "SELECT date_trunc('minute', finished_at), state, count(*)
+                 FROM user_sync.events WHERE finished_at >= $1
+                 GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .bind(since)
+            .fetch_all(self.pool())
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(minute, state, events)| FinishedInMinute {
+                    minute,
+                    state,
+                    events,
+                })
+                .collect())
         })
     }
 }

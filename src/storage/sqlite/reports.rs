@@ -1,13 +1,13 @@
 //! What operators read, in a SQLite file: `status`, `conflicts`,
 //! `/metrics`.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::Row;
 
 use crate::domain::{
-    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, Pause, RetryTarget, Status,
-    UserRecord,
+    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, FinishedInMinute, Pause,
+    RetryTarget, Status, UserRecord,
 };
 use crate::storage::{Operate, Reports, SqliteStore, ping};
 
@@ -27,6 +27,8 @@ impl Reports for SqliteStore {
                         count(*) FILTER (WHERE state = 'invalid') AS invalid,
                         count(*) FILTER (WHERE state = 'conflict') AS conflict,
                         min(occurred_at) FILTER (WHERE state = 'pending') AS oldest,
+                        count(*) FILTER (WHERE state = 'pending' AND kind = 'account_closure')
+                            AS closures,
                         (SELECT count(*) FROM user_sync_users WHERE state = 'synced') AS synced,
                         (SELECT count(*) FROM user_sync_conflicts WHERE status = 'open') AS open,
                         (SELECT count(*) FROM user_sync_erasures) AS erasures
@@ -48,6 +50,7 @@ impl Reports for SqliteStore {
                 synced_users: row.try_get("synced")?,
                 open_conflicts: row.try_get("open")?,
                 completed_erasures: row.try_get("erasures")?,
+                pending_erasures: row.try_get("closures")?,
                 outbox_lag_seconds: lag.max(0.0),
                 paused: self.pause_state().await?,
             })
@@ -217,6 +220,46 @@ impl Operate for SqliteStore {
                 conflicts,
                 erasures,
             })
+        })
+    }
+
+    fn erasures(&self, limit: i64) -> BoxFuture<'_, sqlx::Result<Vec<ErasureRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync_erasures ORDER BY id DESC LIMIT ?1",
+                ErasureRow::COLUMNS
+            )))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn finished_per_minute(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'_, sqlx::Result<Vec<FinishedInMinute>>> {
+        Box::pin(async move {
+            // Times are RFC 3339 text of one width (`text_at`): its first
+            // 16 characters are the minute, and text order is time order.
+            let rows: Vec<(String, String, i64)> = sqlx::query_as(
+                "SELECT substr(finished_at, 1, 16), state, count(*)
+                 FROM user_sync_events WHERE finished_at >= ?1
+                 GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .bind(super::text_at(since))
+            .fetch_all(self.pool())
+            .await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(minute, state, events)| {
+                    Some(FinishedInMinute {
+                        minute: parse_at(&format!("{minute}:00Z"))?,
+                        state,
+                        events,
+                    })
+                })
+                .collect())
         })
     }
 }
