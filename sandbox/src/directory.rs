@@ -33,12 +33,10 @@ impl fmt::Debug for SandboxUser {
     }
 }
 
-/// A short hex tag of a SHA-256 digest: enough to correlate, too short and
-/// too one-way to recover the input.
-///
-/// The same as the worker's `user_sync::domain::fingerprint`, so that a
-/// user the sandbox prints can be matched with the worker's log lines about
-/// the same username. Change both or neither.
+/// A short hex tag of a SHA-256 digest: enough to tell the sandbox's users
+/// apart in a test's output, too short to recover the input. (The worker's
+/// log fingerprints are keyed with the deployment's key, which the sandbox
+/// does not know: the two tags differ.)
 fn fingerprint(value: &str) -> String {
     let digest = Sha256::digest(value.as_bytes());
     digest[..6].iter().map(|b| format!("{b:02x}")).collect()

@@ -13,7 +13,9 @@ use crate::sync::Outcome;
 /// `host`: release the claim and report the conflict. When another host
 /// user has claimed it since this job looked (users of one job work at
 /// once) and holds it, the conflict is with them; a claim of theirs still
-/// in flight will meet the same Embedded user, so it is not.
+/// in flight will meet the same Embedded user, so it is not. When that
+/// Embedded user is mapped to another host user, the conflict is with them
+/// too: one Embedded user is never offered to two host users.
 pub(super) async fn taken_in_embedded(
     session: &mut impl UserSession,
     host: &HostUserId,
@@ -25,6 +27,23 @@ pub(super) async fn taken_in_embedded(
         && session.holder_claim(&holder, username).await? == HolderClaim::Held
     {
         return taken_by_host_user(session, host, username, &holder, event).await;
+    }
+    // The Embedded user is another host user's, under another username in
+    // its row (renamed outside the worker, or by a rename whose outcome
+    // was lost): the conflict is with that host user.
+    if let Some(other) = session.mapped_elsewhere(&holder.user_id).await? {
+        session
+            .mark_without_user(UserState::Conflict, event.id)
+            .await?;
+        let conflict = NewConflict {
+            host,
+            username,
+            reason: ConflictReason::TakenByHostUser,
+            holder_host_user_id: Some(&other),
+            holder_embedded_user_id: Some(&holder.user_id),
+            event_id: Some(event.id),
+        };
+        return in_conflict(session, &conflict).await;
     }
     let reason = ConflictReason::TakenInEmbedded;
     held_in_embedded(session, host, username, &holder.user_id, event, reason).await

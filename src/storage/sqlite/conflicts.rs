@@ -19,7 +19,7 @@ use super::{SqliteStore, now_text, text_at, webhooks};
 /// the same reason is counted met again; one with another reason no longer
 /// stands, and resolves `moot`.
 pub(crate) async fn report_conflict(pool: &SqlitePool, c: &NewConflict<'_>) -> sqlx::Result<bool> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(super::BEGIN_WRITE).await?;
     let stands: Option<i64> = sqlx::query_scalar(
         "SELECT 1 FROM user_sync_conflicts
          WHERE host_user_id = ?1 AND username = ?2
@@ -278,7 +278,7 @@ impl Reconcile for SqliteStore {
         Box::pin(async move {
             // The caller holds the file's process lock: no job runs beside.
             let now = now_text();
-            let mut tx = self.pool().begin().await?;
+            let mut tx = self.pool().begin_with(super::BEGIN_WRITE).await?;
             let open: Option<i64> = sqlx::query_scalar(
                 "SELECT id FROM user_sync_conflicts WHERE id = ?1 AND status = 'open'",
             )

@@ -254,6 +254,12 @@ impl Drop for UserLockGuard {
 }
 
 /// The worker's clock as the tables store it.
+/// Opens a transaction that reads before it writes: it takes the write lock
+/// at once (waiting for it, as every write does, up to the busy timeout). A
+/// deferred one would upgrade at its first write, and SQLite refuses that at
+/// once, without waiting, when another connection wrote since its read.
+pub(crate) const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
 pub(crate) fn text_at(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }

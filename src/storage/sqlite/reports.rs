@@ -117,7 +117,7 @@ impl Operate for SqliteStore {
 
     fn resume(&self) -> BoxFuture<'_, sqlx::Result<Option<Pause>>> {
         Box::pin(async move {
-            let mut tx = self.pool().begin().await?;
+            let mut tx = self.pool().begin_with(super::BEGIN_WRITE).await?;
             let was: Option<Pause> = sqlx::query_as(
                 "SELECT paused_at, paused_by, reason FROM user_sync_pause
                  WHERE paused_at IS NOT NULL",
