@@ -35,6 +35,8 @@ pub struct Worker {
     /// The name the process's queue worker registered under.
     pub name: String,
     tasks: JoinSet<()>,
+    /// Why the process stopped when a part of it stopped for good.
+    failure: Failure,
     /// On SQLite, this process's exclusive right to the file, held until
     /// every part has stopped.
     _file_lock: Option<ProcessLock>,
@@ -64,6 +66,7 @@ impl Worker {
             api,
             name: queue::worker_name(),
             tasks: JoinSet::new(),
+            failure: Failure::default(),
             shutdown,
         };
         // The backend, chosen once: its storage and its queue, then every
@@ -86,18 +89,26 @@ impl Worker {
                 parts.start(SqliteStore::new(pool), queue, gate).await?
             }
         };
-        let Parts { name, tasks, .. } = parts;
+        let Parts {
+            name,
+            tasks,
+            failure,
+            ..
+        } = parts;
         tracing::info!(%ops_addr, worker = %name, concurrency = jobs_in_flight(settings), "user-sync is running");
         Ok(Self {
             ops_addr,
             name,
             tasks,
+            failure,
             _file_lock: file_lock,
         })
     }
 
-    /// Waits until every part has stopped (after the shutdown token).
-    pub async fn stopped(mut self) {
+    /// Waits until every part has stopped: after the shutdown token, or
+    /// after a part stopped for good, which stops the others and is the
+    /// `Err` (one line naming the part and why).
+    pub async fn stopped(mut self) -> Result<(), String> {
         while let Some(joined) = self.tasks.join_next().await {
             if let Err(error) = joined
                 && error.is_panic()
@@ -106,8 +117,20 @@ impl Worker {
             }
         }
         tracing::info!(worker = %self.name, "user-sync stopped");
+        match self
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
     }
 }
+
+/// The first part that stopped for good, and why.
+type Failure = Arc<std::sync::Mutex<Option<String>>>;
 
 /// What every part of the process is started with, whatever the backend.
 struct Parts<'a> {
@@ -116,10 +139,43 @@ struct Parts<'a> {
     /// The name the process's queue worker registers under.
     name: String,
     tasks: JoinSet<()>,
+    failure: Failure,
     shutdown: CancellationToken,
 }
 
 impl Parts<'_> {
+    /// Runs `part` for the life of the process. A part that ends before
+    /// shutdown was asked for (an error it cannot get past, a panic, or an
+    /// end) has stopped for good: that is logged with its name and why, and
+    /// the whole process stops, so that `run` exits non-zero instead of
+    /// running on without it. Transient errors never reach here: each part
+    /// retries them itself.
+    fn spawn_part<F>(&mut self, part: &'static str, work: F)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        use futures::FutureExt;
+        let shutdown = self.shutdown.clone();
+        let failure = self.failure.clone();
+        self.tasks.spawn(async move {
+            let ended = std::panic::AssertUnwindSafe(work).catch_unwind().await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let why = match ended {
+                Ok(Ok(())) => "it ended".to_owned(),
+                Ok(Err(error)) => format!("{error:#}"),
+                Err(_) => "it panicked".to_owned(),
+            };
+            tracing::error!(alert = "part_stopped", part, error = %why, "a part of the worker stopped for good: the process stops");
+            failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| format!("the {part} stopped: {why}"));
+            shutdown.cancel();
+        });
+    }
+
     /// The gate of a process beside Redis: its own limit, or one limit
     /// shared through Redis by every process (`rate_limit.scope`).
     async fn gate_beside_redis(&mut self, redis: &RedisQueue) -> anyhow::Result<ApiGate> {
@@ -152,7 +208,7 @@ impl Parts<'_> {
         let settings = self.settings;
         let store = Arc::new(store);
         self.start_webhooks(store.clone()).await?;
-        let shutdown = &self.shutdown;
+        let shutdown = &self.shutdown.clone();
         let gate = Arc::new(gate);
         let handler = queue::Handler::new(SyncContext::new(
             store.clone(),
@@ -203,39 +259,45 @@ impl Parts<'_> {
 
         // Work stops being taken at once on shutdown; running jobs get the
         // grace period.
-        self.tasks
-            .spawn(follow_pause(store.clone(), gate.clone(), shutdown.clone()));
+        self.spawn_part(
+            "pause follower",
+            unit(follow_pause(store.clone(), gate.clone(), shutdown.clone())),
+        );
         let dispatcher = Dispatcher::new(
             store.clone(),
             job_queue.clone(),
             settings.dispatcher.clone(),
         )
         .holding_while_paused(gate.clone());
-        let stop = shutdown.clone();
-        self.tasks.spawn(async move {
-            if let Err(error) = dispatcher.run(stop).await {
-                tracing::error!(error = %format!("{error:#}"), "the dispatcher stopped");
-            }
-        });
-        self.tasks.spawn(outbox::run_sweeper(
-            store.clone(),
-            job_queue.clone(),
-            settings.sweeper.clone(),
-            shutdown.clone(),
-        ));
-        self.tasks.spawn(probe_auth(
-            self.api.clone(),
-            gate.clone(),
-            settings.worker.auth_retry_interval,
-            shutdown.clone(),
-        ));
-        self.tasks.spawn(ops::recheck_conflicts(
-            store.clone(),
-            self.api.clone(),
-            gate.clone(),
-            settings.conflicts.recheck_interval,
-            shutdown.clone(),
-        ));
+        self.spawn_part("dispatcher", dispatcher.run(shutdown.clone()));
+        self.spawn_part(
+            "sweeper",
+            unit(outbox::run_sweeper(
+                store.clone(),
+                job_queue.clone(),
+                settings.sweeper.clone(),
+                shutdown.clone(),
+            )),
+        );
+        self.spawn_part(
+            "auth probe",
+            unit(probe_auth(
+                self.api.clone(),
+                gate.clone(),
+                settings.worker.auth_retry_interval,
+                shutdown.clone(),
+            )),
+        );
+        self.spawn_part(
+            "conflict rechecks",
+            unit(ops::recheck_conflicts(
+                store.clone(),
+                self.api.clone(),
+                gate.clone(),
+                settings.conflicts.recheck_interval,
+                shutdown.clone(),
+            )),
+        );
         let workers = queue::Workers {
             name: self.name.clone(),
             handler,
@@ -243,8 +305,10 @@ impl Parts<'_> {
             shutdown: shutdown.clone(),
             grace: settings.worker.shutdown_timeout,
         };
-        self.tasks
-            .spawn(async move { queue.run_workers(&workers).await });
+        self.spawn_part(
+            "queue workers",
+            unit(async move { queue.run_workers(&workers).await }),
+        );
         Ok(ops_addr)
     }
 }
@@ -261,9 +325,16 @@ impl Parts<'_> {
         };
         let types: Vec<&str> = settings.events.iter().map(|k| k.as_str()).collect();
         tracing::info!(types = %types.join(","), "webhooks are on");
-        self.tasks.spawn(deliverer.run(self.shutdown.clone()));
+        let shutdown = self.shutdown.clone();
+        self.spawn_part("webhook deliverer", unit(deliverer.run(shutdown)));
         Ok(())
     }
+}
+
+/// A part that ends without an error of its own.
+async fn unit(work: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    work.await;
+    Ok(())
 }
 
 /// Jobs run at once: 16 users in flight per API call allowed in flight, as

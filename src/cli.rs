@@ -462,8 +462,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tracing::info!("shutdown requested: no new work is taken");
                 shutdown.cancel();
             });
-            worker.stopped().await;
-            Ok(ExitCode::SUCCESS)
+            match worker.stopped().await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(failure) => {
+                    eprintln!("error: {failure}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Status { json } => {
             let settings = load_settings()?;

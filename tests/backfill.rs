@@ -585,7 +585,8 @@ async fn backfill_beside_the_pipeline_creates_no_duplicate() {
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(20), worker.stopped())
         .await
-        .expect("worker stops");
+        .expect("worker stops")
+        .expect("no part of the worker stopped on its own");
     assert_eq!(done.failed, 0, "{done:?}");
     if done.unresolved > 0 {
         // Left to the jobs that held them; they are synced now.

@@ -213,3 +213,29 @@ async fn log_fingerprints_are_keyed_with_the_deployments_key(backend: Backend) {
     assert_ne!(rotated, logged);
     env.finish().await;
 }
+
+/// A part of `run` that stops for good stops the process, non-zero, with
+/// one line naming it and what to do: here the worker's tables dropped
+/// under a running worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_tables_are_dropped_exits_saying_to_migrate() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let mut worker = Proc::spawn(&process_vars(&env), &["run"]);
+    worker.ready().await;
+    env.signup("before", "before@example.com", None).await;
+    env.settle(SETTLE).await;
+    sqlx::query("DROP SCHEMA user_sync CASCADE")
+        .execute(env.pg())
+        .await
+        .expect("drop the worker's schema");
+    let (status, log) = worker.exits_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(1), "{log}");
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    assert!(last.contains("the dispatcher stopped"), "{log}");
+    assert!(last.contains("run `user-sync migrate`"), "{log}");
+    env.finish().await;
+}

@@ -158,8 +158,9 @@ async fn demo(
     let settled = settle(&store, &cancel).await;
     let live_seconds = live_started.elapsed().as_secs_f64();
     shutdown.cancel();
-    worker.stopped().await;
+    let stopped = worker.stopped().await;
     settled?;
+    stopped.map_err(|failure| anyhow::anyhow!("the demo's worker stopped early: {failure}"))?;
     println!(
         "   {} signups, {} profile changes, {} closures applied in {live_seconds:.1} s",
         burst.signups + burst.conflicting_signups.len() as i64,

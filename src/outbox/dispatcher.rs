@@ -16,7 +16,7 @@ use crate::config::DispatcherSettings;
 use crate::queue::{JobEvent, JobQueue, SyncJob};
 use crate::ratelimit::ApiGate;
 use crate::retry::Backoff;
-use crate::storage::Outbox;
+use crate::storage::{Outbox, is_schema_missing};
 
 /// How often a paused dispatcher looks whether the pause is over.
 const PAUSED_POLL: Duration = Duration::from_millis(100);
@@ -107,6 +107,11 @@ impl Dispatcher {
                     continue;
                 }
                 Ok(_) => failures = 0,
+                Err(error) if is_schema_missing(&error) => {
+                    return Err(error.context(
+                        "the worker's tables are gone from the database: run `user-sync migrate`",
+                    ));
+                }
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(error = %format!("{error:#}"), "dispatch failed; retrying");

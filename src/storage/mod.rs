@@ -623,6 +623,19 @@ where
     Ok(())
 }
 
+/// Whether `error` (anywhere in its chain) says the worker's tables are not
+/// there: the schema was dropped, or never migrated. Retrying cannot help.
+pub fn is_schema_missing(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let Some(sqlx::Error::Database(db)) = cause.downcast_ref::<sqlx::Error>() else {
+            return false;
+        };
+        // PostgreSQL: undefined_table, invalid_schema_name; SQLite says so.
+        matches!(db.code().as_deref(), Some("42P01" | "3F000"))
+            || db.message().starts_with("no such table")
+    })
+}
+
 /// Whether `error` is a unique-constraint violation.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())

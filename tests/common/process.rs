@@ -167,6 +167,16 @@ impl Proc {
         // The pipes close with the process: the readers finish.
         (status, self.drain().await)
     }
+
+    /// Waits at most `limit` for the process to exit on its own; returns
+    /// the exit status and everything the process wrote.
+    pub async fn exits_within(mut self, limit: Duration) -> (ExitStatus, String) {
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the process"),
+            Err(_) => panic!("the worker did not exit within {limit:?}:\n{}", self.log()),
+        };
+        (status, self.drain().await)
+    }
 }
 
 impl Drop for Proc {
@@ -225,6 +235,7 @@ impl Running {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.worker.stopped())
             .await
-            .expect("worker stops within its shutdown timeout");
+            .expect("worker stops within its shutdown timeout")
+            .expect("no part of the worker stopped on its own");
     }
 }
