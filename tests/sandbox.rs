@@ -888,7 +888,10 @@ async fn workflow_logs_outlive_a_user_deleted_before_them() {
         .create_user(&new_user("careless@example.com", None))
         .await
         .expect("created");
-    assert!(sb.workflow_logs(careful.as_str()) > 0, "a create makes logs");
+    assert!(
+        sb.workflow_logs(careful.as_str()) > 0,
+        "a create makes logs"
+    );
     assert!(sb.workflow_logs(careless.as_str()) > 0);
 
     // Logs first, then the user: nothing is left behind.

@@ -214,7 +214,8 @@ impl SandboxState {
             full_name: full_name.clone(),
         });
         self.users.insert(id.clone(), username, full_name);
-        self.workflow_logs.insert(id.clone(), LOG_ENTRIES_PER_CREATE);
+        self.workflow_logs
+            .insert(id.clone(), LOG_ENTRIES_PER_CREATE);
         self.stats.creates += 1;
         Ok(id)
     }

@@ -147,14 +147,21 @@ pub struct ErasureRow {
     pub embedded_user_id: Option<String>,
     pub event_id: i64,
     pub outcome: String,
+    /// The closure's `occurred_at`: when the host asked.
     pub requested_at: DateTime<Utc>,
+    /// When `DELETE /users/{id}/logs` was answered; `None` when no user was
+    /// ever created or `gdpr.delete_workflow_logs` is off.
+    pub logs_deleted_at: Option<DateTime<Utc>>,
+    /// When the user was known gone (its delete answered); `None` when no
+    /// user was ever created.
+    pub user_deleted_at: Option<DateTime<Utc>>,
     pub completed_at: DateTime<Utc>,
 }
 
 impl ErasureRow {
     /// Its columns, for a `SELECT`.
-    pub const COLUMNS: &'static str =
-        "id, host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at";
+    pub const COLUMNS: &'static str = "id, host_user_id, embedded_user_id, event_id, outcome, \
+         requested_at, logs_deleted_at, user_deleted_at, completed_at";
 }
 
 /// Everything about one host user: `user-sync show`.

@@ -6,12 +6,75 @@ use sqlx::PgConnection;
 
 use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId, WebhookKind};
 use crate::storage::webhooks::erasure_completed;
+use crate::storage::{ErasureStep, ErasureSteps};
+
+/// What the erasure under way of `host` has done to Embedded user `id`.
+pub async fn steps(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    id: &EmbeddedUserId,
+) -> sqlx::Result<ErasureSteps> {
+    let row: Option<(bool, bool)> = sqlx::query_as(
+        "SELECT logs_deleted_at IS NOT NULL, user_sent_at IS NOT NULL
+         FROM user_sync.erasure_steps WHERE host_user_id = $1 AND embedded_user_id = $2",
+    )
+    .bind(host.as_str())
+    .bind(id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(
+        row.map_or_else(ErasureSteps::default, |(logs, user)| ErasureSteps {
+            logs_deleted: logs,
+            user_delete_sent: user,
+        }),
+    )
+}
+
+/// Records one step of the erasure of `host` on Embedded user `id`, in a
+/// commit of its own (durable: an intent is on disk before its call). Steps
+/// recorded on another Embedded user start over.
+pub async fn record_step(
+    conn: &mut PgConnection,
+    host: &HostUserId,
+    id: &EmbeddedUserId,
+    step: ErasureStep,
+) -> sqlx::Result<()> {
+    // The first time of each step is kept: a retry does not move it.
+    sqlx::query(
+        "INSERT INTO user_sync.erasure_steps AS s
+             (host_user_id, embedded_user_id, logs_sent_at, logs_deleted_at, user_sent_at)
+         VALUES ($1, $2,
+                 CASE WHEN $3 = 'sending_logs_delete' THEN now() END,
+                 CASE WHEN $3 = 'logs_deleted' THEN now() END,
+                 CASE WHEN $3 = 'sending_user_delete' THEN now() END)
+         ON CONFLICT (host_user_id) DO UPDATE SET
+             embedded_user_id = EXCLUDED.embedded_user_id,
+             logs_sent_at = CASE WHEN s.embedded_user_id = EXCLUDED.embedded_user_id
+                 THEN COALESCE(s.logs_sent_at, EXCLUDED.logs_sent_at)
+                 ELSE EXCLUDED.logs_sent_at END,
+             logs_deleted_at = CASE WHEN s.embedded_user_id = EXCLUDED.embedded_user_id
+                 THEN COALESCE(s.logs_deleted_at, EXCLUDED.logs_deleted_at)
+                 ELSE EXCLUDED.logs_deleted_at END,
+             user_sent_at = CASE
+                 WHEN $3 = 'user_delete_not_sent' THEN NULL
+                 WHEN s.embedded_user_id = EXCLUDED.embedded_user_id
+                 THEN COALESCE(s.user_sent_at, EXCLUDED.user_sent_at)
+                 ELSE EXCLUDED.user_sent_at END",
+    )
+    .bind(host.as_str())
+    .bind(id.as_str())
+    .bind(step.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
 
 /// Completes a closure: in one transaction, removes every email and name of
 /// `host` from the worker's tables (its user row, its outbox rows up to the
 /// closure, its conflicts), records the erasure with ids and times only
-/// (and, when the deployment sends them, an `erasure.completed` webhook),
-/// and ends the closure event.
+/// (the logs' time from its steps, the user's now; none for a user never
+/// created) and, when the deployment sends them, an `erasure.completed`
+/// webhook, drops the steps, and ends the closure event.
 pub async fn erase(
     conn: &mut PgConnection,
     host: &HostUserId,
@@ -55,8 +118,13 @@ pub async fn erase(
         .await?;
     let recorded: Option<i64> = sqlx::query_scalar(
         "INSERT INTO user_sync.erasures
-             (host_user_id, embedded_user_id, event_id, outcome, requested_at)
-         SELECT $1, $2, id, $3, occurred_at FROM user_sync.events WHERE id = $4
+             (host_user_id, embedded_user_id, event_id, outcome, requested_at,
+              logs_deleted_at, user_deleted_at)
+         SELECT $1, $2, e.id, $3, e.occurred_at,
+                (SELECT s.logs_deleted_at FROM user_sync.erasure_steps s
+                  WHERE s.host_user_id = $1 AND s.embedded_user_id = $2),
+                CASE WHEN $2 IS NOT NULL THEN now() END
+         FROM user_sync.events e WHERE e.id = $4
          ON CONFLICT (event_id) DO NOTHING
          RETURNING id",
     )
@@ -65,6 +133,17 @@ pub async fn erase(
     .bind(outcome.as_str())
     .bind(closure_event_id)
     .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM user_sync.erasure_steps WHERE host_user_id = $1")
+        .bind(host.as_str())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "DELETE FROM user_sync.erasure_alerts a USING user_sync.events e
+         WHERE a.event_id = e.id AND e.host_user_id = $1",
+    )
+    .bind(host.as_str())
+    .execute(&mut *tx)
     .await?;
     if let Some(erasure_id) = recorded {
         let data = erasure_completed(

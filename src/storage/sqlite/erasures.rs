@@ -5,8 +5,69 @@ use sqlx::SqlitePool;
 
 use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId, WebhookKind};
 use crate::storage::webhooks::erasure_completed as completed;
+use crate::storage::{ErasureStep, ErasureSteps};
 
 use super::now_text;
+
+/// What the erasure under way of `host` has done to Embedded user `id`.
+pub(super) async fn steps(
+    pool: &SqlitePool,
+    host: &HostUserId,
+    id: &EmbeddedUserId,
+) -> sqlx::Result<ErasureSteps> {
+    let row: Option<(bool, bool)> = sqlx::query_as(
+        "SELECT logs_deleted_at IS NOT NULL, user_sent_at IS NOT NULL
+         FROM user_sync_erasure_steps WHERE host_user_id = ?1 AND embedded_user_id = ?2",
+    )
+    .bind(host.as_str())
+    .bind(id.as_str())
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map_or_else(ErasureSteps::default, |(logs, user)| ErasureSteps {
+            logs_deleted: logs,
+            user_delete_sent: user,
+        }),
+    )
+}
+
+/// Records one step of the erasure of `host` on Embedded user `id` (see
+/// the PostgreSQL function of the same name).
+pub(super) async fn record_step(
+    pool: &SqlitePool,
+    host: &HostUserId,
+    id: &EmbeddedUserId,
+    step: ErasureStep,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO user_sync_erasure_steps AS s
+             (host_user_id, embedded_user_id, logs_sent_at, logs_deleted_at, user_sent_at)
+         VALUES (?1, ?2,
+                 CASE WHEN ?3 = 'sending_logs_delete' THEN ?4 END,
+                 CASE WHEN ?3 = 'logs_deleted' THEN ?4 END,
+                 CASE WHEN ?3 = 'sending_user_delete' THEN ?4 END)
+         ON CONFLICT (host_user_id) DO UPDATE SET
+             embedded_user_id = excluded.embedded_user_id,
+             logs_sent_at = CASE WHEN s.embedded_user_id = excluded.embedded_user_id
+                 THEN COALESCE(s.logs_sent_at, excluded.logs_sent_at)
+                 ELSE excluded.logs_sent_at END,
+             logs_deleted_at = CASE WHEN s.embedded_user_id = excluded.embedded_user_id
+                 THEN COALESCE(s.logs_deleted_at, excluded.logs_deleted_at)
+                 ELSE excluded.logs_deleted_at END,
+             user_sent_at = CASE
+                 WHEN ?3 = 'user_delete_not_sent' THEN NULL
+                 WHEN s.embedded_user_id = excluded.embedded_user_id
+                 THEN COALESCE(s.user_sent_at, excluded.user_sent_at)
+                 ELSE excluded.user_sent_at END",
+    )
+    .bind(host.as_str())
+    .bind(id.as_str())
+    .bind(step.as_str())
+    .bind(now_text())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
 
 /// Completes a closure in one transaction: scrubs the user's email and
 /// name from every table, records the erasure (and, when the deployment
@@ -51,8 +112,13 @@ pub(super) async fn erase(
         .await?;
     let recorded: Option<i64> = sqlx::query_scalar(
         "INSERT INTO user_sync_erasures
-             (host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at)
-         SELECT ?1, ?2, id, ?3, occurred_at, ?5 FROM user_sync_events WHERE id = ?4
+             (host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at,
+              logs_deleted_at, user_deleted_at)
+         SELECT ?1, ?2, e.id, ?3, e.occurred_at, ?5,
+                (SELECT s.logs_deleted_at FROM user_sync_erasure_steps s
+                  WHERE s.host_user_id = ?1 AND s.embedded_user_id = ?2),
+                CASE WHEN ?2 IS NOT NULL THEN ?5 END
+         FROM user_sync_events e WHERE e.id = ?4
          ON CONFLICT DO NOTHING
          RETURNING id",
     )
@@ -62,6 +128,17 @@ pub(super) async fn erase(
     .bind(closure_event_id)
     .bind(&now)
     .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM user_sync_erasure_steps WHERE host_user_id = ?1")
+        .bind(host)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "DELETE FROM user_sync_erasure_alerts WHERE event_id IN
+             (SELECT id FROM user_sync_events WHERE host_user_id = ?1)",
+    )
+    .bind(host)
+    .execute(&mut *tx)
     .await?;
     if let Some(erasure_id) = recorded {
         let data = completed(
