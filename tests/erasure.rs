@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::Running;
+use common::process::{Running, run_once, user_sync};
 use common::{Backend, Env, eventually};
 use user_sync_sandbox::{FaultUpdate, SandboxOptions, routes};
 
@@ -21,6 +21,10 @@ on_each_backend!(
     a_refused_key_between_the_two_calls_resumes_at_the_user,
     a_closure_is_never_held_up_by_earlier_failed_invalid_or_conflicted_events,
     a_closed_user_whose_create_was_never_confirmed_is_erased_too,
+    erase_files_requests_and_waits_for_their_proof,
+    erase_reads_ids_from_a_file_and_from_standard_input,
+    erase_wait_exits_1_while_pending_and_2_on_bad_input,
+    the_proof_exports_as_csv_and_json_without_personal_data,
 );
 
 /// The erasure record of `host`: outcome, embedded user id, and whether
@@ -287,5 +291,202 @@ async fn a_closed_user_whose_create_was_never_confirmed_is_erased_too(backend: B
         )
     );
     run.stop().await;
+    env.finish().await;
+}
+
+async fn erase_files_requests_and_waits_for_their_proof(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("known", "known@example.com", Some("Known Person"))
+        .await;
+    env.settle(SETTLE).await;
+    let id = env.embedded_id("known").await.expect("synced");
+
+    let erased = run_once(
+        &env.vars(),
+        &["erase", "known", "never-seen", "--wait", "--timeout", "30"],
+    )
+    .await;
+    assert!(erased.status.success(), "{erased}");
+    assert!(erased.stdout.contains("known: requested"), "{erased}");
+    let lines: Vec<&str> = erased.stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("known ") && l.contains(&id) && l.contains(" deleted ")),
+        "{erased}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("never-seen ") && l.contains("never_created")),
+        "{erased}"
+    );
+    for secret in ["known@", "Known Person"] {
+        assert!(!erased.stdout.contains(secret), "{secret:?}: {erased}");
+    }
+    assert!(env.sandbox.users().is_empty());
+    assert_eq!(env.sandbox.stats().deleted_with_logs, 0);
+    assert_eq!(proof(&env, "known").await.0, "deleted");
+    assert_eq!(proof(&env, "never-seen").await.0, "never_created");
+
+    // Erased already: answered with its record, nothing filed again.
+    let again = run_once(&env.vars(), &["erase", "known", "--wait"]).await;
+    assert!(again.status.success(), "{again}");
+    assert!(again.stdout.contains("known: already erased"), "{again}");
+    assert!(again.stdout.contains(&id), "its record: {again}");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM user_sync.events WHERE kind = 'account_closure'")
+            .await,
+        2,
+        "no new closure"
+    );
+    run.stop().await;
+    env.finish().await;
+}
+
+async fn erase_reads_ids_from_a_file_and_from_standard_input(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let file = dir.path().join("requests.txt");
+    std::fs::write(&file, "from-file-1\n\n  from-file-2  \n").expect("write the list");
+    let path = file.to_str().expect("a UTF-8 path");
+    let from_file = run_once(&env.vars(), &["erase", "--file", path, "--wait"]).await;
+    assert!(from_file.status.success(), "{from_file}");
+
+    let mut child = user_sync(&env.vars(), &["erase", "--file", "-", "--wait"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().expect("its stdin");
+        stdin.write_all(b"from-stdin\n").await.expect("write ids");
+    }
+    let output = tokio::time::timeout(SETTLE, child.wait_with_output())
+        .await
+        .expect("erase --file - finishes")
+        .expect("its output");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let hosts = env
+        .pairs("SELECT host_user_id, outcome FROM user_sync.erasures ORDER BY host_user_id")
+        .await;
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        hosts,
+        vec![
+            (some("from-file-1"), some("never_created")),
+            (some("from-file-2"), some("never_created")),
+            (some("from-stdin"), some("never_created")),
+        ]
+    );
+    run.stop().await;
+    env.finish().await;
+}
+
+async fn erase_wait_exits_1_while_pending_and_2_on_bad_input(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    // No worker runs: the request stays pending.
+    let waited = run_once(&env.vars(), &["erase", "stuck", "--wait", "--timeout", "1"]).await;
+    assert_eq!(waited.status.code(), Some(1), "{waited}");
+    assert!(waited.stdout.contains("still pending"), "{waited}");
+    let pending = run_once(&env.vars(), &["erasures", "--pending", "--format", "json"]).await;
+    assert!(pending.status.success(), "{pending}");
+    let rows: serde_json::Value = serde_json::from_str(&pending.stdout).expect("JSON");
+    assert_eq!(rows[0]["host_user_id"], "stuck", "{pending}");
+    assert_eq!(rows[0]["overdue"], false);
+    // Filed again while pending: the same request, not a second one.
+    let twice = run_once(&env.vars(), &["erase", "stuck"]).await;
+    assert!(twice.stdout.contains("already requested"), "{twice}");
+    assert_eq!(env.scalar("SELECT count(*) FROM user_sync.events").await, 1);
+
+    for args in [
+        vec!["erase"],
+        vec!["erase", "  "],
+        vec!["erase", "--file", "/no/such/file"],
+        vec!["erase", "bad\u{7}id"],
+        vec!["erasures", "--since", "yesterday"],
+    ] {
+        let bad = run_once(&env.vars(), &args).await;
+        assert_eq!(bad.status.code(), Some(2), "{args:?}: {bad}");
+    }
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM user_sync.events").await,
+        1,
+        "bad input files nothing"
+    );
+    env.finish().await;
+}
+
+async fn the_proof_exports_as_csv_and_json_without_personal_data(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("u1", "ada@example.com", Some("Ada Lovelace"))
+        .await;
+    env.settle(SETTLE).await;
+    let id = env.embedded_id("u1").await.expect("synced");
+    env.closure("u1").await;
+    env.closure("u2").await;
+    env.settle(SETTLE).await;
+    run.stop().await;
+
+    let csv = run_once(&env.vars(), &["erasures", "--format", "csv"]).await;
+    assert!(csv.status.success(), "{csv}");
+    let mut lines = csv.stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "host_user_id,embedded_user_id,outcome,requested_at,logs_deleted_at,\
+             user_deleted_at,completed_at"
+        )
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    let u1 = rows.iter().find(|r| r[0] == "u1").expect("u1's line");
+    assert_eq!(&u1[1..3], [id.as_str(), "deleted"]);
+    assert!(
+        u1[3..].iter().all(|t| t.ends_with('Z') && t.contains('T')),
+        "{u1:?}"
+    );
+    let u2 = rows.iter().find(|r| r[0] == "u2").expect("u2's line");
+    assert_eq!(&u2[1..3], ["", "never_created"]);
+    assert_eq!(&u2[4..6], ["", ""], "no step for a user never created");
+
+    let json = run_once(
+        &env.vars(),
+        &["erasures", "--format", "json", "--host-user-id", "u1"],
+    )
+    .await;
+    let records: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let records = records.as_array().expect("an array");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["embedded_user_id"], id.as_str());
+    assert!(records[0]["logs_deleted_at"].is_string());
+    let later = run_once(
+        &env.vars(),
+        &[
+            "erasures",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(later.stdout.trim(), "[]", "{later}");
+    let table = run_once(&env.vars(), &["erasures"]).await;
+    for out in [&csv.stdout, &json.stdout, &table.stdout] {
+        for secret in ["ada@", "Ada", "Lovelace"] {
+            assert!(!out.contains(secret), "{secret:?} in {out}");
+        }
+    }
     env.finish().await;
 }

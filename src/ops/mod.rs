@@ -3,11 +3,13 @@
 //! reports. Each in a private file; what `app` and `cli` use is re-exported
 //! here.
 
+mod erasures;
 mod http;
 mod metrics;
 mod reconcile;
 mod status;
 
+pub use erasures::{EraseEnd, erase, parse_ids, render_pending, render_records};
 pub use http::{OpsState, serve};
 pub use metrics::recorder;
 pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, recheck_conflicts};

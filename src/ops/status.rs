@@ -295,7 +295,7 @@ fn conflicts_csv(rows: &[ConflictRow]) -> anyhow::Result<String> {
 /// tab or carriage return before one) is prefixed with `'`, which makes it
 /// text: a host id or a note written by anyone cannot run in the sheet of
 /// the person who opens the export.
-fn spreadsheet_safe(value: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn spreadsheet_safe(value: &str) -> std::borrow::Cow<'_, str> {
     match value.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}").into(),
         _ => value.into(),

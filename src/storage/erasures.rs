@@ -75,3 +75,107 @@ impl PendingErasure {
         (now - self.requested_at).to_std().unwrap_or_default()
     }
 }
+
+/// Which erasures a listing shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErasureFilter {
+    /// Records completed, or requests made, at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// One host user's only.
+    pub host_user_id: Option<String>,
+}
+
+/// What filing an erasure request for one host user did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filed {
+    /// A closure was written to the outbox: this event.
+    New(i64),
+    /// A closure of the user was pending already (from the host, or filed
+    /// before): that event carries this request too, and its time stands.
+    Pending(i64),
+    /// The user was erased already and nothing happened since: the closure
+    /// that erased it (its record is the proof).
+    AlreadyErased(i64),
+}
+
+impl Filed {
+    /// The closure event that answers the request.
+    pub fn event_id(self) -> i64 {
+        match self {
+            Self::New(id) | Self::Pending(id) | Self::AlreadyErased(id) => id,
+        }
+    }
+
+    /// Decides, from the newest event of the user (kind, state, id) and its
+    /// row's state, whether a closure must be written (`None`) or one
+    /// already answers the request.
+    pub fn from_newest(
+        newest: Option<(&str, &str, i64)>,
+        user_state: Option<&str>,
+    ) -> Option<Self> {
+        match (newest, user_state) {
+            (Some(("account_closure", "pending", id)), _) => Some(Self::Pending(id)),
+            (Some(("account_closure", "applied", id)), Some("erased")) => {
+                Some(Self::AlreadyErased(id))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Erasure requests and their proof: `user-sync erase`, `user-sync
+/// erasures`, and the deadline's watch.
+pub trait ErasureRequests: Send + Sync {
+    /// Files an erasure request for each of `hosts`, as the host app would
+    /// (an `account_closure` in the outbox), unless one answers it already
+    /// (see [`Filed`]). One result per host, in order.
+    fn request_erasures<'a>(
+        &'a self,
+        hosts: &'a [crate::domain::HostUserId],
+    ) -> futures::future::BoxFuture<'a, sqlx::Result<Vec<Filed>>>;
+    /// The proof: completed erasures as `filter` says, oldest completion
+    /// first.
+    fn erasure_records<'a>(
+        &'a self,
+        filter: &'a ErasureFilter,
+    ) -> futures::future::BoxFuture<'a, sqlx::Result<Vec<crate::domain::ErasureRow>>>;
+    /// The requests not complete yet, as `filter` says, oldest first.
+    fn pending_erasures<'a>(
+        &'a self,
+        filter: &'a ErasureFilter,
+    ) -> futures::future::BoxFuture<'a, sqlx::Result<Vec<PendingErasure>>>;
+    /// The pending requests older than `after` not alerted within `every`,
+    /// each marked alerted now: every process shares one schedule, so each
+    /// request is alerted once per `every`.
+    fn claim_overdue<'a>(
+        &'a self,
+        after: std::time::Duration,
+        every: std::time::Duration,
+    ) -> futures::future::BoxFuture<'a, sqlx::Result<Vec<PendingErasure>>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_reuses_a_pending_closure_and_proves_a_past_erasure() {
+        assert_eq!(
+            Filed::from_newest(Some(("account_closure", "pending", 7)), Some("synced")),
+            Some(Filed::Pending(7))
+        );
+        assert_eq!(
+            Filed::from_newest(Some(("account_closure", "applied", 7)), Some("erased")),
+            Some(Filed::AlreadyErased(7))
+        );
+        for (newest, state) in [
+            (None, None),
+            (Some(("signup", "applied", 7)), Some("synced")),
+            (Some(("signup", "pending", 7)), Some("erased")),
+            (Some(("account_closure", "failed", 7)), Some("synced")),
+            (Some(("account_closure", "superseded", 7)), Some("erased")),
+        ] {
+            assert_eq!(Filed::from_newest(newest, state), None, "{newest:?}");
+        }
+    }
+}

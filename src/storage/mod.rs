@@ -46,7 +46,9 @@ use crate::domain::{
 };
 
 pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
-pub use erasures::{ErasureStep, ErasureSteps, PendingErasure};
+pub use erasures::{
+    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, PendingErasure,
+};
 pub use events::{Claimed, HolderProbe, NextEvent, OutboxEvent};
 #[cfg(test)]
 pub(crate) use memory::{EventRow, MemoryStore, UserRow};
@@ -570,6 +572,15 @@ impl Database {
     /// The webhook deliveries of this database (no per-user lock is
     /// involved: any number may exist beside the process's store).
     pub fn deliveries(&self) -> Arc<dyn Deliveries> {
+        match self {
+            Self::Postgres(pool) => Arc::new(pg::PgStore::new(pool.clone())),
+            Self::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
+        }
+    }
+
+    /// Erasure requests and their proof on this database (no per-user
+    /// lock is involved).
+    pub fn erasures(&self) -> Arc<dyn ErasureRequests> {
         match self {
             Self::Postgres(pool) => Arc::new(pg::PgStore::new(pool.clone())),
             Self::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),

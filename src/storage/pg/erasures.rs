@@ -2,11 +2,16 @@
 //! completes here, in one transaction with the scrubbing of the user's personal
 //! data.
 
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
-use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId, WebhookKind};
+use crate::domain::{EmbeddedUserId, ErasureOutcome, ErasureRow, HostUserId, WebhookKind};
 use crate::storage::webhooks::erasure_completed;
-use crate::storage::{ErasureStep, ErasureSteps};
+use crate::storage::{
+    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, PendingErasure,
+};
 
 /// What the erasure under way of `host` has done to Embedded user `id`.
 pub async fn steps(
@@ -170,3 +175,135 @@ pub async fn erase(
 // same rows and states as the per-user functions above, in a few statements
 // instead of a few per user.
 // ---------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------
+// Requests and proof: `user-sync erase`, `user-sync erasures`, the deadline.
+// ---------------------------------------------------------------------------
+
+/// The pending requests (see [`crate::storage::PendingErasure`]), with the
+/// conditions after `WHERE` each caller adds.
+const PENDING: &str = "SELECT e.host_user_id, e.id AS event_id, e.state,
+            e.occurred_at AS requested_at, u.embedded_user_id, s.logs_deleted_at, e.reason
+     FROM user_sync.events e
+     LEFT JOIN user_sync.users u ON u.host_user_id = e.host_user_id
+     LEFT JOIN user_sync.erasure_steps s ON s.host_user_id = e.host_user_id
+     WHERE e.kind = 'account_closure' AND e.state IN ('pending', 'failed')
+       AND e.host_user_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM user_sync.events n
+                       WHERE n.host_user_id = e.host_user_id AND n.id > e.id
+                         AND n.state <> 'invalid')";
+
+impl ErasureRequests for super::PgStore {
+    fn request_erasures<'a>(
+        &'a self,
+        hosts: &'a [HostUserId],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Filed>>> {
+        Box::pin(async move {
+            let mut tx = self.pool().begin().await?;
+            let mut filed = Vec::with_capacity(hosts.len());
+            for host in hosts {
+                let newest: Option<(Option<String>, String, i64)> = sqlx::query_as(
+                    "SELECT kind, state, id FROM user_sync.events
+                     WHERE host_user_id = $1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(host.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let user_state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM user_sync.users WHERE host_user_id = $1")
+                        .bind(host.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let newest = newest
+                    .as_ref()
+                    .map(|(kind, state, id)| (kind.as_deref().unwrap_or(""), state.as_str(), *id));
+                let answer = match Filed::from_newest(newest, user_state.as_deref()) {
+                    Some(answer) => answer,
+                    None => Filed::New(
+                        sqlx::query_scalar(
+                            "INSERT INTO user_sync.events (host_user_id, kind)
+                             VALUES ($1, 'account_closure') RETURNING id",
+                        )
+                        .bind(host.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?,
+                    ),
+                };
+                filed.push(answer);
+            }
+            tx.commit().await?;
+            Ok(filed)
+        })
+    }
+
+    fn erasure_records<'a>(
+        &'a self,
+        filter: &'a ErasureFilter,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<ErasureRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync.erasures
+                 WHERE ($1::timestamptz IS NULL OR completed_at >= $1)
+                   AND ($2::text IS NULL OR host_user_id = $2)
+                 ORDER BY completed_at, id",
+                ErasureRow::COLUMNS
+            )))
+            .bind(filter.since)
+            .bind(filter.host_user_id.as_deref())
+            .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn pending_erasures<'a>(
+        &'a self,
+        filter: &'a ErasureFilter,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<PendingErasure>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{PENDING}
+                   AND ($1::timestamptz IS NULL OR e.occurred_at >= $1)
+                   AND ($2::text IS NULL OR e.host_user_id = $2)
+                 ORDER BY e.occurred_at, e.id"
+            )))
+            .bind(filter.since)
+            .bind(filter.host_user_id.as_deref())
+            .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn claim_overdue<'a>(
+        &'a self,
+        after: Duration,
+        every: Duration,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<PendingErasure>>> {
+        Box::pin(async move {
+            let mut tx = self.pool().begin().await?;
+            let overdue: Vec<PendingErasure> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{PENDING} AND e.occurred_at <= now() - make_interval(secs => $1)
+                 ORDER BY e.occurred_at, e.id"
+            )))
+            .bind(after.as_secs_f64())
+            .fetch_all(&mut *tx)
+            .await?;
+            let ids: Vec<i64> = overdue.iter().map(|p| p.event_id).collect();
+            let claimed: Vec<i64> = sqlx::query_scalar(
+                "INSERT INTO user_sync.erasure_alerts AS a (event_id, alerted_at)
+                 SELECT unnest($1::bigint[]), now()
+                 ON CONFLICT (event_id) DO UPDATE SET alerted_at = now()
+                 WHERE a.alerted_at <= now() - make_interval(secs => $2)
+                 RETURNING event_id",
+            )
+            .bind(&ids)
+            .bind(every.as_secs_f64())
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(overdue
+                .into_iter()
+                .filter(|p| claimed.contains(&p.event_id))
+                .collect())
+        })
+    }
+}

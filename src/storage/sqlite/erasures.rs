@@ -1,11 +1,16 @@
 //! `user_sync_erasures` in a SQLite file: the proof of deletion, written in
 //! one transaction with the scrubbing of the user's personal data.
 
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 
-use crate::domain::{EmbeddedUserId, ErasureOutcome, HostUserId, WebhookKind};
+use crate::domain::{EmbeddedUserId, ErasureOutcome, ErasureRow, HostUserId, WebhookKind};
 use crate::storage::webhooks::erasure_completed as completed;
-use crate::storage::{ErasureStep, ErasureSteps};
+use crate::storage::{
+    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, PendingErasure,
+};
 
 use super::now_text;
 
@@ -152,4 +157,136 @@ pub(super) async fn erase(
     }
     super::events::mark_applied(&mut tx, closure_event_id, &now).await?;
     tx.commit().await
+}
+
+/// The pending requests (see the PostgreSQL query of the same name).
+const PENDING: &str = "SELECT e.host_user_id, e.id AS event_id, e.state,
+            e.occurred_at AS requested_at, u.embedded_user_id, s.logs_deleted_at, e.reason
+     FROM user_sync_events e
+     LEFT JOIN user_sync_users u ON u.host_user_id = e.host_user_id
+     LEFT JOIN user_sync_erasure_steps s ON s.host_user_id = e.host_user_id
+     WHERE e.kind = 'account_closure' AND e.state IN ('pending', 'failed')
+       AND e.host_user_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM user_sync_events n
+                       WHERE n.host_user_id = e.host_user_id AND n.id > e.id
+                         AND n.state <> 'invalid')";
+
+impl ErasureRequests for super::SqliteStore {
+    fn request_erasures<'a>(
+        &'a self,
+        hosts: &'a [HostUserId],
+    ) -> BoxFuture<'a, sqlx::Result<Vec<Filed>>> {
+        Box::pin(async move {
+            // A write first, so that the transaction never upgrades a read
+            // lock (see `session`).
+            let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+            let mut filed = Vec::with_capacity(hosts.len());
+            for host in hosts {
+                let newest: Option<(Option<String>, String, i64)> = sqlx::query_as(
+                    "SELECT kind, state, id FROM user_sync_events
+                     WHERE host_user_id = ?1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(host.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let user_state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM user_sync_users WHERE host_user_id = ?1")
+                        .bind(host.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let newest = newest
+                    .as_ref()
+                    .map(|(kind, state, id)| (kind.as_deref().unwrap_or(""), state.as_str(), *id));
+                let answer = match Filed::from_newest(newest, user_state.as_deref()) {
+                    Some(answer) => answer,
+                    None => Filed::New(
+                        sqlx::query_scalar(
+                            "INSERT INTO user_sync_events (host_user_id, kind)
+                             VALUES (?1, 'account_closure') RETURNING id",
+                        )
+                        .bind(host.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?,
+                    ),
+                };
+                filed.push(answer);
+            }
+            tx.commit().await?;
+            Ok(filed)
+        })
+    }
+
+    fn erasure_records<'a>(
+        &'a self,
+        filter: &'a ErasureFilter,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<ErasureRow>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {} FROM user_sync_erasures
+                 WHERE (?1 IS NULL OR completed_at >= ?1) AND (?2 IS NULL OR host_user_id = ?2)
+                 ORDER BY completed_at, id",
+                ErasureRow::COLUMNS
+            )))
+            .bind(filter.since.map(super::text_at))
+            .bind(filter.host_user_id.as_deref())
+            .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn pending_erasures<'a>(
+        &'a self,
+        filter: &'a ErasureFilter,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<PendingErasure>>> {
+        Box::pin(async move {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{PENDING}
+                   AND (?1 IS NULL OR e.occurred_at >= ?1) AND (?2 IS NULL OR e.host_user_id = ?2)
+                 ORDER BY e.occurred_at, e.id"
+            )))
+            .bind(filter.since.map(super::text_at))
+            .bind(filter.host_user_id.as_deref())
+            .fetch_all(self.pool())
+            .await
+        })
+    }
+
+    fn claim_overdue<'a>(
+        &'a self,
+        after: Duration,
+        every: Duration,
+    ) -> BoxFuture<'a, sqlx::Result<Vec<PendingErasure>>> {
+        Box::pin(async move {
+            let now = chrono::Utc::now();
+            let ago = |d: Duration| {
+                super::text_at(now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX))
+            };
+            let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+            let overdue: Vec<PendingErasure> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{PENDING} AND e.occurred_at <= ?1 ORDER BY e.occurred_at, e.id"
+            )))
+            .bind(ago(after))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut claimed = Vec::new();
+            for pending in overdue {
+                let won: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO user_sync_erasure_alerts (event_id, alerted_at) VALUES (?1, ?2)
+                     ON CONFLICT (event_id) DO UPDATE SET alerted_at = excluded.alerted_at
+                     WHERE user_sync_erasure_alerts.alerted_at <= ?3
+                     RETURNING event_id",
+                )
+                .bind(pending.event_id)
+                .bind(super::text_at(now))
+                .bind(ago(every))
+                .fetch_optional(&mut *tx)
+                .await?;
+                if won.is_some() {
+                    claimed.push(pending);
+                }
+            }
+            tx.commit().await?;
+            Ok(claimed)
+        })
+    }
 }
