@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{Running, run_once, user_sync};
+use common::process::{Proc, Running, process_vars, run_once, user_sync};
 use common::{Backend, Env, eventually};
 use user_sync_sandbox::{FaultUpdate, SandboxOptions, routes};
 
@@ -25,6 +25,7 @@ on_each_backend!(
     erase_reads_ids_from_a_file_and_from_standard_input,
     erase_wait_exits_1_while_pending_and_2_on_bad_input,
     the_proof_exports_as_csv_and_json_without_personal_data,
+    an_overdue_request_is_alerted_once_and_shown_in_status_and_metrics,
 );
 
 /// The erasure record of `host`: outcome, embedded user id, and whether
@@ -488,5 +489,84 @@ async fn the_proof_exports_as_csv_and_json_without_personal_data(backend: Backen
             assert!(!out.contains(secret), "{secret:?} in {out}");
         }
     }
+    env.finish().await;
+}
+
+async fn an_overdue_request_is_alerted_once_and_shown_in_status_and_metrics(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("late", "late@example.com", Some("Late Person"))
+        .await;
+    env.settle(SETTLE).await;
+    run.stop().await;
+    // The key refused: the closure waits, paused, past its alert.
+    env.sandbox.update_faults(FaultUpdate {
+        api_key: Some("rotated-key".into()),
+        ..FaultUpdate::default()
+    });
+    env.closure("late").await;
+    let mut vars = process_vars(&env);
+    vars.insert("USER_SYNC__GDPR__ALERT_AFTER_S".into(), "1".into());
+    vars.insert("USER_SYNC__GDPR__DEADLINE_S".into(), "2".into());
+    let mut worker = Proc::spawn(&vars, &["run"]);
+    let addr = worker.ready().await;
+    eventually(SETTLE, "the overdue alert", || async {
+        worker.log().contains("erasure_overdue")
+    })
+    .await;
+    // Several more looks at the deadline: the alert is not repeated
+    // within the hour.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alerts: Vec<String> = worker
+        .log()
+        .lines()
+        .filter(|l| l.contains("erasure_overdue"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert: serde_json::Value = serde_json::from_str(&alerts[0]).expect("a JSON line");
+    assert_eq!(alert["host_user_id"], "late", "{alert}");
+    assert_eq!(alert["deadline_s"], 2, "{alert}");
+
+    let status = run_once(&env.vars(), &["status", "--json"]).await;
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("JSON");
+    assert_eq!(status["pending_erasures"], 1, "{status}");
+    assert!(
+        status["oldest_pending_erasure_seconds"].as_f64() >= Some(1.0),
+        "{status}"
+    );
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("its text");
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with("user_sync_erasure_oldest_pending_seconds"))
+        .unwrap_or_else(|| panic!("no erasure gauge in {metrics}"));
+    let seconds: f64 = gauge
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a value");
+    assert!(seconds >= 1.0, "{gauge}");
+
+    env.sandbox.update_faults(FaultUpdate {
+        api_key: Some(common::KEY.into()),
+        ..FaultUpdate::default()
+    });
+    env.settle(SETTLE).await;
+    let (_, log) = worker.terminate(SETTLE).await;
+    for secret in ["late@", "Late Person"] {
+        assert!(!log.contains(secret), "{secret:?} in the worker's log");
+    }
+    assert_eq!(proof(&env, "late").await.0, "deleted");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM user_sync.erasure_alerts")
+            .await,
+        0,
+        "the alert's row goes with the erasure"
+    );
     env.finish().await;
 }

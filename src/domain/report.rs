@@ -19,6 +19,10 @@ pub struct Status {
     pub synced_users: i64,
     pub open_conflicts: i64,
     pub completed_erasures: i64,
+    /// Erasure requests not complete yet (see `user-sync erasures --pending`).
+    pub pending_erasures: i64,
+    /// Age of the oldest of them, in seconds (0 when none is pending).
+    pub oldest_pending_erasure_seconds: f64,
     /// Age of the oldest pending event, in seconds (0 when none is pending).
     pub outbox_lag_seconds: f64,
     /// Set while an operator has paused the deployment.

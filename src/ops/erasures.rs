@@ -283,6 +283,55 @@ fn table_of<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String 
     out
 }
 
+/// How often an overdue request is alerted again while it stays pending.
+const ALERT_AGAIN_AFTER: Duration = Duration::from_secs(3600);
+
+/// Watches the deadline: every request pending longer than
+/// `gdpr.alert_after_s` is logged `alert=erasure_overdue` with its host
+/// user id, once per [`ALERT_AGAIN_AFTER`] across every process, until it
+/// completes. Looks as often as the alert's own delay allows, at most once
+/// a minute.
+pub async fn watch_erasures(
+    store: std::sync::Arc<dyn ErasureRequests>,
+    gdpr: GdprSettings,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let every = gdpr
+        .alert_after
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let overdue = match store
+            .claim_overdue(gdpr.alert_after, ALERT_AGAIN_AFTER)
+            .await
+        {
+            Ok(overdue) => overdue,
+            Err(error) => {
+                tracing::warn!(%error, "reading the pending erasures failed; read again later");
+                continue;
+            }
+        };
+        let now = Utc::now();
+        for request in overdue {
+            let age = request.age(now);
+            tracing::error!(
+                alert = "erasure_overdue",
+                host_user_id = %request.host_user_id,
+                event_id = request.event_id,
+                state = %request.state,
+                age_s = age.as_secs(),
+                alert_after_s = gdpr.alert_after.as_secs(),
+                deadline_s = gdpr.deadline.as_secs(),
+                overdue_by_deadline = age >= gdpr.deadline,
+                "an erasure request is pending longer than gdpr.alert_after_s"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

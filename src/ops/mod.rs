@@ -9,7 +9,7 @@ mod metrics;
 mod reconcile;
 mod status;
 
-pub use erasures::{EraseEnd, erase, parse_ids, render_pending, render_records};
+pub use erasures::{EraseEnd, erase, parse_ids, render_pending, render_records, watch_erasures};
 pub use http::{OpsState, serve};
 pub use metrics::recorder;
 pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, recheck_conflicts};

@@ -16,6 +16,11 @@ pub fn status_table(status: &Status) -> String {
         ("synced users", status.synced_users.to_string()),
         ("open conflicts", status.open_conflicts.to_string()),
         ("completed erasures", status.completed_erasures.to_string()),
+        ("pending erasures", status.pending_erasures.to_string()),
+        (
+            "oldest pending erasure",
+            format!("{:.0}s", status.oldest_pending_erasure_seconds),
+        ),
         ("outbox lag", format!("{:.1}s", status.outbox_lag_seconds)),
         (
             "paused",

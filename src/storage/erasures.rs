@@ -154,6 +154,18 @@ pub trait ErasureRequests: Send + Sync {
     ) -> futures::future::BoxFuture<'a, sqlx::Result<Vec<PendingErasure>>>;
 }
 
+/// How many requests are pending, and the age of the oldest in seconds:
+/// what `status` and `/metrics` show.
+pub(super) async fn pending_summary(store: &dyn ErasureRequests) -> sqlx::Result<(i64, f64)> {
+    let pending = store.pending_erasures(&ErasureFilter::default()).await?;
+    let now = Utc::now();
+    let oldest = pending
+        .iter()
+        .map(|p| p.age(now).as_secs_f64())
+        .fold(0.0, f64::max);
+    Ok((i64::try_from(pending.len()).unwrap_or(i64::MAX), oldest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,8 @@ impl Reports for PgStore {
                 )
                 .fetch_one(self.pool())
                 .await?;
+            let (pending_erasures, oldest_pending_erasure_seconds) =
+                super::super::erasures::pending_summary(self).await?;
             Ok(Status {
                 pending_events: row.0,
                 failed_events: row.1,
@@ -43,6 +45,8 @@ impl Reports for PgStore {
                 open_conflicts,
                 completed_erasures,
                 outbox_lag_seconds: row.4.max(0.0),
+                pending_erasures,
+                oldest_pending_erasure_seconds,
                 paused: self.pause_state().await?,
             })
         })

@@ -40,6 +40,8 @@ impl Reports for SqliteStore {
                 .and_then(parse_at)
                 .map(|at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0)
                 .unwrap_or(0.0);
+            let (pending_erasures, oldest_pending_erasure_seconds) =
+                super::super::erasures::pending_summary(self).await?;
             Ok(Status {
                 pending_events: row.try_get("pending")?,
                 failed_events: row.try_get("failed")?,
@@ -49,6 +51,8 @@ impl Reports for SqliteStore {
                 open_conflicts: row.try_get("open")?,
                 completed_erasures: row.try_get("erasures")?,
                 outbox_lag_seconds: lag.max(0.0),
+                pending_erasures,
+                oldest_pending_erasure_seconds,
                 paused: self.pause_state().await?,
             })
         })
