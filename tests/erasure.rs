@@ -570,3 +570,38 @@ async fn an_overdue_request_is_alerted_once_and_shown_in_status_and_metrics(back
     );
     env.finish().await;
 }
+
+/// On SQLite, an erased user's email and name are not left in the file's
+/// free space nor in its write-ahead log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_no_erased_value_in_free_pages_or_the_wal() {
+    const EMAIL: &str = "erased.person.7q@example.com";
+    const NAME: &str = "Erasedname Sevenq";
+    let env = Env::start_on(Backend::Sqlite, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("u1", EMAIL, Some(NAME)).await;
+    env.settle(SETTLE).await;
+    env.change("u1", EMAIL, Some(NAME)).await;
+    env.settle(SETTLE).await;
+    let file = std::path::PathBuf::from(&env.db.name);
+    let wal = std::path::PathBuf::from(format!("{}-wal", env.db.name));
+    let holds = |needle: &str| {
+        [&file, &wal].into_iter().any(|path| {
+            std::fs::read(path)
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+    };
+    assert!(holds(EMAIL), "the check sees the email while it is stored");
+
+    env.closure("u1").await;
+    env.settle(SETTLE).await;
+    assert_eq!(proof(&env, "u1").await.0, "deleted");
+    for value in [EMAIL, NAME] {
+        assert!(
+            !holds(value),
+            "{value:?} is still in the SQLite file or its WAL"
+        );
+    }
+    run.stop().await;
+    env.finish().await;
+}

@@ -156,7 +156,19 @@ pub(super) async fn erase(
         super::webhooks::enqueue(&mut tx, WebhookKind::ErasureCompleted, &data).await?;
     }
     super::events::mark_applied(&mut tx, closure_event_id, &now).await?;
-    tx.commit().await
+    tx.commit().await?;
+    // The write-ahead log still holds the pages as they were before, emails
+    // and all, until it is checkpointed and truncated. Erasures are rare:
+    // each truncates it. A reader holding an old snapshot can make the
+    // checkpoint stop short (it then reports busy, not an error); the next
+    // erasure, or SQLite's own checkpoints, finish the job.
+    if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(pool)
+        .await
+    {
+        tracing::warn!(%error, "the WAL was not truncated after an erasure");
+    }
+    Ok(())
 }
 
 /// The pending requests (see the PostgreSQL query of the same name).

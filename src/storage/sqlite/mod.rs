@@ -92,6 +92,10 @@ pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<SqliteConn
             .synchronous(SqliteSynchronous::Normal)
             // Writers take turns: wait for the file rather than fail.
             .busy_timeout(Duration::from_secs(10))
+            // Deleted and overwritten values are zeroed on their pages, not
+            // left in free space where a copy of the file would keep an
+            // erased user's email (see `erasures::erase` for the WAL).
+            .pragma("secure_delete", "ON")
             .disable_statement_logging(),
     )
 }
