@@ -174,6 +174,7 @@ enum Command {
     ///   user-sync erase 4711 --wait
     ///   user-sync erase --file dpo-requests.txt --wait --timeout 3600
     ///   cut -d, -f1 closures.csv | user-sync erase --file -
+    #[command(verbatim_doc_comment)]
     Erase {
         /// The host's ids for the users to erase.
         #[arg(value_name = "HOST_USER_ID")]
@@ -202,6 +203,7 @@ enum Command {
     ///   user-sync erasures --host-user-id 4711
     ///   user-sync erasures --since 2026-01-01T00:00:00Z --format csv > erasures.csv
     ///   user-sync erasures --pending
+    #[command(verbatim_doc_comment)]
     Erasures {
         /// table for a terminal; json (an array of objects) or csv (safe to
         /// open in a spreadsheet) for other tools.

@@ -123,6 +123,29 @@ impl Filed {
     }
 }
 
+/// The newest event of a host user, and its row's state: what decides
+/// whether an erasure request needs a closure of its own.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct Newest {
+    pub kind: Option<String>,
+    pub state: String,
+    pub id: i64,
+    pub user_state: Option<String>,
+}
+
+impl Newest {
+    /// The closure that answers the request already, if one does (a user
+    /// with no event at all needs a closure).
+    pub(crate) fn answer(&self) -> Option<Filed> {
+        let newest = (
+            self.kind.as_deref().unwrap_or(""),
+            self.state.as_str(),
+            self.id,
+        );
+        Filed::from_newest(Some(newest), self.user_state.as_deref())
+    }
+}
+
 /// Erasure requests and their proof: `user-sync erase`, `user-sync
 /// erasures`, and the deadline's watch.
 pub trait ErasureRequests: Send + Sync {

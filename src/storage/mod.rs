@@ -46,6 +46,7 @@ use crate::domain::{
 };
 
 pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
+pub(crate) use erasures::Newest;
 pub use erasures::{
     ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, PendingErasure,
 };

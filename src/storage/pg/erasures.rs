@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use crate::domain::{EmbeddedUserId, ErasureOutcome, ErasureRow, HostUserId, WebhookKind};
 use crate::storage::webhooks::erasure_completed;
 use crate::storage::{
-    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, PendingErasure,
+    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, Newest, PendingErasure,
 };
 
 /// What the erasure under way of `host` has done to Embedded user `id`.
@@ -202,22 +202,16 @@ impl ErasureRequests for super::PgStore {
             let mut tx = self.pool().begin().await?;
             let mut filed = Vec::with_capacity(hosts.len());
             for host in hosts {
-                let newest: Option<(Option<String>, String, i64)> = sqlx::query_as(
-                    "SELECT kind, state, id FROM user_sync.events
-                     WHERE host_user_id = $1 ORDER BY id DESC LIMIT 1",
+                let newest: Option<Newest> = sqlx::query_as(
+                    "SELECT e.kind, e.state, e.id,
+                            (SELECT u.state FROM user_sync.users u WHERE u.host_user_id = $1)
+                              AS user_state
+                     FROM user_sync.events e WHERE e.host_user_id = $1 ORDER BY e.id DESC LIMIT 1",
                 )
                 .bind(host.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-                let user_state: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM user_sync.users WHERE host_user_id = $1")
-                        .bind(host.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let newest = newest
-                    .as_ref()
-                    .map(|(kind, state, id)| (kind.as_deref().unwrap_or(""), state.as_str(), *id));
-                let answer = match Filed::from_newest(newest, user_state.as_deref()) {
+                let answer = match newest.as_ref().and_then(Newest::answer) {
                     Some(answer) => answer,
                     None => Filed::New(
                         sqlx::query_scalar(

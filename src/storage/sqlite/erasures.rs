@@ -9,7 +9,7 @@ use sqlx::SqlitePool;
 use crate::domain::{EmbeddedUserId, ErasureOutcome, ErasureRow, HostUserId, WebhookKind};
 use crate::storage::webhooks::erasure_completed as completed;
 use crate::storage::{
-    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, PendingErasure,
+    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, Newest, PendingErasure,
 };
 
 use super::now_text;
@@ -194,22 +194,16 @@ impl ErasureRequests for super::SqliteStore {
             let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
             let mut filed = Vec::with_capacity(hosts.len());
             for host in hosts {
-                let newest: Option<(Option<String>, String, i64)> = sqlx::query_as(
-                    "SELECT kind, state, id FROM user_sync_events
-                     WHERE host_user_id = ?1 ORDER BY id DESC LIMIT 1",
+                let newest: Option<Newest> = sqlx::query_as(
+                    "SELECT e.kind, e.state, e.id,
+                            (SELECT u.state FROM user_sync_users u WHERE u.host_user_id = ?1)
+                              AS user_state
+                     FROM user_sync_events e WHERE e.host_user_id = ?1 ORDER BY e.id DESC LIMIT 1",
                 )
                 .bind(host.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
-                let user_state: Option<String> =
-                    sqlx::query_scalar("SELECT state FROM user_sync_users WHERE host_user_id = ?1")
-                        .bind(host.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                let newest = newest
-                    .as_ref()
-                    .map(|(kind, state, id)| (kind.as_deref().unwrap_or(""), state.as_str(), *id));
-                let answer = match Filed::from_newest(newest, user_state.as_deref()) {
+                let answer = match newest.as_ref().and_then(Newest::answer) {
                     Some(answer) => answer,
                     None => Filed::New(
                         sqlx::query_scalar(
