@@ -24,7 +24,9 @@ use crate::ops::{self, OpsState};
 use crate::outbox::{self, Dispatcher};
 use crate::queue::{self, RedisQueue, SqliteQueue, WorkerQueue};
 use crate::ratelimit::{self, ApiGate, SharedLimit};
-use crate::storage::{Database, Deliveries, PgStore, ProcessLock, SqliteStore, Store, SyncStore};
+use crate::storage::{
+    Database, Deliveries, ErasureRequests, PgStore, ProcessLock, SqliteStore, Store, SyncStore,
+};
 use crate::sync::SyncContext;
 use crate::webhooks::Deliverer;
 
@@ -202,7 +204,7 @@ impl Parts<'_> {
     /// of the process reaches it through one trait object.
     async fn start<S, Q>(&mut self, store: S, queue: Q, gate: ApiGate) -> anyhow::Result<SocketAddr>
     where
-        S: SyncStore + Store + Deliveries,
+        S: SyncStore + Store + Deliveries + ErasureRequests,
         Q: WorkerQueue,
     {
         let settings = self.settings;
@@ -221,6 +223,14 @@ impl Parts<'_> {
         // SQLite, the holder of the per-user locks), client and gate.
         let reconciler =
             ops::Reconciler::sharing(store.clone(), self.api.clone(), gate.clone(), settings);
+        self.spawn_part(
+            "erasure watch",
+            unit(ops::watch_erasures(
+                store.clone(),
+                settings.gdpr,
+                shutdown.clone(),
+            )),
+        );
         let store: Arc<dyn Store> = store;
         let job_queue = queue::shared(queue.clone());
 

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -14,7 +15,7 @@ use crate::demo::{self, DemoArgs};
 use crate::domain::{ConflictStatus, EventFilter, RetryTarget};
 use crate::host::{self, BackfillOptions, Mode, OutputFormat};
 use crate::ops::{self, Action, ListFormat, Reconciler};
-use crate::storage::{Database, Operator, PgStore, ProcessLock, SqliteStore, Store};
+use crate::storage::{Database, ErasureFilter, Operator, PgStore, ProcessLock, SqliteStore, Store};
 use crate::telemetry;
 use crate::webhooks;
 
@@ -150,6 +151,74 @@ enum Command {
         /// These host users.
         #[arg(value_name = "HOST_USER_ID")]
         host_user_ids: Vec<String>,
+    },
+    /// File a GDPR erasure request for each host user: its workflow logs and
+    /// its Embedded user are deleted, its email and name removed from the
+    /// worker's tables, and the erasure recorded as proof.
+    ///
+    /// Each request is an `account_closure` in the outbox, the same path and
+    /// the same record as a closure written by the host; the workers of
+    /// `user-sync run` carry it out. A host user with a closure pending
+    /// already is not asked twice; one erased already (and not back since)
+    /// is answered with its record. A host user the worker has never seen
+    /// is recorded complete with outcome never_created: the proof that it
+    /// was looked for. Prints ids and times only, never an email or a name.
+    ///
+    /// --file reads one host user id a line (`-`: standard input; blank
+    /// lines skipped). --wait waits until every request is complete (at
+    /// most --timeout seconds) and prints each record. Exits 0 when every
+    /// request is filed (without --wait) or complete (with it), 1 when any
+    /// is still pending at the timeout, 2 on bad input.
+    ///
+    /// Examples:
+    ///   user-sync erase 4711 --wait
+    ///   user-sync erase --file dpo-requests.txt --wait --timeout 3600
+    ///   cut -d, -f1 closures.csv | user-sync erase --file -
+    #[command(verbatim_doc_comment)]
+    Erase {
+        /// The host's ids for the users to erase.
+        #[arg(value_name = "HOST_USER_ID")]
+        host_user_ids: Vec<String>,
+        /// Also read ids from this file, one a line (`-`: standard input).
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
+        /// Wait until every request is complete, and print the records.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 600, requires = "wait")]
+        timeout: u64,
+    },
+    /// Export the proof of deletion: one line per completed erasure.
+    ///
+    /// Columns, in this order: host_user_id, embedded_user_id, outcome
+    /// (deleted, already_absent or never_created), requested_at (when the
+    /// closure was written), logs_deleted_at, user_deleted_at, completed_at
+    /// (RFC 3339, UTC; a step that did not apply is empty). Ids and times
+    /// only: never an email or a name. --pending lists the requests not
+    /// complete yet instead, with their age, whether they are older than
+    /// gdpr.alert_after_s, and when gdpr.deadline_s falls due.
+    ///
+    /// Examples:
+    ///   user-sync erasures --host-user-id 4711
+    ///   user-sync erasures --since 2026-01-01T00:00:00Z --format csv > erasures.csv
+    ///   user-sync erasures --pending
+    #[command(verbatim_doc_comment)]
+    Erasures {
+        /// table for a terminal; json (an array of objects) or csv (safe to
+        /// open in a spreadsheet) for other tools.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+        /// Only erasures completed (with --pending: requested) at or after
+        /// this time (RFC 3339).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// One host user's only.
+        #[arg(long, value_name = "ID")]
+        host_user_id: Option<String>,
+        /// The requests not complete yet, with their age.
+        #[arg(long)]
+        pending: bool,
     },
     /// Pause every process's calls to the Embedded API, deployment-wide.
     ///
@@ -589,6 +658,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{retried} events back to pending");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Erase {
+            host_user_ids,
+            file,
+            wait,
+            timeout,
+        } => {
+            erase(
+                &host_user_ids,
+                file.as_deref(),
+                wait.then(|| Duration::from_secs(timeout)),
+            )
+            .await
+        }
+        Command::Erasures {
+            format,
+            since,
+            host_user_id,
+            pending,
+        } => {
+            let settings = load_settings()?;
+            let database = Database::connect(&settings.database, 1).await?;
+            database.check_current().await?;
+            let store = database.erasures();
+            let filter = ErasureFilter {
+                since,
+                host_user_id: host_user_id.map(|h| h.trim().to_owned()),
+            };
+            if pending {
+                let rows = store.pending_erasures(&filter).await?;
+                let now = chrono::Utc::now();
+                print!(
+                    "{}",
+                    ops::render_pending(&rows, format, now, &settings.gdpr)?
+                );
+            } else {
+                let rows = store.erasure_records(&filter).await?;
+                print!("{}", ops::render_records(&rows, format)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pause { reason, by } => {
             let settings = load_settings()?;
             let store = open_store(&settings).await?;
@@ -689,6 +798,49 @@ async fn resolve_conflict(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// `user-sync erase`: reads the ids (bad input exits 2 before anything is
+/// filed), files the requests, and waits for them when asked.
+async fn erase(
+    given: &[String],
+    file: Option<&std::path::Path>,
+    wait: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let text = match file {
+        None => None,
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                eprintln!("error: cannot read standard input: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            Some(text)
+        }
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    let hosts = match ops::parse_ids(given, text.as_deref()) {
+        Ok(hosts) => hosts,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let settings = load_settings()?;
+    let database = Database::connect(&settings.database, 1).await?;
+    database.check_current().await?;
+    let mut stdout = std::io::stdout();
+    let end = ops::erase(database.erasures().as_ref(), &hosts, wait, &mut stdout).await?;
+    Ok(match end {
+        ops::EraseEnd::Done => ExitCode::SUCCESS,
+        ops::EraseEnd::Pending => ExitCode::FAILURE,
     })
 }
 

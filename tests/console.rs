@@ -514,19 +514,20 @@ async fn erasures_are_listed_newest_first_and_exported_as_csv(backend: Backend) 
     assert_eq!(
         header.iter().collect::<Vec<_>>(),
         [
-            "id",
             "host_user_id",
             "embedded_user_id",
-            "event_id",
             "outcome",
             "requested_at",
+            "logs_deleted_at",
+            "user_deleted_at",
             "completed_at"
-        ]
+        ],
+        "the proof export of `user-sync erasures --format csv`"
     );
     let records: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("a row")).collect();
     assert_eq!(records.len(), 2, "{}", csv.text);
-    assert_eq!(&records[0][1], "'=never-synced", "a formula is neutralised");
-    assert_eq!(&records[1][4], "deleted");
+    assert_eq!(&records[0][0], "'=never-synced", "a formula is neutralised");
+    assert_eq!(&records[1][2], "deleted");
     assert_eq!(api.get("/api/v1/erasures?format=xml").await.status, 400);
     assert_eq!(
         api.get("/api/v1/status").await.json()["completed_erasures"],

@@ -877,6 +877,46 @@ async fn the_same_seed_replays_the_same_faults_and_ids() {
 }
 
 #[tokio::test]
+async fn workflow_logs_outlive_a_user_deleted_before_them() {
+    let sb = sandbox(SandboxOptions::default()).await;
+    let api = client(&sb, KEY);
+    let careful = api
+        .create_user(&new_user("careful@example.com", None))
+        .await
+        .expect("created");
+    let careless = api
+        .create_user(&new_user("careless@example.com", None))
+        .await
+        .expect("created");
+    assert!(
+        sb.workflow_logs(careful.as_str()) > 0,
+        "a create makes logs"
+    );
+    assert!(sb.workflow_logs(careless.as_str()) > 0);
+
+    // Logs first, then the user: nothing is left behind.
+    api.delete_user_logs(&careful).await.expect("logs");
+    assert_eq!(sb.workflow_logs(careful.as_str()), 0);
+    api.delete_user(&careful).await.expect("delete");
+    assert_eq!(sb.stats().deleted_with_logs, 0);
+    // Deleting them again finds them gone with the user.
+    assert_eq!(
+        api.delete_user_logs(&careful).await,
+        Err(ApiError::NotFound)
+    );
+
+    // The user first: its logs stay, out of reach, and are counted.
+    api.delete_user(&careless).await.expect("delete");
+    assert_eq!(sb.stats().deleted_with_logs, 1);
+    assert_eq!(
+        api.delete_user_logs(&careless).await,
+        Err(ApiError::NotFound)
+    );
+    assert!(sb.workflow_logs(careless.as_str()) > 0);
+    sb.shutdown().await;
+}
+
+#[tokio::test]
 async fn requests_are_counted_by_route_and_status() {
     let sb = sandbox(SandboxOptions::default()).await;
     let api = client(&sb, KEY);

@@ -276,7 +276,7 @@ async fn update_user(
 }
 
 async fn delete_user(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    if shared.lock().users.remove(&id) {
+    if shared.lock().delete(&id) {
         Json(WireSuccess { success: true }).into_response()
     } else {
         not_found()
@@ -297,9 +297,8 @@ async fn user_token_route(State(shared): State<Arc<Shared>>, Path(id): Path<Stri
 }
 
 async fn delete_logs(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    // The sandbox runs no workflows, so there are no logs to delete.
-    if shared.lock().users.by_id.contains_key(&id) {
-        Json(WireSuccess { success: true }).into_response()
+    if shared.lock().delete_logs(&id) {
+        message(StatusCode::OK, "Success")
     } else {
         not_found()
     }
@@ -359,6 +358,7 @@ async fn admin_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
 async fn admin_reset(State(shared): State<Arc<Shared>>) -> Response {
     let mut state = shared.lock();
     state.users = Directory::default();
+    state.workflow_logs.clear();
     state.reset_stats();
     StatusCode::NO_CONTENT.into_response()
 }

@@ -181,6 +181,17 @@ impl Sandbox {
         self.shared.lock().created.clone()
     }
 
+    /// The workflow log entries the sandbox holds for user `user_id`,
+    /// whether the user still exists or not.
+    pub fn workflow_logs(&self, user_id: &str) -> u32 {
+        self.shared
+            .lock()
+            .workflow_logs
+            .get(user_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// How many creates were refused for a taken username, by username.
     pub fn refused_creates(&self) -> std::collections::HashMap<String, u64> {
         self.shared.lock().refused_creates.clone()

@@ -22,6 +22,9 @@ use crate::{SandboxStats, SandboxUser};
 /// The only version the sandbox speaks.
 const API_VERSION: &str = "2025-09";
 
+/// Workflow log entries a create makes.
+const LOG_ENTRIES_PER_CREATE: u32 = 3;
+
 /// Why a request was answered before reaching its route.
 pub(crate) enum Refusal {
     RateLimited { retry_after: Option<u64> },
@@ -78,6 +81,11 @@ pub(crate) struct SandboxState {
     /// a test trace a conflict back to the create that met the holder.
     pub(crate) refused_creates: HashMap<String, u64>,
     pub(crate) stats: SandboxStats,
+    /// Workflow log entries per user id: a few are made on every create,
+    /// as the product logs a new user's first runs. They outlive their user
+    /// (`DELETE /users/{id}` leaves them, as the real API does) and go only
+    /// with `DELETE /users/{id}/logs`, while the user still exists.
+    pub(crate) workflow_logs: HashMap<String, u32>,
     received: Window,
     /// Doubles as the rate limiter: a request is admitted while this window
     /// holds fewer than `rate_limit` instants.
@@ -105,6 +113,7 @@ impl SandboxState {
             created: Vec::new(),
             refused_creates: HashMap::new(),
             stats: SandboxStats::default(),
+            workflow_logs: HashMap::new(),
             received: Window::default(),
             admitted: Window::default(),
             in_flight: HashMap::new(),
@@ -205,8 +214,32 @@ impl SandboxState {
             full_name: full_name.clone(),
         });
         self.users.insert(id.clone(), username, full_name);
+        self.workflow_logs
+            .insert(id.clone(), LOG_ENTRIES_PER_CREATE);
         self.stats.creates += 1;
         Ok(id)
+    }
+
+    /// An API delete of a user: its workflow logs stay behind, counted
+    /// when there are any. `false` when there is no such user.
+    pub(crate) fn delete(&mut self, user_id: &str) -> bool {
+        if !self.users.remove(user_id) {
+            return false;
+        }
+        if self.workflow_logs.get(user_id).is_some_and(|n| *n > 0) {
+            self.stats.deleted_with_logs += 1;
+        }
+        true
+    }
+
+    /// An API delete of a user's workflow logs (by id or username): only
+    /// an existing user reaches them. `false` when there is no such user.
+    pub(crate) fn delete_logs(&mut self, id_or_username: &str) -> bool {
+        let Some(user_id) = self.users.find(id_or_username).map(|u| u.user_id.clone()) else {
+            return false;
+        };
+        self.workflow_logs.remove(&user_id);
+        true
     }
 
     /// A seeded user, made `created` (seconds since the epoch; now when

@@ -36,6 +36,11 @@ pub struct SandboxStats {
     /// client that serialises per user keeps this at 0.
     #[serde(default)]
     pub overlapping_user_requests: u64,
+    /// Users deleted through the API while they still had workflow logs:
+    /// the logs stay behind, out of reach. An erasure that deletes the logs
+    /// first keeps this at 0.
+    #[serde(default)]
+    pub deleted_with_logs: u64,
 }
 
 impl SandboxStats {

@@ -12,7 +12,7 @@ use url::Url;
 use super::raw::{Raw, RawSource};
 use super::{
     ConfigError, ConflictSettings, ConsoleSettings, DatabaseSettings, DispatcherSettings,
-    EmbeddedSettings, HttpSettings, LogSettings, RateLimitSettings, RedisSettings,
+    EmbeddedSettings, GdprSettings, HttpSettings, LogSettings, RateLimitSettings, RedisSettings,
     SUPPORTED_API_VERSIONS, Settings, SourceSettings, SourceTable, SourceTarget, SweeperSettings,
     SyncSettings, WorkerSettings, database_kind, invalid,
 };
@@ -152,6 +152,7 @@ impl Settings {
                 lookup_before_create: raw.sync.lookup_before_create,
                 clock_skew_margin: Duration::from_millis(raw.sync.clock_skew_margin_ms),
                 create_window: SyncSettings::create_window_for(timeout),
+                delete_workflow_logs: raw.gdpr.delete_workflow_logs,
             },
             dispatcher: DispatcherSettings {
                 batch_size: raw.dispatcher.batch_size,
@@ -193,8 +194,25 @@ impl Settings {
                 enabled: raw.console.enabled,
                 token: header_safe("console.token", raw.console.token.and_then(non_empty))?,
             },
+            gdpr: check_gdpr(&raw.gdpr)?,
         })
     }
+}
+
+fn check_gdpr(raw: &super::raw::RawGdpr) -> Result<GdprSettings, ConfigError> {
+    if raw.alert_after_s == 0 {
+        return Err(invalid("gdpr.alert_after_s", "must be at least 1"));
+    }
+    if raw.deadline_s < raw.alert_after_s {
+        return Err(invalid(
+            "gdpr.deadline_s",
+            "must be at least gdpr.alert_after_s: the alert comes before the deadline",
+        ));
+    }
+    Ok(GdprSettings {
+        alert_after: Duration::from_secs(raw.alert_after_s),
+        deadline: Duration::from_secs(raw.deadline_s),
+    })
 }
 
 /// The most host users one page may hold.

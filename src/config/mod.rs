@@ -82,6 +82,7 @@ pub struct Settings {
     pub source: SourceSettings,
     pub webhooks: WebhookSettings,
     pub console: ConsoleSettings,
+    pub gdpr: GdprSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -209,6 +210,11 @@ pub struct SyncSettings {
     /// the rate gate's longest wait and the request itself (twice
     /// `embedded.timeout_ms`, plus 2 s).
     pub create_window: Duration,
+    /// `gdpr.delete_workflow_logs`: a closure deletes the user's workflow
+    /// logs before the user. Kept here, with the rest of what a job
+    /// decides by, so that every job runner (worker, backfill, operator
+    /// commands) honours it.
+    pub delete_workflow_logs: bool,
 }
 
 impl SyncSettings {
@@ -229,6 +235,27 @@ impl Default for SyncSettings {
             lookup_before_create: LookupBeforeCreate::AfterLostAnswer,
             clock_skew_margin: Duration::from_secs(1),
             create_window: Self::create_window_for(Duration::from_secs(10)),
+            delete_workflow_logs: true,
+        }
+    }
+}
+
+/// `[gdpr]`: how long an erasure request may wait (the job's part,
+/// `delete_workflow_logs`, is in [`SyncSettings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GdprSettings {
+    /// A request pending longer is logged `alert=erasure_overdue`.
+    pub alert_after: Duration,
+    /// The deadline the deployment promises (GDPR Art. 17: one month at
+    /// most); shown beside the alert, not enforced.
+    pub deadline: Duration,
+}
+
+impl Default for GdprSettings {
+    fn default() -> Self {
+        Self {
+            alert_after: Duration::from_secs(86_400),
+            deadline: Duration::from_secs(2_592_000),
         }
     }
 }

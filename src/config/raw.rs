@@ -32,6 +32,26 @@ pub(super) struct Raw {
     pub webhooks: RawWebhooks,
     #[serde(default)]
     pub console: RawConsole,
+    #[serde(default)]
+    pub gdpr: RawGdpr,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+pub(super) struct RawGdpr {
+    pub delete_workflow_logs: bool,
+    pub alert_after_s: u64,
+    pub deadline_s: u64,
+}
+
+impl Default for RawGdpr {
+    fn default() -> Self {
+        Self {
+            delete_workflow_logs: true,
+            alert_after_s: 86_400,
+            deadline_s: 2_592_000,
+        }
+    }
 }
 
 #[derive(Deserialize)]

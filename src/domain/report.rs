@@ -19,8 +19,10 @@ pub struct Status {
     pub synced_users: i64,
     pub open_conflicts: i64,
     pub completed_erasures: i64,
-    /// Account closures not carried out yet (their events are pending).
+    /// Erasure requests not complete yet (see `user-sync erasures --pending`).
     pub pending_erasures: i64,
+    /// Age of the oldest of them, in seconds (0 when none is pending).
+    pub oldest_pending_erasure_seconds: f64,
     /// Age of the oldest pending event, in seconds (0 when none is pending).
     pub outbox_lag_seconds: f64,
     /// Set while an operator has paused the deployment.
@@ -149,14 +151,21 @@ pub struct ErasureRow {
     pub embedded_user_id: Option<String>,
     pub event_id: i64,
     pub outcome: String,
+    /// The closure's `occurred_at`: when the host asked.
     pub requested_at: DateTime<Utc>,
+    /// When `DELETE /users/{id}/logs` was answered; `None` when no user was
+    /// ever created or `gdpr.delete_workflow_logs` is off.
+    pub logs_deleted_at: Option<DateTime<Utc>>,
+    /// When the user was known gone (its delete answered); `None` when no
+    /// user was ever created.
+    pub user_deleted_at: Option<DateTime<Utc>>,
     pub completed_at: DateTime<Utc>,
 }
 
 impl ErasureRow {
     /// Its columns, for a `SELECT`.
-    pub const COLUMNS: &'static str =
-        "id, host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at";
+    pub const COLUMNS: &'static str = "id, host_user_id, embedded_user_id, event_id, outcome, \
+         requested_at, logs_deleted_at, user_deleted_at, completed_at";
 }
 
 /// How many events ended in `state` within one minute (by `finished_at`):

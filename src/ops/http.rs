@@ -96,6 +96,9 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         metrics::gauge!("user_sync_outbox_lag_seconds").set(status.outbox_lag_seconds);
         metrics::gauge!("user_sync_open_conflicts").set(status.open_conflicts as f64);
         metrics::gauge!("user_sync_failed_events").set(status.failed_events as f64);
+        metrics::gauge!("user_sync_pending_erasures").set(status.pending_erasures as f64);
+        metrics::gauge!("user_sync_erasure_oldest_pending_seconds")
+            .set(status.oldest_pending_erasure_seconds);
     }
     if let Ok(depth) = state.queue.depth().await {
         metrics::gauge!("user_sync_queue_depth").set(depth as f64);

@@ -4,12 +4,14 @@
 //! here.
 
 mod console;
+mod erasures;
 mod http;
 mod metrics;
 mod reconcile;
 mod status;
 
 pub use console::Console;
+pub use erasures::{EraseEnd, erase, parse_ids, render_pending, render_records, watch_erasures};
 pub use http::{OpsState, serve};
 pub use metrics::recorder;
 pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, Resolve, recheck_conflicts};

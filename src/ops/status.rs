@@ -17,6 +17,10 @@ pub fn status_table(status: &Status) -> String {
         ("open conflicts", status.open_conflicts.to_string()),
         ("completed erasures", status.completed_erasures.to_string()),
         ("pending erasures", status.pending_erasures.to_string()),
+        (
+            "oldest pending erasure",
+            format!("{:.0}s", status.oldest_pending_erasure_seconds),
+        ),
         ("outbox lag", format!("{:.1}s", status.outbox_lag_seconds)),
         (
             "paused",
@@ -283,36 +287,14 @@ fn conflicts_csv(rows: &[ConflictRow]) -> anyhow::Result<String> {
 /// The proofs of erasure as CSV (ids, outcome and times: no personal data
 /// is left to put in it), safe to open in a spreadsheet.
 pub fn erasures_csv(rows: &[ErasureRow]) -> anyhow::Result<String> {
-    let mut out = csv::Writer::from_writer(Vec::new());
-    out.write_record([
-        "id",
-        "host_user_id",
-        "embedded_user_id",
-        "event_id",
-        "outcome",
-        "requested_at",
-        "completed_at",
-    ])?;
-    for r in rows {
-        let fields = [
-            r.id.to_string(),
-            r.host_user_id.clone(),
-            r.embedded_user_id.clone().unwrap_or_default(),
-            r.event_id.to_string(),
-            r.outcome.clone(),
-            r.requested_at.to_rfc3339(),
-            r.completed_at.to_rfc3339(),
-        ];
-        out.write_record(fields.iter().map(|f| spreadsheet_safe(f).into_owned()))?;
-    }
-    Ok(String::from_utf8(out.into_inner()?)?)
+    super::erasures::render_records(rows, ListFormat::Csv)
 }
 
 /// A cell a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, or a
 /// tab or carriage return before one) is prefixed with `'`, which makes it
 /// text: a host id or a note written by anyone cannot run in the sheet of
 /// the person who opens the export.
-fn spreadsheet_safe(value: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn spreadsheet_safe(value: &str) -> std::borrow::Cow<'_, str> {
     match value.chars().next() {
         Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{value}").into(),
         _ => value.into(),
@@ -462,14 +444,16 @@ mod tests {
             event_id: 9,
             outcome: "never_created".into(),
             requested_at: Utc::now(),
+            logs_deleted_at: None,
+            user_deleted_at: None,
             completed_at: Utc::now(),
         };
         let out = erasures_csv(&[row]).expect("csv");
         let mut reader = csv::Reader::from_reader(out.as_bytes());
         let record = reader.records().next().expect("a row").expect("parses");
-        assert_eq!(&record[1], "'=1+1");
-        assert_eq!(&record[2], "");
-        assert_eq!(&record[4], "never_created");
+        assert_eq!(&record[0], "'=1+1");
+        assert_eq!(&record[1], "");
+        assert_eq!(&record[2], "never_created");
     }
 
     #[test]

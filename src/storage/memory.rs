@@ -28,7 +28,9 @@ use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{HolderProbe, NextEvent, OutboxEvent};
 use crate::storage::sqlite::{UserLockGuard, UserLocks};
 use crate::storage::users::{Claim, HolderClaim, synced_from};
-use crate::storage::{Ending, Erasure, Holding, Sessions, Snooze, SyncStore, UserSession};
+use crate::storage::{
+    Ending, Erasure, ErasureStep, ErasureSteps, Holding, Sessions, Snooze, SyncStore, UserSession,
+};
 
 const PENDING: &str = "pending";
 
@@ -102,7 +104,18 @@ pub(crate) struct ErasureRow {
     pub event_id: i64,
     pub outcome: ErasureOutcome,
     pub requested_at: DateTime<Utc>,
+    pub logs_deleted_at: Option<DateTime<Utc>>,
+    pub user_deleted_at: Option<DateTime<Utc>>,
     pub completed_at: DateTime<Utc>,
+}
+
+/// The steps of an erasure under way, per host user.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct StepsRow {
+    pub embedded_user_id: String,
+    pub logs_sent_at: Option<DateTime<Utc>>,
+    pub logs_deleted_at: Option<DateTime<Utc>>,
+    pub user_sent_at: Option<DateTime<Utc>>,
 }
 
 /// The tables.
@@ -113,6 +126,7 @@ struct State {
     users: BTreeMap<String, UserRow>,
     conflicts: Vec<ConflictRow>,
     erasures: Vec<ErasureRow>,
+    erasure_steps: BTreeMap<String, StepsRow>,
 }
 
 /// The worker's tables in memory. Clones share them.
@@ -220,6 +234,11 @@ impl MemoryStore {
 
     pub(crate) fn erasures(&self) -> Vec<ErasureRow> {
         lock(&self.state).erasures.clone()
+    }
+
+    /// The steps of the erasure under way of `host`, if one is.
+    pub(crate) fn erasure_steps_of(&self, host: &str) -> Option<StepsRow> {
+        lock(&self.state).erasure_steps.get(host).cloned()
     }
 }
 
@@ -616,6 +635,52 @@ impl UserSession for MemorySession {
         })
     }
 
+    fn erasure_steps<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+    ) -> impl Future<Output = sqlx::Result<ErasureSteps>> + Send {
+        self.with(move |state, host| {
+            Ok(state
+                .erasure_steps
+                .get(host)
+                .filter(|s| s.embedded_user_id == id.as_str())
+                .map_or_else(ErasureSteps::default, |s| ErasureSteps {
+                    logs_deleted: s.logs_deleted_at.is_some(),
+                    user_delete_sent: s.user_sent_at.is_some(),
+                }))
+        })
+    }
+
+    fn record_erasure_step<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        step: ErasureStep,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        self.with(move |state, host| {
+            let row = state.erasure_steps.entry(host.to_owned()).or_default();
+            if row.embedded_user_id != id.as_str() {
+                *row = StepsRow {
+                    embedded_user_id: id.as_str().to_owned(),
+                    ..StepsRow::default()
+                };
+            }
+            let now = Utc::now();
+            match step {
+                ErasureStep::SendingLogsDelete => {
+                    row.logs_sent_at.get_or_insert(now);
+                }
+                ErasureStep::LogsDeleted => {
+                    row.logs_deleted_at.get_or_insert(now);
+                }
+                ErasureStep::SendingUserDelete => {
+                    row.user_sent_at.get_or_insert(now);
+                }
+                ErasureStep::UserDeleteNotSent => row.user_sent_at = None,
+            }
+            Ok(())
+        })
+    }
+
     fn record_erasure<'a>(
         &'a mut self,
         erasure: Erasure<'a>,
@@ -639,14 +704,22 @@ impl UserSession for MemorySession {
                 .erasures
                 .iter()
                 .any(|e| e.event_id == erasure.closure_event_id);
+            let steps = state.erasure_steps.remove(host);
             if let (Some(requested_at), false) = (requested_at, recorded) {
+                let user = erasure.embedded_user_id.map(|u| u.as_str().to_owned());
+                let now = Utc::now();
+                let logs_deleted_at = steps
+                    .filter(|s| Some(&s.embedded_user_id) == user.as_ref())
+                    .and_then(|s| s.logs_deleted_at);
                 state.erasures.push(ErasureRow {
                     host_user_id: host.to_owned(),
-                    embedded_user_id: erasure.embedded_user_id.map(|u| u.as_str().to_owned()),
+                    user_deleted_at: user.is_some().then_some(now),
+                    embedded_user_id: user,
                     event_id: erasure.closure_event_id,
                     outcome: erasure.outcome,
                     requested_at,
-                    completed_at: Utc::now(),
+                    logs_deleted_at,
+                    completed_at: now,
                 });
             }
             state.finish(erasure.closure_event_id, EventState::Applied, None);

@@ -21,6 +21,7 @@
 //! unit-tested without a database.
 
 mod conflicts;
+mod erasures;
 mod events;
 #[cfg(test)]
 mod memory;
@@ -47,6 +48,10 @@ use crate::domain::{
 };
 
 pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
+pub(crate) use erasures::Newest;
+pub use erasures::{
+    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, PendingErasure,
+};
 pub use events::{Claimed, HolderProbe, NextEvent, OutboxEvent};
 #[cfg(test)]
 pub(crate) use memory::{EventRow, MemoryStore, UserRow};
@@ -287,8 +292,22 @@ pub trait UserSession: Send {
         &'a mut self,
         conflict: &'a NewConflict<'a>,
     ) -> impl Future<Output = sqlx::Result<bool>> + Send;
+    /// What the erasure under way of the user has done to Embedded user
+    /// `id` so far (see `storage::erasures`).
+    fn erasure_steps<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+    ) -> impl Future<Output = sqlx::Result<ErasureSteps>> + Send;
+    /// Records one step of the user's erasure on Embedded user `id`,
+    /// durably, before the call it announces or after its answer.
+    fn record_erasure_step<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        step: ErasureStep,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send;
     /// Completes a closure in one transaction: scrubs the user's email and
-    /// name from every table, records the erasure, ends the event.
+    /// name from every table, records the erasure with the time of each of
+    /// its steps, ends the event.
     fn erase<'a>(
         &'a mut self,
         embedded_user_id: Option<&'a EmbeddedUserId>,
@@ -593,6 +612,15 @@ impl Database {
         };
         crate::domain::set_fingerprint_key(key.as_bytes());
         Ok(())
+    }
+
+    /// Erasure requests and their proof on this database (no per-user
+    /// lock is involved).
+    pub fn erasures(&self) -> Arc<dyn ErasureRequests> {
+        match self {
+            Self::Postgres(pool) => Arc::new(pg::PgStore::new(pool.clone())),
+            Self::Sqlite(pool) => Arc::new(sqlite::SqliteStore::new(pool.clone())),
+        }
     }
 
     /// The pipeline's storage on this database. One per process: on

@@ -24,10 +24,11 @@ use crate::embedded::{ApiError, EmbeddedClient, NewUser, UserRef, UserUpdate};
 use crate::queue::{JobEvent, JobHandler, SyncJob};
 use crate::ratelimit::{ApiGate, GateRefusal};
 use crate::retry::{Retry, RetryPolicy, Stop};
-use crate::storage::{Claim, NewConflict, OutboxEvent, SyncStore, UserSession};
+use crate::storage::{Claim, ErasureStep, NewConflict, OutboxEvent, SyncStore, UserSession};
 use crate::sync::conflicts::{
     held_by_host_user, in_conflict, taken_in_embedded, unconfirmed_create,
 };
+use crate::sync::erasure::{self, ErasureCall};
 use crate::sync::outcome::{self, Outcome};
 use crate::sync::plan::{SyncPlan, plan};
 
@@ -447,8 +448,9 @@ async fn create<S: SyncStore>(
     }
 }
 
-/// Erases the user of `host`: deletes its Embedded user when there is one,
-/// and records the erasure either way (which ends the event).
+/// Erases the user of `host`: deletes its workflow logs and its Embedded
+/// user when there is one (see `sync::erasure`), and records the erasure
+/// either way (which ends the event).
 async fn erase<S: SyncStore>(
     ctx: &SyncContext<S>,
     session: &mut S::Session,
@@ -458,22 +460,62 @@ async fn erase<S: SyncStore>(
 ) -> anyhow::Result<Outcome> {
     let erased = match &id {
         None => ErasureOutcome::NeverCreated,
-        // What the delete relies on (the user's mapping) is on disk before
-        // the delete is sent: the proof of erasure then names the user even
-        // after a crash of the server.
-        Some(user) => {
-            session.flush_outcomes().await?;
-            match call(ctx, || ctx.api.delete_user(user)).await {
-                Ok(()) => ErasureOutcome::Deleted,
-                Err(Stop::Api(ApiError::NotFound)) => ErasureOutcome::AlreadyAbsent,
-                Err(stop) => return Ok(stopped(ctx, event, stop)),
-            }
-        }
+        Some(user) => match delete_in_steps(ctx, session, user).await? {
+            Ok(erased) => erased,
+            Err(stop) => return Ok(stopped(ctx, event, stop)),
+        },
     };
     session.erase(id.as_ref(), event.id, erased).await?;
     metrics::counter!("user_sync_erasures_total", "outcome" => erased.as_str()).increment(1);
     tracing::info!(event_id = event.id, host_user_id = %host, outcome = erased.as_str(), "erasure complete");
     Ok(Outcome::Applied { ended: true })
+}
+
+/// Deletes the workflow logs, then the user, each call's intent recorded
+/// before it. The first intent's commit is durable, and with it every
+/// outcome before it: what the deletes rely on (the user's mapping) is on
+/// disk before anything is deleted, so the proof names the user even after
+/// a crash of the database server. `Err` when a call must be tried again.
+async fn delete_in_steps<S: SyncStore>(
+    ctx: &SyncContext<S>,
+    session: &mut S::Session,
+    user: &EmbeddedUserId,
+) -> anyhow::Result<Result<ErasureOutcome, Stop>> {
+    let steps = session.erasure_steps(user).await?;
+    if erasure::next_call(steps, ctx.sync.delete_workflow_logs) == ErasureCall::DeleteLogs {
+        session
+            .record_erasure_step(user, ErasureStep::SendingLogsDelete)
+            .await?;
+        match call(ctx, || ctx.api.delete_user_logs(user)).await {
+            Ok(()) | Err(Stop::Api(ApiError::NotFound)) => {
+                session
+                    .record_erasure_step(user, ErasureStep::LogsDeleted)
+                    .await?;
+            }
+            Err(stop) => return Ok(Err(stop)),
+        }
+    }
+    session
+        .record_erasure_step(user, ErasureStep::SendingUserDelete)
+        .await?;
+    match call(ctx, || ctx.api.delete_user(user)).await {
+        Ok(()) => Ok(Ok(erasure::outcome_of_user_delete(
+            true,
+            steps.user_delete_sent,
+        ))),
+        Err(Stop::Api(ApiError::NotFound)) => Ok(Ok(erasure::outcome_of_user_delete(
+            false,
+            steps.user_delete_sent,
+        ))),
+        Err(stop) => {
+            if !steps.user_delete_sent && erasure::did_nothing(&stop) {
+                session
+                    .record_erasure_step(user, ErasureStep::UserDeleteNotSent)
+                    .await?;
+            }
+            Ok(Err(stop))
+        }
+    }
 }
 
 /// A create refused by the API: a conflict if someone holds the username,

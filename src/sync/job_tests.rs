@@ -1042,3 +1042,149 @@ mod properties {
         }
     }
 }
+
+/// Without workflow logs: `gdpr.delete_workflow_logs = false`.
+fn without_logs() -> SyncSettings {
+    SyncSettings {
+        delete_workflow_logs: false,
+        ..SyncSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn an_erasure_deletes_the_workflow_logs_then_the_user() {
+    let env = Env::start().await;
+    let user_id = env.synced("u1", "ada@example.com", None).await;
+    assert!(env.sandbox.workflow_logs(&user_id) > 0);
+
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+
+    assert_eq!(env.state(closure), "applied");
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.count(routes::DELETE_LOGS, 200), 1);
+    assert_eq!(stats.count(routes::DELETE, 200), 1);
+    assert_eq!(stats.deleted_with_logs, 0, "the user went before its logs");
+    assert_eq!(env.sandbox.workflow_logs(&user_id), 0);
+    let erasure = &env.store.erasures()[0];
+    assert_eq!(erasure.outcome, ErasureOutcome::Deleted);
+    let logs = erasure.logs_deleted_at.expect("the logs' time");
+    let user = erasure.user_deleted_at.expect("the user's time");
+    assert!(erasure.requested_at <= logs && logs <= user && user <= erasure.completed_at);
+    assert_eq!(env.store.erasure_steps_of("u1"), None, "the steps go");
+}
+
+#[tokio::test]
+async fn with_workflow_logs_turned_off_only_the_user_is_deleted() {
+    let env = Env::start_with(SandboxOptions::default(), without_logs()).await;
+    let user_id = env.synced("u1", "ada@example.com", None).await;
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+
+    assert_eq!(env.state(closure), "applied");
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.route_total(routes::DELETE_LOGS), 0);
+    assert_eq!(stats.count(routes::DELETE, 200), 1);
+    assert_eq!(env.sandbox.workflow_logs(&user_id), 3, "left, as asked");
+    let erasure = &env.store.erasures()[0];
+    assert_eq!(erasure.outcome, ErasureOutcome::Deleted);
+    assert_eq!(erasure.logs_deleted_at, None);
+    assert!(erasure.user_deleted_at.is_some());
+}
+
+#[tokio::test]
+async fn a_lost_answer_on_the_logs_call_is_sent_again_then_the_user_goes() {
+    let env = Env::start().await;
+    let user_id = env.synced("u1", "ada@example.com", None).await;
+    env.drop_rate(1.0);
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+    assert_eq!(env.state(closure), "pending");
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE), 0);
+    let steps = env.store.erasure_steps_of("u1").expect("the intent");
+    assert!(steps.logs_sent_at.is_some() && steps.logs_deleted_at.is_none());
+
+    env.drop_rate(0.0);
+    env.retry(&[closure]).await;
+    assert_eq!(env.state(closure), "applied");
+    assert_eq!(env.sandbox.stats().route_total(routes::DELETE_LOGS), 2);
+    assert_eq!(env.sandbox.stats().deleted_with_logs, 0);
+    assert_eq!(env.sandbox.workflow_logs(&user_id), 0);
+    assert_eq!(env.store.erasures()[0].outcome, ErasureOutcome::Deleted);
+}
+
+#[tokio::test]
+async fn a_user_delete_whose_answer_was_lost_is_recorded_deleted_not_absent() {
+    let env = Env::start_with(SandboxOptions::default(), without_logs()).await;
+    let user_id = env.synced("u1", "ada@example.com", None).await;
+    env.drop_rate(1.0);
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+    assert_eq!(env.state(closure), "pending");
+    assert!(
+        !env.sandbox.users().iter().any(|u| u.user_id == user_id),
+        "the delete went through, its answer lost"
+    );
+
+    env.drop_rate(0.0);
+    env.retry(&[closure]).await;
+    assert_eq!(env.state(closure), "applied");
+    assert_eq!(env.sandbox.stats().count(routes::DELETE, 404), 1);
+    let erasure = &env.store.erasures()[0];
+    assert_eq!(erasure.outcome, ErasureOutcome::Deleted, "the worker's own");
+    assert_eq!(erasure.embedded_user_id.as_deref(), Some(user_id.as_str()));
+}
+
+#[tokio::test]
+async fn a_user_deleted_outside_is_already_absent_after_404_on_both_calls() {
+    let env = Env::start().await;
+    let user_id = env.synced("u1", "ada@example.com", None).await;
+    let id = crate::domain::EmbeddedUserId::parse(&user_id).expect("an id");
+    env.ctx.api.delete_user(&id).await.expect("deleted outside");
+    let closure = env.event("u1", "account_closure", None, None);
+    env.run(&[closure]).await;
+
+    assert_eq!(env.state(closure), "applied");
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.count(routes::DELETE_LOGS, 404), 1);
+    assert_eq!(stats.count(routes::DELETE, 404), 1);
+    let erasure = &env.store.erasures()[0];
+    assert_eq!(erasure.outcome, ErasureOutcome::AlreadyAbsent);
+    assert!(erasure.logs_deleted_at.is_some() && erasure.user_deleted_at.is_some());
+}
+
+#[tokio::test]
+async fn a_server_error_on_the_user_delete_keeps_its_intent_and_resumes_there() {
+    let env = Env::start().await;
+    env.synced("u1", "ada@example.com", None).await;
+    let closure = env.event("u1", "account_closure", None, None);
+    // Logs done, then a crash before the user delete: what the steps say.
+    let user =
+        crate::domain::EmbeddedUserId::parse(&env.user("u1").embedded_user_id.expect("mapped"))
+            .expect("an id");
+    let host = HostUserId::parse("u1").expect("a host id");
+    let mut sessions = env.store.lock_users(&[host]).await.expect("locked");
+    let mut session = sessions.pop().flatten().expect("free");
+    use crate::storage::{ErasureStep, UserSession};
+    session
+        .record_erasure_step(&user, ErasureStep::LogsDeleted)
+        .await
+        .expect("recorded");
+    session.release().await.expect("released");
+
+    env.fail_rate(1.0);
+    env.run(&[closure]).await;
+    assert_eq!(env.state(closure), "pending");
+    let steps = env.store.erasure_steps_of("u1").expect("steps");
+    assert!(steps.user_sent_at.is_some(), "a 5xx may have deleted it");
+
+    env.fail_rate(0.0);
+    env.retry(&[closure]).await;
+    assert_eq!(env.state(closure), "applied");
+    assert_eq!(
+        env.sandbox.stats().route_total(routes::DELETE_LOGS),
+        0,
+        "resumed at the second call"
+    );
+    assert_eq!(env.store.erasures()[0].outcome, ErasureOutcome::Deleted);
+}

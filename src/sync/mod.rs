@@ -1,8 +1,10 @@
-//! Sync: the pure decision ([`plan`]), the job that carries it out (run
+//! Sync: the pure decisions ([`plan`], and an erasure's next step in
+//! `erasure`), the job that carries them out (run
 //! by the queue with a [`SyncContext`]), and the one outcome type its steps
 //! end in ([`Outcome`]). Each in a private file, re-exported here.
 
 mod conflicts;
+mod erasure;
 mod job;
 #[cfg(test)]
 mod job_tests;

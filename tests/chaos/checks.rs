@@ -22,6 +22,11 @@ pub struct Observed {
     /// Every outbox row.
     pub events: Vec<EventRow>,
     pub erased_hosts: BTreeSet<String>,
+    /// Host users with an erasure record missing a step's time, or with
+    /// its times out of order (requested, logs, user, completed).
+    pub incomplete_erasures: BTreeSet<String>,
+    /// Users the sandbox saw deleted while they still had workflow logs.
+    pub deleted_with_logs: u64,
     /// Every worker table as text, lower-cased.
     pub tables: String,
     /// Every key and value of the run's Redis.
@@ -86,6 +91,23 @@ impl Observed {
                 .fetch_all(pool)
                 .await
                 .expect("read erasures");
+        // A user deleted (deleted, already_absent) has both steps' times;
+        // one never created has neither.
+        let incomplete_erasures: Vec<String> = sqlx::query_scalar(
+            "SELECT host_user_id FROM user_sync.erasures
+             WHERE NOT (CASE WHEN outcome = 'never_created'
+                             THEN logs_deleted_at IS NULL AND user_deleted_at IS NULL
+                                  AND embedded_user_id IS NULL
+                             ELSE logs_deleted_at IS NOT NULL AND user_deleted_at IS NOT NULL
+                                  AND embedded_user_id IS NOT NULL
+                                  AND requested_at <= logs_deleted_at
+                                  AND logs_deleted_at <= user_deleted_at
+                                  AND user_deleted_at <= completed_at
+                        END)",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("read erasure steps");
         let tables: Vec<String> = sqlx::query_scalar(
             "SELECT table_name::text FROM information_schema.tables
              WHERE table_schema = 'user_sync' ORDER BY 1",
@@ -115,6 +137,8 @@ impl Observed {
             conflicts,
             events,
             erased_hosts: erased_hosts.into_iter().collect(),
+            incomplete_erasures: incomplete_erasures.into_iter().collect(),
+            deleted_with_logs: 0,
             tables: dump,
             redis: String::new(),
             logs: Vec::new(),
@@ -304,6 +328,15 @@ pub fn check(
         if !seen.erased_hosts.contains(&user.id) {
             v.violate("closed host user without erasure record", &user.id);
         }
+    }
+    for host in &seen.incomplete_erasures {
+        v.violate("erasure record without the time of each step", host);
+    }
+    if seen.deleted_with_logs > 0 {
+        v.violate(
+            "Embedded user deleted before its workflow logs",
+            seen.deleted_with_logs.to_string(),
+        );
     }
     for ghost in &model.ghosts {
         if seen

@@ -176,6 +176,7 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
     seen.embedded = env.sandbox.users();
     seen.created = env.sandbox.created();
     seen.refused_creates = env.sandbox.refused_creates();
+    seen.deleted_with_logs = env.sandbox.stats().deleted_with_logs;
     seen.redis = env.redis_dump_matching("*").await;
     seen.logs = std::mem::take(&mut fleet.logs);
     seen.logs.push(("postgresql".into(), pg.server_log()));

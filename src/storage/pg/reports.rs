@@ -17,13 +17,12 @@ impl Reports for PgStore {
     /// The counts behind `user-sync status`.
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
         Box::pin(async move {
-            let row: (i64, i64, i64, i64, f64, i64) = sqlx::query_as(
+            let row: (i64, i64, i64, i64, f64) = sqlx::query_as(
                 "SELECT count(*) FILTER (WHERE state = 'pending'),
                         count(*) FILTER (WHERE state = 'failed'),
                         count(*) FILTER (WHERE state = 'invalid'),
                         count(*) FILTER (WHERE state = 'conflict'),
-                        COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE state = 'pending')), 0)::float8,
-                        count(*) FILTER (WHERE state = 'pending' AND kind = 'account_closure')
+                        COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE state = 'pending')), 0)::float8
                  FROM user_sync.events",
             )
             .fetch_one(self.pool())
@@ -36,6 +35,8 @@ impl Reports for PgStore {
                 )
                 .fetch_one(self.pool())
                 .await?;
+            let (pending_erasures, oldest_pending_erasure_seconds) =
+                super::super::erasures::pending_summary(self).await?;
             Ok(Status {
                 pending_events: row.0,
                 failed_events: row.1,
@@ -44,8 +45,9 @@ impl Reports for PgStore {
                 synced_users,
                 open_conflicts,
                 completed_erasures,
-                pending_erasures: row.5,
                 outbox_lag_seconds: row.4.max(0.0),
+                pending_erasures,
+                oldest_pending_erasure_seconds,
                 paused: self.pause_state().await?,
             })
         })

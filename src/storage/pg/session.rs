@@ -41,7 +41,9 @@ use crate::domain::{
 use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{HolderProbe, NextEvent};
 use crate::storage::users::{Claim, HolderClaim, NewClaim, SyncedUser};
-use crate::storage::{Ending, Erasure, Holding, Sessions, Snooze, UserSession};
+use crate::storage::{
+    Ending, Erasure, ErasureStep, ErasureSteps, Holding, Sessions, Snooze, UserSession,
+};
 
 use super::{events, users};
 
@@ -477,6 +479,29 @@ impl UserSession for BatchSession {
         self.alone(move |conn| {
             Box::pin(async move {
                 crate::storage::pg::conflicts::report_conflict(conn, &owned.borrowed()).await
+            })
+        })
+    }
+
+    fn erasure_steps<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+    ) -> impl Future<Output = sqlx::Result<ErasureSteps>> + Send {
+        let (host, id) = (self.host.clone(), id.clone());
+        self.alone(move |conn| {
+            Box::pin(async move { crate::storage::pg::erasures::steps(conn, &host, &id).await })
+        })
+    }
+
+    fn record_erasure_step<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        step: ErasureStep,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        let (host, id) = (self.host.clone(), id.clone());
+        self.alone(move |conn| {
+            Box::pin(async move {
+                crate::storage::pg::erasures::record_step(conn, &host, &id, step).await
             })
         })
     }

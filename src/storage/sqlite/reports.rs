@@ -27,8 +27,6 @@ impl Reports for SqliteStore {
                         count(*) FILTER (WHERE state = 'invalid') AS invalid,
                         count(*) FILTER (WHERE state = 'conflict') AS conflict,
                         min(occurred_at) FILTER (WHERE state = 'pending') AS oldest,
-                        count(*) FILTER (WHERE state = 'pending' AND kind = 'account_closure')
-                            AS closures,
                         (SELECT count(*) FROM user_sync_users WHERE state = 'synced') AS synced,
                         (SELECT count(*) FROM user_sync_conflicts WHERE status = 'open') AS open,
                         (SELECT count(*) FROM user_sync_erasures) AS erasures
@@ -42,6 +40,8 @@ impl Reports for SqliteStore {
                 .and_then(parse_at)
                 .map(|at| (Utc::now() - at).num_milliseconds() as f64 / 1000.0)
                 .unwrap_or(0.0);
+            let (pending_erasures, oldest_pending_erasure_seconds) =
+                super::super::erasures::pending_summary(self).await?;
             Ok(Status {
                 pending_events: row.try_get("pending")?,
                 failed_events: row.try_get("failed")?,
@@ -50,8 +50,9 @@ impl Reports for SqliteStore {
                 synced_users: row.try_get("synced")?,
                 open_conflicts: row.try_get("open")?,
                 completed_erasures: row.try_get("erasures")?,
-                pending_erasures: row.try_get("closures")?,
                 outbox_lag_seconds: lag.max(0.0),
+                pending_erasures,
+                oldest_pending_erasure_seconds,
                 paused: self.pause_state().await?,
             })
         })

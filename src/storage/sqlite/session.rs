@@ -11,7 +11,7 @@ use crate::domain::{EmbeddedUserId, FullName, HostUserId, Profile, UserState, Us
 use crate::storage::conflicts::NewConflict;
 use crate::storage::events::{NextEvent, NextEventRow};
 use crate::storage::users::{Claim, HolderClaim};
-use crate::storage::{Ending, Erasure, Holding, Snooze, UserSession};
+use crate::storage::{Ending, Erasure, ErasureStep, ErasureSteps, Holding, Snooze, UserSession};
 
 use super::{UserLockGuard, conflicts, erasures, events, now_text, users};
 
@@ -177,6 +177,21 @@ impl UserSession for SqliteUserSession {
         conflict: &'a NewConflict<'a>,
     ) -> impl Future<Output = sqlx::Result<bool>> + Send {
         conflicts::report_conflict(&self.pool, conflict)
+    }
+
+    fn erasure_steps<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+    ) -> impl Future<Output = sqlx::Result<ErasureSteps>> + Send {
+        erasures::steps(&self.pool, &self.host, id)
+    }
+
+    fn record_erasure_step<'a>(
+        &'a mut self,
+        id: &'a EmbeddedUserId,
+        step: ErasureStep,
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        erasures::record_step(&self.pool, &self.host, id, step)
     }
 
     fn record_erasure<'a>(
