@@ -240,6 +240,15 @@ async fn a_closure_is_never_held_up_by_earlier_failed_invalid_or_conflicted_even
         fail_rate: Some(0.0),
         ..FaultUpdate::default()
     });
+    // What a refusal of the API may leave: a reason that echoes the name.
+    env.execute(
+        &format!(
+            "UPDATE user_sync.events SET reason = 'refused: fullName \"Ada Lovelace\" is not allowed'
+             WHERE id = {failed}"
+        ),
+        0,
+    )
+    .await;
 
     let closure = env.closure("u1").await;
     env.settle(SETTLE).await;
@@ -249,6 +258,21 @@ async fn a_closure_is_never_held_up_by_earlier_failed_invalid_or_conflicted_even
         ("deleted".into(), Some(id.clone()), true, true, true)
     );
     assert!(!env.sandbox.users().iter().any(|u| u.user_id == id));
+    let reasons: Vec<(Option<String>,)> = env
+        .rows("SELECT reason FROM user_sync.events WHERE host_user_id = 'u1'")
+        .await;
+    for (reason,) in &reasons {
+        assert!(
+            !reason.as_deref().unwrap_or_default().contains("Ada"),
+            "an erased user's reason keeps a name: {reasons:?}"
+        );
+    }
+    assert!(
+        reasons
+            .iter()
+            .any(|(r,)| r.as_deref() == Some("cleared on erasure")),
+        "{reasons:?}"
+    );
     run.stop().await;
     env.finish().await;
 }

@@ -11,11 +11,13 @@ mod reconcile;
 mod status;
 
 pub use console::Console;
-pub use erasures::{EraseEnd, erase, parse_ids, render_pending, render_records, watch_erasures};
+pub use erasures::{
+    EraseEnd, erase, erasures_csv, parse_ids, render_pending, render_records, watch_erasures,
+};
 pub use http::{OpsState, serve};
 pub use metrics::recorder;
 pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, Resolve, recheck_conflicts};
 pub use status::{
-    ListFormat, describe_done, describe_pause, erasures_csv, mask_username, render_conflicts,
-    render_events, render_user, status_table, user_json,
+    ListFormat, describe_done, describe_pause, mask_username, render_conflicts, render_events,
+    render_user, status_table, user_json,
 };

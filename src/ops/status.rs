@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{ConflictRow, ErasureRow, EventRow, Pause, Status, UserRecord};
+use crate::domain::{ConflictRow, EventRow, Pause, Status, UserRecord};
 use crate::ops::{Done, FullNameFix};
 
 /// `user-sync status` as a table of two columns.
@@ -284,12 +284,6 @@ fn conflicts_csv(rows: &[ConflictRow]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.into_inner()?)?)
 }
 
-/// The proofs of erasure as CSV (ids, outcome and times: no personal data
-/// is left to put in it), safe to open in a spreadsheet.
-pub fn erasures_csv(rows: &[ErasureRow]) -> anyhow::Result<String> {
-    super::erasures::render_records(rows, ListFormat::Csv)
-}
-
 /// A cell a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, or a
 /// tab or carriage return before one) is prefixed with `'`, which makes it
 /// text: a host id or a note written by anyone cannot run in the sheet of
@@ -433,27 +427,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn the_erasures_csv_neutralises_formulas_too() {
-        let row = ErasureRow {
-            id: 1,
-            host_user_id: "=1+1".into(),
-            embedded_user_id: None,
-            event_id: 9,
-            outcome: "never_created".into(),
-            requested_at: Utc::now(),
-            logs_deleted_at: None,
-            user_deleted_at: None,
-            completed_at: Utc::now(),
-        };
-        let out = erasures_csv(&[row]).expect("csv");
-        let mut reader = csv::Reader::from_reader(out.as_bytes());
-        let record = reader.records().next().expect("a row").expect("parses");
-        assert_eq!(&record[0], "'=1+1");
-        assert_eq!(&record[1], "");
-        assert_eq!(&record[2], "never_created");
     }
 
     #[test]

@@ -101,8 +101,11 @@ pub async fn erase(
     .execute(&mut *tx)
     .await?;
     sqlx::query(
-        "UPDATE user_sync.events SET email = NULL, full_name = NULL
-         WHERE host_user_id = $1 AND id <= $2 AND (email IS NOT NULL OR full_name IS NOT NULL)",
+        "UPDATE user_sync.events
+         SET email = NULL, full_name = NULL,
+             reason = CASE WHEN reason IS NULL THEN NULL ELSE 'cleared on erasure' END
+         WHERE host_user_id = $1 AND id <= $2
+           AND (email IS NOT NULL OR full_name IS NOT NULL OR reason IS NOT NULL)",
     )
     .bind(host.as_str())
     .bind(closure_event_id)
