@@ -185,11 +185,12 @@ impl<S: SyncStore + Store> Reconciler<S> {
             }],
         };
         self.jobs.run(job).await?;
-        if let Some(after) = self.store.conflict(conflict.id).await?
+        let after = self.store.conflict(conflict.id).await?;
+        if let Some(after) = &after
             && after.status != "open"
         {
             return Ok(Ok(Done::Retried {
-                resolution: after.resolution.unwrap_or_default(),
+                resolution: after.resolution.clone().unwrap_or_default(),
             }));
         }
         let host = HostUserId::parse(&conflict.host_user_id)?;
@@ -199,17 +200,10 @@ impl<S: SyncStore + Store> Reconciler<S> {
             .unwrap_or_else(|| ("unknown".into(), None));
         Ok(Ok(match state.as_str() {
             "pending" => Done::Pending { reason },
-            "conflict" => {
-                let checks = self
-                    .store
-                    .conflict(conflict.id)
-                    .await?
-                    .map_or(conflict.checks, |c| c.checks);
-                Done::StillOpen {
-                    reason: conflict.reason.clone(),
-                    checks,
-                }
-            }
+            "conflict" => Done::StillOpen {
+                reason: conflict.reason.clone(),
+                checks: after.map_or(conflict.checks, |c| c.checks),
+            },
             _ => Done::Ended { state, reason },
         }))
     }

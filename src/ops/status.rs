@@ -108,10 +108,8 @@ pub fn render_events(rows: &[EventRow], format: ListFormat) -> anyhow::Result<St
 }
 
 /// A username with most of it hidden, for screens that need not show it:
-/// `a***@e***.com`.
-pub fn mask_username(username: &str) -> String {
-    crate::domain::mask_email(username)
-}
+/// `a***@e***.com` (the domain's masking, as everywhere else).
+pub use crate::domain::mask_email as mask_username;
 
 /// `user-sync show` as text. The username is masked unless `reveal`.
 pub fn render_user(record: &UserRecord, reveal: bool) -> String {
