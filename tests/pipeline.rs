@@ -1404,3 +1404,36 @@ async fn the_queue_reaches_redis_over_tls_and_checks_its_certificate() {
     env.sandbox.shutdown().await;
     env.db.drop_db().await;
 }
+
+/// Host users of one job claiming one username never meet in one
+/// statement: nothing is refused by the unique index, so PostgreSQL's own
+/// log (which would print the refused key) never holds the username.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_one_username_in_one_job_leave_the_server_log_clean() {
+    let pg = common::services::OwnPostgres::start().await;
+    let env = Env::start_with(
+        Backend::Postgres,
+        &pg.admin_url(),
+        &common::redis_url(),
+        SandboxOptions::default(),
+    )
+    .await;
+    for i in 0..40 {
+        let email = if i % 4 == 0 {
+            "shared.claim@example.com".to_owned()
+        } else {
+            format!("own{i}@example.com")
+        };
+        env.signup(&format!("u{i}"), &email, None).await;
+    }
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+    assert_eq!(env.sandbox.users().len(), 31);
+    assert_eq!(env.open_conflicts().await.len(), 9);
+    run.stop().await;
+
+    let log = pg.server_log();
+    assert!(!log.contains("duplicate key"), "{log}");
+    assert!(!log.contains("shared.claim"), "{log}");
+    env.finish().await;
+}

@@ -43,22 +43,33 @@ pub async fn claim_for_create(
 }
 
 /// [`claim_for_create`] for several host users (distinct, locked by the
-/// caller) in one statement; one [`Claim`] per intent, in order. With two
-/// or more intents, a unique violation (two of them, or another process,
-/// claiming one username at once) fails the whole statement and claims
-/// nothing: the caller then claims one by one.
+/// caller) in one statement; one [`Claim`] per intent, in order. Two
+/// intents for one username never meet in the statement (the first is
+/// claimed, the others find it as their holder). With two or more
+/// intents, a unique violation (another process claiming one of their
+/// usernames at once) fails the whole statement and claims nothing: the
+/// caller then claims one by one.
 pub async fn claim_each_for_create(
     conn: &mut PgConnection,
     claims: &[NewClaim],
 ) -> sqlx::Result<Vec<Claim>> {
-    let hosts: Vec<&str> = claims.iter().map(|c| c.host.as_str()).collect();
-    let usernames: Vec<&str> = claims.iter().map(|c| c.profile.username.as_str()).collect();
-    let names: Vec<Option<&str>> = claims
+    // Two intents of one round for one username: only the first is in the
+    // statement, and the others find it below as their holder. Both in the
+    // statement would fail it on the unique index, and PostgreSQL would
+    // print the username in its server log.
+    let mut wanted = std::collections::HashSet::new();
+    let batch: Vec<&NewClaim> = claims
+        .iter()
+        .filter(|c| wanted.insert(c.profile.username.as_str()))
+        .collect();
+    let hosts: Vec<&str> = batch.iter().map(|c| c.host.as_str()).collect();
+    let usernames: Vec<&str> = batch.iter().map(|c| c.profile.username.as_str()).collect();
+    let names: Vec<Option<&str>> = batch
         .iter()
         .map(|c| c.profile.full_name.as_ref().map(FullName::as_str))
         .collect();
-    let events: Vec<i64> = claims.iter().map(|c| c.event_id).collect();
-    let seen_free: Vec<bool> = claims.iter().map(|c| c.seen_free).collect();
+    let events: Vec<i64> = batch.iter().map(|c| c.event_id).collect();
+    let seen_free: Vec<bool> = batch.iter().map(|c| c.seen_free).collect();
     // Claimed only when no other host user holds the name: a refused insert
     // would make PostgreSQL log the username in its own server log. Two
     // jobs claiming one username at once (a name held in Embedded that
@@ -108,7 +119,7 @@ pub async fn claim_each_for_create(
         }
         // One intent: nothing was claimed, and whoever claimed first is
         // found below.
-        Err(e) if claims.len() == 1 && crate::storage::is_unique_violation(&e) => {
+        Err(e) if batch.len() == 1 && crate::storage::is_unique_violation(&e) => {
             tx.rollback().await?;
             Default::default()
         }
