@@ -26,6 +26,7 @@ on_each_backend!(
     erase_wait_exits_1_while_pending_and_2_on_bad_input,
     the_proof_exports_as_csv_and_json_without_personal_data,
     an_overdue_request_is_alerted_once_and_shown_in_status_and_metrics,
+    steps_of_an_erasure_a_later_signup_called_off_are_done_again,
 );
 
 /// The erasure record of `host`: outcome, embedded user id, and whether
@@ -47,6 +48,29 @@ async fn proof(env: &Env, host: &str) -> (String, Option<String>, bool, bool, bo
     assert_eq!(rows.len(), 1, "one record for {host}");
     let (outcome, id, logs, user, ordered) = rows.into_iter().next().expect("one");
     (outcome, id, logs == 1, user == 1, ordered == 1)
+}
+
+/// The time `seconds` ago as both backends write it.
+fn ago(seconds: i64) -> String {
+    (chrono::Utc::now() - chrono::Duration::seconds(seconds))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// The steps an erasure that stopped after deleting the logs of `id` leaves
+/// behind: its logs call sent 31 s ago and answered 30 s ago.
+async fn logs_deleted_half_a_minute_ago(env: &Env, id: &str) {
+    env.execute(
+        &format!(
+            "INSERT INTO user_sync.erasure_steps
+                 (host_user_id, embedded_user_id, logs_sent_at, logs_deleted_at)
+             VALUES ('u1', '{id}', '{sent}', '{deleted}')",
+            sent = ago(31),
+            deleted = ago(30),
+        ),
+        0,
+    )
+    .await;
 }
 
 fn drop_rate(env: &Env, rate: f64) {
@@ -152,27 +176,12 @@ async fn a_refused_key_between_the_two_calls_resumes_at_the_user(backend: Backen
     });
     // What a worker that crashed right after the logs call leaves behind:
     // the closure a minute old, its logs deleted since.
-    let at = |ago: chrono::Duration| {
-        (chrono::Utc::now() - ago)
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string()
-    };
-    env.execute(
-        &format!(
-            "INSERT INTO user_sync.erasure_steps
-                 (host_user_id, embedded_user_id, logs_sent_at, logs_deleted_at)
-             VALUES ('u1', '{id}', '{sent}', '{deleted}')",
-            sent = at(chrono::Duration::seconds(31)),
-            deleted = at(chrono::Duration::seconds(30)),
-        ),
-        0,
-    )
-    .await;
+    logs_deleted_half_a_minute_ago(&env, &id).await;
     let closure = env
         .rows::<(i64,)>(&format!(
             "INSERT INTO user_sync.events (host_user_id, kind, occurred_at)
          VALUES ('u1', 'account_closure', '{}') RETURNING id",
-            at(chrono::Duration::seconds(60))
+            ago(60)
         ))
         .await[0]
         .0;
@@ -626,6 +635,33 @@ async fn sqlite_keeps_no_erased_value_in_free_pages_or_the_wal() {
             "{value:?} is still in the SQLite file or its WAL"
         );
     }
+    run.stop().await;
+    env.finish().await;
+}
+
+/// A closure whose erasure deleted the logs, then a signup before the user
+/// went (the user lives on, and makes logs again), then a new closure:
+/// the old steps are not this erasure's. Its logs are deleted again, and
+/// its proof's times are its own, in order.
+async fn steps_of_an_erasure_a_later_signup_called_off_are_done_again(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let run = Running::start(&env).await;
+    env.signup("u1", "ada@example.com", None).await;
+    env.settle(SETTLE).await;
+    let id = env.embedded_id("u1").await.expect("synced");
+    // What the called-off erasure left: its logs deleted half a minute ago.
+    logs_deleted_half_a_minute_ago(&env, &id).await;
+    assert!(env.sandbox.workflow_logs(&id) > 0, "logs made since");
+
+    env.closure("u1").await;
+    env.settle(SETTLE).await;
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.count(routes::DELETE_LOGS, 200), 1, "the logs again");
+    assert_eq!(stats.deleted_with_logs, 0);
+    assert_eq!(
+        proof(&env, "u1").await,
+        ("deleted".into(), Some(id), true, true, true)
+    );
     run.stop().await;
     env.finish().await;
 }

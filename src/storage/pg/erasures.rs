@@ -19,6 +19,21 @@ pub async fn steps(
     host: &HostUserId,
     id: &EmbeddedUserId,
 ) -> sqlx::Result<ErasureSteps> {
+    // Steps older than the closure at hand belong to an erasure that a
+    // later event of the user called off (a signup after a closure): the
+    // user lived on, and made logs again. They go, and this erasure
+    // starts over.
+    sqlx::query(
+        "DELETE FROM user_sync.erasure_steps s
+         WHERE s.host_user_id = $1
+           AND LEAST(s.logs_sent_at, s.logs_deleted_at, s.user_sent_at)
+               < (SELECT e.occurred_at FROM user_sync.events e
+                  WHERE e.host_user_id = $1 AND e.state = 'pending'
+                  ORDER BY e.id DESC LIMIT 1)",
+    )
+    .bind(host.as_str())
+    .execute(&mut *conn)
+    .await?;
     let row: Option<(bool, bool)> = sqlx::query_as(
         "SELECT logs_deleted_at IS NOT NULL, user_sent_at IS NOT NULL
          FROM user_sync.erasure_steps WHERE host_user_id = $1 AND embedded_user_id = $2",

@@ -20,6 +20,20 @@ pub(super) async fn steps(
     host: &HostUserId,
     id: &EmbeddedUserId,
 ) -> sqlx::Result<ErasureSteps> {
+    // Steps older than the closure at hand are an erasure called off by a
+    // later event (see the PostgreSQL function of the same name).
+    sqlx::query(
+        "DELETE FROM user_sync_erasure_steps
+         WHERE host_user_id = ?1
+           AND min(coalesce(logs_sent_at, '~'), coalesce(logs_deleted_at, '~'),
+                   coalesce(user_sent_at, '~'))
+               < (SELECT e.occurred_at FROM user_sync_events e
+                  WHERE e.host_user_id = ?1 AND e.state = 'pending'
+                  ORDER BY e.id DESC LIMIT 1)",
+    )
+    .bind(host.as_str())
+    .execute(pool)
+    .await?;
     let row: Option<(bool, bool)> = sqlx::query_as(
         "SELECT logs_deleted_at IS NOT NULL, user_sent_at IS NOT NULL
          FROM user_sync_erasure_steps WHERE host_user_id = ?1 AND embedded_user_id = ?2",
