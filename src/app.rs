@@ -273,6 +273,9 @@ impl Parts<'_> {
             "pause follower",
             unit(follow_pause(store.clone(), gate.clone(), shutdown.clone())),
         );
+        // Jobs lost while no process ran go again before anything new is
+        // pushed.
+        outbox::sweep_and_report(store.as_ref(), job_queue.as_ref(), &settings.sweeper).await;
         let dispatcher = Dispatcher::new(
             store.clone(),
             job_queue.clone(),

@@ -8,4 +8,4 @@ mod dispatcher;
 mod sweeper;
 
 pub use dispatcher::Dispatcher;
-pub use sweeper::run as run_sweeper;
+pub use sweeper::{Swept, UNQUEUED_AFTER, run as run_sweeper, sweep_and_report, sweep_once};

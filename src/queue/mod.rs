@@ -25,8 +25,11 @@ use tokio_util::sync::CancellationToken;
 use crate::retry::Backoff;
 
 /// How often a worker proves it is alive; a worker silent for
-/// `HEARTBEAT * MISSED_HEARTBEATS` has its jobs handed to the others.
-const HEARTBEAT: Duration = Duration::from_secs(5);
+/// `HEARTBEAT * MISSED_HEARTBEATS` (9 s) has its jobs handed to the others,
+/// which take them at their next heartbeat at the latest. A worker that is
+/// only slow and loses its jobs this way costs a repeated job, which finds
+/// its events done.
+const HEARTBEAT: Duration = Duration::from_secs(3);
 const MISSED_HEARTBEATS: usize = 3;
 
 /// Where the dispatcher puts jobs. Behind a trait so the pipeline does not
@@ -47,6 +50,30 @@ pub trait JobQueue: Send + Sync {
     fn depth(&self) -> BoxFuture<'_, anyhow::Result<u64>>;
     /// Drops what finished jobs left behind; returns how many jobs.
     fn vacuum(&self) -> BoxFuture<'_, anyhow::Result<usize>>;
+    /// Whether the queue lost every job it held since any process last
+    /// asked: its server was flushed, restarted or replaced by another
+    /// (a failover). One caller is told of each loss; the others, and
+    /// every later call, get `false`. A queue that cannot lose jobs apart
+    /// from the database says `false`.
+    fn jobs_lost(&self) -> BoxFuture<'_, anyhow::Result<QueueLoss>> {
+        Box::pin(std::future::ready(Ok(QueueLoss::None)))
+    }
+    /// Whether the queue holds no job at all: none waiting, none scheduled
+    /// for a retry and none taken by a worker, dead or alive. An event
+    /// dispatched a while ago and still pending then has no job anywhere.
+    fn holds_no_jobs(&self) -> BoxFuture<'_, anyhow::Result<bool>>;
+}
+
+/// What [`JobQueue::jobs_lost`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueLoss {
+    None,
+    /// The queue's marker is gone: the server was flushed or restarted
+    /// empty (or this is the first process the queue has seen).
+    Emptied,
+    /// Another server answers than the one that held the jobs: a failover
+    /// or a restart, which may have lost the newest jobs.
+    ServerChanged,
 }
 
 /// A queue whose workers a process runs: Redis's or the SQLite file's.
@@ -212,17 +239,41 @@ async fn run_with_grace(
 async fn handle(job: SyncJob, handler: Data<Handler>) -> Result<(), BoxDynError> {
     let first_event_id = job.events.first().map(|e| e.event_id);
     let events = job.events.len();
-    // apalis polls every job of a worker on one task; a task of its own
-    // lets jobs use every runtime thread.
-    let ran = tokio::spawn(handler.run(job)).await;
-    match ran.unwrap_or_else(|join| Err(anyhow::anyhow!("the job panicked: {join}"))) {
-        Ok(()) => Ok(()),
-        Err(error) => {
-            tracing::warn!(first_event_id, events, error = %format!("{error:#}"), "job failed; its unfinished events stay pending");
-            Err("the job could not reach the database; its unfinished events stay pending".into())
+    let mut retries = QUICK_RETRIES.iter();
+    loop {
+        // apalis polls every job of a worker on one task; a task of its own
+        // lets jobs use every runtime thread.
+        let ran = tokio::spawn(handler.run(job.clone())).await;
+        let error =
+            match ran.unwrap_or_else(|join| Err(anyhow::anyhow!("the job panicked: {join}"))) {
+                Ok(()) => return Ok(()),
+                Err(error) => error,
+            };
+        // After a restart of the database, each connection the pool held
+        // fails once: trying again at once, on the next one, beats the
+        // queue's own retry (one more second after each failure).
+        if let Some(pause) = retries.next() {
+            tracing::debug!(first_event_id, events, error = %format!("{error:#}"), "job failed; trying it again");
+            tokio::time::sleep(*pause).await;
+            continue;
         }
+        tracing::warn!(first_event_id, events, error = %format!("{error:#}"), "job failed; its unfinished events stay pending");
+        return Err(
+            "the job could not reach the database; its unfinished events stay pending".into(),
+        );
     }
 }
+
+/// Pauses before a job that could not reach the database runs again in
+/// the same worker slot (5.7 s in all); after them the queue schedules it
+/// again, one second later after each failure.
+const QUICK_RETRIES: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(800),
+    Duration::from_millis(1500),
+    Duration::from_millis(3000),
+];
 
 /// Shares one queue between the dispatcher, the ops server and the workers.
 pub fn shared(queue: impl JobQueue + 'static) -> Arc<dyn JobQueue> {

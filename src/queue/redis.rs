@@ -16,7 +16,8 @@ use redis::aio::ConnectionManager;
 use secrecy::ExposeSecret;
 
 use super::{
-    Ended, HEARTBEAT, JobQueue, MISSED_HEARTBEATS, SyncJob, WorkerQueue, Workers, run_sync_worker,
+    Ended, HEARTBEAT, JobQueue, MISSED_HEARTBEATS, QueueLoss, SyncJob, WorkerQueue, Workers,
+    run_sync_worker,
 };
 use crate::config::RedisSettings;
 
@@ -72,6 +73,13 @@ impl RedisQueue {
     /// The queue's key prefix in Redis.
     pub fn name(&self) -> &str {
         self.config.queue.as_ref()
+    }
+
+    /// The key that says which Redis server holds this queue's jobs (its
+    /// `run_id`): gone after a flush, another value after a restart or a
+    /// failover.
+    fn marker_key(&self) -> String {
+        format!("{}:server", self.name())
     }
 
     fn storage(&self) -> RedisStorage<SyncJob, ConnectionManager> {
@@ -162,7 +170,71 @@ impl JobQueue for RedisQueue {
             Ok(removed)
         })
     }
+
+    fn jobs_lost(&self) -> BoxFuture<'_, anyhow::Result<QueueLoss>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            // A server that refuses INFO (some managed ones rename it) is
+            // still watched for a flush: its marker is a constant.
+            let info: redis::RedisResult<redis::InfoDict> = redis::cmd("INFO")
+                .arg("server")
+                .query_async(&mut conn)
+                .await;
+            let server = info
+                .ok()
+                .and_then(|info| info.get::<String>("run_id"))
+                .unwrap_or_else(|| "unknown".to_owned());
+            let found: i64 = redis::Script::new(MARK_SERVER)
+                .key(self.marker_key())
+                .arg(server)
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(match found {
+                0 => QueueLoss::None,
+                1 => QueueLoss::Emptied,
+                _ => QueueLoss::ServerChanged,
+            })
+        })
+    }
+
+    fn holds_no_jobs(&self) -> BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let empty: i64 = redis::Script::new(HOLDS_NO_JOBS)
+                .key(self.config.active_jobs_list())
+                .key(self.config.scheduled_jobs_set())
+                .key(self.config.workers_set())
+                .arg(self.config.inflight_jobs_set())
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(empty == 1)
+        })
+    }
 }
+
+/// Records the server (ARGV[1]) in the marker (KEYS[1]): 0 when it was
+/// there already, 1 when the marker was missing, 2 when another server
+/// was recorded. Atomic, so one process of many hears of each loss.
+const MARK_SERVER: &str = r"
+local seen = redis.call('GET', KEYS[1])
+if seen == ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+if seen then return 2 end
+return 1
+";
+
+/// 1 when apalis-redis holds no job of the queue: none in the active list
+/// (KEYS[1]), none scheduled (KEYS[2]) and none in flight with any worker
+/// of the workers set (KEYS[3]; their sets are ARGV[1]:<worker>). Atomic:
+/// a job moving from one to another is seen in one of them.
+const HOLDS_NO_JOBS: &str = r"
+if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
+if redis.call('ZCARD', KEYS[2]) > 0 then return 0 end
+for _, worker in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  if redis.call('SCARD', ARGV[1] .. ':' .. worker) > 0 then return 0 end
+end
+return 1
+";
 
 /// The apalis queue settings for `namespace`.
 fn queue_config(namespace: &str) -> apalis_redis::Config {

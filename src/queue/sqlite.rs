@@ -113,4 +113,20 @@ impl JobQueue for SqliteQueue {
             Ok(usize::try_from(removed).unwrap_or(usize::MAX))
         })
     }
+
+    fn holds_no_jobs(&self) -> BoxFuture<'_, anyhow::Result<bool>> {
+        Box::pin(async move {
+            // What `vacuum` would delete is finished; anything else is
+            // waiting, running, or failed with attempts left.
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM Jobs WHERE job_type = ?1
+                   AND status NOT IN ('Done', 'Killed')
+                   AND NOT (status = 'Failed' AND attempts >= max_attempts))",
+            )
+            .bind(QUEUE)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(!held)
+        })
+    }
 }

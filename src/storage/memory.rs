@@ -249,6 +249,8 @@ impl State {
             event.state = state.as_str();
             event.reason = reason.map(str::to_owned);
             event.finished_at = Some(Utc::now());
+            // The attempt that failed for good counts, as on the backends.
+            event.event.attempts += i32::from(state == EventState::Failed);
         }
     }
 

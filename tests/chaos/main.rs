@@ -121,6 +121,15 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
     host_accounts(env.pg(), &rows).await;
 
     let mut vars = process_vars(&env);
+    // Lost jobs are found as in production: the sweeper and the dispatcher
+    // on their default timings, not the other tests' quick ones.
+    for key in [
+        "SWEEPER__INTERVAL_MS",
+        "SWEEPER__REDISPATCH_AFTER_MS",
+        "DISPATCHER__POLL_INTERVAL_MS",
+    ] {
+        vars.remove(&format!("USER_SYNC__{key}"));
+    }
     for (key, value) in [
         ("WORKER__MAX_ATTEMPTS", "1000"),
         // Retries far enough apart for the host to write in between, as in
@@ -143,7 +152,7 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
     // The live workload, and breakage meanwhile.
     let live_started = Instant::now();
     let done = AtomicBool::new(false);
-    let ((model, bad_ids, good_ids), chaos) =
+    let ((model, bad_ids, good_ids), (chaos, faults)) =
         tokio::join!(write_workload(&env, model, mode, &done), async {
             let chaos = break_things(&env, &pg, &redis, &mut fleet, mode, seed).await;
             done.store(true, Ordering::SeqCst);
@@ -171,6 +180,36 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
         format!("{:.0} s", quiet_started.elapsed().as_secs_f64()),
     );
     fleet.stop().await;
+    let waits = waits_after_faults(env.pg(), &faults).await;
+    let slowest: Vec<SlowEvent> = sqlx::query_as(
+        "SELECT id, host_user_id, kind,
+                EXTRACT(EPOCH FROM (finished_at - occurred_at))::float8, attempts
+         FROM user_sync.events WHERE finished_at IS NOT NULL
+         ORDER BY finished_at - occurred_at DESC LIMIT 5",
+    )
+    .fetch_all(env.pg())
+    .await
+    .unwrap_or_default();
+    figures.insert(
+        "slowest events (id host kind seconds attempts)".into(),
+        slowest
+            .iter()
+            .map(|(id, host, kind, secs, attempts)| {
+                format!(
+                    "{id} {} {} {secs:.1} {attempts}",
+                    host.as_deref().unwrap_or("-"),
+                    kind.as_deref().unwrap_or("-")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    for (kind, wait) in &waits {
+        figures.insert(
+            format!("longest wait after a fault: {kind}"),
+            format!("{wait:.1} s"),
+        );
+    }
 
     let mut seen = Observed::read(env.pg()).await;
     seen.embedded = env.sandbox.users();
@@ -242,6 +281,14 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
     if let Err(stuck) = quiet {
         failures.push(format!("never quiet: {stuck}"));
     }
+    for (kind, wait) in &waits {
+        if *wait > MAX_WAIT_AFTER_FAULT.as_secs_f64() {
+            failures.push(format!(
+                "an event waited {wait:.1} s after a fault ({kind}); at most {} s",
+                MAX_WAIT_AFTER_FAULT.as_secs()
+            ));
+        }
+    }
     for (what, ids) in &verdict.violations {
         let shown: Vec<&str> = ids.iter().take(25).map(String::as_str).collect();
         failures.push(format!(
@@ -253,6 +300,10 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
                 ids.len().to_string()
             }
         ));
+    }
+    if failures.is_empty() && std::env::var_os("USER_SYNC_CHAOS_KEEP_LOGS").is_some() {
+        let dir = save_logs(&seen.logs, seed);
+        eprintln!("logs in {}", dir.display());
     }
     if !failures.is_empty() {
         let dir = save_logs(&seen.logs, seed);
@@ -271,6 +322,50 @@ async fn converges_exactly_under_crashes_lost_answers_and_bad_input() {
 
 /// The key the sandbox is switched to while the real one is revoked.
 const REVOKED_KEY: &str = "chaos-revoked-key";
+
+/// How long any event may wait after a fault is over before it ends.
+const MAX_WAIT_AFTER_FAULT: Duration = Duration::from_secs(30);
+
+/// A fault: its kind, when it began and when it was over (a kill is over
+/// when it is made).
+type Faults = Vec<(&'static str, DateTime, DateTime)>;
+type DateTime = chrono::DateTime<chrono::Utc>;
+
+/// An event's id, host user, kind, seconds from written to ended, attempts.
+type SlowEvent = (i64, Option<String>, Option<String>, f64, i32);
+
+/// For each kind of fault, the longest any event written before one of
+/// them was over took to end after it, in seconds, not counting the time
+/// later faults were on meanwhile (an API refusing every call for 3 s is
+/// not a slow recovery from the fault before it). The database runs on
+/// this machine, so its clock is the test's.
+async fn waits_after_faults(pool: &PgPool, faults: &Faults) -> BTreeMap<&'static str, f64> {
+    let events: Vec<(DateTime, DateTime)> = sqlx::query_as(
+        "SELECT occurred_at, finished_at FROM user_sync.events WHERE finished_at IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read the events' times");
+    let seconds = |d: chrono::TimeDelta| d.num_milliseconds() as f64 / 1000.0;
+    let mut waits = BTreeMap::new();
+    for (kind, _, over) in faults {
+        let longest = events
+            .iter()
+            .filter(|(written, finished)| written <= over && finished > over)
+            .map(|(_, finished)| {
+                let later: f64 = faults
+                    .iter()
+                    .filter(|(_, began, _)| began > over && began < finished)
+                    .map(|(_, began, ended)| seconds((*ended).min(*finished) - *began))
+                    .sum();
+                seconds(*finished - *over) - later
+            })
+            .fold(0.0, f64::max);
+        let wait = waits.entry(*kind).or_insert(0.0);
+        *wait = f64::max(*wait, longest);
+    }
+    waits
+}
 
 async fn host_accounts(pool: &PgPool, rows: &[(String, String, String, bool)]) {
     sqlx::query(
@@ -468,7 +563,8 @@ enum Breakage {
     RevokeKey(Duration),
 }
 
-/// Breaks things on a schedule for the live phase; returns what it did.
+/// Breaks things on a schedule for the live phase; returns what it did,
+/// and when each fault was over.
 async fn break_things(
     env: &Env,
     pg: &OwnPostgres,
@@ -476,7 +572,7 @@ async fn break_things(
     fleet: &mut Fleet,
     mode: Mode,
     seed: u64,
-) -> BTreeMap<&'static str, u64> {
+) -> (BTreeMap<&'static str, u64>, Faults) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x000c_4a05);
     let live = mode.live;
     let at = |share: f64| live.mul_f64(share);
@@ -496,13 +592,18 @@ async fn break_things(
     plan.sort_by_key(|(when, _)| *when);
 
     let mut done: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut faults = Faults::new();
     let start = Instant::now();
     for (when, breakage) in plan {
         tokio::time::sleep_until((start + when).into()).await;
+        let kind = breakage.kind();
+        let began = chrono::Utc::now();
         match breakage {
             Breakage::Kill => {
                 let victim = rng.random_range(0..WORKERS);
                 fleet.kill(victim).await;
+                let now = chrono::Utc::now();
+                faults.push((kind, now, now));
                 tokio::time::sleep(Duration::from_millis(rng.random_range(0..1500))).await;
                 fleet.restart(victim).await;
                 *done.entry("SIGKILLs").or_default() += 1;
@@ -551,9 +652,26 @@ async fn break_things(
                 *done.entry("API key revocations").or_default() += 1;
             }
         }
+        if kind != "SIGKILL" {
+            faults.push((kind, began, chrono::Utc::now()));
+        }
     }
     tokio::time::sleep_until((start + live).into()).await;
-    done
+    (done, faults)
+}
+
+impl Breakage {
+    /// Its kind, as the summary names it.
+    fn kind(&self) -> &'static str {
+        match self {
+            Breakage::Kill => "SIGKILL",
+            Breakage::Storm(_) => "429 storm",
+            Breakage::Slow(_) => "latency spike",
+            Breakage::FlushRedis => "Redis flush",
+            Breakage::RestartPostgres => "PostgreSQL restart",
+            Breakage::RevokeKey(_) => "key revocation",
+        }
+    }
 }
 
 /// Keeps a fault on until it has hit the worker at least once, so that

@@ -265,6 +265,30 @@ impl Env {
         vars
     }
 
+    /// [`Self::vars`] with the sweeper and the dispatcher on their
+    /// default timings (60 times slower than the tests' own): for the tests
+    /// of what those quick timings would hide.
+    pub fn vars_on_default_timings(&self) -> HashMap<String, String> {
+        let mut vars = self.vars();
+        for key in [
+            "SWEEPER__INTERVAL_MS",
+            "SWEEPER__REDISPATCH_AFTER_MS",
+            "DISPATCHER__POLL_INTERVAL_MS",
+        ] {
+            vars.remove(&format!("USER_SYNC__{key}"));
+        }
+        vars
+    }
+
+    /// The settings of [`Self::vars_on_default_timings`], with `extra`.
+    pub fn settings_on_default_timings(&self, extra: &[(&str, &str)]) -> Settings {
+        let mut vars = self.vars_on_default_timings();
+        for (key, value) in extra {
+            vars.insert((*key).into(), (*value).into());
+        }
+        Settings::load_from(&config_dir(), &vars).expect("test settings load")
+    }
+
     pub fn settings_with(&self, extra: &[(&str, &str)]) -> Settings {
         let mut vars = self.vars();
         for (key, value) in extra {

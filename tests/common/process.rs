@@ -202,7 +202,15 @@ pub fn collect(
 
 /// Worker variables that make the process say when it is running.
 pub fn process_vars(env: &Env) -> HashMap<String, String> {
-    let mut vars = env.vars();
+    speaking(env.vars())
+}
+
+/// [`process_vars`] on [`Env::vars_on_default_timings`].
+pub fn process_vars_on_default_timings(env: &Env) -> HashMap<String, String> {
+    speaking(env.vars_on_default_timings())
+}
+
+fn speaking(mut vars: HashMap<String, String>) -> HashMap<String, String> {
     vars.insert("USER_SYNC__LOG__LEVEL".into(), "info".into());
     vars.insert("USER_SYNC__LOG__FORMAT".into(), "json".into());
     vars
@@ -226,6 +234,15 @@ impl Running {
     pub async fn with(env: &Env, extra: &[(&str, &str)]) -> Self {
         let shutdown = CancellationToken::new();
         let worker = Worker::start(&env.settings_with(extra), shutdown.clone())
+            .await
+            .expect("worker starts");
+        Self { worker, shutdown }
+    }
+
+    /// On [`Env::settings_on_default_timings`], with `extra`.
+    pub async fn on_default_timings(env: &Env, extra: &[(&str, &str)]) -> Self {
+        let shutdown = CancellationToken::new();
+        let worker = Worker::start(&env.settings_on_default_timings(extra), shutdown.clone())
             .await
             .expect("worker starts");
         Self { worker, shutdown }

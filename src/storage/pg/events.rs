@@ -190,17 +190,19 @@ const FINISH: &str =
      WHERE e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'";
 
 /// [`FINISH`], and a webhook of type `$4` for each event it ends `failed`:
-/// ids, its kind and its attempts (the last included). The reason stays
+/// ids, its kind and its attempts. The attempt that failed for good counts
+/// among an event's attempts. The reason stays
 /// out: an API's refusal may quote a name.
 const FINISH_WRITING_FAILURES: &str = "WITH ended AS (
-         UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now()
+         UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now(),
+             attempts = e.attempts + CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END
          FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
          WHERE e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'
          RETURNING e.id, e.host_user_id, e.kind, e.attempts, e.state)
      INSERT INTO user_sync.webhook_deliveries (type, payload)
      SELECT $4, user_sync.webhook_body($4, jsonb_build_object(
                 'event_id', id, 'host_user_id', host_user_id, 'kind', kind,
-                'attempts', attempts + 1))
+                'attempts', attempts))
      FROM ended
      WHERE state = 'failed'
        AND EXISTS (SELECT 1 FROM user_sync.webhook_subscriptions WHERE type = $4)";

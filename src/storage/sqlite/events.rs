@@ -32,10 +32,14 @@ pub(super) async fn finish(
             .await?;
         return Ok(());
     }
+    // The attempt that failed for good counts among the event's attempts.
     let mut tx = pool.begin().await?;
-    let ended: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
-        format!("{FINISH} RETURNING host_user_id, kind, attempts"),
-    ))
+    let ended: Option<(Option<String>, Option<String>, i64)> = sqlx::query_as(
+        "UPDATE user_sync_events SET state = ?2, reason = ?3, finished_at = ?4,
+             attempts = attempts + 1
+         WHERE id = ?1 AND state = 'pending'
+         RETURNING host_user_id, kind, attempts",
+    )
     .bind(id)
     .bind(state.as_str())
     .bind(reason)
@@ -43,13 +47,13 @@ pub(super) async fn finish(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some((host_user_id, kind, attempts)) = ended {
-        // Ids, the kind and the attempts (the last included); the reason
-        // stays out: an API's refusal may quote a name.
+        // Ids, the kind and the attempts; the reason stays out: an API's
+        // refusal may quote a name.
         let data = serde_json::json!({
             "event_id": id,
             "host_user_id": host_user_id,
             "kind": kind,
-            "attempts": attempts + 1,
+            "attempts": attempts,
         });
         super::webhooks::enqueue(&mut tx, WebhookKind::EventFailed, &data).await?;
     }
