@@ -59,6 +59,9 @@ impl Worker {
             DatabaseKind::Postgres => None,
         };
         let database = Database::connect(&settings.database, pool_size(settings)).await?;
+        // First: behind a pooler in transaction mode, the statements after
+        // this one could fail in ways that do not say why.
+        database.check_sessions().await?;
         database.check_current().await?;
         database
             .key_fingerprints(settings.fingerprint_key.as_ref())

@@ -271,6 +271,55 @@ async fn commands_on_a_database_never_migrated_say_to_migrate(backend: Backend) 
     env.finish().await;
 }
 
+/// Behind PgBouncer in transaction mode the per-user locks and LISTEN
+/// would not hold: `run` refuses at start, saying what to configure; in
+/// session mode it runs. Needs `pgbouncer` (installed by `.ci/run`); without
+/// it the test says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_pooler_in_transaction_mode() {
+    if std::process::Command::new("pgbouncer")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("pgbouncer is not installed: skipping (see .ci/run)");
+        return;
+    }
+    let env = Env::start(SandboxOptions::default()).await;
+    for (mode, refused) in [
+        ("transaction", true),
+        ("statement", true),
+        ("session", false),
+    ] {
+        let bouncer = common::services::PgBouncer::start(mode).await;
+        let mut vars = if refused {
+            env.vars()
+        } else {
+            process_vars(&env)
+        };
+        vars.insert("DATABASE_URL".into(), bouncer.url_of(&env.db.name));
+        if refused {
+            let out = run_once(&vars, &["run"]).await;
+            assert!(!out.status.success(), "{mode}: {out}");
+            assert!(
+                out.stderr.contains("connection pooler") && out.stderr.contains("session mode"),
+                "{mode}: {out}"
+            );
+            assert_eq!(
+                out.stderr.trim().lines().count(),
+                1,
+                "{mode}: one line: {out}"
+            );
+        } else {
+            let mut proc = Proc::spawn(&vars, &["run"]);
+            proc.ready().await;
+            let (status, log) = proc.terminate(Duration::from_secs(20)).await;
+            assert!(status.success(), "{mode}: {status}\n{log}");
+        }
+    }
+    env.finish().await;
+}
+
 // ---------------------------------------------------------------------------
 // status and conflicts
 // ---------------------------------------------------------------------------

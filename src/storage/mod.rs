@@ -581,6 +581,17 @@ impl Database {
         }
     }
 
+    /// Fails, saying what to configure, when the database is reached
+    /// through a pooler that shares server sessions between clients
+    /// (PgBouncer in transaction mode): the per-user locks and LISTEN need
+    /// sessions of their own.
+    pub async fn check_sessions(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Postgres(pool) => pg::refuse_transaction_pooling(pool).await,
+            Self::Sqlite(_) => Ok(()),
+        }
+    }
+
     /// The webhook deliveries of this database (no per-user lock is
     /// involved: any number may exist beside the process's store).
     pub fn deliveries(&self) -> Arc<dyn Deliveries> {

@@ -330,3 +330,62 @@ fn run(cmd: &mut Command) {
     let status = cmd.status().expect("a PostgreSQL command starts");
     assert!(status.success(), "{cmd:?} failed: {status}");
 }
+
+/// PgBouncer of one test, in front of the tests' PostgreSQL, in `mode`
+/// (`session`, `transaction` or `statement`), with trust authentication.
+pub struct PgBouncer {
+    pub child: tokio::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    pub async fn start(mode: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        // As root it runs as `postgres`, which must read and write here.
+        let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777));
+        let port = free_port();
+        let server = url::Url::parse(&super::admin_url()).expect("the tests' PostgreSQL URL");
+        let ini = format!(
+            "[databases]\n* = host={} port={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
+             pool_mode = {mode}\ndefault_pool_size = 4\nmax_client_conn = 200\n\
+             ignore_startup_parameters = extra_float_digits,search_path\nlogfile = {}\n",
+            server.host_str().unwrap_or("127.0.0.1"),
+            server.port().unwrap_or(5432),
+            dir.path().join("users.txt").display(),
+            dir.path().join("pgbouncer.log").display(),
+        );
+        std::fs::write(dir.path().join("pgbouncer.ini"), ini).expect("write pgbouncer.ini");
+        std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n")
+            .expect("write users.txt");
+        let mut command = tokio::process::Command::new("pgbouncer");
+        // PgBouncer refuses to run as root.
+        if is_root() {
+            command.args(["-u", "postgres"]);
+        }
+        let child = command
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pgbouncer starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "pgbouncer did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The URL of `database` through this pooler.
+    pub fn url_of(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+}

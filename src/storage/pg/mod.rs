@@ -14,6 +14,7 @@ mod erasures;
 mod events;
 mod migrate;
 mod nodelay;
+mod pooler;
 mod reports;
 mod session;
 mod users;
@@ -21,6 +22,7 @@ mod webhooks;
 
 pub use events::{finish_many, newest_pending_many};
 pub(super) use migrate::{check_current, run as migrate};
+pub use pooler::refuse_transaction_pooling;
 pub use users::{claim_each_for_create, holders_of, mark_synced};
 
 use std::str::FromStr;
