@@ -423,3 +423,50 @@ async fn an_event_fails_after_exactly_max_attempts_and_keeps_its_intent(backend:
     run.stop().await;
     env.finish().await;
 }
+
+/// The default rate limit (10 a second, bursts of 10) binds: 40 signups
+/// take at least 3 s, no second of the API's sees more than 20 requests, and
+/// an API limited to 20 a second never answers 429. The other suites raise
+/// the limit to 1,000 a second, where it never binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_rate_limit_binds_and_keeps_under_the_apis_limit() {
+    let env = Env::start(common::rate_limited(20, true)).await;
+    let vars: std::collections::HashMap<String, String> = env
+        .vars_on_default_timings()
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with("USER_SYNC__RATE_LIMIT__"))
+        .collect();
+    let settings =
+        user_sync::config::Settings::load_from(&common::config_dir(), &vars).expect("settings");
+    assert_eq!(settings.rate_limit.requests_per_second, 10);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = user_sync::app::Worker::start(&settings, shutdown.clone())
+        .await
+        .expect("worker starts");
+    let started = Instant::now();
+    for i in 0..40 {
+        env.signup(&format!("r{i}"), &format!("rate{i}@example.com"), None)
+            .await;
+    }
+    env.settle(SETUP).await;
+    let took = started.elapsed();
+
+    each_created_once(&env, 40);
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.rate_limited, 0, "never over the API's limit");
+    assert!(
+        stats.max_admitted_per_second <= 20,
+        "{} in one second",
+        stats.max_admitted_per_second
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "40 creates in {took:?}: the limit did not bind"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), worker.stopped())
+        .await
+        .expect("the worker stops")
+        .expect("no part stopped on its own");
+    env.finish().await;
+}
