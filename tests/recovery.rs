@@ -470,3 +470,101 @@ async fn the_default_rate_limit_binds_and_keeps_under_the_apis_limit() {
         .expect("no part stopped on its own");
     env.finish().await;
 }
+
+/// PostgreSQL down for 12 s under running jobs (each waits on the pool
+/// for a connection, then tries again in its slot): once the database is
+/// back, every event ends, each user created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_cut_off_by_a_long_database_outage_end_once_it_is_back() {
+    let pg = OwnPostgres::start().await;
+    let env = Env::start_with(
+        Backend::Postgres,
+        &pg.admin_url(),
+        &common::redis_url(),
+        common::latency(300),
+    )
+    .await;
+    let run = Running::on_default_timings(
+        &env,
+        &[
+            ("USER_SYNC__WORKER__CONCURRENCY", "2"),
+            ("USER_SYNC__DISPATCHER__USERS_PER_JOB", "1"),
+        ],
+    )
+    .await;
+    for i in 0..12 {
+        env.signup(&format!("o{i}"), &format!("outage{i}@example.com"), None)
+            .await;
+    }
+    eventually(SETUP, "creates reach the sandbox", || async {
+        env.sandbox.stats().creates >= 1
+    })
+    .await;
+    pg.crash_and_restart(Duration::from_secs(12)).await;
+    env.settle(RECOVERY).await;
+    each_created_once(&env, 12);
+
+    run.stop().await;
+    env.finish().await;
+}
+
+/// The queue's clean-up drops finished jobs only: a job marked failed and
+/// scheduled to run again (one that could not reach the database) keeps
+/// its data. Without it, its id would stop every worker that fetched it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queues_clean_up_keeps_jobs_scheduled_to_run_again() {
+    use user_sync::queue::{JobEvent, JobQueue, RedisQueue, SyncJob};
+    let env = Env::start(SandboxOptions::default()).await;
+    let queue = RedisQueue::connect(&env.settings().redis)
+        .await
+        .expect("redis");
+    let job = |event_id| {
+        SyncJob::pack(
+            vec![JobEvent {
+                event_id,
+                host_user_id: Some(format!("h{event_id}")),
+            }],
+            64,
+        )
+    };
+    queue.push(job(1)).await.expect("push");
+    queue.push(job(2)).await.expect("push");
+    let client = redis::Client::open(env.redis_url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let prefix = format!("{}.sync", env.namespace);
+    let ids: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("{prefix}:data"))
+        .query_async(&mut conn)
+        .await
+        .expect("the jobs");
+    assert_eq!(ids.len(), 2);
+    // As apalis-redis leaves them: one done, one failed and scheduled again.
+    for (id, status) in ids.iter().zip(["Done", "Failed"]) {
+        let _: () = redis::cmd("HSET")
+            .arg(format!("{prefix}:meta:{id}"))
+            .arg("status")
+            .arg(status)
+            .query_async(&mut conn)
+            .await
+            .expect("HSET");
+    }
+    let _: () = redis::cmd("ZREM")
+        .arg(format!("{prefix}:scheduled"))
+        .arg(&ids[0])
+        .query_async(&mut conn)
+        .await
+        .expect("ZREM");
+
+    assert_eq!(queue.vacuum().await.expect("clean-up"), 1);
+    let left: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("{prefix}:data"))
+        .query_async(&mut conn)
+        .await
+        .expect("the jobs");
+    assert_eq!(left, [ids[1].clone()], "the failed job waits to run again");
+    assert!(!queue.holds_no_jobs().await.expect("look"));
+    env.finish().await;
+}

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use apalis::prelude::{BackendFactory, TaskSink};
-use apalis_core::backend::Vacuum;
 use apalis_redis::RedisStorage;
 use apalis_redis::factory::RedisStorageFactory;
 use futures::future::BoxFuture;
@@ -159,13 +158,17 @@ impl JobQueue for RedisQueue {
 
     fn vacuum(&self) -> BoxFuture<'_, anyhow::Result<usize>> {
         Box::pin(async move {
-            let mut storage = self.storage();
-            let removed = storage.vacuum().await?;
-            // Only ids of finished jobs remain in the done set: drop them too.
+            // Not apalis-redis's own vacuum: it drops every job marked
+            // `Failed`, and a job that could not reach the database is
+            // marked so while it waits to run again. Its id left without
+            // its data stops every worker that fetches it.
             let mut conn = self.conn.clone();
-            let _: () = redis::cmd("DEL")
-                .arg(self.config.done_jobs_set())
-                .query_async(&mut conn)
+            let removed: usize = redis::Script::new(VACUUM)
+                .key(self.config.job_data_hash())
+                .key(self.config.job_meta_hash())
+                .key(self.config.dead_jobs_set())
+                .key(self.config.done_jobs_set())
+                .invoke_async(&mut conn)
                 .await?;
             Ok(removed)
         })
@@ -211,6 +214,27 @@ impl JobQueue for RedisQueue {
         })
     }
 }
+
+/// Drops the data and metadata (KEYS[1], KEYS[2]:<id>) of finished jobs:
+/// done, killed, or given up for good (in the dead set, KEYS[3]); then the
+/// done set (KEYS[4]), which holds only their ids. A job marked `Failed`
+/// that is scheduled to run again stays.
+const VACUUM: &str = r"
+local removed = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  local meta = KEYS[2] .. ':' .. id
+  local status = redis.call('HGET', meta, 'status')
+  if status == 'Done' or status == 'Killed' or redis.call('SISMEMBER', KEYS[3], id) == 1 then
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[2] .. ':result', id)
+    redis.call('DEL', meta)
+    redis.call('SREM', KEYS[3], id)
+    removed = removed + 1
+  end
+end
+redis.call('DEL', KEYS[4])
+return removed
+";
 
 /// Records the server (ARGV[1]) in the marker (KEYS[1]): 0 when it was
 /// there already, 1 when the marker was missing, 2 when another server
