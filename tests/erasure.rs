@@ -470,7 +470,7 @@ async fn the_proof_exports_as_csv_and_json_without_personal_data(backend: Backen
         lines.next(),
         Some(
             "host_user_id,embedded_user_id,outcome,requested_at,logs_deleted_at,\
-             user_deleted_at,completed_at"
+             logs_skipped,user_deleted_at,completed_at"
         )
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
