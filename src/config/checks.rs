@@ -320,7 +320,7 @@ fn check_base_url(raw: &str, version: ApiVersion) -> Result<Url, ConfigError> {
     }
     let last = url
         .path_segments()
-        .and_then(|segments| segments.filter(|s| !s.is_empty()).next_back());
+        .and_then(|mut segments| segments.rfind(|s| !s.is_empty()));
     if last.is_some_and(|segment| ApiVersion::parse(segment).is_some()) {
         return Err(invalid(
             "embedded.base_url",
