@@ -1274,6 +1274,20 @@ async fn faults_and_the_rate_limit_apply_to_every_version_alike() {
         .await;
     assert!(cut.is_err(), "the connection is cut");
     assert_eq!(sb.users().len(), 1);
+
+    // Requests for one user overlap whichever versions they come by.
+    sb.update_faults(FaultUpdate {
+        drop_rate: Some(0.0),
+        latency_ms: Some(200),
+        ..FaultUpdate::default()
+    });
+    let id = sb.users()[0].user_id.clone();
+    let (a, b) = tokio::join!(
+        send(raw.keyed(Method::GET, &format!("/2024-03/users/{id}"))),
+        send(raw.keyed(Method::GET, &format!("/forge/2021-12/user/{id}"))),
+    );
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(sb.stats().overlapping_user_requests, 1);
     assert_eq!(sb.stats().version_count("2021-12", routes::CREATE), 1);
     assert_eq!(sb.stats().count(routes::CREATE, 0), 1, "counted as cut");
     sb.shutdown().await;

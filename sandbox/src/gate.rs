@@ -73,9 +73,11 @@ struct InFlight {
 
 impl InFlight {
     fn enter(shared: &Arc<Shared>, version: Version, path: &str) -> Self {
+        // A nested router sees its path without the version's prefix.
         let user = path
             .strip_prefix(version.prefix())
-            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(path)
+            .strip_prefix('/')
             .and_then(|rest| rest.strip_prefix(version.collection()))
             .and_then(|rest| rest.strip_prefix('/'))
             .and_then(|rest| rest.split('/').next())
