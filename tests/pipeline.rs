@@ -228,6 +228,22 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(
         assert!(lists == 0 && gets >= 1, "{lists} lists, {gets} gets");
     }
     only_its_version_was_spoken(&env);
+    // And the metrics say so.
+    let metrics = reqwest::get(format!("http://{}/metrics", run.worker.ops_addr))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("a body");
+    let listed = format!(
+        "user_sync_api_lookups_by_listing_total{{version=\"{}\"}}",
+        version.as_str()
+    );
+    assert_eq!(
+        metrics.contains(&listed),
+        version == ApiVersion::V2021_12,
+        "{listed} in {metrics}"
+    );
 
     run.stop().await;
     env.finish().await;
