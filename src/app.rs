@@ -100,7 +100,7 @@ impl Worker {
             failure,
             ..
         } = parts;
-        tracing::info!(%ops_addr, worker = %name, concurrency = jobs_in_flight(settings), "user-sync is running");
+        tracing::info!(%ops_addr, worker = %name, concurrency = jobs_in_flight(settings), api_version = %settings.embedded.api_version, "user-sync is running");
         Ok(Self {
             ops_addr,
             name,

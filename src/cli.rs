@@ -193,9 +193,12 @@ enum Command {
     ///
     /// Columns, in this order: host_user_id, embedded_user_id, outcome
     /// (deleted, already_absent or never_created), requested_at (when the
-    /// closure was written), logs_deleted_at, user_deleted_at, completed_at
-    /// (RFC 3339, UTC; a step that did not apply is empty). Ids and times
-    /// only: never an email or a name. --pending lists the requests not
+    /// closure was written), logs_deleted_at, logs_skipped (why the logs of
+    /// a user that existed were not deleted: disabled by
+    /// gdpr.delete_workflow_logs, or no_logs_call on an API version without
+    /// that call), user_deleted_at, completed_at (RFC 3339, UTC; a step that
+    /// did not apply is empty). Ids and times only: never an email or a
+    /// name. --pending lists the requests not
     /// complete yet instead, with their age, whether they are older than
     /// gdpr.alert_after_s, and when gdpr.deadline_s falls due.
     ///

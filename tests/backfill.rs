@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::{Backend, Env};
+use user_sync::config::ApiVersion;
 
 const SETTLE: Duration = Duration::from_secs(30);
 use tokio_util::sync::CancellationToken;
@@ -249,8 +250,8 @@ fn same_plan(dry: &Summary, real: &Summary) {
     );
 }
 
-async fn backfill_both_ways(backend: Backend, mode: Mode, n: i64) {
-    let env = Env::start_on(backend, SandboxOptions::default()).await;
+async fn backfill_both_ways(backend: Backend, version: ApiVersion, mode: Mode, n: i64) {
+    let env = Env::start_speaking(backend, version, SandboxOptions::default()).await;
     host_accounts(&env, n).await;
     let e = expected(n);
 
@@ -273,12 +274,26 @@ async fn backfill_both_ways(backend: Backend, mode: Mode, n: i64) {
     assert!(done.failed_anything(), "the two invalid rows are failures");
     assert_eq!((done.failed, done.unresolved), (0, 0));
     assert_final_state(&env, &e).await;
-    if mode == Mode::Batch {
-        let stats = env.sandbox.stats();
-        let batches = stats.route_total("POST /users/batch");
+    let stats = env.sandbox.stats();
+    let (batches, singles) = (
+        stats.route_total("POST /users/batch"),
+        stats.route_total("POST /users/"),
+    );
+    if mode == Mode::Batch && version != ApiVersion::V2021_12 {
+        assert_eq!(done.mode, "batch");
         assert!(batches <= (n as u64 / 1000) + 2, "{batches} batches");
-        assert_eq!(stats.route_total("POST /users/"), 0);
+        assert_eq!(singles, 0);
+    } else {
+        // Forge has no batch create: its batch mode creates one by one.
+        assert_eq!(done.mode, "single");
+        assert_eq!(batches, 0);
+        assert_eq!(singles, e.mapped.len() as u64);
     }
+    assert_eq!(
+        stats.version_total(version.as_str()),
+        stats.total_requests,
+        "every request in the worker's version"
+    );
 
     // Again: everything is in sync, nothing is sent, no new conflict row.
     let before = mutating_calls(&env);
@@ -292,9 +307,13 @@ async fn backfill_both_ways(backend: Backend, mode: Mode, n: i64) {
     env.finish().await;
 }
 
-on_each_backend!(
+// Both modes and their dry runs, on every API version the worker speaks.
+on_each_version!(
     batch_backfill_maps_every_open_account_and_reports_each_conflict_once,
     single_backfill_maps_every_open_account_and_reports_each_conflict_once,
+);
+
+on_each_backend!(
     batches_whose_answer_was_lost_are_confirmed_not_sent_twice,
     a_batch_backfill_killed_mid_run_resumes_without_duplicates,
     a_single_backfill_killed_mid_run_resumes_without_duplicates,
@@ -306,12 +325,18 @@ on_each_backend!(
     conflicts_the_backfill_found_can_be_retried_and_resolve_themselves,
 );
 
-async fn batch_backfill_maps_every_open_account_and_reports_each_conflict_once(backend: Backend) {
-    backfill_both_ways(backend, Mode::Batch, 3000).await;
+async fn batch_backfill_maps_every_open_account_and_reports_each_conflict_once(
+    backend: Backend,
+    version: ApiVersion,
+) {
+    backfill_both_ways(backend, version, Mode::Batch, 3000).await;
 }
 
-async fn single_backfill_maps_every_open_account_and_reports_each_conflict_once(backend: Backend) {
-    backfill_both_ways(backend, Mode::Single, 2100).await;
+async fn single_backfill_maps_every_open_account_and_reports_each_conflict_once(
+    backend: Backend,
+    version: ApiVersion,
+) {
+    backfill_both_ways(backend, version, Mode::Single, 2100).await;
 }
 
 async fn batches_whose_answer_was_lost_are_confirmed_not_sent_twice(backend: Backend) {

@@ -519,6 +519,7 @@ async fn erasures_are_listed_newest_first_and_exported_as_csv(backend: Backend) 
             "outcome",
             "requested_at",
             "logs_deleted_at",
+            "logs_skipped",
             "user_deleted_at",
             "completed_at"
         ],

@@ -360,7 +360,7 @@ async fn the_console_works_in_a_real_browser() {
         lines.next(),
         Some(
             "host_user_id,embedded_user_id,outcome,requested_at,logs_deleted_at,\
-             user_deleted_at,completed_at"
+             logs_skipped,user_deleted_at,completed_at"
         )
     );
     assert!(

@@ -7,26 +7,16 @@ use std::collections::HashMap;
 
 use common::process::{run_once, user_sync};
 
-/// The demo's story, checked against the database it leaves behind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_syncs_every_account_reports_every_conflict_and_erases_every_closure() {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let vars = HashMap::new();
+/// Runs `user-sync demo` with `args` to a successful end whose checks all
+/// passed; returns what it printed.
+async fn demo(args: &[&str]) -> String {
+    let mut command = vec!["demo"];
+    command.extend_from_slice(args);
     // A hang guard, not a speed check: the demo prints its own elapsed
     // time, and speed is measured, never asserted in a test.
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(120),
-        user_sync(
-            &vars,
-            &[
-                "demo",
-                "--users",
-                "600",
-                "--dir",
-                dir.path().to_str().expect("a UTF-8 path"),
-            ],
-        )
-        .output(),
+        user_sync(&HashMap::new(), &command).output(),
     )
     .await
     .expect("the demo finishes")
@@ -35,6 +25,15 @@ async fn the_demo_syncs_every_account_reports_every_conflict_and_erases_every_cl
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
+    stdout
+}
+
+/// The demo's story, checked against the database it leaves behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_syncs_every_account_reports_every_conflict_and_erases_every_closure() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let folder = dir.path().to_str().expect("a UTF-8 path");
+    let stdout = demo(&["--users", "600", "--dir", folder]).await;
     for line in [
         "Embedded users created",
         "Embedded users updated",
@@ -144,4 +143,27 @@ async fn the_demo_syncs_every_account_reports_every_conflict_and_erases_every_cl
     let listed = run_once(&vars, &["conflicts", "--format", "csv"]).await;
     assert!(listed.status.success(), "{listed}");
     assert_eq!(listed.stdout.lines().count(), 10, "{listed}");
+}
+
+/// On the oldest version, which lacks a batch create, a lookup by email and
+/// the logs call: the same story, and the same checks pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_on_forge_too() {
+    let stdout = demo(&["--users", "200", "--api-version", "2021-12"]).await;
+    assert!(stdout.contains("spoken in version 2021-12"), "{stdout}");
+    assert!(stdout.contains("has no batch create"), "{stdout}");
+    let version = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("API version"))
+        .expect("the version in the summary");
+    assert!(version.trim_end().ends_with("2021-12"), "{version}");
+
+    let refused = run_once(&HashMap::new(), &["demo", "--api-version", "2022-01"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("2025-09, 2024-03, 2023-12, 2021-12"),
+        "{refused}"
+    );
 }

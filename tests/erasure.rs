@@ -160,6 +160,10 @@ async fn a_lost_answer_on_the_user_delete_is_recorded_deleted(backend: Backend) 
         ("deleted".into(), Some(id), false, true, true),
         "the worker's own delete, not already_absent"
     );
+    let skipped = env
+        .pairs("SELECT logs_skipped, NULL FROM user_sync.erasures")
+        .await;
+    assert_eq!(skipped, vec![(Some("disabled".to_owned()), None)]);
     run.stop().await;
     env.finish().await;
 }
@@ -479,7 +483,7 @@ async fn the_proof_exports_as_csv_and_json_without_personal_data(backend: Backen
         lines.next(),
         Some(
             "host_user_id,embedded_user_id,outcome,requested_at,logs_deleted_at,\
-             user_deleted_at,completed_at"
+             logs_skipped,user_deleted_at,completed_at"
         )
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
@@ -487,12 +491,15 @@ async fn the_proof_exports_as_csv_and_json_without_personal_data(backend: Backen
     let u1 = rows.iter().find(|r| r[0] == "u1").expect("u1's line");
     assert_eq!(&u1[1..3], [id.as_str(), "deleted"]);
     assert!(
-        u1[3..].iter().all(|t| t.ends_with('Z') && t.contains('T')),
+        [u1[3], u1[4], u1[6], u1[7]]
+            .iter()
+            .all(|t| t.ends_with('Z') && t.contains('T')),
         "{u1:?}"
     );
+    assert_eq!(u1[5], "", "the logs were not skipped");
     let u2 = rows.iter().find(|r| r[0] == "u2").expect("u2's line");
     assert_eq!(&u2[1..3], ["", "never_created"]);
-    assert_eq!(&u2[4..6], ["", ""], "no step for a user never created");
+    assert_eq!(&u2[4..7], ["", "", ""], "no step for a user never created");
 
     let json = run_once(
         &env.vars(),

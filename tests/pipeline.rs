@@ -11,24 +11,29 @@ use std::time::Duration;
 
 use common::process::Running;
 use common::{Backend, Env, KEY, eventually};
-use user_sync_sandbox::{FaultUpdate, IdFormat, SandboxOptions, SandboxUser};
+use user_sync::config::ApiVersion;
+use user_sync_sandbox::{FaultUpdate, IdFormat, SandboxOptions, SandboxUser, routes};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-on_each_backend!(
+// The core cases, on every API version the worker speaks.
+on_each_version!(
     signup_change_and_closure_reach_the_api_and_erase_personal_data,
-    latest_event_wins_and_older_ones_are_superseded,
     a_create_whose_answer_was_lost_is_adopted_not_duplicated,
-    a_change_undone_after_its_answer_was_lost_is_undone_in_embedded,
     a_username_held_in_embedded_is_one_open_conflict,
+    server_errors_and_429_storms_are_retried_to_completion,
+    a_refused_key_pauses_everything_and_fails_nothing,
+);
+
+on_each_backend!(
+    latest_event_wins_and_older_ones_are_superseded,
+    a_change_undone_after_its_answer_was_lost_is_undone_in_embedded,
     a_user_made_outside_is_never_adopted_nor_deleted_when_answers_are_lost,
     a_lost_answer_whose_user_id_carries_no_time_is_an_unconfirmed_create,
     two_host_users_with_one_username_conflict_before_any_call,
     a_refused_rename_is_a_conflict_never_a_delete,
     closing_a_user_deleted_outside_is_success,
     bad_events_get_a_reason_and_block_nothing,
-    server_errors_and_429_storms_are_retried_to_completion,
-    a_refused_key_pauses_everything_and_fails_nothing,
     a_job_pushed_without_a_host_user_cannot_end_a_closure,
     a_padded_host_user_id_is_applied_not_dispatched_forever,
     shutdown_lets_running_jobs_finish,
@@ -59,8 +64,22 @@ fn find<'a>(users: &'a [SandboxUser], username: &str) -> Vec<&'a SandboxUser> {
         .collect()
 }
 
-async fn signup_change_and_closure_reach_the_api_and_erase_personal_data(backend: Backend) {
-    let env = Env::start_on(backend, SandboxOptions::default()).await;
+/// Every request the sandbox saw used the worker's version.
+fn only_its_version_was_spoken(env: &Env) {
+    let stats = env.sandbox.stats();
+    assert_eq!(
+        stats.version_total(env.version.as_str()),
+        stats.total_requests,
+        "{:?}",
+        stats.versions
+    );
+}
+
+async fn signup_change_and_closure_reach_the_api_and_erase_personal_data(
+    backend: Backend,
+    version: ApiVersion,
+) {
+    let env = Env::start_speaking(backend, version, SandboxOptions::default()).await;
     let run = Running::start(&env).await;
 
     env.signup("u1", " Ada@Example.com ", Some("Ada Lovelace"))
@@ -103,6 +122,21 @@ async fn signup_change_and_closure_reach_the_api_and_erase_personal_data(backend
         vec![(Some(id.clone()), Some("deleted".to_owned()))],
         "one erasure row"
     );
+    // The workflow logs go first where the version can delete them; where
+    // it cannot, they stay, and the record says why.
+    let logs = env
+        .pairs("SELECT logs_skipped, CASE WHEN logs_deleted_at IS NULL THEN NULL ELSE 'at' END FROM user_sync.erasures")
+        .await;
+    if version == ApiVersion::V2021_12 {
+        assert_eq!(logs, vec![(Some("no_logs_call".to_owned()), None)]);
+        assert!(env.sandbox.workflow_logs(&id) > 0);
+        assert_eq!(env.sandbox.stats().deleted_with_logs, 1);
+    } else {
+        assert_eq!(logs, vec![(None, Some("at".to_owned()))]);
+        assert_eq!(env.sandbox.workflow_logs(&id), 0);
+        assert_eq!(env.sandbox.stats().deleted_with_logs, 0);
+    }
+    only_its_version_was_spoken(&env);
     let leftovers = env
         .scalar(
             "SELECT (SELECT count(*) FROM user_sync.events
@@ -154,8 +188,11 @@ async fn latest_event_wins_and_older_ones_are_superseded(backend: Backend) {
     env.finish().await;
 }
 
-async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(backend: Backend) {
-    let env = Env::start_on(backend, common::answers_lost()).await;
+async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(
+    backend: Backend,
+    version: ApiVersion,
+) {
+    let env = Env::start_speaking(backend, version, common::answers_lost()).await;
     let run = Running::start(&env).await;
     let event = env
         .signup("u1", "lost@example.com", Some("Lost Answer"))
@@ -176,7 +213,37 @@ async fn a_create_whose_answer_was_lost_is_adopted_not_duplicated(backend: Backe
         env.open_conflicts().await.is_empty(),
         "a lost answer is no conflict"
     );
-    assert!(env.sandbox.stats().dropped >= 1);
+    let stats = env.sandbox.stats();
+    assert!(stats.dropped >= 1);
+    assert_eq!(stats.creates, 1, "created once");
+    // The confirmation looked the username up: by the list where the
+    // version has no lookup by username.
+    let (lists, gets) = (
+        stats.route_total(routes::LIST),
+        stats.route_total(routes::GET),
+    );
+    if version == ApiVersion::V2021_12 {
+        assert!(lists >= 1 && gets == 0, "{lists} lists, {gets} gets");
+    } else {
+        assert!(lists == 0 && gets >= 1, "{lists} lists, {gets} gets");
+    }
+    only_its_version_was_spoken(&env);
+    // And the metrics say so.
+    let metrics = reqwest::get(format!("http://{}/metrics", run.worker.ops_addr))
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .expect("a body");
+    let listed = format!(
+        "user_sync_api_lookups_by_listing_total{{version=\"{}\"}}",
+        version.as_str()
+    );
+    assert_eq!(
+        metrics.contains(&listed),
+        version == ApiVersion::V2021_12,
+        "{listed} in {metrics}"
+    );
 
     run.stop().await;
     env.finish().await;
@@ -224,8 +291,8 @@ async fn a_change_undone_after_its_answer_was_lost_is_undone_in_embedded(backend
     env.finish().await;
 }
 
-async fn a_username_held_in_embedded_is_one_open_conflict(backend: Backend) {
-    let env = Env::start_on(backend, SandboxOptions::default()).await;
+async fn a_username_held_in_embedded_is_one_open_conflict(backend: Backend, version: ApiVersion) {
+    let env = Env::start_speaking(backend, version, SandboxOptions::default()).await;
     let holder = env
         .sandbox
         .insert_user("taken@example.com", Some("Someone Else"));
@@ -247,6 +314,7 @@ async fn a_username_held_in_embedded_is_one_open_conflict(backend: Backend) {
     assert_eq!(holder_embedded.as_deref(), Some(holder.as_str()));
     assert_eq!(env.sandbox.users().len(), 1, "nothing created");
     assert_eq!(env.embedded_id("u1").await, None);
+    only_its_version_was_spoken(&env);
 
     run.stop().await;
     env.finish().await;
@@ -480,9 +548,13 @@ async fn bad_events_get_a_reason_and_block_nothing(backend: Backend) {
     env.finish().await;
 }
 
-async fn server_errors_and_429_storms_are_retried_to_completion(backend: Backend) {
-    let env = Env::start_on(
+async fn server_errors_and_429_storms_are_retried_to_completion(
+    backend: Backend,
+    version: ApiVersion,
+) {
+    let env = Env::start_speaking(
         backend,
+        version,
         SandboxOptions {
             fail_rate: 0.3,
             rate_limit: Some(20),
@@ -503,6 +575,8 @@ async fn server_errors_and_429_storms_are_retried_to_completion(backend: Backend
     assert_eq!(stats.creates, 60, "no duplicate create");
     assert!(stats.failed > 0, "faults were injected");
     assert!(stats.max_admitted_per_second <= 20);
+    assert!(stats.rate_limited > 0, "429s were met");
+    only_its_version_was_spoken(&env);
     let failed = env
         .scalar("SELECT count(*) FROM user_sync.events WHERE state <> 'applied'")
         .await;
@@ -512,8 +586,8 @@ async fn server_errors_and_429_storms_are_retried_to_completion(backend: Backend
     env.finish().await;
 }
 
-async fn a_refused_key_pauses_everything_and_fails_nothing(backend: Backend) {
-    let env = Env::start_on(backend, SandboxOptions::default()).await;
+async fn a_refused_key_pauses_everything_and_fails_nothing(backend: Backend, version: ApiVersion) {
+    let env = Env::start_speaking(backend, version, SandboxOptions::default()).await;
     env.sandbox.update_faults(FaultUpdate {
         api_key: Some("rotated-key".into()),
         ..FaultUpdate::default()
@@ -543,6 +617,7 @@ async fn a_refused_key_pauses_everything_and_fails_nothing(backend: Backend) {
     });
     env.settle(SETTLE).await;
     assert_eq!(env.sandbox.users().len(), 5);
+    only_its_version_was_spoken(&env);
 
     run.stop().await;
     env.finish().await;

@@ -13,7 +13,7 @@ use common::{answers_lost, new_user};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use user_sync::domain::Username;
-use user_sync::embedded::{ApiError, EmbeddedClient, InvalidBatchUser, UserRef};
+use user_sync::embedded::{ApiError, EmbeddedClient, InvalidBatchUser, UserRef, UserUpdate};
 use user_sync_sandbox::{
     FaultUpdate, Sandbox, SandboxArgs, SandboxOptions, SandboxStats, SandboxUser, routes,
 };
@@ -928,10 +928,13 @@ async fn requests_are_counted_by_route_and_status() {
         .await
         .expect("batch");
     api.list_users().await.expect("list");
-    api.get_user(UserRef::Id(&id)).await.expect("get");
-    api.update_user(&id, &Default::default())
-        .await
-        .expect("update");
+    let held = api.get_user(UserRef::Id(&id)).await.expect("get").profile();
+    let update = UserUpdate {
+        held,
+        username: None,
+        full_name: None,
+    };
+    api.update_user(&id, &update).await.expect("update");
     api.user_token(&id).await.expect("token");
     api.delete_user_logs(&id).await.expect("logs");
     api.delete_user(&id).await.expect("delete");
@@ -1011,6 +1014,283 @@ fn a_user_prints_a_tag_of_its_username_and_no_name() {
     assert!(ada.chars().all(|c| c.is_ascii_hexdigit()), "{printed}");
     assert_eq!(ada, tag(&format!("{:?}", user("Ada@Example.com"))));
     assert_ne!(ada, tag(&format!("{:?}", user("bob@example.com"))));
+}
+
+// ---------------------------------------------------------------------------
+// Every version at once, over one set of users
+// ---------------------------------------------------------------------------
+
+impl Raw {
+    /// With the key only: what a client of a version in the path sends.
+    fn keyed(&self, method: Method, path: &str) -> RequestBuilder {
+        self.bare(method, path).bearer_auth(KEY)
+    }
+}
+
+#[tokio::test]
+async fn every_version_serves_the_same_users_and_counts_its_requests() {
+    let sb = sandbox(SandboxOptions::default()).await;
+    let raw = Raw::new(&sb);
+    let (status, created) = send(
+        raw.api(Method::POST, "/users/")
+            .json(&json!({"username": "ada@example.com", "fullName": "Ada"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ada = created["userId"].as_str().expect("an id").to_owned();
+
+    // The versions in the path: the shapes of 2025-09, no header.
+    for v in ["2024-03", "2023-12"] {
+        let (status, user) = send(raw.keyed(Method::GET, &format!("/{v}/users/{ada}"))).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(
+            user,
+            json!({"userId": ada, "username": "ada@example.com", "fullName": "Ada"})
+        );
+        let (status, user) =
+            send(raw.keyed(Method::GET, &format!("/{v}/users/ADA@example.com"))).await;
+        assert_eq!(
+            (status, &user["userId"]),
+            (StatusCode::OK, &json!(ada)),
+            "{v}"
+        );
+    }
+    // Forge: `_id` and `email`, a user's workflows with it.
+    let (status, user) = send(raw.keyed(Method::GET, &format!("/forge/2021-12/user/{ada}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        user,
+        json!({"_id": ada, "email": "ada@example.com", "fullName": "Ada", "workflows": []})
+    );
+    let (status, list) = send(raw.keyed(Method::GET, "/forge/2021-12/user")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        list,
+        json!({"data": [{"_id": ada, "email": "ada@example.com", "fullName": "Ada"}]})
+    );
+    // A Forge create is a user of every version.
+    let (status, created) = send(
+        raw.keyed(Method::POST, "/forge/2021-12/user")
+            .json(&json!({"name": "Bob", "email": "bob@example.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let bob = created["userId"].as_str().expect("an id").to_owned();
+    let (status, user) = send(raw.api(Method::GET, "/users/bob@example.com")).await;
+    assert_eq!((status, &user["userId"]), (StatusCode::OK, &json!(bob)));
+    // A create at /2024-03/users (no slash) and a PATCH of Forge's.
+    let (status, _) = send(
+        raw.keyed(Method::POST, "/2024-03/users")
+            .json(&json!({"username": "cy@example.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, user) = send(
+        raw.keyed(Method::PATCH, &format!("/forge/2021-12/user/{bob}"))
+            .json(&json!({"email": "bob@example.com", "fullName": "Robert"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(user["fullName"], "Robert");
+    assert_eq!(sb.users().len(), 3);
+
+    // Counted by call, whatever the version, and by version.
+    let stats = sb.stats();
+    assert_eq!(stats.count(routes::CREATE, 200), 3);
+    assert_eq!(
+        stats.count(routes::UPDATE, 200),
+        1,
+        "Forge's PATCH is the update"
+    );
+    assert_eq!(stats.version_count("2025-09", routes::CREATE), 1);
+    assert_eq!(stats.version_count("2024-03", routes::CREATE), 1);
+    assert_eq!(stats.version_count("2021-12", routes::CREATE), 1);
+    assert_eq!(stats.version_count("2021-12", routes::UPDATE), 1);
+    assert_eq!(stats.version_total("2024-03"), 3);
+    assert_eq!(stats.version_total("2023-12"), 2);
+    assert_eq!(stats.version_total("2021-12"), 4);
+    assert_eq!(stats.version_total("2025-09"), 2);
+    assert_eq!(stats.total_requests, 11);
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn each_version_refuses_what_its_documentation_says_it_needs() {
+    let sb = sandbox(SandboxOptions::default()).await;
+    let raw = Raw::new(&sb);
+    let ada = sb.insert_user("ada@example.com", None);
+    let refused = |(status, body): (StatusCode, Value), needle: &str| {
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let message = body["message"].as_str().expect("a message");
+        assert!(message.contains(needle), "{message}");
+    };
+
+    // 2025-09 needs its header; the versions in the path take none.
+    refused(
+        send(raw.keyed(Method::GET, "/users")).await,
+        "x-api-version",
+    );
+    for v in ["2024-03", "2023-12"] {
+        let with_header = raw
+            .api(Method::GET, &format!("/{v}/users"))
+            .header("x-api-version", v);
+        refused(send(with_header).await, "send no x-api-version");
+        let (status, _) = send(raw.keyed(Method::GET, &format!("/{v}/users"))).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        // An unknown route there is that version's 404, not a missing header.
+        let (status, _) = send(raw.keyed(Method::GET, &format!("/{v}/workflows"))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    }
+    refused(
+        send(raw.api(Method::GET, "/forge/2021-12/user")).await,
+        "send no x-api-version",
+    );
+
+    // Forge: a create needs `name` and `email`, a PATCH `email` and `fullName`.
+    for body in [
+        json!({"email": "new@example.com"}),
+        json!({"name": null, "email": "new@example.com"}),
+        json!({"name": "New"}),
+        json!({"username": "new@example.com", "fullName": "New"}),
+    ] {
+        let create = raw.keyed(Method::POST, "/forge/2021-12/user").json(&body);
+        refused(send(create).await, "name and email are required");
+    }
+    refused(
+        send(
+            raw.keyed(Method::POST, "/forge/2021-12/user")
+                .json(&json!({"name": "New", "email": "  "})),
+        )
+        .await,
+        "email is required",
+    );
+    assert_eq!(sb.users().len(), 1, "a refused create makes nothing");
+    let (status, _) = send(
+        raw.keyed(Method::POST, "/forge/2021-12/user")
+            .json(&json!({"name": "", "email": "new@example.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "an empty name is a name");
+    for body in [
+        json!({"fullName": "Ada"}),
+        json!({"email": "ada@example.com"}),
+    ] {
+        let patch = raw
+            .keyed(Method::PATCH, &format!("/forge/2021-12/user/{ada}"))
+            .json(&body);
+        refused(send(patch).await, "email and fullName are required");
+    }
+    assert_eq!(
+        sb.users()[0].full_name,
+        None,
+        "a refused PATCH changes nothing"
+    );
+    // A taken email, in any letter case, with the configured status.
+    let (status, body) = send(
+        raw.keyed(Method::POST, "/forge/2021-12/user")
+            .json(&json!({"name": "Other", "email": "ADA@example.com"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(!body.to_string().to_lowercase().contains("ada@"), "{body}");
+
+    // What Forge lacks is no route: by email, batch, logs.
+    let not_found = StatusCode::NOT_FOUND;
+    for request in [
+        raw.keyed(Method::GET, "/forge/2021-12/user/ada@example.com"),
+        raw.keyed(Method::DELETE, &format!("/forge/2021-12/user/{ada}/logs")),
+        raw.keyed(Method::GET, "/forge/2021-12/users"),
+        raw.keyed(Method::GET, &format!("/forge/2021-12/user/{ada}/nothing")),
+    ] {
+        assert_eq!(send(request).await.0, not_found);
+    }
+    let (status, _) = send(
+        raw.keyed(Method::POST, "/forge/2021-12/user/batch")
+            .json(&json!({"users": [{"name": "B", "email": "b@example.com"}]})),
+    )
+    .await;
+    assert!(status.is_client_error(), "{status}");
+    assert_eq!(sb.users().len(), 2);
+
+    // The key, on every version.
+    for path in ["/2024-03/users", "/2023-12/users", "/forge/2021-12/user"] {
+        let status = send(raw.bare(Method::GET, path).bearer_auth("wrong"))
+            .await
+            .0;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+        let status = send(raw.bare(Method::GET, path)).await.0;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn faults_and_the_rate_limit_apply_to_every_version_alike() {
+    let sb = sandbox(SandboxOptions {
+        fail_rate: 1.0,
+        ..SandboxOptions::default()
+    })
+    .await;
+    let raw = Raw::new(&sb);
+    for request in [
+        raw.api(Method::GET, "/users"),
+        raw.keyed(Method::GET, "/2024-03/users"),
+        raw.keyed(Method::GET, "/2023-12/users"),
+        raw.keyed(Method::GET, "/forge/2021-12/user"),
+    ] {
+        assert!(send(request).await.0.is_server_error());
+    }
+    assert_eq!(sb.stats().failed, 4);
+    for v in ["2025-09", "2024-03", "2023-12", "2021-12"] {
+        assert_eq!(sb.stats().version_total(v), 1, "{v}");
+    }
+
+    // One window for all: a limit of 3 a second, spent across versions.
+    sb.update_faults(FaultUpdate {
+        fail_rate: Some(0.0),
+        rate_limit: Some(Some(3)),
+        ..FaultUpdate::default()
+    });
+    sb.reset_stats();
+    let statuses = [
+        send(raw.keyed(Method::GET, "/forge/2021-12/user")).await.0,
+        send(raw.keyed(Method::GET, "/2024-03/users")).await.0,
+        send(raw.api(Method::GET, "/users")).await.0,
+        send(raw.keyed(Method::GET, "/2023-12/users")).await.0,
+    ];
+    assert_eq!(statuses[..3], [StatusCode::OK; 3]);
+    assert_eq!(statuses[3], StatusCode::TOO_MANY_REQUESTS);
+
+    // A Forge create whose answer is cut was applied.
+    sb.update_faults(FaultUpdate {
+        rate_limit: Some(None),
+        drop_rate: Some(1.0),
+        ..FaultUpdate::default()
+    });
+    let cut = raw
+        .keyed(Method::POST, "/forge/2021-12/user")
+        .json(&json!({"name": "Cut", "email": "cut@example.com"}))
+        .send()
+        .await;
+    assert!(cut.is_err(), "the connection is cut");
+    assert_eq!(sb.users().len(), 1);
+
+    // Requests for one user overlap whichever versions they come by.
+    sb.update_faults(FaultUpdate {
+        drop_rate: Some(0.0),
+        latency_ms: Some(200),
+        ..FaultUpdate::default()
+    });
+    let id = sb.users()[0].user_id.clone();
+    let (a, b) = tokio::join!(
+        send(raw.keyed(Method::GET, &format!("/2024-03/users/{id}"))),
+        send(raw.keyed(Method::GET, &format!("/forge/2021-12/user/{id}"))),
+    );
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(sb.stats().overlapping_user_requests, 1);
+    assert_eq!(sb.stats().version_count("2021-12", routes::CREATE), 1);
+    assert_eq!(sb.stats().count(routes::CREATE, 0), 1, "counted as cut");
+    sb.shutdown().await;
 }
 
 /// The `sandbox` subcommand's options, parsed on their own.

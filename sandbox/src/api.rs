@@ -1,5 +1,6 @@
-//! The axum app: the API's routes and the admin routes, their handlers and
-//! the shapes of their JSON.
+//! The axum app: every version's routes and the admin routes, the handlers
+//! of 2025-09 and of the versions in the path (which share its shapes) and
+//! the shapes of their JSON. Forge's own are in `forge.rs`.
 
 use std::sync::Arc;
 
@@ -14,10 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::SandboxUser;
 use crate::directory::Directory;
-use crate::gate::gate;
+use crate::forge;
+use crate::gate::{Versioned, gate};
 use crate::ids::user_token;
 use crate::options::{FaultUpdate, present};
 use crate::state::{Shared, Taken, UpdateRefusal};
+use crate::version::Version;
 
 /// The most users one batch create may hold, as the API documents.
 const MAX_BATCH: usize = 1_000;
@@ -25,18 +28,33 @@ const MAX_BATCH: usize = 1_000;
 const USERNAME_TAKEN: &str = "A user with this username already exists";
 
 pub(crate) fn app(shared: Arc<Shared>, admin_token: Option<String>) -> Router {
-    let api = Router::new()
-        .route("/users/", post(create_user))
-        .route("/users", get(list_users))
-        .route("/users/batch", post(create_batch))
-        .route(
-            "/users/{id}",
-            get(get_user).put(update_user).delete(delete_user),
+    // Each version's routes behind a gate of its own, which knows the
+    // version; each with its own fallback, so that an unknown route under a
+    // version's prefix is that version's 404.
+    let gated = |routes: Router<Arc<Shared>>, version: Version| {
+        routes
+            .fallback(unknown_route)
+            .layer(middleware::from_fn_with_state(
+                Versioned {
+                    shared: shared.clone(),
+                    version,
+                },
+                gate,
+            ))
+    };
+    let api = gated(users_routes(Version::V2025_09), Version::V2025_09)
+        .nest(
+            Version::V2024_03.prefix(),
+            gated(users_routes(Version::V2024_03), Version::V2024_03),
         )
-        .route("/users/{id}/token", get(user_token_route))
-        .route("/users/{id}/logs", axum::routing::delete(delete_logs))
-        .fallback(unknown_route)
-        .layer(middleware::from_fn_with_state(shared.clone(), gate));
+        .nest(
+            Version::V2023_12.prefix(),
+            gated(users_routes(Version::V2023_12), Version::V2023_12),
+        )
+        .nest(
+            Version::V2021_12.prefix(),
+            gated(forge::routes(), Version::V2021_12),
+        );
     let admin = Router::new()
         .route("/_admin/stats", get(admin_stats))
         .route("/_admin/users", get(admin_users).post(admin_insert_user))
@@ -48,6 +66,26 @@ pub(crate) fn app(shared: Arc<Shared>, admin_token: Option<String>) -> Router {
             admin_token_checked,
         ));
     admin.merge(api).with_state(shared)
+}
+
+/// The routes of 2025-09 and of the versions in the path, which share its
+/// shapes; those create at `/users` as well as at `/users/`.
+fn users_routes(version: Version) -> Router<Arc<Shared>> {
+    let mut routes = Router::new()
+        .route("/users/", post(create_user))
+        .route("/users/batch", post(create_batch))
+        .route(
+            "/users/{id}",
+            get(get_user).put(update_user).delete(delete_user),
+        )
+        .route("/users/{id}/token", get(user_token_route))
+        .route("/users/{id}/logs", axum::routing::delete(delete_logs));
+    routes = if version == Version::V2025_09 {
+        routes.route("/users", get(list_users))
+    } else {
+        routes.route("/users", get(list_users).post(create_user))
+    };
+    routes
 }
 
 /// The admin routes change what the sandbox holds and how it fails: a write
@@ -109,11 +147,11 @@ pub(crate) fn message(status: StatusCode, text: &str) -> Response {
     (status, Json(Message { message: text })).into_response()
 }
 
-fn not_found() -> Response {
+pub(crate) fn not_found() -> Response {
     message(StatusCode::NOT_FOUND, "User not found")
 }
 
-fn bad_body() -> Response {
+pub(crate) fn bad_body() -> Response {
     message(
         StatusCode::BAD_REQUEST,
         "The request body is not the JSON this route expects",
@@ -146,9 +184,9 @@ pub(crate) struct WireUpdate {
 }
 
 #[derive(Serialize)]
-struct WireCreated<'a> {
+pub(crate) struct WireCreated<'a> {
     #[serde(rename = "userId")]
-    user_id: &'a str,
+    pub(crate) user_id: &'a str,
 }
 
 #[derive(Serialize)]
@@ -275,7 +313,10 @@ async fn update_user(
     }
 }
 
-async fn delete_user(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn delete_user(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Response {
     if shared.lock().delete(&id) {
         Json(WireSuccess { success: true }).into_response()
     } else {
@@ -283,7 +324,10 @@ async fn delete_user(State(shared): State<Arc<Shared>>, Path(id): Path<String>) 
     }
 }
 
-async fn user_token_route(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn user_token_route(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> Response {
     #[derive(Serialize)]
     struct Token {
         token: String,

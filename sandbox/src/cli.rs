@@ -137,6 +137,8 @@ pub async fn serve(args: SandboxArgs) -> anyhow::Result<()> {
     tracing::info!(
         addr = %sandbox.addr(),
         base_url = %sandbox.base_url(),
+        versions = "2025-09 at /users (x-api-version), 2024-03 at /2024-03/users, \
+                    2023-12 at /2023-12/users, 2021-12 at /forge/2021-12/user",
         rate_limit = ?args.rate_limit,
         retry_after = !args.no_retry_after,
         fail_rate = args.fail_rate,

@@ -1,6 +1,7 @@
-//! The gate every API request passes: latency, the rate limit, injected
-//! 5xx, auth and the version check before the route, the drop fault after
-//! it; and the count of requests in flight per user.
+//! The gate every API request passes, whatever its version: latency, the
+//! rate limit, injected 5xx, auth and the version check before the route,
+//! the drop fault after it; and the count of requests in flight per user.
+//! Each version's routes have a gate of their own, which knows the version.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,29 +16,38 @@ use crate::accept::ConnectionCut;
 use crate::api::message;
 use crate::routes;
 use crate::state::{Credentials, Refusal, Shared};
+use crate::version::Version;
+
+/// The state of one version's gate.
+#[derive(Clone)]
+pub(crate) struct Versioned {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) version: Version,
+}
 
 /// Applies latency, the rate limit, injected 5xx, auth, the version check,
 /// and after the route, the drop fault.
 pub(crate) async fn gate(
-    State(shared): State<Arc<Shared>>,
+    State(Versioned { shared, version }): State<Versioned>,
     request: Request,
     next: Next,
 ) -> Response {
     let route = routes::template(
+        version,
         request.method(),
         request
             .extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
-    let _in_flight = InFlight::enter(&shared, request.uri().path());
+    let _in_flight = InFlight::enter(&shared, version, request.uri().path());
     let latency = shared.latency.load(Ordering::Relaxed);
     if latency > 0 {
         tokio::time::sleep(Duration::from_nanos(latency)).await;
     }
     let admitted = shared
         .lock()
-        .admit(route, &Credentials::of(request.headers()));
+        .admit(version, route, &Credentials::of(request.headers()));
     if let Err(refusal) = admitted {
         return refusal_response(refusal);
     }
@@ -45,7 +55,7 @@ pub(crate) async fn gate(
     let response = next.run(request).await;
     let drop_it = shared
         .lock()
-        .finish(route, response.status().as_u16(), cut.is_some());
+        .finish(version, route, response.status().as_u16(), cut.is_some());
     if let (true, Some(ConnectionCut(token))) = (drop_it, cut) {
         token.cancel();
         // The connection task drops this future with the socket.
@@ -62,9 +72,14 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn enter(shared: &Arc<Shared>, path: &str) -> Self {
+    fn enter(shared: &Arc<Shared>, version: Version, path: &str) -> Self {
+        // A nested router sees its path without the version's prefix.
         let user = path
-            .strip_prefix("/users/")
+            .strip_prefix(version.prefix())
+            .unwrap_or(path)
+            .strip_prefix('/')
+            .and_then(|rest| rest.strip_prefix(version.collection()))
+            .and_then(|rest| rest.strip_prefix('/'))
             .and_then(|rest| rest.split('/').next())
             .filter(|user| !user.is_empty() && *user != "batch")
             .map(str::to_ascii_lowercase);
@@ -119,11 +134,20 @@ fn refusal_response(refusal: Refusal) -> Response {
         Refusal::Unauthorized => message(StatusCode::UNAUTHORIZED, "Unauthorized"),
         Refusal::MissingVersion => message(
             StatusCode::BAD_REQUEST,
-            "Missing x-api-version header: this API speaks version 2025-09",
+            "Missing x-api-version header: these routes speak version 2025-09 \
+             (older versions are under /2024-03/, /2023-12/ and /forge/2021-12/)",
         ),
         Refusal::UnknownVersion => message(
             StatusCode::BAD_REQUEST,
-            "Unsupported x-api-version: this API speaks version 2025-09",
+            "Unsupported x-api-version: these routes speak version 2025-09 \
+             (older versions are under /2024-03/, /2023-12/ and /forge/2021-12/)",
+        ),
+        Refusal::UnexpectedHeader(version) => message(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Version {} is in the path: send no x-api-version",
+                version.as_str()
+            ),
         ),
     }
 }

@@ -1,6 +1,15 @@
 //! `user-sync sandbox`: an in-memory simulator of the Embedded Users API
-//! (version 2025-09) with faults to inject, for the tests, the benchmarks and
-//! offline development.
+//! with faults to inject, for the tests, the benchmarks and offline
+//! development.
+//!
+//! It serves every documented version at once, over one set of users:
+//! 2025-09 at the root (`/users...`, `x-api-version: 2025-09` required),
+//! 2024-03 and 2023-12 under `/2024-03/` and `/2023-12/` (the same shapes,
+//! no header), and Forge under `/forge/2021-12/` (`/user`, `{_id, email,
+//! fullName}`, a create with `{name, email}`, a `PATCH` of both fields; no
+//! lookup by email, no batch, no logs call). A Forge user's `email` is the
+//! other versions' `username`. Each version refuses what its documentation
+//! says it needs (see `forge.rs` for Forge's).
 //!
 //! It answers what the contract (`embedded-api.md`) documents, and where the
 //! contract is silent it lets the caller choose: the status of a taken
@@ -13,7 +22,9 @@
 //!    one-second window, `429` beyond (with `Retry-After` unless disabled);
 //! 3. `fail_rate`: a `500`, `502` or `503` before anything is done;
 //! 4. `Authorization: Bearer <key>` (`401` when missing or wrong);
-//! 5. `x-api-version: 2025-09` (`400` when missing or unknown);
+//! 5. the version: for 2025-09 `x-api-version: 2025-09` (`400` when
+//!    missing or another), for the versions in the path no such header
+//!    (`400` when sent);
 //! 6. the route itself;
 //! 7. `drop_rate`, for creates, updates and deletes only, whatever their
 //!    answer: the change (if any) stays applied and the TCP connection is
@@ -23,6 +34,11 @@
 //! The cut is real because the sandbox runs its own accept loop: each
 //! connection carries a [`CancellationToken`] in its requests' extensions,
 //! and the connection task drops the socket when a handler triggers it.
+//!
+//! Faults, the rate limit's one window, the key and the counters are the
+//! same for every version; the counters key each request by its call as
+//! 2025-09 spells it ([`routes`]) and by the version it used
+//! ([`SandboxStats::versions`]).
 //!
 //! Routes under `/_admin/` need no key, skip every fault and are not
 //! counted: `GET stats`, `GET users`, `POST users`, `PUT faults`, `POST reset`.
@@ -48,7 +64,10 @@
 //! - `ids.rs`: user ids and tokens shaped like the API's.
 //! - `gate.rs`: the middleware that takes every API request through the
 //!   steps, and the answers to the requests it refuses.
-//! - `api.rs`: the axum router, its handlers and their JSON shapes.
+//! - `version.rs`: [`Version`], the versions served and where.
+//! - `api.rs`: the axum router, the handlers of 2025-09 and of the versions
+//!   in the path, and their JSON shapes.
+//! - `forge.rs`: Forge's routes, handlers and shapes.
 //! - `routes.rs`: the route templates that key the counters ([`routes`]).
 //! - `accept.rs`: the accept loop that can cut a connection.
 //! - `cli.rs`: `user-sync sandbox`: [`SandboxArgs`] and [`serve`].
@@ -58,12 +77,14 @@ mod api;
 mod cli;
 mod directory;
 mod faults;
+mod forge;
 mod gate;
 mod ids;
 mod options;
 pub mod routes;
 mod state;
 mod stats;
+mod version;
 
 use std::fmt;
 use std::io;
@@ -82,6 +103,7 @@ pub use directory::SandboxUser;
 pub use ids::IdFormat;
 pub use options::{FaultUpdate, SandboxOptions};
 pub use stats::SandboxStats;
+pub use version::Version;
 
 use crate::accept::accept_loop;
 use crate::api::app;

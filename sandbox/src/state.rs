@@ -17,21 +17,24 @@ use crate::faults::{Faults, Window, draw};
 use crate::ids::{IdFormat, IdMint, now_secs};
 use crate::options::FaultUpdate;
 use crate::routes;
-use crate::{SandboxStats, SandboxUser};
-
-/// The only version the sandbox speaks.
-const API_VERSION: &str = "2025-09";
+use crate::{SandboxStats, SandboxUser, Version};
 
 /// Workflow log entries a create makes.
 const LOG_ENTRIES_PER_CREATE: u32 = 3;
 
 /// Why a request was answered before reaching its route.
 pub(crate) enum Refusal {
-    RateLimited { retry_after: Option<u64> },
+    RateLimited {
+        retry_after: Option<u64>,
+    },
     ServerError(StatusCode),
     Unauthorized,
+    /// 2025-09 without `x-api-version`.
     MissingVersion,
+    /// 2025-09 with another version in `x-api-version`.
     UnknownVersion,
+    /// A version in the path, with an `x-api-version` it does not take.
+    UnexpectedHeader(Version),
 }
 
 /// What a request presented, read from its headers before taking the lock.
@@ -120,9 +123,11 @@ impl SandboxState {
         }
     }
 
-    /// Steps 2 to 5 of the crate docs, with their counting.
+    /// Steps 2 to 5 of the crate docs, with their counting, for a request
+    /// to `route` of `version`.
     pub(crate) fn admit(
         &mut self,
+        version: Version,
         route: &'static str,
         credentials: &Credentials<'_>,
     ) -> Result<(), Refusal> {
@@ -134,7 +139,7 @@ impl SandboxState {
             && self.admitted.count(now) >= u64::from(limit)
         {
             self.stats.rate_limited += 1;
-            self.stats.record(route, 429);
+            self.stats.record(version, route, 429);
             let retry_after = self
                 .faults
                 .retry_after
@@ -152,36 +157,46 @@ impl SandboxState {
             ];
             let status = STATUSES[self.fault_rng.random_range(0..STATUSES.len())];
             self.stats.failed += 1;
-            self.stats.record(route, status.as_u16());
+            self.stats.record(version, route, status.as_u16());
             return Err(Refusal::ServerError(status));
         }
         if credentials.bearer != Some(self.faults.api_key.as_str()) {
-            self.stats.record(route, 401);
+            self.stats.record(version, route, 401);
             return Err(Refusal::Unauthorized);
         }
-        match credentials.version {
-            Some(v) if v.trim_ascii() == API_VERSION.as_bytes() => Ok(()),
-            version => {
-                self.stats.record(route, 400);
-                Err(match version {
-                    None => Refusal::MissingVersion,
-                    Some(_) => Refusal::UnknownVersion,
-                })
+        let refusal = match (version.wants_header(), credentials.version) {
+            (true, Some(v)) if v.trim_ascii() == version.as_str().as_bytes() => None,
+            (true, None) => Some(Refusal::MissingVersion),
+            (true, Some(_)) => Some(Refusal::UnknownVersion),
+            (false, None) => None,
+            (false, Some(_)) => Some(Refusal::UnexpectedHeader(version)),
+        };
+        match refusal {
+            None => Ok(()),
+            Some(refusal) => {
+                self.stats.record(version, route, 400);
+                Err(refusal)
             }
         }
     }
 
     /// Counts a handled request's answer, and decides whether to cut it
     /// instead of sending it (step 7).
-    pub(crate) fn finish(&mut self, route: &'static str, status: u16, can_cut: bool) -> bool {
+    pub(crate) fn finish(
+        &mut self,
+        version: Version,
+        route: &'static str,
+        status: u16,
+        can_cut: bool,
+    ) -> bool {
         let cut = can_cut
             && routes::is_mutating(route)
             && draw(&mut self.fault_rng, self.faults.drop_rate);
         if cut {
             self.stats.dropped += 1;
-            self.stats.record(route, 0);
+            self.stats.record(version, route, 0);
         } else {
-            self.stats.record(route, status);
+            self.stats.record(version, route, status);
         }
         cut
     }

@@ -11,10 +11,10 @@ use url::Url;
 
 use super::raw::{Raw, RawSource};
 use super::{
-    ConfigError, ConflictSettings, ConsoleSettings, DatabaseSettings, DispatcherSettings,
-    EmbeddedSettings, GdprSettings, HttpSettings, LogSettings, RateLimitSettings, RedisSettings,
-    SUPPORTED_API_VERSIONS, Settings, SourceSettings, SourceTable, SourceTarget, SweeperSettings,
-    SyncSettings, WorkerSettings, database_kind, invalid,
+    ApiVersion, ConfigError, ConflictSettings, ConsoleSettings, DatabaseSettings,
+    DispatcherSettings, EmbeddedSettings, GdprSettings, HttpSettings, LogSettings,
+    RateLimitSettings, RedisSettings, Settings, SourceSettings, SourceTable, SourceTarget,
+    SweeperSettings, SyncSettings, WorkerSettings, database_kind, invalid,
 };
 
 impl Settings {
@@ -53,20 +53,13 @@ impl Settings {
             ));
         }
 
-        let base_url = Url::parse(raw.embedded.base_url.trim())
-            .map_err(|e| invalid("embedded.base_url", format!("not a URL ({e})")))?;
-        if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() {
-            return Err(invalid(
-                "embedded.base_url",
-                "expected an http:// or https:// URL",
-            ));
-        }
-        if !SUPPORTED_API_VERSIONS.contains(&raw.embedded.api_version.as_str()) {
-            return Err(invalid(
+        let api_version = ApiVersion::parse(&raw.embedded.api_version).ok_or_else(|| {
+            invalid(
                 "embedded.api_version",
-                format!("supported versions: {}", SUPPORTED_API_VERSIONS.join(", ")),
-            ));
-        }
+                format!("supported versions: {}", ApiVersion::supported()),
+            )
+        })?;
+        let base_url = check_base_url(&raw.embedded.base_url, api_version)?;
         let timeout = millis("embedded.timeout_ms", raw.embedded.timeout_ms)?;
         let connect_timeout = millis(
             "embedded.connect_timeout_ms",
@@ -129,7 +122,7 @@ impl Settings {
             },
             embedded: EmbeddedSettings {
                 base_url,
-                api_version: raw.embedded.api_version,
+                api_version,
                 api_key: header_safe("embedded.api_key", non_empty(raw.embedded.api_key))?,
                 timeout,
                 connect_timeout,
@@ -303,4 +296,36 @@ fn positive(key: &'static str, value: u64) -> Result<(), ConfigError> {
 fn millis(key: &'static str, value: u64) -> Result<Duration, ConfigError> {
     positive(key, value)?;
     Ok(Duration::from_millis(value))
+}
+
+/// `embedded.base_url`: scheme and host, with any prefix of the caller's
+/// own (a proxy's path); empty means the version's documented host. The
+/// version's path is the client's to add, so a base URL that ends in it
+/// (copied from an old client's configuration) is refused rather than
+/// doubled.
+fn check_base_url(raw: &str, version: ApiVersion) -> Result<Url, ConfigError> {
+    let raw = raw.trim();
+    let text = if raw.is_empty() {
+        version.default_base_url()
+    } else {
+        raw
+    };
+    let url =
+        Url::parse(text).map_err(|e| invalid("embedded.base_url", format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+        return Err(invalid(
+            "embedded.base_url",
+            "expected an http:// or https:// URL",
+        ));
+    }
+    let last = url
+        .path_segments()
+        .and_then(|mut segments| segments.rfind(|s| !s.is_empty()));
+    if last.is_some_and(|segment| ApiVersion::parse(segment).is_some()) {
+        return Err(invalid(
+            "embedded.base_url",
+            format!("give the scheme and host only: the client adds the path of version {version}"),
+        ));
+    }
+    Ok(url)
 }

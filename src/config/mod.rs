@@ -17,6 +17,7 @@
 //! them into settings in `checks` (`[webhooks]`, settings and checks, in
 //! `webhooks`).
 
+mod api_version;
 mod checks;
 mod raw;
 mod webhooks;
@@ -33,13 +34,11 @@ use url::Url;
 use crate::domain::ClaimCheck;
 use raw::Raw;
 
+pub use api_version::ApiVersion;
 pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 /// The compiled-in defaults: a binary copied alone still starts.
 const BUILT_IN_DEFAULTS: &str = include_str!("../../config/default.toml");
-
-/// The API versions this worker can speak.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &["2025-09"];
 
 /// A configuration problem, said in one line that names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -149,8 +148,10 @@ impl RedisSettings {
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedSettings {
+    /// Scheme and host (and any path prefix before the API's own paths):
+    /// the client adds the version's path. Defaults to the version's.
     pub base_url: Url,
-    pub api_version: String,
+    pub api_version: ApiVersion,
     /// `None` when unset; commands that call the API ask [`Self::api_key`].
     api_key: Option<SecretString>,
     pub timeout: Duration,
@@ -169,7 +170,7 @@ impl EmbeddedSettings {
     pub fn local(base_url: Url, api_key: SecretString) -> Self {
         Self {
             base_url,
-            api_version: SUPPORTED_API_VERSIONS[0].to_owned(),
+            api_version: ApiVersion::default(),
             api_key: Some(api_key),
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
@@ -533,7 +534,11 @@ mod tests {
             LookupBeforeCreate::AfterLostAnswer
         );
         assert_eq!(s.sync.clock_skew_margin, Duration::from_secs(1));
-        assert_eq!(s.embedded.api_version, "2025-09");
+        assert_eq!(s.embedded.api_version, ApiVersion::V2025_09);
+        assert_eq!(
+            s.embedded.base_url.as_str(),
+            "https://production.runalloy.com/"
+        );
     }
 
     #[test]
@@ -666,6 +671,56 @@ mod tests {
     }
 
     #[test]
+    fn the_base_url_follows_the_version_unless_set() {
+        let dir = empty_dir();
+        for (version, url) in [
+            ("2025-09", "https://production.runalloy.com/"),
+            ("2024-03", "https://embedded.runalloy.com/"),
+            ("2023-12", "https://embedded.runalloy.com/"),
+            ("2021-12", "https://api.runalloy.com/"),
+        ] {
+            let vars = env(&[("USER_SYNC__EMBEDDED__API_VERSION", version)]);
+            let s = Settings::load_from(dir.path(), &vars).unwrap();
+            assert_eq!(s.embedded.api_version.as_str(), version);
+            assert_eq!(s.embedded.base_url.as_str(), url, "{version}");
+        }
+        // Set, it wins, with its path prefix.
+        let vars = env(&[
+            ("USER_SYNC__EMBEDDED__API_VERSION", "2021-12"),
+            (
+                "USER_SYNC__EMBEDDED__BASE_URL",
+                "http://127.0.0.1:8787/proxy/",
+            ),
+        ]);
+        let s = Settings::load_from(dir.path(), &vars).unwrap();
+        assert_eq!(s.embedded.base_url.as_str(), "http://127.0.0.1:8787/proxy/");
+        // An unknown version names every supported one.
+        let vars = env(&[("USER_SYNC__EMBEDDED__API_VERSION", "2019-01")]);
+        let line = Settings::load_from(dir.path(), &vars)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            line.contains("embedded.api_version")
+                && line.contains("2025-09, 2024-03, 2023-12, 2021-12"),
+            "{line}"
+        );
+        // The version's own path is the client's to add, not the base URL's.
+        for (version, url) in [
+            ("2024-03", "https://embedded.runalloy.com/2024-03"),
+            ("2021-12", "https://api.runalloy.com/forge/2021-12/"),
+        ] {
+            let vars = env(&[
+                ("USER_SYNC__EMBEDDED__API_VERSION", version),
+                ("USER_SYNC__EMBEDDED__BASE_URL", url),
+            ]);
+            let line = Settings::load_from(dir.path(), &vars)
+                .unwrap_err()
+                .to_string();
+            assert!(line.contains("embedded.base_url"), "{line}");
+        }
+    }
+
+    #[test]
     fn invalid_values_fail_with_one_line_naming_the_key() {
         let dir = empty_dir();
         let cases = [
@@ -687,8 +742,13 @@ mod tests {
             ),
             (
                 "USER_SYNC__EMBEDDED__API_VERSION",
-                "2024-03",
+                "2022-01",
                 "embedded.api_version",
+            ),
+            (
+                "USER_SYNC__EMBEDDED__BASE_URL",
+                "https://embedded.runalloy.com/2025-09/",
+                "embedded.base_url",
             ),
             (
                 "USER_SYNC__RATE_LIMIT__SCOPE",

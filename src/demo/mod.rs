@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use user_sync_sandbox::{Sandbox, SandboxOptions};
 
 use crate::app::Worker;
-use crate::config::Settings;
+use crate::config::{ApiVersion, Settings};
 use crate::host::{self, BackfillOptions};
 use crate::storage::{Database, Reports, SqliteStore};
 
@@ -48,6 +48,15 @@ pub struct DemoArgs {
     /// Historical accounts to seed, 200 to 100000.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(i64).range(200..=100_000))]
     pub users: i64,
+    /// The API version the worker speaks (the sandbox serves them all):
+    /// 2025-09, 2024-03, 2023-12 or 2021-12.
+    #[arg(long, value_name = "VERSION", default_value = "2025-09", value_parser = parse_api_version)]
+    pub api_version: ApiVersion,
+}
+
+fn parse_api_version(text: &str) -> Result<ApiVersion, String> {
+    ApiVersion::parse(text)
+        .ok_or_else(|| format!("supported versions: {}", ApiVersion::supported()))
 }
 
 /// Runs the demo; prints as it goes and returns the report. `cancel`
@@ -99,13 +108,14 @@ async fn demo(
     .await
     .context("starting the sandbox")?;
     let database_url = format!("sqlite:{}", db_file.display());
-    let settings = settings(dir, &database_url, &api_key, &sandbox)?;
+    let settings = settings(dir, &database_url, &api_key, &sandbox, args.api_version)?;
     println!(
         "user-sync demo: a host product on SQLite ({}), the Embedded API simulated at {} \
-         ({SANDBOX_RATE} requests/s, {:.0}% server errors)",
+         ({SANDBOX_RATE} requests/s, {:.0}% server errors), spoken in version {}",
         db_file.display(),
         sandbox.base_url(),
-        FAIL_RATE * 100.0
+        FAIL_RATE * 100.0,
+        args.api_version
     );
 
     let database = Database::connect(&settings.database, 4).await?;
@@ -138,6 +148,12 @@ async fn demo(
         host::run_backfill(&settings, &options, &mut Vec::new(), cancel.clone()).await?;
     anyhow::ensure!(!cancel.is_cancelled(), "the demo was interrupted");
     let backfill_seconds = backfill_started.elapsed().as_secs_f64();
+    if backfilled.mode != options.mode.as_str() {
+        println!(
+            "   (version {} has no batch create: one create per user, at the rate limit)",
+            args.api_version
+        );
+    }
     println!(
         "   {} created, {} conflicts reported, {} closed accounts skipped, in {backfill_seconds:.1} s",
         backfilled.created,
@@ -169,6 +185,7 @@ async fn demo(
     );
 
     let report = summary::Report::gather(summary::Gathered {
+        api_version: args.api_version,
         store: &store,
         pool: &pool,
         sandbox: &sandbox,
@@ -201,12 +218,14 @@ fn settings(
     database_url: &str,
     api_key: &str,
     sandbox: &Sandbox,
+    api_version: ApiVersion,
 ) -> anyhow::Result<Settings> {
     let mut vars: HashMap<String, String> = HashMap::new();
     vars.insert("DATABASE_URL".into(), database_url.into());
     vars.insert("EMBEDDED_API_KEY".into(), api_key.into());
     for (key, value) in [
         ("EMBEDDED__BASE_URL", sandbox.base_url().to_string()),
+        ("EMBEDDED__API_VERSION", api_version.as_str().into()),
         ("HTTP__BIND", "127.0.0.1:0".into()),
         ("WORKER__CONCURRENCY", "8".into()),
         ("WORKER__MAX_ATTEMPTS", "20".into()),

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use sqlx::SqlitePool;
 use user_sync_sandbox::Sandbox;
 
+use crate::config::ApiVersion;
 use crate::domain::ConflictRow;
 use crate::host::Summary;
 use crate::storage::{Reports, SqliteStore};
@@ -16,6 +17,7 @@ use super::seed::{Burst, Seeded};
 
 /// What the report is made from.
 pub(super) struct Gathered<'a> {
+    pub api_version: ApiVersion,
     pub store: &'a SqliteStore,
     pub pool: &'a SqlitePool,
     pub sandbox: &'a Sandbox,
@@ -30,6 +32,8 @@ pub(super) struct Gathered<'a> {
 /// The demo's outcome.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// The version the worker spoke.
+    pub api_version: ApiVersion,
     pub accounts: i64,
     pub backfill_created: u64,
     pub backfill_conflicts: u64,
@@ -130,6 +134,7 @@ impl Report {
             ),
         ];
         Ok(Self {
+            api_version: g.api_version,
             accounts: g.seeded.accounts,
             backfill_created: g.backfilled.created,
             backfill_conflicts: g.backfilled.conflicts,
@@ -163,6 +168,7 @@ impl Report {
         let mut line = |label: &str, value: String| {
             out.push_str(&format!("  {label:<34} {value:>10}\n"));
         };
+        line("API version", self.api_version.to_string());
         line("host accounts seeded", self.accounts.to_string());
         line("Embedded users created", self.creates.to_string());
         line("  by the backfill", self.backfill_created.to_string());

@@ -18,8 +18,8 @@ pub use report::{
     Pause, RetryTarget, Status, UserRecord,
 };
 pub use state::{
-    ConflictReason, ErasureOutcome, EventKind, EventState, RESOLVED_BY_WORKER, Resolution,
-    UserState, WebhookKind,
+    ConflictReason, ErasureOutcome, EventKind, EventState, LogsSkipped, RESOLVED_BY_WORKER,
+    Resolution, UserState, WebhookKind,
 };
 
 use std::fmt;

@@ -160,12 +160,17 @@ pub struct ErasureRow {
     /// user was ever created.
     pub user_deleted_at: Option<DateTime<Utc>>,
     pub completed_at: DateTime<Utc>,
+    /// Why the logs of a user that existed were not deleted
+    /// (`domain::LogsSkipped`): `disabled`, or `no_logs_call` on an API
+    /// version without that call. `None` when they were, or no user was
+    /// ever created.
+    pub logs_skipped: Option<String>,
 }
 
 impl ErasureRow {
     /// Its columns, for a `SELECT`.
     pub const COLUMNS: &'static str = "id, host_user_id, embedded_user_id, event_id, outcome, \
-         requested_at, logs_deleted_at, user_deleted_at, completed_at";
+         requested_at, logs_deleted_at, user_deleted_at, completed_at, logs_skipped";
 }
 
 /// How many events ended in `state` within one minute (by `finished_at`):

@@ -243,6 +243,26 @@ impl ErasureOutcome {
     }
 }
 
+/// Why an erasure of an Embedded user left its workflow logs undeleted:
+/// recorded with the erasure, so that the proof says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogsSkipped {
+    /// `gdpr.delete_workflow_logs` is off.
+    Disabled,
+    /// The API version the worker speaks has no workflow-logs call
+    /// (2021-12): the logs stay in Embedded.
+    NoLogsCall,
+}
+
+impl LogsSkipped {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::NoLogsCall => "no_logs_call",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

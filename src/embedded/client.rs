@@ -2,33 +2,38 @@
 //!
 //! One pooled `reqwest` client per process, a timeout on every request, and
 //! every answer mapped to a typed outcome ([`ApiError`] for everything but
-//! success). What differs between API versions (paths, headers) sits behind
-//! [`Dialect`], so speaking another version is a new adapter, not a rewrite.
+//! success). What differs between API versions (routes, headers, the shapes
+//! of requests and answers) sits behind [`Dialect`]; what a version lacks
+//! ([`Offers`]), the client makes up for here, the same way whatever the
+//! version, so that nothing above it knows which version it talks to:
+//!
+//! - no lookup by username: [`EmbeddedClient::get_user`] by username reads
+//!   the list of users, streamed, and counts it in
+//!   `user_sync_api_lookups_by_listing_total` (a lost create's confirmation
+//!   and a refused create's holder cost one list each);
+//! - no batch create, no workflow-logs call: the call is refused before
+//!   anything is sent ([`ApiError::InvalidRequest`]); the backfill and the
+//!   erasure read [`EmbeddedClient::offers`] and never make it.
 //!
 //! Beside the calls, each in a file of its own: the dialects of the versions,
-//! the users the calls take and give back, the JSON shapes on the wire with
-//! the reading of a failed answer, and [`UserStream`], the users of a
-//! streamed `GET /users`.
+//! the users the calls take and give back, the answers every version shapes
+//! alike with the reading of a failed answer, and [`UserStream`], the users
+//! of a streamed `GET /users`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, RequestBuilder};
+use reqwest::RequestBuilder;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use url::Url;
 
-use super::dialect::{Dialect, Route, dialect_for};
+use super::dialect::{Call, Dialect, Offers, Request, dialect_for};
 use super::error::{ApiError, UnavailableCause};
-use super::stream::UserStream;
-use super::users::{BatchOutcome, EmbeddedUser, InvalidBatchUser, NewUser, UserRef, UserUpdate};
-use super::wire::{
-    Ignored, WireBatch, WireCreated, WireList, WireNewUser, WireToken, WireUpdate, WireUser,
-    error_for, malformed, retry_after, transport_error,
-};
-use crate::config::EmbeddedSettings;
-use crate::domain::{EmbeddedUserId, FullName, Username};
+use super::stream::{UserStream, read_list};
+use super::users::{BatchOutcome, EmbeddedUser, NewUser, UserRef, UserUpdate};
+use super::wire::{Ignored, error_for, parse, retry_after, transport_error};
+use crate::config::{ApiVersion, EmbeddedSettings};
+use crate::domain::{EmbeddedUserId, Username};
 
 /// The most users one `POST /users/batch` accepts.
 pub const MAX_BATCH: usize = 1_000;
@@ -42,8 +47,9 @@ pub struct EmbeddedClient {
     /// Sent as `Authorization: Bearer`, exposed only while building a request.
     api_key: SecretString,
     dialect: Arc<dyn Dialect>,
-    /// The configured request timeout; a streamed list applies it to each
-    /// read instead of to the whole answer, which may be very large.
+    /// The configured request timeout; a streamed list applies it to its
+    /// answer's headers and to each read instead of to the whole answer,
+    /// which may be very large.
     timeout: Duration,
 }
 
@@ -51,7 +57,7 @@ impl std::fmt::Debug for EmbeddedClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedClient")
             .field("base_url", &self.base_url.as_str())
-            .field("version", &self.dialect.version())
+            .field("version", &self.dialect.version().as_str())
             .finish_non_exhaustive()
     }
 }
@@ -60,8 +66,7 @@ impl EmbeddedClient {
     pub fn new(settings: &EmbeddedSettings) -> anyhow::Result<Self> {
         use anyhow::Context;
         let api_key = settings.api_key()?.clone();
-        let dialect = dialect_for(&settings.api_version)
-            .with_context(|| format!("unsupported API version {}", settings.api_version))?;
+        let dialect = dialect_for(settings.api_version);
         anyhow::ensure!(
             !settings.base_url.cannot_be_a_base(),
             "embedded.base_url cannot be a base URL"
@@ -93,16 +98,25 @@ impl EmbeddedClient {
         &self.base_url
     }
 
-    /// `POST /users/`: creates a user and returns its id.
-    pub async fn create_user(&self, user: &NewUser) -> Result<EmbeddedUserId, ApiError> {
-        let created: WireCreated = self
-            .call(Method::POST, Route::Create, Some(&WireNewUser::from(user)))
-            .await?;
-        EmbeddedUserId::parse(&created.user_id).map_err(|_| malformed())
+    /// The version this client speaks.
+    pub fn version(&self) -> ApiVersion {
+        self.dialect.version()
     }
 
-    /// `POST /users/batch`: creates up to [`MAX_BATCH`] users. The API does not
-    /// return their ids; learn them with [`Self::list_users`].
+    /// What the version offers beyond the calls every version has.
+    pub fn offers(&self) -> Offers {
+        self.dialect.offers()
+    }
+
+    /// Creates a user and returns its id.
+    pub async fn create_user(&self, user: &NewUser) -> Result<EmbeddedUserId, ApiError> {
+        let body = self.call(&Call::Create(user)).await?;
+        self.dialect.read_created(&body)
+    }
+
+    /// Creates up to [`MAX_BATCH`] users, where the version offers a batch
+    /// create ([`Offers::batch_create`]). The API does not return their
+    /// ids; learn them with [`Self::list_users`].
     pub async fn create_users_batch(&self, users: &[NewUser]) -> Result<BatchOutcome, ApiError> {
         if users.is_empty() || users.len() > MAX_BATCH {
             return Err(ApiError::InvalidRequest(format!(
@@ -110,50 +124,37 @@ impl EmbeddedClient {
                 users.len()
             )));
         }
-        #[derive(Serialize)]
-        struct Body<'a> {
-            users: Vec<WireNewUser<'a>>,
-        }
-        let body = Body {
-            users: users.iter().map(WireNewUser::from).collect(),
-        };
-        let answer: WireBatch = self
-            .call(Method::POST, Route::UsersBatch, Some(&body))
-            .await?;
-        Ok(BatchOutcome {
-            invalid: answer
-                .invalid_users
-                .into_iter()
-                .map(|u| match u.username {
-                    Some(name) if !name.trim().is_empty() => {
-                        InvalidBatchUser::Username(Username::from_api(&name))
-                    }
-                    _ => InvalidBatchUser::Unnamed,
-                })
-                .collect(),
-        })
+        let body = self.call(&Call::CreateBatch(users)).await?;
+        self.dialect.read_batch(&body)
     }
 
-    /// `GET /users`: every user of the account.
+    /// Every user of the account, read whole.
     pub async fn list_users(&self) -> Result<Vec<EmbeddedUser>, ApiError> {
-        let list: WireList = self.call(Method::GET, Route::Users, None::<&()>).await?;
-        list.data.into_iter().map(EmbeddedUser::try_from).collect()
+        let body = self.call(&Call::List).await?;
+        read_list(self.dialect.as_ref(), &body)
     }
 
-    /// `GET /users`, read as a stream: the API documents no pagination, so
-    /// the answer may hold every user of the account. Users are parsed one
-    /// at a time as their bytes arrive; memory holds one user, not the list.
+    /// Every user of the account, read as a stream: the API documents no
+    /// pagination, so the answer may hold every user of the account. Users
+    /// are parsed one at a time as their bytes arrive; memory holds one
+    /// user, not the list.
     pub async fn list_users_stream(&self) -> Result<UserStream, ApiError> {
-        let url = self.dialect.url(&self.base_url, Route::Users);
-        let request = self
-            .dialect
-            .decorate(self.http.get(url).bearer_auth(self.api_key.expose_secret()))
-            // Each read has its own timeout (below); the whole answer may
-            // take long.
+        let request = self.request(&Call::List)?;
+        let template = request.template;
+        let method = request.method.clone();
+        let builder = self
+            .build(request)
+            // Each read has its own timeout (in the stream); the whole
+            // answer may take long.
             .timeout(LIST_STREAM_LIMIT);
         let started = Instant::now();
         let opened = async {
-            let response = request.send().await.map_err(transport_error)?;
+            let response = tokio::time::timeout(self.timeout, builder.send())
+                .await
+                .map_err(|_| ApiError::Unavailable {
+                    cause: UnavailableCause::Timeout,
+                })?
+                .map_err(transport_error)?;
             let status = response.status();
             if status.is_success() {
                 return Ok(response);
@@ -163,110 +164,133 @@ impl EmbeddedClient {
             Err(error_for(status, retry_after, &bytes))
         }
         .await;
-        let status_label = match &opened {
-            Ok(_) => "2xx".to_owned(),
-            Err(e) => status_label(e),
-        };
-        metrics::histogram!(
-            "user_sync_api_request_duration_seconds",
-            "method" => "GET",
-            "route" => Route::Users.template(),
-            "status" => status_label,
-        )
-        .record(started.elapsed().as_secs_f64());
-        Ok(UserStream::new(opened?, self.timeout))
+        record(&method, template, opened.as_ref().map(|_| ()), started);
+        Ok(UserStream::new(opened?, self.dialect.clone(), self.timeout))
     }
 
-    /// `GET /users/{userId}`, by id or by username.
+    /// A user by id, or by username. A version with no lookup by username
+    /// ([`Offers::lookup_by_username`]) reads the list instead: one
+    /// request still, but all the account's users in its answer.
     pub async fn get_user(&self, user: UserRef<'_>) -> Result<EmbeddedUser, ApiError> {
-        let wire: WireUser = self
-            .call(Method::GET, Route::User(user.segment()), None::<&()>)
-            .await?;
-        EmbeddedUser::try_from(wire)
+        if let UserRef::Username(username) = user
+            && !self.offers().lookup_by_username
+        {
+            return self.find_in_list(username).await;
+        }
+        let body = self.call(&Call::Get(user)).await?;
+        self.dialect.read_user(&body)
     }
 
-    /// `PUT /users/{userId}`: changes the username and/or the full name.
+    /// The user holding `username`, from the streamed list; `NotFound`
+    /// only once the whole list was read (a cut list is an error).
+    async fn find_in_list(&self, username: &Username) -> Result<EmbeddedUser, ApiError> {
+        metrics::counter!(
+            "user_sync_api_lookups_by_listing_total",
+            "version" => self.version().as_str(),
+        )
+        .increment(1);
+        let mut users = self.list_users_stream().await?;
+        while let Some(user) = users.next().await {
+            let user = user?;
+            if &user.username == username {
+                return Ok(user);
+            }
+        }
+        Err(ApiError::NotFound)
+    }
+
+    /// Changes the username and/or the full name.
     pub async fn update_user(
         &self,
         id: &EmbeddedUserId,
         update: &UserUpdate,
     ) -> Result<EmbeddedUser, ApiError> {
-        let body = WireUpdate {
-            username: update.username.as_ref().map(Username::as_str),
-            full_name: update.full_name.as_ref().map(FullName::as_str),
-        };
-        let wire: WireUser = self
-            .call(Method::PUT, Route::User(id.as_str()), Some(&body))
-            .await?;
-        EmbeddedUser::try_from(wire)
+        let body = self.call(&Call::Update(id, update)).await?;
+        self.dialect.read_updated(&body, id, update)
     }
 
-    /// `DELETE /users/{userId}`. `NotFound` is the caller's to read as success.
+    /// Deletes the user. `NotFound` is the caller's to read as success.
     pub async fn delete_user(&self, id: &EmbeddedUserId) -> Result<(), ApiError> {
-        let _: Ignored = self
-            .call(Method::DELETE, Route::User(id.as_str()), None::<&()>)
-            .await?;
-        Ok(())
+        let body = self.call(&Call::Delete(id)).await?;
+        parse::<Ignored>(&body).map(|_| ())
     }
 
-    /// `GET /users/{userId}/token`: a short-lived token for the Embedded modal.
-    /// Never cache it: it lives at most 30 minutes.
+    /// A short-lived token for the Embedded modal. Never cache it: it
+    /// lives at most 30 minutes.
     pub async fn user_token(&self, id: &EmbeddedUserId) -> Result<SecretString, ApiError> {
-        let wire: WireToken = self
-            .call(Method::GET, Route::UserToken(id.as_str()), None::<&()>)
-            .await?;
-        Ok(SecretString::from(wire.token))
+        let body = self.call(&Call::Token(id)).await?;
+        self.dialect.read_token(&body)
     }
 
-    /// `DELETE /users/{userId}/logs`: removes the user's workflow logs.
+    /// Removes the user's workflow logs, where the version offers it
+    /// ([`Offers::delete_logs`]).
     pub async fn delete_user_logs(&self, id: &EmbeddedUserId) -> Result<(), ApiError> {
-        let _: Ignored = self
-            .call(Method::DELETE, Route::UserLogs(id.as_str()), None::<&()>)
-            .await?;
-        Ok(())
+        let body = self.call(&Call::DeleteLogs(id)).await?;
+        parse::<Ignored>(&body).map(|_| ())
     }
 
-    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        route: Route<'_>,
-        body: Option<&B>,
-    ) -> Result<T, ApiError> {
-        let url = self.dialect.url(&self.base_url, route);
-        let mut request = self
+    /// The version's request for `call`, or `InvalidRequest` for a call it
+    /// does not offer: nothing is sent.
+    fn request(&self, call: &Call<'_>) -> Result<Request, ApiError> {
+        self.dialect.request(&self.base_url, call).ok_or_else(|| {
+            ApiError::InvalidRequest(format!("API version {} has no such call", self.version()))
+        })
+    }
+
+    fn build(&self, request: Request) -> RequestBuilder {
+        let mut builder = self
             .http
-            .request(method.clone(), url)
+            .request(request.method, request.url)
             .bearer_auth(self.api_key.expose_secret());
-        request = self.dialect.decorate(request);
-        if let Some(body) = body {
-            request = request.json(body);
+        builder = self.dialect.decorate(builder);
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
         }
+        builder
+    }
+
+    /// Sends `call` and returns the body of a successful answer.
+    async fn call(&self, call: &Call<'_>) -> Result<Vec<u8>, ApiError> {
+        let request = self.request(call)?;
+        let template = request.template;
+        let method = request.method.clone();
+        let builder = self.build(request);
         let started = Instant::now();
-        let result = self.exchange(request).await;
-        let status_label = match &result {
-            Ok(_) => "2xx".to_owned(),
-            Err(e) => status_label(e),
-        };
-        metrics::histogram!(
-            "user_sync_api_request_duration_seconds",
-            "method" => method.as_str().to_owned(),
-            "route" => route.template(),
-            "status" => status_label,
-        )
-        .record(started.elapsed().as_secs_f64());
+        let result = exchange(builder).await;
+        record(&method, template, result.as_ref().map(|_| ()), started);
         result
     }
+}
 
-    async fn exchange<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T, ApiError> {
-        let response = request.send().await.map_err(transport_error)?;
-        let status = response.status();
-        let retry_after = retry_after(response.headers());
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|_| malformed());
-        }
-        Err(error_for(status, retry_after, &bytes))
+async fn exchange(request: RequestBuilder) -> Result<Vec<u8>, ApiError> {
+    let response = request.send().await.map_err(transport_error)?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers());
+    let bytes = response.bytes().await.map_err(transport_error)?;
+    if status.is_success() {
+        return Ok(bytes.to_vec());
     }
+    Err(error_for(status, retry_after, &bytes))
+}
+
+/// The request's duration, by method, route and how it ended.
+fn record(
+    method: &reqwest::Method,
+    template: &'static str,
+    result: Result<(), &ApiError>,
+    started: Instant,
+) {
+    let status_label = match result {
+        Ok(()) => "2xx".to_owned(),
+        Err(e) => status_label(e),
+    };
+    metrics::histogram!(
+        "user_sync_api_request_duration_seconds",
+        "method" => method.as_str().to_owned(),
+        "route" => template,
+        "status" => status_label,
+    )
+    .record(started.elapsed().as_secs_f64());
 }
 
 /// The longest a streamed `GET /users` may take in all.

@@ -14,6 +14,7 @@ mod users;
 mod wire;
 
 pub use client::{EmbeddedClient, MAX_BATCH};
+pub use dialect::Offers;
 pub use error::{ApiError, UnavailableCause};
 pub use stream::UserStream;
 pub use users::{BatchOutcome, EmbeddedUser, InvalidBatchUser, NewUser, UserRef, UserUpdate};

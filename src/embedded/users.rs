@@ -20,11 +20,37 @@ impl From<&Profile> for NewUser {
     }
 }
 
-/// A change to an existing user; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A change to an existing user: what differs from what it holds, and
+/// only that (`None` leaves a field as it is).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserUpdate {
+    /// What the user holds before the change, as the worker last synced
+    /// it: a version whose update takes the user whole (Forge's `PATCH`)
+    /// sends these for the fields that do not change.
+    pub held: Profile,
     pub username: Option<Username>,
     pub full_name: Option<FullName>,
+}
+
+impl UserUpdate {
+    /// No field changes: no call is owed.
+    pub fn changes_nothing(&self) -> bool {
+        self.username.is_none() && self.full_name.is_none()
+    }
+
+    /// What the user holds once the update is applied.
+    pub fn result(&self) -> Profile {
+        Profile {
+            username: self
+                .username
+                .clone()
+                .unwrap_or_else(|| self.held.username.clone()),
+            full_name: self
+                .full_name
+                .clone()
+                .or_else(|| self.held.full_name.clone()),
+        }
+    }
 }
 
 /// A user as the API holds it.
@@ -52,8 +78,8 @@ pub enum UserRef<'a> {
     Username(&'a Username),
 }
 
-impl UserRef<'_> {
-    pub(super) fn segment(&self) -> &str {
+impl<'a> UserRef<'a> {
+    pub(super) fn segment(self) -> &'a str {
         match self {
             UserRef::Id(id) => id.as_str(),
             UserRef::Username(u) => u.as_str(),

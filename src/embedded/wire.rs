@@ -1,85 +1,22 @@
-//! What travels on the wire: the JSON bodies the Embedded API takes and
-//! sends, and how a failed answer (its status, `Retry-After` and message,
-//! or a broken transport) reads as an [`ApiError`].
-//!
-//! Kept apart from the client so that the calls speak only in the crate's
-//! types, and the stream of `GET /users` parses its users with the same
-//! shapes as the calls.
+//! What travels on the wire whatever the version: the answers every
+//! version shapes alike (`{userId}` for a create, `{token}`), the reading
+//! of a success body, and how a failed answer (its status, `Retry-After`
+//! and message, or a broken transport) reads as an [`ApiError`]. Each
+//! version's own shapes are its dialect's (`dialect/`).
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, UnavailableCause};
-use super::users::{EmbeddedUser, NewUser};
-use crate::domain::{EmbeddedUserId, FullName, Username, redact_emails};
-
-#[derive(Serialize)]
-pub(super) struct WireNewUser<'a> {
-    username: &'a str,
-    #[serde(rename = "fullName", skip_serializing_if = "Option::is_none")]
-    full_name: Option<&'a str>,
-}
-
-impl<'a> From<&'a NewUser> for WireNewUser<'a> {
-    fn from(user: &'a NewUser) -> Self {
-        Self {
-            username: user.username.as_str(),
-            full_name: user.full_name.as_ref().map(FullName::as_str),
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub(super) struct WireUpdate<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) username: Option<&'a str>,
-    #[serde(rename = "fullName", skip_serializing_if = "Option::is_none")]
-    pub(super) full_name: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct WireUser {
-    #[serde(rename = "userId")]
-    pub(super) user_id: String,
-    pub(super) username: String,
-    #[serde(rename = "fullName", default)]
-    pub(super) full_name: Option<String>,
-}
-
-impl TryFrom<WireUser> for EmbeddedUser {
-    type Error = ApiError;
-    fn try_from(wire: WireUser) -> Result<Self, ApiError> {
-        Ok(Self {
-            user_id: EmbeddedUserId::parse(&wire.user_id).map_err(|_| malformed())?,
-            username: Username::from_api(&wire.username),
-            full_name: wire.full_name.as_deref().map(FullName::from_api),
-        })
-    }
-}
+use crate::domain::redact_emails;
 
 #[derive(Deserialize)]
 pub(super) struct WireCreated {
     #[serde(rename = "userId")]
     pub(super) user_id: String,
-}
-
-#[derive(Deserialize)]
-pub(super) struct WireList {
-    pub(super) data: Vec<WireUser>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct WireBatch {
-    #[serde(rename = "invalidUsers", default)]
-    pub(super) invalid_users: Vec<WireInvalid>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct WireInvalid {
-    #[serde(default)]
-    pub(super) username: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +33,11 @@ struct WireMessage {
 /// Any JSON body, for calls whose answer carries nothing we need.
 #[derive(Deserialize)]
 pub(super) struct Ignored {}
+
+/// A success body read as `T`; anything else is a malformed answer.
+pub(super) fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|_| malformed())
+}
 
 pub(super) fn malformed() -> ApiError {
     ApiError::Unavailable {

@@ -115,12 +115,13 @@ pub async fn erase(
 }
 
 /// The columns of the proof, in this order, for every format.
-pub const PROOF_COLUMNS: [&str; 7] = [
+pub const PROOF_COLUMNS: [&str; 8] = [
     "host_user_id",
     "embedded_user_id",
     "outcome",
     "requested_at",
     "logs_deleted_at",
+    "logs_skipped",
     "user_deleted_at",
     "completed_at",
 ];
@@ -133,6 +134,9 @@ struct Proof<'a> {
     outcome: &'a str,
     requested_at: String,
     logs_deleted_at: Option<String>,
+    /// Why the logs of a user that existed were not deleted: `disabled`,
+    /// or `no_logs_call` (an API version without that call).
+    logs_skipped: Option<&'a str>,
     user_deleted_at: Option<String>,
     completed_at: String,
 }
@@ -149,12 +153,13 @@ impl<'a> Proof<'a> {
             outcome: &r.outcome,
             requested_at: utc(r.requested_at),
             logs_deleted_at: r.logs_deleted_at.map(utc),
+            logs_skipped: r.logs_skipped.as_deref(),
             user_deleted_at: r.user_deleted_at.map(utc),
             completed_at: utc(r.completed_at),
         }
     }
 
-    fn cells(&self) -> [String; 7] {
+    fn cells(&self) -> [String; 8] {
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
         [
             self.host_user_id.to_owned(),
@@ -162,6 +167,7 @@ impl<'a> Proof<'a> {
             self.outcome.to_owned(),
             self.requested_at.clone(),
             text(&self.logs_deleted_at),
+            self.logs_skipped.unwrap_or_default().to_owned(),
             text(&self.user_deleted_at),
             self.completed_at.clone(),
         ]
@@ -171,7 +177,7 @@ impl<'a> Proof<'a> {
 /// `user-sync erasures` in `format`.
 pub fn render_records(rows: &[ErasureRow], format: ListFormat) -> anyhow::Result<String> {
     let proofs: Vec<Proof<'_>> = rows.iter().map(Proof::of).collect();
-    let cells: Vec<[String; 7]> = proofs.iter().map(Proof::cells).collect();
+    let cells: Vec<[String; 8]> = proofs.iter().map(Proof::cells).collect();
     Ok(match format {
         ListFormat::Json => serde_json::to_string_pretty(&proofs)? + "\n",
         ListFormat::Csv => csv_of(&PROOF_COLUMNS, &cells)?,
@@ -354,6 +360,7 @@ mod tests {
             logs_deleted_at: None,
             user_deleted_at: None,
             completed_at: Utc::now(),
+            logs_skipped: None,
         };
         let out = erasures_csv(&[row]).expect("csv");
         let mut reader = csv::Reader::from_reader(out.as_bytes());
@@ -380,6 +387,7 @@ mod tests {
             logs_deleted_at: Some(at("2026-01-01T00:00:01Z")),
             user_deleted_at: Some(at("2026-01-01T00:00:02Z")),
             completed_at: at("2026-01-01T00:00:02.5Z"),
+            logs_skipped: None,
         }
     }
 
@@ -391,7 +399,7 @@ mod tests {
         assert_eq!(
             lines.next(),
             Some(
-                "'=cmd,e1,deleted,2026-01-01T00:00:00.000Z,2026-01-01T00:00:01.000Z,\
+                "'=cmd,e1,deleted,2026-01-01T00:00:00.000Z,2026-01-01T00:00:01.000Z,,\
                  2026-01-01T00:00:02.000Z,2026-01-01T00:00:02.500Z"
             ),
             "a formula-like id is neutralised"

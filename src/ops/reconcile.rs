@@ -346,6 +346,7 @@ impl<S: SyncStore + Store> Reconciler<S> {
             return Ok(FullNameFix::AlreadyInLine);
         }
         let update = UserUpdate {
+            held: held.clone(),
             username: None,
             full_name: Some(full_name.clone()),
         };

@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use std::future::Future;
 
 use crate::domain::{
-    ConflictReason, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Intent, Profile,
-    RESOLVED_BY_WORKER, Resolution, Synced, UserState, Username,
+    ConflictReason, EmbeddedUserId, ErasureOutcome, EventState, HostUserId, Intent, LogsSkipped,
+    Profile, RESOLVED_BY_WORKER, Resolution, Synced, UserState, Username,
 };
 use crate::storage::Claimed;
 use crate::storage::conflicts::NewConflict;
@@ -107,6 +107,7 @@ pub(crate) struct ErasureRow {
     pub logs_deleted_at: Option<DateTime<Utc>>,
     pub user_deleted_at: Option<DateTime<Utc>>,
     pub completed_at: DateTime<Utc>,
+    pub logs_skipped: Option<LogsSkipped>,
 }
 
 /// The steps of an erasure under way, per host user.
@@ -722,6 +723,7 @@ impl UserSession for MemorySession {
                     requested_at,
                     logs_deleted_at,
                     completed_at: now,
+                    logs_skipped: erasure.logs_skipped,
                 });
             }
             state.finish(erasure.closure_event_id, EventState::Applied, None);

@@ -43,8 +43,8 @@ use sqlx::SqlitePool;
 use crate::config::{DatabaseKind, DatabaseSettings};
 use crate::domain::{
     ConflictRow, ConflictStatus, EmbeddedUserId, ErasureOutcome, ErasureRow, EventFilter,
-    EventState, FinishedInMinute, FullName, HostUserId, Intent, Pause, Profile, RetryTarget,
-    Status, UserRecord, UserState, Username,
+    EventState, FinishedInMinute, FullName, HostUserId, Intent, LogsSkipped, Pause, Profile,
+    RetryTarget, Status, UserRecord, UserState, Username,
 };
 
 pub use conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
@@ -171,6 +171,8 @@ pub struct Erasure<'a> {
     pub embedded_user_id: Option<&'a EmbeddedUserId>,
     pub closure_event_id: i64,
     pub outcome: ErasureOutcome,
+    /// Why the user's workflow logs were not deleted, when they were not.
+    pub logs_skipped: Option<LogsSkipped>,
 }
 
 /// One host user's rows, under that user's lock. Every write commits on
@@ -313,11 +315,13 @@ pub trait UserSession: Send {
         embedded_user_id: Option<&'a EmbeddedUserId>,
         closure_event_id: i64,
         outcome: ErasureOutcome,
+        logs_skipped: Option<LogsSkipped>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
         self.record_erasure(Erasure {
             embedded_user_id,
             closure_event_id,
             outcome,
+            logs_skipped,
         })
     }
     /// [`Self::erase`], its parts in one.

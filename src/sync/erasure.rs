@@ -9,8 +9,12 @@
 //! user. Each call's intent is recorded before it is sent, which is what
 //! lets these decisions tell a `404` of the worker's own earlier delete
 //! from a user someone else deleted.
+//!
+//! The logs are skipped when `gdpr.delete_workflow_logs` is off, or when
+//! the API version has no workflow-logs call (2021-12): the erasure deletes
+//! the user only, and its record says why the logs were not deleted.
 
-use crate::domain::ErasureOutcome;
+use crate::domain::{ErasureOutcome, LogsSkipped};
 use crate::retry::Stop;
 use crate::storage::ErasureSteps;
 
@@ -24,14 +28,31 @@ pub enum ErasureCall {
     DeleteUser,
 }
 
-/// What to call next, given the steps already taken and
-/// `gdpr.delete_workflow_logs`.
-pub fn next_call(steps: ErasureSteps, delete_logs: bool) -> ErasureCall {
-    if delete_logs && !steps.logs_deleted {
+/// Why an erasure does not delete the logs, from `gdpr.delete_workflow_logs`
+/// and whether the API version offers the call; `None` when it does.
+pub fn logs_skipped(delete_logs: bool, offered: bool) -> Option<LogsSkipped> {
+    match (delete_logs, offered) {
+        (false, _) => Some(LogsSkipped::Disabled),
+        (true, false) => Some(LogsSkipped::NoLogsCall),
+        (true, true) => None,
+    }
+}
+
+/// What to call next, given the steps already taken and why the logs are
+/// skipped, if they are ([`logs_skipped`]).
+pub fn next_call(steps: ErasureSteps, skipped: Option<LogsSkipped>) -> ErasureCall {
+    if skipped.is_none() && !steps.logs_deleted {
         ErasureCall::DeleteLogs
     } else {
         ErasureCall::DeleteUser
     }
+}
+
+/// What the erasure's record says of the logs: why they were skipped,
+/// unless an earlier attempt deleted them after all (its time is then in
+/// the record).
+pub fn recorded_skip(steps: ErasureSteps, skipped: Option<LogsSkipped>) -> Option<LogsSkipped> {
+    skipped.filter(|_| !steps.logs_deleted)
 }
 
 /// How an erasure ends when its user delete is answered: `deleted`
@@ -70,16 +91,43 @@ mod tests {
     }
 
     #[test]
-    fn the_logs_go_first_unless_turned_off_or_done() {
+    fn the_logs_go_first_unless_turned_off_not_offered_or_done() {
         for sent in [false, true] {
-            assert_eq!(next_call(steps(false, sent), true), ErasureCall::DeleteLogs);
-            assert_eq!(next_call(steps(true, sent), true), ErasureCall::DeleteUser);
+            let delete = logs_skipped(true, true);
+            assert_eq!(delete, None);
             assert_eq!(
-                next_call(steps(false, sent), false),
+                next_call(steps(false, sent), delete),
+                ErasureCall::DeleteLogs
+            );
+            assert_eq!(
+                next_call(steps(true, sent), delete),
                 ErasureCall::DeleteUser
             );
-            assert_eq!(next_call(steps(true, sent), false), ErasureCall::DeleteUser);
+            for (setting, offered, why) in [
+                (false, true, LogsSkipped::Disabled),
+                (false, false, LogsSkipped::Disabled),
+                (true, false, LogsSkipped::NoLogsCall),
+            ] {
+                let skipped = logs_skipped(setting, offered);
+                assert_eq!(skipped, Some(why));
+                assert_eq!(
+                    next_call(steps(false, sent), skipped),
+                    ErasureCall::DeleteUser
+                );
+                assert_eq!(
+                    next_call(steps(true, sent), skipped),
+                    ErasureCall::DeleteUser
+                );
+            }
         }
+    }
+
+    #[test]
+    fn the_record_says_why_the_logs_stayed_unless_they_went_earlier() {
+        let no_call = Some(LogsSkipped::NoLogsCall);
+        assert_eq!(recorded_skip(steps(false, false), no_call), no_call);
+        assert_eq!(recorded_skip(steps(true, false), no_call), None);
+        assert_eq!(recorded_skip(steps(false, true), None), None);
     }
 
     #[test]

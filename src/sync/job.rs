@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::{LookupBeforeCreate, SyncSettings, WorkerSettings};
 use crate::domain::{
-    ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, HostUserId, Profile, Synced,
-    UserState, Username,
+    ConflictReason, Desired, EmbeddedUserId, ErasureOutcome, HostUserId, LogsSkipped, Profile,
+    Synced, UserState, Username,
 };
 use crate::embedded::{ApiError, EmbeddedClient, NewUser, UserRef, UserUpdate};
 use crate::queue::{JobEvent, JobHandler, SyncJob};
@@ -458,16 +458,18 @@ async fn erase<S: SyncStore>(
     event: &OutboxEvent,
     id: Option<EmbeddedUserId>,
 ) -> anyhow::Result<Outcome> {
-    let erased = match &id {
-        None => ErasureOutcome::NeverCreated,
+    let (erased, logs_skipped) = match &id {
+        None => (ErasureOutcome::NeverCreated, None),
         Some(user) => match delete_in_steps(ctx, session, user).await? {
             Ok(erased) => erased,
             Err(stop) => return Ok(stopped(ctx, event, stop)),
         },
     };
-    session.erase(id.as_ref(), event.id, erased).await?;
+    session
+        .erase(id.as_ref(), event.id, erased, logs_skipped)
+        .await?;
     metrics::counter!("user_sync_erasures_total", "outcome" => erased.as_str()).increment(1);
-    tracing::info!(event_id = event.id, host_user_id = %host, outcome = erased.as_str(), "erasure complete");
+    tracing::info!(event_id = event.id, host_user_id = %host, outcome = erased.as_str(), logs_skipped = logs_skipped.map(LogsSkipped::as_str), "erasure complete");
     Ok(Outcome::Applied { ended: true })
 }
 
@@ -475,14 +477,19 @@ async fn erase<S: SyncStore>(
 /// before it. The first intent's commit is durable, and with it every
 /// outcome before it: what the deletes rely on (the user's mapping) is on
 /// disk before anything is deleted, so the proof names the user even after
-/// a crash of the database server. `Err` when a call must be tried again.
+/// a crash of the database server. Returns how it ended and, for the
+/// record, why the logs were skipped if they were; `Err` when a call must
+/// be tried again.
 async fn delete_in_steps<S: SyncStore>(
     ctx: &SyncContext<S>,
     session: &mut S::Session,
     user: &EmbeddedUserId,
-) -> anyhow::Result<Result<ErasureOutcome, Stop>> {
+) -> anyhow::Result<Result<(ErasureOutcome, Option<LogsSkipped>), Stop>> {
     let steps = session.erasure_steps(user).await?;
-    if erasure::next_call(steps, ctx.sync.delete_workflow_logs) == ErasureCall::DeleteLogs {
+    let skipped =
+        erasure::logs_skipped(ctx.sync.delete_workflow_logs, ctx.api.offers().delete_logs);
+    let recorded_skip = erasure::recorded_skip(steps, skipped);
+    if erasure::next_call(steps, skipped) == ErasureCall::DeleteLogs {
         session
             .record_erasure_step(user, ErasureStep::SendingLogsDelete)
             .await?;
@@ -499,13 +506,13 @@ async fn delete_in_steps<S: SyncStore>(
         .record_erasure_step(user, ErasureStep::SendingUserDelete)
         .await?;
     match call(ctx, || ctx.api.delete_user(user)).await {
-        Ok(()) => Ok(Ok(erasure::outcome_of_user_delete(
-            true,
-            steps.user_delete_sent,
+        Ok(()) => Ok(Ok((
+            erasure::outcome_of_user_delete(true, steps.user_delete_sent),
+            recorded_skip,
         ))),
-        Err(Stop::Api(ApiError::NotFound)) => Ok(Ok(erasure::outcome_of_user_delete(
-            false,
-            steps.user_delete_sent,
+        Err(Stop::Api(ApiError::NotFound)) => Ok(Ok((
+            erasure::outcome_of_user_delete(false, steps.user_delete_sent),
+            recorded_skip,
         ))),
         Err(stop) => {
             if !steps.user_delete_sent && erasure::did_nothing(&stop) {

@@ -15,7 +15,7 @@ use crate::config::{
     EmbeddedSettings, LookupBeforeCreate, RateLimitScope, RateLimitSettings, SyncSettings,
     WorkerSettings,
 };
-use crate::domain::{ConflictReason, ErasureOutcome, HostUserId, Intent, UserState};
+use crate::domain::{ConflictReason, ErasureOutcome, HostUserId, Intent, LogsSkipped, UserState};
 use crate::embedded::EmbeddedClient;
 use crate::queue::{JobEvent, SyncJob};
 use crate::ratelimit::ApiGate;
@@ -1068,6 +1068,7 @@ async fn an_erasure_deletes_the_workflow_logs_then_the_user() {
     assert_eq!(env.sandbox.workflow_logs(&user_id), 0);
     let erasure = &env.store.erasures()[0];
     assert_eq!(erasure.outcome, ErasureOutcome::Deleted);
+    assert_eq!(erasure.logs_skipped, None);
     let logs = erasure.logs_deleted_at.expect("the logs' time");
     let user = erasure.user_deleted_at.expect("the user's time");
     assert!(erasure.requested_at <= logs && logs <= user && user <= erasure.completed_at);
@@ -1089,6 +1090,7 @@ async fn with_workflow_logs_turned_off_only_the_user_is_deleted() {
     let erasure = &env.store.erasures()[0];
     assert_eq!(erasure.outcome, ErasureOutcome::Deleted);
     assert_eq!(erasure.logs_deleted_at, None);
+    assert_eq!(erasure.logs_skipped, Some(LogsSkipped::Disabled), "and why");
     assert!(erasure.user_deleted_at.is_some());
 }
 

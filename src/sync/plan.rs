@@ -42,6 +42,7 @@ pub fn plan(desired: &Desired, synced: &Synced) -> SyncPlan {
         (Desired::Present(profile), Synced::Nothing) => SyncPlan::Create(NewUser::from(profile)),
         (Desired::Present(want), Synced::Present { id, profile: have }) => {
             let update = UserUpdate {
+                held: have.clone(),
                 username: (want.username != have.username).then(|| want.username.clone()),
                 // A name removed on the host side is left as it is: the API
                 // has no documented way to clear it.
@@ -50,7 +51,7 @@ pub fn plan(desired: &Desired, synced: &Synced) -> SyncPlan {
                     _ => None,
                 },
             };
-            if update == UserUpdate::default() {
+            if update.changes_nothing() {
                 SyncPlan::Nothing
             } else {
                 SyncPlan::Update {
@@ -142,6 +143,7 @@ mod tests {
             SyncPlan::Update {
                 id: id("u1"),
                 update: UserUpdate {
+                    held: profile("a@x.io", Some("A")),
                     username: Some(Username::from_email("b@x.io").unwrap()),
                     full_name: None,
                 },
@@ -156,6 +158,7 @@ mod tests {
             SyncPlan::Update {
                 id: id("u1"),
                 update: UserUpdate {
+                    held: profile("a@x.io", None),
                     username: Some(Username::from_email("b@x.io").unwrap()),
                     full_name: FullName::parse_optional(Some("B")).unwrap(),
                 },
@@ -170,6 +173,7 @@ mod tests {
             SyncPlan::Update {
                 id: id("u1"),
                 update: UserUpdate {
+                    held: profile("a@x.io", Some("A")),
                     username: None,
                     full_name: FullName::parse_optional(Some("B")).unwrap(),
                 },

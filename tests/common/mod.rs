@@ -33,6 +33,49 @@ macro_rules! on_each_backend {
     };
 }
 
+/// Runs each named test on every API version, against the sandbox (which
+/// serves them all): 2025-09 on both backends, the older versions on
+/// SQLite only, since what differs between versions is the client's, not
+/// the storage's. One test function taking `(Backend, ApiVersion)`:
+/// `name::v2025_09_postgres`, `name::v2025_09_sqlite`, `name::v2024_03`,
+/// `name::v2023_12` and `name::v2021_12`.
+#[allow(unused_macros)]
+macro_rules! on_each_version {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::common::Backend;
+                use user_sync::config::ApiVersion;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn v2025_09_postgres() {
+                    super::$name(Backend::Postgres, ApiVersion::V2025_09).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn v2025_09_sqlite() {
+                    super::$name(Backend::Sqlite, ApiVersion::V2025_09).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn v2024_03() {
+                    super::$name(Backend::Sqlite, ApiVersion::V2024_03).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn v2023_12() {
+                    super::$name(Backend::Sqlite, ApiVersion::V2023_12).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn v2021_12() {
+                    super::$name(Backend::Sqlite, ApiVersion::V2021_12).await;
+                }
+            }
+        )*
+    };
+}
+
 /// `$body`, an expression over `$pool`, run on the test's pool of either
 /// backend: written once, typed for each.
 macro_rules! on_pool {
@@ -52,7 +95,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
-use user_sync::config::{EmbeddedSettings, Settings};
+use user_sync::config::{ApiVersion, EmbeddedSettings, Settings};
 use user_sync::domain::{FullName, Username};
 use user_sync::embedded::{EmbeddedClient, NewUser};
 use user_sync::storage::Database;
@@ -173,6 +216,8 @@ pub struct Env {
     pub redis_url: String,
     pub namespace: String,
     pub sandbox: Sandbox,
+    /// The API version the worker speaks to the sandbox.
+    pub version: ApiVersion,
 }
 
 impl Env {
@@ -185,6 +230,18 @@ impl Env {
     /// A migrated database on `backend` and a sandbox with `options`.
     pub async fn start_on(backend: Backend, options: SandboxOptions) -> Self {
         Self::start_with(backend, &admin_url(), &redis_url(), options).await
+    }
+
+    /// The same, with the worker speaking API version `version`.
+    pub async fn start_speaking(
+        backend: Backend,
+        version: ApiVersion,
+        options: SandboxOptions,
+    ) -> Self {
+        Self {
+            version,
+            ..Self::start_on(backend, options).await
+        }
     }
 
     /// The same on the PostgreSQL server of `admin` and the Redis at
@@ -233,6 +290,7 @@ impl Env {
             redis_url: redis.to_owned(),
             namespace: unique("test").replace('_', "-"),
             sandbox,
+            version: ApiVersion::default(),
         }
     }
 
@@ -245,6 +303,7 @@ impl Env {
         vars.insert("EMBEDDED_API_KEY".into(), KEY.into());
         for (key, value) in [
             ("EMBEDDED__BASE_URL", self.sandbox.base_url().to_string()),
+            ("EMBEDDED__API_VERSION", self.version.as_str().to_owned()),
             ("EMBEDDED__TIMEOUT_MS", "2000".into()),
             ("REDIS__NAMESPACE", self.namespace.clone()),
             ("HTTP__BIND", "127.0.0.1:0".into()),
@@ -570,7 +629,18 @@ pub fn rate_limited(per_second: u32, retry_after: bool) -> SandboxOptions {
 /// A client of `sandbox` sending the API key `key`, with the default
 /// request timeout or `timeout`.
 pub fn client_of(sandbox: &Sandbox, key: &str, timeout: Option<Duration>) -> EmbeddedClient {
+    client_speaking(sandbox, key, ApiVersion::default(), timeout)
+}
+
+/// [`client_of`], speaking API version `version`.
+pub fn client_speaking(
+    sandbox: &Sandbox,
+    key: &str,
+    version: ApiVersion,
+    timeout: Option<Duration>,
+) -> EmbeddedClient {
     let mut settings = EmbeddedSettings::local(sandbox.base_url(), SecretString::from(key));
+    settings.api_version = version;
     if let Some(timeout) = timeout {
         settings.timeout = timeout;
     }

@@ -18,7 +18,9 @@
 //!      answer has no ids, so after the scan one more `GET /users` snapshot
 //!      links every `creating` row to its user (`batch`);
 //!    - `--mode single`: one `signup` outbox event per user, carried out by
-//!      the pipeline's own job in this process (`single`).
+//!      the pipeline's own job in this process (`single`). An API version
+//!      without a batch create (2021-12) runs `--mode batch` this way, and
+//!      says so at the start.
 //!
 //! # Killed at any point, run again
 //!
@@ -82,7 +84,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Mode::Batch => "batch",
             Mode::Single => "single",
@@ -175,6 +177,7 @@ async fn run_on<D: BackfillDb, S: SyncStore>(
         store,
     } = opened;
     let client = EmbeddedClient::new(&settings.embedded)?;
+    let options = &mode_offered(options, &client);
     let gate = Arc::new(ApiGate::new(&settings.rate_limit));
     let total = source.count_open(db.conn()).await?;
     let started_at = db.tables().now().await?;
@@ -243,6 +246,22 @@ async fn run_on<D: BackfillDb, S: SyncStore>(
     );
     output.finish(&summary)?;
     Ok(summary)
+}
+
+/// The options as the API version allows: one without a batch create
+/// (2021-12) takes `--mode batch` as `--mode single`, one user at a time
+/// through the pipeline's job at the rate limit, and says so at the start.
+fn mode_offered(options: &BackfillOptions, client: &EmbeddedClient) -> BackfillOptions {
+    let mut options = options.clone();
+    if options.mode == Mode::Batch && !client.offers().batch_create {
+        tracing::warn!(
+            api_version = %client.version(),
+            "this API version has no batch create: the backfill creates one user at a time \
+             (--mode single), at the rate limit"
+        );
+        options.mode = Mode::Single;
+    }
+    options
 }
 
 /// A create waiting for its batch; its lock is held until the batch is

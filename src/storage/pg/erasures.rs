@@ -7,10 +7,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
 
-use crate::domain::{EmbeddedUserId, ErasureOutcome, ErasureRow, HostUserId, WebhookKind};
+use crate::domain::{EmbeddedUserId, ErasureRow, HostUserId, LogsSkipped, WebhookKind};
 use crate::storage::webhooks::erasure_completed;
 use crate::storage::{
-    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, Newest, PendingErasure,
+    Erasure, ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, Newest,
+    PendingErasure,
 };
 
 /// What the erasure under way of `host` has done to Embedded user `id`.
@@ -98,11 +99,15 @@ pub async fn record_step(
 pub async fn erase(
     conn: &mut PgConnection,
     host: &HostUserId,
-    embedded_user_id: Option<&EmbeddedUserId>,
-    closure_event_id: i64,
-    outcome: ErasureOutcome,
+    erasure: &Erasure<'_>,
 ) -> sqlx::Result<()> {
     use sqlx::Connection;
+    let Erasure {
+        embedded_user_id,
+        closure_event_id,
+        outcome,
+        logs_skipped,
+    } = *erasure;
     let mut tx = conn.begin().await?;
     sqlx::query(
         "INSERT INTO user_sync.users (host_user_id, state, last_event_id)
@@ -142,11 +147,11 @@ pub async fn erase(
     let recorded: Option<i64> = sqlx::query_scalar(
         "INSERT INTO user_sync.erasures
              (host_user_id, embedded_user_id, event_id, outcome, requested_at,
-              logs_deleted_at, user_deleted_at)
+              logs_deleted_at, user_deleted_at, logs_skipped)
          SELECT $1, $2, e.id, $3, e.occurred_at,
                 (SELECT s.logs_deleted_at FROM user_sync.erasure_steps s
                   WHERE s.host_user_id = $1 AND s.embedded_user_id = $2),
-                CASE WHEN $2 IS NOT NULL THEN now() END
+                CASE WHEN $2 IS NOT NULL THEN now() END, $5
          FROM user_sync.events e WHERE e.id = $4
          ON CONFLICT (event_id) DO NOTHING
          RETURNING id",
@@ -155,6 +160,7 @@ pub async fn erase(
     .bind(embedded_user_id.map(EmbeddedUserId::as_str))
     .bind(outcome.as_str())
     .bind(closure_event_id)
+    .bind(logs_skipped.map(LogsSkipped::as_str))
     .fetch_optional(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM user_sync.erasure_steps WHERE host_user_id = $1")

@@ -511,11 +511,13 @@ impl UserSession for BatchSession {
         erasure: Erasure<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
         let (host, user) = (self.host.clone(), erasure.embedded_user_id.cloned());
-        let (closure, outcome) = (erasure.closure_event_id, erasure.outcome);
         self.alone(move |conn| {
             Box::pin(async move {
-                crate::storage::pg::erasures::erase(conn, &host, user.as_ref(), closure, outcome)
-                    .await
+                let erasure = Erasure {
+                    embedded_user_id: user.as_ref(),
+                    ..erasure
+                };
+                crate::storage::pg::erasures::erase(conn, &host, &erasure).await
             })
         })
     }

@@ -6,10 +6,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 
-use crate::domain::{EmbeddedUserId, ErasureOutcome, ErasureRow, HostUserId, WebhookKind};
+use crate::domain::{EmbeddedUserId, ErasureRow, HostUserId, LogsSkipped, WebhookKind};
 use crate::storage::webhooks::erasure_completed as completed;
 use crate::storage::{
-    ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, Newest, PendingErasure,
+    Erasure, ErasureFilter, ErasureRequests, ErasureStep, ErasureSteps, Filed, Newest,
+    PendingErasure,
 };
 
 use super::now_text;
@@ -94,10 +95,14 @@ pub(super) async fn record_step(
 pub(super) async fn erase(
     pool: &SqlitePool,
     host: &HostUserId,
-    embedded_user_id: Option<&EmbeddedUserId>,
-    closure_event_id: i64,
-    outcome: ErasureOutcome,
+    erasure: Erasure<'_>,
 ) -> sqlx::Result<()> {
+    let Erasure {
+        embedded_user_id,
+        closure_event_id,
+        outcome,
+        logs_skipped,
+    } = erasure;
     let now = now_text();
     let host = host.as_str();
     let mut tx = pool.begin().await?;
@@ -134,11 +139,11 @@ pub(super) async fn erase(
     let recorded: Option<i64> = sqlx::query_scalar(
         "INSERT INTO user_sync_erasures
              (host_user_id, embedded_user_id, event_id, outcome, requested_at, completed_at,
-              logs_deleted_at, user_deleted_at)
+              logs_deleted_at, user_deleted_at, logs_skipped)
          SELECT ?1, ?2, e.id, ?3, e.occurred_at, ?5,
                 (SELECT s.logs_deleted_at FROM user_sync_erasure_steps s
                   WHERE s.host_user_id = ?1 AND s.embedded_user_id = ?2),
-                CASE WHEN ?2 IS NOT NULL THEN ?5 END
+                CASE WHEN ?2 IS NOT NULL THEN ?5 END, ?6
          FROM user_sync_events e WHERE e.id = ?4
          ON CONFLICT DO NOTHING
          RETURNING id",
@@ -148,6 +153,7 @@ pub(super) async fn erase(
     .bind(outcome.as_str())
     .bind(closure_event_id)
     .bind(&now)
+    .bind(logs_skipped.map(LogsSkipped::as_str))
     .fetch_optional(&mut *tx)
     .await?;
     sqlx::query("DELETE FROM user_sync_erasure_steps WHERE host_user_id = ?1")

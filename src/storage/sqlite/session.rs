@@ -198,9 +198,7 @@ impl UserSession for SqliteUserSession {
         &'a mut self,
         erasure: Erasure<'a>,
     ) -> impl Future<Output = sqlx::Result<()>> + Send {
-        let user = erasure.embedded_user_id;
-        let (closure, outcome) = (erasure.closure_event_id, erasure.outcome);
-        erasures::erase(&self.pool, &self.host, user, closure, outcome)
+        erasures::erase(&self.pool, &self.host, erasure)
     }
 
     fn release(self) -> impl Future<Output = sqlx::Result<()>> + Send {
