@@ -568,3 +568,94 @@ async fn the_queues_clean_up_keeps_jobs_scheduled_to_run_again() {
     assert!(!queue.holds_no_jobs().await.expect("look"));
     env.finish().await;
 }
+
+/// A `429` with a long `Retry-After` (the whole key throttled for 6 s):
+/// every process pauses all its calls until then instead of retrying on
+/// its own backoff, and then finishes, each user created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_retry_after_pauses_every_process() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let vars = process_vars_on_default_timings(&env);
+    let mut one = Proc::spawn(&vars, &["run"]);
+    let mut two = Proc::spawn(&vars, &["run"]);
+    one.ready().await;
+    two.ready().await;
+    env.sandbox.update_faults(user_sync_sandbox::FaultUpdate {
+        throttle_secs: Some(6),
+        ..user_sync_sandbox::FaultUpdate::default()
+    });
+    let throttled = Instant::now();
+    for i in 0..20 {
+        env.signup(&format!("p{i}"), &format!("pause{i}@example.com"), None)
+            .await;
+    }
+    // Both processes meet the throttle within its first second.
+    tokio::time::sleep_until((throttled + Duration::from_millis(1500)).into()).await;
+    let early = env.sandbox.stats().total_requests;
+    assert!(early > 0, "the processes met the throttle");
+    tokio::time::sleep_until((throttled + Duration::from_millis(5500)).into()).await;
+    let late = env.sandbox.stats().total_requests;
+    assert_eq!(late, early, "no call while Retry-After holds");
+    env.settle(RECOVERY).await;
+    each_created_once(&env, 20);
+    for proc in [one, two] {
+        let (status, log) = proc.terminate(Duration::from_secs(20)).await;
+        assert!(status.success(), "{status}\n{log}");
+    }
+    env.finish().await;
+}
+
+/// The key revoked between a lookup and the create it cleared (the create
+/// before had met a server error, so its outcome was looked up first):
+/// the create meets `401`, calls pause, nothing fails, and once the key is
+/// back the user is created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_between_a_lookup_and_its_create_pauses_and_creates_once() {
+    use user_sync_sandbox::{FaultUpdate, routes};
+    let env = Env::start(SandboxOptions::default()).await;
+    env.fail_every_call(true);
+    let run = Running::with(
+        &env,
+        &[
+            ("USER_SYNC__WORKER__BACKOFF_BASE_MS", "500"),
+            ("USER_SYNC__WORKER__BACKOFF_CAP_MS", "1000"),
+        ],
+    )
+    .await;
+    let id = env.signup("l1", "lookup@example.com", None).await;
+    eventually(SETUP, "a create meets a server error", || async {
+        env.sandbox.stats().count(routes::CREATE, 500)
+            + env.sandbox.stats().count(routes::CREATE, 502)
+            + env.sandbox.stats().count(routes::CREATE, 503)
+            > 0
+    })
+    .await;
+    // The next call (the lookup) goes through; the one after (the create)
+    // meets a revoked key.
+    env.sandbox.update_faults(FaultUpdate {
+        fail_rate: Some(0.0),
+        revoke_key_after: Some(1),
+        ..FaultUpdate::default()
+    });
+    eventually(SETUP, "the create meets 401", || async {
+        env.sandbox.stats().count(routes::CREATE, 401) > 0
+    })
+    .await;
+    let stats = env.sandbox.stats();
+    assert!(
+        stats.count(routes::GET, 404) >= 1,
+        "looked up first: {stats:?}"
+    );
+    assert_eq!(env.event_state(id).await.0, "pending", "paused, not failed");
+    assert_eq!(stats.creates, 0);
+
+    env.sandbox.update_faults(FaultUpdate {
+        api_key: Some(common::KEY.into()),
+        ..FaultUpdate::default()
+    });
+    env.settle(RECOVERY).await;
+    assert_eq!(env.event_state(id).await.0, "applied");
+    each_created_once(&env, 1);
+    run.stop().await;
+    env.finish().await;
+}

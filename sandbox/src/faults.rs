@@ -27,6 +27,10 @@ pub(crate) struct Faults {
     pub(crate) drop_rate: f64,
     pub(crate) duplicate_status: StatusCode,
     pub(crate) refuse_rename: bool,
+    /// Every request is answered `429` until then.
+    pub(crate) throttled_until: Option<Instant>,
+    /// Accepted requests left before the key is revoked.
+    pub(crate) revoke_key_after: Option<u64>,
 }
 
 impl Faults {
@@ -40,6 +44,8 @@ impl Faults {
             drop_rate: check_probability("drop_rate", options.drop_rate)?,
             duplicate_status: check_duplicate_status(options.duplicate_status)?,
             refuse_rename: options.refuse_rename,
+            throttled_until: None,
+            revoke_key_after: None,
         })
     }
 
@@ -67,6 +73,13 @@ impl Faults {
         }
         if let Some(refuse) = update.refuse_rename {
             next.refuse_rename = refuse;
+        }
+        if let Some(requests) = update.revoke_key_after {
+            next.revoke_key_after = Some(requests);
+        }
+        if let Some(seconds) = update.throttle_secs {
+            next.throttled_until =
+                (seconds > 0).then(|| Instant::now() + Duration::from_secs(seconds));
         }
         Ok(next)
     }

@@ -112,6 +112,16 @@ pub struct FaultUpdate {
     pub duplicate_status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refuse_rename: Option<bool>,
+    /// Answers every request `429` for this many seconds from now, each with
+    /// `Retry-After` saying how many remain (a long throttle of the whole
+    /// key, as an API under maintenance gives); `0` ends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_secs: Option<u64>,
+    /// Revokes the key clients hold once this many more requests have been
+    /// accepted (`1`: the next one goes through, the one after meets `401`),
+    /// to land a revocation between two calls; `api_key` restores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_key_after: Option<u64>,
 }
 
 impl fmt::Debug for FaultUpdate {
@@ -125,6 +135,8 @@ impl fmt::Debug for FaultUpdate {
             .field("latency_ms", &self.latency_ms)
             .field("duplicate_status", &self.duplicate_status)
             .field("refuse_rename", &self.refuse_rename)
+            .field("throttle_secs", &self.throttle_secs)
+            .field("revoke_key_after", &self.revoke_key_after)
             .finish()
     }
 }

@@ -97,6 +97,9 @@ pub(crate) struct SandboxState {
     pub(crate) in_flight: HashMap<String, u32>,
 }
 
+/// The key in force once `revoke_key_after` has run out: no client has it.
+const REVOKED_KEY: &str = "revoked-by-the-sandbox";
+
 impl SandboxState {
     pub(crate) fn new(faults: Faults, seed: Option<u64>, id_format: IdFormat) -> Self {
         let (fault_rng, mut id_rng) = match seed {
@@ -135,6 +138,15 @@ impl SandboxState {
         self.stats.total_requests += 1;
         let received = self.received.record(now);
         self.stats.max_received_per_second = self.stats.max_received_per_second.max(received);
+        if let Some(until) = self.faults.throttled_until.filter(|until| *until > now) {
+            self.stats.rate_limited += 1;
+            self.stats.record(version, route, 429);
+            let left = until - now;
+            let retry_after = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(Refusal::RateLimited {
+                retry_after: Some(retry_after),
+            });
+        }
         if let Some(limit) = self.faults.rate_limit
             && self.admitted.count(now) >= u64::from(limit)
         {
@@ -172,7 +184,16 @@ impl SandboxState {
             (false, Some(_)) => Some(Refusal::UnexpectedHeader(version)),
         };
         match refusal {
-            None => Ok(()),
+            None => {
+                if let Some(left) = self.faults.revoke_key_after.as_mut() {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        self.faults.revoke_key_after = None;
+                        self.faults.api_key = REVOKED_KEY.to_owned();
+                    }
+                }
+                Ok(())
+            }
             Some(refusal) => {
                 self.stats.record(version, route, 400);
                 Err(refusal)

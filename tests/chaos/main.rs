@@ -78,6 +78,8 @@ const BASE_FAILURES: FaultUpdate = FaultUpdate {
     latency_ms: Some(2),
     duplicate_status: None,
     refuse_rename: None,
+    throttle_secs: None,
+    revoke_key_after: None,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
