@@ -25,9 +25,10 @@ use crate::domain::{
 };
 use crate::storage::Claimed;
 use crate::storage::conflicts::NewConflict;
-use crate::storage::events::{HolderProbe, NextEvent, OutboxEvent};
+use crate::storage::events::{HolderProbe, NextEvent, OutboxEvent, host_of_written};
 use crate::storage::sqlite::{UserLockGuard, UserLocks};
 use crate::storage::users::{Claim, HolderClaim, synced_from};
+use crate::storage::written::Written;
 use crate::storage::{
     Ending, Erasure, ErasureStep, ErasureSteps, Holding, Sessions, Snooze, SyncStore, UserSession,
 };
@@ -164,6 +165,7 @@ impl MemoryStore {
             occurred_at: now,
             attempts: 0,
             available_at: now,
+            unusable: Vec::new(),
         };
         let row = EventRow {
             event,
@@ -342,13 +344,13 @@ impl SyncStore for MemoryStore {
             .collect())
     }
 
-    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Result<HostUserId, String>>> {
         let state = lock(&self.state);
         Ok(state
             .events
             .get(&id)
             .filter(|e| e.state == PENDING)
-            .map(|e| e.event.host_user_id.clone()))
+            .map(|e| host_of_written(e.event.host_user_id.clone().map(Written::Text))))
     }
 
     async fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> sqlx::Result<()> {

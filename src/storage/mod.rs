@@ -29,6 +29,7 @@ mod pg;
 mod sqlite;
 mod users;
 mod webhooks;
+mod written;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -55,6 +56,7 @@ pub use erasures::{
 pub use events::{Claimed, HolderProbe, NextEvent, OutboxEvent};
 #[cfg(test)]
 pub(crate) use memory::{EventRow, MemoryStore, UserRow};
+pub use written::{Problem, Unusable, Written};
 // A job's batched statements on PostgreSQL, each for many users at once:
 // public for the tests that read how they reach their rows.
 pub use pg::{
@@ -116,13 +118,14 @@ pub trait SyncStore: Send + Sync + 'static {
         &'a self,
         hosts: &'a [HostUserId],
     ) -> impl Future<Output = sqlx::Result<Sessions<Self::Session>>> + Send;
-    /// The host user id the outbox row of event `id` holds, as the host
-    /// wrote it (`Some(None)` when it holds none), or `None` when the event
-    /// is not pending. A job only names events: what they are is read here.
+    /// The host user the outbox row of event `id` names, as the host wrote
+    /// it, or why it names no usable one (none, not text, too long...);
+    /// `None` when the event is not pending. A job only names events: what
+    /// they are is read here.
     fn host_of_pending(
         &self,
         id: i64,
-    ) -> impl Future<Output = sqlx::Result<Option<Option<String>>>> + Send;
+    ) -> impl Future<Output = sqlx::Result<Option<Result<HostUserId, String>>>> + Send;
     /// Ends an event that has no valid host user to lock.
     fn mark_invalid<'a>(
         &'a self,

@@ -143,7 +143,7 @@ impl SyncStore for PgStore {
         session::lock_each(&self.pool, hosts)
     }
 
-    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Result<HostUserId, String>>> {
         events::host_of_pending(&self.pool, id).await
     }
 

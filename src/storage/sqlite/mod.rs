@@ -353,7 +353,7 @@ impl SyncStore for SqliteStore {
             .collect())
     }
 
-    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Result<HostUserId, String>>> {
         events::host_of_pending(&self.pool, id).await
     }
 

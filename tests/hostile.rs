@@ -1,0 +1,373 @@
+//! What a careless host can write into the outbox and its users table:
+//! values no column type stops (a SQLite BLOB, bytes that are not UTF-8, a
+//! host id of kilobytes, an email of megabytes). None of it may make the
+//! host's own transaction fail, block the events beside it, or be read
+//! whole over and over.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::process::Running;
+use common::{Backend, Env};
+use rand::distr::{Alphanumeric, SampleString};
+use sqlx::Connection;
+use user_sync::domain::HostUserId;
+use user_sync::storage::{Database, SqliteStore, SyncStore, UserSession};
+use user_sync_sandbox::SandboxOptions;
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+on_each_backend!(
+    a_long_host_user_id_never_fails_the_hosts_insert,
+    a_ten_megabyte_email_ends_invalid_read_bounded,
+);
+
+/// Random letters and digits: a value no compression makes short.
+fn incompressible(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+/// Asserts that event `id` ended `invalid` with a reason that says
+/// `says` and does not repeat `value`.
+async fn invalid_saying(env: &Env, id: i64, says: &str, value: &str) {
+    let (state, reason) = env.event_state(id).await;
+    let reason = reason.unwrap_or_default();
+    assert_eq!(state, "invalid", "event {id}: {reason}");
+    assert!(reason.contains(says), "event {id}: {reason}");
+    assert!(!reason.contains(&value[..32.min(value.len())]), "{reason}");
+}
+
+async fn a_long_host_user_id_never_fails_the_hosts_insert(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let long = incompressible(10 * 1024);
+    // The host's insert, as its own code writes it: it must not fail.
+    let signup = env
+        .event(Some(&long), "signup", Some("long@example.com"), None)
+        .await;
+    let closure = env.event(Some(&long), "account_closure", None, None).await;
+    let good = env.signup("fine", "fine@example.com", None).await;
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+
+    for id in [signup, closure] {
+        invalid_saying(&env, id, "host_user_id is longer than 255", &long).await;
+    }
+    assert_eq!(env.event_state(good).await.0, "applied");
+    assert_eq!(env.sandbox.users().len(), 1);
+    let users = env
+        .scalar("SELECT count(*) FROM user_sync.users WHERE length(host_user_id) > 255")
+        .await;
+    assert_eq!(users, 0, "no user row for the long id");
+    run.stop().await;
+    env.finish().await;
+}
+
+async fn a_ten_megabyte_email_ends_invalid_read_bounded(backend: Backend) {
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    let huge = format!("{}@example.com", incompressible(10 * 1024 * 1024));
+    let signup = env.signup("big", &huge, Some("Big Email")).await;
+    // What a job reads of it: a bounded prefix, however long the value.
+    let host = HostUserId::parse("big").expect("an id");
+    let read = match &env.db_pool {
+        Database::Postgres(pool) => {
+            let mut conn = pool.acquire().await.expect("a connection");
+            let mut next = user_sync::storage::newest_pending_many(&mut conn, &["big"])
+                .await
+                .expect("the job's read");
+            next.pop().flatten().expect("the event")
+        }
+        Database::Sqlite(pool) => {
+            let store = SqliteStore::new(pool.clone());
+            let mut sessions = store.lock_users(&[host]).await.expect("locked");
+            let mut session = sessions.pop().flatten().expect("free");
+            let next = session.newest_pending().await.expect("the job's read");
+            session.release().await.expect("released");
+            next.expect("the event")
+        }
+    };
+    let email = read.event.email.clone().unwrap_or_default();
+    assert!(email.len() <= 4096, "the job read {} bytes", email.len());
+    assert!(
+        read.event.desired().is_err(),
+        "an email cut short is never taken for the whole"
+    );
+
+    let good = env.signup("fine", "fine@example.com", None).await;
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+    invalid_saying(&env, signup, "email is longer than", &huge).await;
+    assert_eq!(env.event_state(good).await.0, "applied");
+    assert_eq!(env.sandbox.users().len(), 1);
+    run.stop().await;
+    env.finish().await;
+}
+
+/// SQLite stores whatever it is given: a BLOB, or text whose bytes are not
+/// UTF-8 (a legacy Latin-1 value). Each such event ends `invalid` alone,
+/// with a reason, and the events claimed in the same batch, closures
+/// included, go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_sqlite_values_end_invalid_alone_and_their_batch_goes_on() {
+    let env = Env::start_on(Backend::Sqlite, SandboxOptions::default()).await;
+    let synced = env.signup("closing", "closing@example.com", None).await;
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+    assert_eq!(env.event_state(synced).await.0, "applied");
+    run.stop().await;
+
+    let Database::Sqlite(pool) = &env.db_pool else {
+        unreachable!("a SQLite test")
+    };
+    let insert = async |sql: &str| -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(pool)
+            .await
+            .expect("the host's insert")
+    };
+    // é in Latin-1 is the byte E9, which UTF-8 never has alone.
+    let latin1 = insert(
+        "INSERT INTO user_sync_events (host_user_id, kind, email)
+         VALUES ('latin', 'signup', CAST(X'636166E940782E696F' AS TEXT)) RETURNING id",
+    )
+    .await;
+    let blob_email = insert(
+        "INSERT INTO user_sync_events (host_user_id, kind, email)
+         VALUES ('blob', 'signup', X'626C6F6240782E696F') RETURNING id",
+    )
+    .await;
+    let blob_host = insert(
+        "INSERT INTO user_sync_events (host_user_id, kind, email)
+         VALUES (X'0102', 'signup', 'blobhost@x.io') RETURNING id",
+    )
+    .await;
+    let latin1_host = insert(
+        "INSERT INTO user_sync_events (host_user_id, kind, email)
+         VALUES (CAST(X'E9' AS TEXT), 'signup', 'latinhost@x.io') RETURNING id",
+    )
+    .await;
+    let blob_name = insert(
+        "INSERT INTO user_sync_events (host_user_id, kind, email, full_name)
+         VALUES ('name', 'signup', 'name@x.io', CAST(X'41E9' AS TEXT)) RETURNING id",
+    )
+    .await;
+    let bad_kind = insert(
+        "INSERT INTO user_sync_events (host_user_id, kind, email)
+         VALUES ('kind', X'00', 'kind@x.io') RETURNING id",
+    )
+    .await;
+    // A closure whose email the host filled with bytes: the closure needs
+    // no email, and the user is erased.
+    let closure = insert(
+        "INSERT INTO user_sync_events (host_user_id, kind, email)
+         VALUES ('closing', 'account_closure', X'FF') RETURNING id",
+    )
+    .await;
+    let good = env.signup("good", "good@example.com", None).await;
+
+    let run = Running::start(&env).await;
+    env.settle(SETTLE).await;
+    for (id, says) in [
+        (latin1, "email is not valid UTF-8"),
+        (blob_email, "email is not text"),
+        (blob_host, "host_user_id is not text"),
+        (latin1_host, "host_user_id is not valid UTF-8"),
+        (blob_name, "full_name is not valid UTF-8"),
+        (bad_kind, "kind is not text"),
+    ] {
+        let (state, reason) = env.event_state(id).await;
+        assert_eq!(state, "invalid", "event {id}: {reason:?}");
+        let reason = reason.unwrap_or_default();
+        assert!(reason.contains(says), "event {id}: {reason}");
+    }
+    assert_eq!(env.event_state(closure).await.0, "applied");
+    assert_eq!(env.event_state(good).await.0, "applied");
+    let users: Vec<String> = env
+        .sandbox
+        .users()
+        .into_iter()
+        .map(|u| u.username)
+        .collect();
+    assert_eq!(users, vec!["good@example.com".to_owned()]);
+    run.stop().await;
+    env.finish().await;
+}
+
+/// On PostgreSQL only a database of encoding SQL_ASCII stores bytes that
+/// are not text in its encoding; every value sent to the worker is then
+/// checked as UTF-8 by the server, and one such value in the outbox would
+/// make the dispatcher's claim fail for good. The worker refuses to be
+/// installed in such a database, and a worker started on one says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_ascii_database_is_refused_with_the_reason() {
+    let admin = common::admin_url();
+    let name = format!("user_sync_ascii_{:016x}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} ENCODING 'SQL_ASCII' TEMPLATE template0
+         LC_COLLATE 'C' LC_CTYPE 'C'"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("a SQL_ASCII database");
+    let url = format!("{}/{name}", &admin[..admin.rfind('/').expect("a database")]);
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let refused = Database::Postgres(pool.clone())
+        .migrate()
+        .await
+        .expect_err("refused");
+    let message = format!("{refused:#}");
+    assert!(message.contains("SQL_ASCII"), "{message}");
+    let schema: Option<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname = 'user_sync'")
+            .fetch_optional(&pool)
+            .await
+            .expect("read the catalog");
+    assert_eq!(schema, None, "nothing was created");
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("drop");
+}
+
+/// Migration 0009 on an outbox that already holds events, beside a host
+/// transaction that stays open: the hash index is built without stopping
+/// the host's other inserts (a plain `CREATE INDEX` would queue behind
+/// that transaction, and every insert behind it), a second `migrate` at
+/// the same time waits its turn instead of failing, the btree goes once
+/// the hash is valid, and the queries of a worker of the older version
+/// still reach their rows by an index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hash_index_is_built_beside_the_hosts_inserts_and_an_older_worker() {
+    let db = common::TestDb::create().await;
+    let pool = db.migrated_pool().await;
+    // The outbox as 0008 left it.
+    for sql in [
+        "CREATE INDEX events_by_user ON user_sync.events (host_user_id, id)",
+        "DROP INDEX user_sync.events_by_user_hash",
+        "DELETE FROM user_sync._sqlx_migrations WHERE version = 9",
+        "INSERT INTO user_sync.events (host_user_id, kind, email, state)
+         SELECT 'h' || (i % 5000), 'signup', 'u' || i || '@example.com', 'applied'
+         FROM generate_series(1, 50000) AS i",
+        "ANALYZE user_sync.events",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect(sql);
+    }
+    let insert = "INSERT INTO user_sync.events (host_user_id, kind) VALUES ($1, 'signup')";
+    let mut open = pool.begin().await.expect("the host's transaction");
+    sqlx::query(insert)
+        .bind("open")
+        .execute(&mut *open)
+        .await
+        .expect("an insert");
+
+    let (one, two) = (
+        Database::Postgres(pool.clone()),
+        Database::Postgres(db.pool().await),
+    );
+    let migrations = async { tokio::join!(one.migrate(), two.migrate()) };
+    let host = async {
+        common::eventually(
+            Duration::from_secs(20),
+            "the build waits for the host",
+            || async {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                 WHERE query LIKE '%CREATE INDEX%events_by_user_hash%' AND wait_event_type = 'Lock'
+                   AND datname = current_database()",
+                )
+                .fetch_one(&pool)
+                .await
+                .expect("pg_stat_activity");
+                waiting > 0
+            },
+        )
+        .await;
+        // While the build waits for the open transaction, the host goes on.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            sqlx::query(insert).bind("beside").execute(&pool),
+        )
+        .await
+        .expect("the host's insert does not wait for the index")
+        .expect("an insert");
+        open.commit().await.expect("the host commits");
+    };
+    let ((a, b), ()) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(migrations, host)
+    })
+    .await
+    .expect("the migrations end");
+    let (a, b) = (a.expect("a migration"), b.expect("a migration beside it"));
+    assert_eq!(a + b, 1, "0009 ran once");
+
+    let indexes: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT c.relname::text, i.indisvalid FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = 'user_sync.events'::regclass AND c.relname LIKE 'events_by_user%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the indexes");
+    assert_eq!(indexes, vec![("events_by_user_hash".to_owned(), true)]);
+    // The statements of a worker of the older version, which compare the
+    // host user id with `=` as this one's do: by the hash index.
+    for sql in [
+        "SELECT id FROM user_sync.events WHERE host_user_id = 'h42' ORDER BY id DESC LIMIT 1",
+        "SELECT max(n.id) FROM user_sync.events n WHERE n.host_user_id = 'h42'",
+        "SELECT e.id FROM unnest(ARRAY['h1', 'h2']) AS h(host) CROSS JOIN LATERAL (
+             SELECT * FROM user_sync.events e WHERE e.host_user_id = h.host
+               AND e.state = 'pending' ORDER BY e.id DESC LIMIT 1) e",
+        "UPDATE user_sync.events SET state = 'superseded'
+         WHERE host_user_id = 'h7' AND state = 'pending' AND id < 1000000",
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .fetch_all(&pool)
+            .await
+            .expect("a plan");
+        let plan = plan.join("\n");
+        assert!(plan.contains("events_by_user_hash"), "{sql}\n{plan}");
+    }
+    // The host's insert that the btree refused.
+    sqlx::query(insert)
+        .bind(incompressible(10 * 1024))
+        .execute(&pool)
+        .await
+        .expect("a long host id goes in");
+
+    // A build cut short leaves an invalid index behind: the next migrate
+    // builds it again instead of keeping it.
+    for sql in [
+        "UPDATE pg_index SET indisvalid = false
+         WHERE indexrelid = 'user_sync.events_by_user_hash'::regclass",
+        "DELETE FROM user_sync._sqlx_migrations WHERE version = 9",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect(sql);
+    }
+    assert_eq!(
+        Database::Postgres(pool.clone())
+            .migrate()
+            .await
+            .expect("migrate"),
+        1
+    );
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index
+         WHERE indexrelid = 'user_sync.events_by_user_hash'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the index");
+    assert!(valid, "built again");
+    pool.close().await;
+    db.drop_db().await;
+}
