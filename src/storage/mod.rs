@@ -56,7 +56,7 @@ pub use erasures::{
 pub use events::{Claimed, HolderProbe, NextEvent, OutboxEvent};
 #[cfg(test)]
 pub(crate) use memory::{EventRow, MemoryStore, UserRow};
-pub use written::{Problem, Unusable, Written};
+pub use written::{HOST_USER_ID_BOUND, KIND_BOUND, Problem, Unusable, VALUE_BOUND, Written};
 // A job's batched statements on PostgreSQL, each for many users at once:
 // public for the tests that read how they reach their rows.
 pub use pg::{
