@@ -795,3 +795,295 @@ mod properties {
         check(Backend::Postgres, 16);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The ops server: what a client, or hundreds, can hold
+// ---------------------------------------------------------------------------
+
+/// `GET path` on the ops server: status and body, or `None` when the
+/// connection was refused, closed or timed out.
+async fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    let response = http.get(format!("http://{addr}{path}")).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// Whether the server closed `stream` within `limit` (a read sees the end,
+/// or an error).
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // An answer (a 408 or a 503) before the close.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// A client that sends nothing, or its request head a byte at a time, is
+/// cut at `http.header_read_timeout_ms`; a connection past
+/// `http.max_connections` is closed at once; and the server goes on
+/// answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_server_cuts_slow_clients_and_caps_its_connections() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let env = Env::start_on(Backend::Sqlite, SandboxOptions::default()).await;
+    let run = Running::with(
+        &env,
+        &[
+            ("USER_SYNC__HTTP__HEADER_READ_TIMEOUT_MS", "1500"),
+            ("USER_SYNC__HTTP__MAX_CONNECTIONS", "8"),
+        ],
+    )
+    .await;
+    let addr = run.worker.ops_addr;
+    let started = tokio::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(TcpStream::connect(addr).await.expect("a connection"));
+    }
+    // Let the server accept all eight before the ninth comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ninth = TcpStream::connect(addr)
+        .await
+        .expect("accepted, then closed");
+    assert!(
+        closed_within(&mut ninth, Duration::from_millis(800)).await,
+        "a connection past the cap is closed at once"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "the machine was too slow for the timings of this test"
+    );
+    for stream in &mut silent {
+        assert!(
+            closed_within(stream, Duration::from_secs(5)).await,
+            "a client that sends nothing is cut"
+        );
+    }
+
+    // A byte every 300 ms: the head would take 12 s.
+    let mut slow = TcpStream::connect(addr).await.expect("a connection");
+    let started = tokio::time::Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: ops\r\nAccept: */*\r\n\r\n";
+    let mut cut = false;
+    for byte in head {
+        if slow.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        if closed_within(&mut slow, Duration::from_millis(300)).await {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the slow client was served");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "cut at the timeout"
+    );
+
+    let (status, body) = get(addr, "/healthz").await.expect("served");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    run.stop().await;
+    env.finish().await;
+}
+
+/// Hundreds of scrapes at once, and slow clients, while the pipeline runs,
+/// with the reads behind `/metrics` made slow (a transaction of the test
+/// holds a lock on a table they read and jobs never touch, as a large
+/// outbox's counts are slow): the scrapes wait for the ops server's own
+/// connections and are cut at the request timeout; every job gets its
+/// connection and every event is applied while they wait. The scrapes
+/// used to take every connection of the pipeline's pool, and held them
+/// until the lock went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_and_slow_clients_never_starve_the_jobs() {
+    use tokio::io::AsyncWriteExt;
+    let env = Env::start_on(Backend::Postgres, SandboxOptions::default()).await;
+    let run = Running::with(
+        &env,
+        &[
+            ("USER_SYNC__WORKER__CONCURRENCY", "4"),
+            ("USER_SYNC__DATABASE__MAX_CONNECTIONS", "8"),
+            ("USER_SYNC__HTTP__REQUEST_TIMEOUT_MS", "2000"),
+            ("USER_SYNC__HTTP__MAX_CONNECTIONS", "400"),
+        ],
+    )
+    .await;
+    let addr = run.worker.ops_addr;
+    let mut lock = env.pg().begin().await.expect("a transaction");
+    sqlx::query("LOCK TABLE user_sync.erasures IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("the lock");
+
+    let stop = CancellationToken::new();
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let stop = stop.clone();
+        load.spawn(async move {
+            let mut answers = 0u32;
+            while !stop.is_cancelled() {
+                if get(addr, "/metrics").await.is_some() {
+                    answers += 1;
+                }
+            }
+            answers
+        });
+    }
+    for _ in 0..50 {
+        let stop = stop.clone();
+        load.spawn(async move {
+            while !stop.is_cancelled() {
+                let Ok(mut slow) = tokio::net::TcpStream::connect(addr).await else {
+                    continue;
+                };
+                for byte in b"GET /metrics HTTP/1.1\r\n" {
+                    if stop.is_cancelled() || slow.write_all(&[*byte]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+            }
+            0
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut signups = Vec::new();
+    for i in 0..100 {
+        signups.push(
+            env.signup(&format!("s{i}"), &format!("s{i}@example.com"), None)
+                .await,
+        );
+    }
+    env.settle(Duration::from_secs(30)).await;
+    let attempts = env
+        .scalar("SELECT COALESCE(sum(attempts), 0)::int8 FROM user_sync.events")
+        .await;
+    assert_eq!(attempts, 0, "no job failed for want of a connection");
+    for id in signups {
+        assert_eq!(env.event_state(id).await.0, "applied");
+    }
+    // The scrapes were answered all along (503 once the request timeout
+    // cut a read the lock held), and none of them took a connection of
+    // the pipeline: the ops server's pool is two.
+    let ops_connections: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(env.pg())
+    .await
+    .expect("pg_stat_activity");
+    assert!(
+        ops_connections <= 2,
+        "{ops_connections} reads wait for the lock"
+    );
+    stop.cancel();
+    let mut answers = 0;
+    while let Some(joined) = load.join_next().await {
+        answers += joined.expect("a client");
+    }
+    assert!(answers > 0, "the scrapes were answered");
+    lock.rollback().await.expect("rollback");
+    let (status, _) = get(addr, "/metrics").await.expect("served");
+    assert_eq!(status, 200);
+    run.stop().await;
+    env.finish().await;
+}
+
+// ---------------------------------------------------------------------------
+// /readyz and the Embedded API
+// ---------------------------------------------------------------------------
+
+/// The settings of `env` with the Embedded API at `base_url`, with `key`.
+fn with_api(env: &Env, base_url: url::Url, key: &str) -> user_sync::config::Settings {
+    let mut settings = env.settings();
+    settings.embedded =
+        user_sync::config::EmbeddedSettings::local(base_url, secrecy::SecretString::from(key));
+    settings
+}
+
+async fn readiness(addr: std::net::SocketAddr) -> (u16, serde_json::Value) {
+    let (status, body) = get(addr, "/readyz").await.expect("served");
+    (status, serde_json::from_str(&body).expect("JSON"))
+}
+
+async fn started(settings: &user_sync::config::Settings) -> Running {
+    let shutdown = CancellationToken::new();
+    let worker = user_sync::app::Worker::start(settings, shutdown.clone())
+        .await
+        .expect("the worker starts");
+    Running { worker, shutdown }
+}
+
+/// `/readyz` says so when no request to the API can be built with the key
+/// (one with a newline no header can carry: the settings refuse it, a
+/// worker given it in code must not say it is ready) and when the API does
+/// not answer; and it costs the API's rate limit at most one request per
+/// `http.api_check_interval_ms`, none while the pipeline's own calls say
+/// the API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_when_no_request_can_be_built_or_sent_and_rarely_asks() {
+    let env = Env::start_on(Backend::Sqlite, SandboxOptions::default()).await;
+
+    let run = started(&with_api(
+        &env,
+        env.sandbox.base_url(),
+        "a key\nwith a newline",
+    ))
+    .await;
+    let (status, ready) = readiness(run.worker.ops_addr).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["api_key"], false, "{ready}");
+    run.stop().await;
+
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let down =
+        url::Url::parse(&format!("http://{}", nobody.local_addr().expect("addr"))).expect("a URL");
+    drop(nobody);
+    let run = started(&with_api(&env, down, common::KEY)).await;
+    let (status, ready) = readiness(run.worker.ops_addr).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(
+        ready,
+        serde_json::json!({"database": true, "queue": true, "api_key": true, "api": false})
+    );
+    run.stop().await;
+
+    env.sandbox.reset_stats();
+    let run = Running::start(&env).await;
+    let addr = run.worker.ops_addr;
+    for _ in 0..20 {
+        let (status, ready) = readiness(addr).await;
+        assert_eq!(status, 200, "{ready}");
+    }
+    assert_eq!(
+        env.sandbox.stats().total_requests,
+        1,
+        "one probe for twenty readiness checks"
+    );
+    run.stop().await;
+
+    // A worker whose pipeline has just called the API asks nothing.
+    let run = Running::start(&env).await;
+    env.signup("r1", "r1@example.com", None).await;
+    env.settle(SETTLE).await;
+    env.sandbox.reset_stats();
+    for _ in 0..10 {
+        assert_eq!(readiness(run.worker.ops_addr).await.0, 200);
+    }
+    assert_eq!(env.sandbox.stats().total_requests, 0);
+    run.stop().await;
+    env.finish().await;
+}

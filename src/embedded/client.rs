@@ -45,6 +45,10 @@ pub struct EmbeddedClient {
     /// The configured request timeout; a streamed list applies it to each
     /// read instead of to the whole answer, which may be very large.
     timeout: Duration,
+    /// When a call last ended, and whether the API answered it (any answer
+    /// but a 5xx): `/readyz` reads this instead of calling while it is
+    /// recent. Shared by the clones.
+    last_answer: Arc<std::sync::Mutex<Option<(Instant, bool)>>>,
 }
 
 impl std::fmt::Debug for EmbeddedClient {
@@ -86,11 +90,48 @@ impl EmbeddedClient {
             api_key,
             dialect,
             timeout: settings.timeout,
+            last_answer: Arc::default(),
         })
     }
 
     pub fn base_url(&self) -> &Url {
         &self.base_url
+    }
+
+    /// When a call of this client last ended, and whether the API answered
+    /// it (`false`: it could not be reached, the connection was cut, or it
+    /// answered a 5xx).
+    pub fn last_answer(&self) -> Option<(Instant, bool)> {
+        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Builds, without sending, a request as every call builds it: the base
+    /// URL, the key in its header, the version's headers. The error says
+    /// what cannot be sent, never the key.
+    pub fn check_request(&self) -> Result<(), ApiError> {
+        let url = self.dialect.url(&self.base_url, Route::Users);
+        let request = self
+            .dialect
+            .decorate(self.http.get(url).bearer_auth(self.api_key.expose_secret()));
+        request.build().map(|_| ()).map_err(|_| {
+            ApiError::InvalidRequest(
+                "no request can be built with embedded.api_key and embedded.base_url \
+                 (a header cannot carry the key)"
+                    .into(),
+            )
+        })
+    }
+
+    fn note_answer<T>(&self, result: &Result<T, ApiError>) {
+        let answered = match result {
+            Ok(_) => true,
+            // Not sent: says nothing of the API.
+            Err(ApiError::InvalidRequest(_)) => return,
+            Err(ApiError::Unavailable { cause }) => *cause == UnavailableCause::MalformedAnswer,
+            Err(_) => true,
+        };
+        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), answered));
     }
 
     /// `POST /users/`: creates a user and returns its id.
@@ -174,6 +215,7 @@ impl EmbeddedClient {
             "status" => status_label,
         )
         .record(started.elapsed().as_secs_f64());
+        self.note_answer(&opened);
         Ok(UserStream::new(opened?, self.timeout))
     }
 
@@ -254,6 +296,7 @@ impl EmbeddedClient {
             "status" => status_label,
         )
         .record(started.elapsed().as_secs_f64());
+        self.note_answer(&result);
         result
     }
 

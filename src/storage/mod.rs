@@ -560,11 +560,29 @@ pub enum Database {
 }
 
 impl Database {
-    /// Connects with at least `min_size` connections.
+    /// Connects with at least `min_size` connections (at most
+    /// `database.max_connections` when that is more).
     pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<Self> {
+        let size = settings.max_connections.max(min_size);
+        Self::connect_apart(settings, size, Duration::from_secs(10)).await
+    }
+
+    /// A pool of at most `size` connections, whose callers wait at most
+    /// `acquire_timeout` for one: the ops server's is one apart, so that
+    /// however many requests it serves, the pipeline's pool is never
+    /// theirs.
+    pub async fn connect_apart(
+        settings: &DatabaseSettings,
+        size: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(match settings.kind()? {
-            DatabaseKind::Postgres => Self::Postgres(pg::connect(settings, min_size).await?),
-            DatabaseKind::Sqlite => Self::Sqlite(sqlite::connect(settings, min_size).await?),
+            DatabaseKind::Postgres => {
+                Self::Postgres(pg::connect(settings, size, acquire_timeout).await?)
+            }
+            DatabaseKind::Sqlite => {
+                Self::Sqlite(sqlite::connect(settings, size, acquire_timeout).await?)
+            }
         })
     }
 
