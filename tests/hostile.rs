@@ -230,6 +230,11 @@ async fn a_sql_ascii_database_is_refused_with_the_reason() {
             .await
             .expect("read the catalog");
     assert_eq!(schema, None, "nothing was created");
+    let refused = Database::Postgres(pool.clone())
+        .check_current()
+        .await
+        .expect_err("run refuses it too");
+    assert!(format!("{refused:#}").contains("SQL_ASCII"), "{refused:#}");
     pool.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE {name} WITH (FORCE)"

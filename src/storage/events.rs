@@ -71,14 +71,14 @@ impl OutboxEvent {
 /// and decoded whatever it holds. [`Self::into_event`] makes the event.
 #[derive(sqlx::FromRow)]
 pub(super) struct WrittenEvent {
-    id: i64,
-    host_user_id: Option<Written>,
-    kind: Option<Written>,
-    email: Option<Written>,
-    full_name: Option<Written>,
-    occurred_at: DateTime<Utc>,
-    attempts: i32,
-    available_at: DateTime<Utc>,
+    pub(super) id: i64,
+    pub(super) host_user_id: Option<Written>,
+    pub(super) kind: Option<Written>,
+    pub(super) email: Option<Written>,
+    pub(super) full_name: Option<Written>,
+    pub(super) occurred_at: DateTime<Utc>,
+    pub(super) attempts: i32,
+    pub(super) available_at: DateTime<Utc>,
 }
 
 impl WrittenEvent {
