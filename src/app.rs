@@ -3,7 +3,8 @@
 //! A process runs the dispatcher, the sweeper, sync jobs (at most
 //! `worker.concurrency` API calls in flight among them), the auth probe,
 //! the deliverer of webhooks (when `webhooks.url` is set) and the ops HTTP
-//! server, until its shutdown token is cancelled (SIGTERM or
+//! server (on a database pool of its own), until its shutdown token is
+//! cancelled (SIGTERM or
 //! Ctrl-C from the command line). Shutdown stops taking work first, then
 //! gives the running jobs `worker.shutdown_timeout` to finish. Any number of
 //! processes may share one PostgreSQL database and one Redis; on SQLite
@@ -66,6 +67,14 @@ impl Worker {
         database
             .key_fingerprints(settings.fingerprint_key.as_ref())
             .await?;
+        // The ops server's routes read through a pool of their own: however
+        // many scrapes arrive, the pipeline's connections stay its own.
+        let ops_database = Database::connect_apart(
+            &settings.database,
+            settings.http.database_connections,
+            OPS_ACQUIRE_TIMEOUT,
+        )
+        .await?;
         let mut parts = Parts {
             settings,
             api,
@@ -73,6 +82,7 @@ impl Worker {
             tasks: JoinSet::new(),
             failure: Failure::default(),
             shutdown,
+            ops_store: ops_database.into_store(),
         };
         // The backend, chosen once: its storage and its queue, then every
         // part is started generically over them.
@@ -146,6 +156,9 @@ struct Parts<'a> {
     tasks: JoinSet<()>,
     failure: Failure,
     shutdown: CancellationToken,
+    /// The storage the ops server's routes read (and the console's API
+    /// writes) through: a pool apart (`http.database_connections`).
+    ops_store: Arc<dyn Store>,
 }
 
 impl Parts<'_> {
@@ -242,7 +255,7 @@ impl Parts<'_> {
                 tracing::info!("the operator API and console are served at /api/v1 and /console");
                 Some(Arc::new(ops::Console::new(
                     token,
-                    store.clone(),
+                    self.ops_store.clone(),
                     job_queue.clone(),
                     gate.clone(),
                     Arc::new(reconciler),
@@ -258,17 +271,22 @@ impl Parts<'_> {
                 None
             }
         };
-        let ops_addr = ops::serve(
-            settings.http.bind,
-            OpsState {
-                store: store.clone(),
-                queue: job_queue.clone(),
-                gate: gate.clone(),
-                console,
-            },
-            shutdown.clone(),
-        )
-        .await?;
+        let listener = ops::bind(&settings.http).await?;
+        let ops_addr = listener.local_addr()?;
+        let ops_state = OpsState {
+            store: self.ops_store.clone(),
+            queue: job_queue.clone(),
+            api: Arc::new(ops::ApiCheck::new(
+                self.api.clone(),
+                gate.clone(),
+                settings.http.api_check_interval,
+            )),
+            console,
+        };
+        self.spawn_part(
+            "ops server",
+            ops::serve(listener, ops_state, settings.http.clone(), shutdown.clone()),
+        );
 
         // Work stops being taken at once on shutdown; running jobs get the
         // grace period.
@@ -368,12 +386,17 @@ fn jobs_in_flight(settings: &Settings) -> usize {
 
 /// Connections: one per job slot (never more slots than
 /// `worker.concurrency`), plus the dispatcher, its listener, the sweeper and
-/// the ops server.
+/// the console's resolutions of conflicts (which need the process's own
+/// store). The ops server's routes have a pool of their own.
 fn pool_size(settings: &Settings) -> u32 {
     u32::try_from(settings.worker.concurrency)
         .unwrap_or(u32::MAX)
         .saturating_add(4)
 }
+
+/// How long a request of the ops server waits for one of its database
+/// connections before it is answered without the figures that needed one.
+const OPS_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often a process reads the deployment's pause: a pause stops every
 /// process's API calls within this (plus a call already under way).

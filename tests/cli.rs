@@ -543,7 +543,7 @@ async fn health_readiness_and_metrics(backend: Backend) {
     let ready: serde_json::Value = serde_json::from_str(&body).expect("readyz JSON");
     assert_eq!(
         ready,
-        serde_json::json!({"database": true, "queue": true, "api_key": true})
+        serde_json::json!({"database": true, "queue": true, "api_key": true, "api": true})
     );
 
     const EMAIL: &str = "metrics.person@example.com";
@@ -572,7 +572,9 @@ async fn health_readiness_and_metrics(backend: Backend) {
             let (status, body) = get(&http, addr, "/readyz").await;
             status == 503
                 && serde_json::from_str::<serde_json::Value>(&body).ok()
-                    == Some(serde_json::json!({"database": true, "queue": true, "api_key": false}))
+                    == Some(serde_json::json!({
+                        "database": true, "queue": true, "api_key": false, "api": true
+                    }))
         },
     )
     .await;

@@ -175,7 +175,29 @@ impl Settings {
                 adaptive: raw.rate_limit.adaptive,
                 max_requests_per_second: raw.rate_limit.max_requests_per_second,
             },
-            http: HttpSettings { bind },
+            http: HttpSettings {
+                bind,
+                header_read_timeout: millis(
+                    "http.header_read_timeout_ms",
+                    raw.http.header_read_timeout_ms,
+                )?,
+                request_timeout: millis("http.request_timeout_ms", raw.http.request_timeout_ms)?,
+                max_connections: usize::try_from(raw.http.max_connections)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid("http.max_connections", "must be at least 1"))?,
+                database_connections: {
+                    positive(
+                        "http.database_connections",
+                        u64::from(raw.http.database_connections),
+                    )?;
+                    raw.http.database_connections
+                },
+                api_check_interval: millis(
+                    "http.api_check_interval_ms",
+                    raw.http.api_check_interval_ms,
+                )?,
+            },
             log: LogSettings {
                 format: raw.log.format,
                 level: raw.log.level,

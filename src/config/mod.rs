@@ -299,9 +299,25 @@ pub struct RateLimitSettings {
     pub max_requests_per_second: u32,
 }
 
+/// The ops server of `user-sync run`, and what any one client, or many,
+/// can hold of it.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
+    /// A connection that has not sent a whole request head within this is
+    /// closed (a client sending headers a byte at a time, or nothing).
+    pub header_read_timeout: Duration,
+    /// A request not answered within this is answered `503`.
+    pub request_timeout: Duration,
+    /// Connections served at once; one more is closed at once.
+    pub max_connections: usize,
+    /// The ops server's own database connections (`/metrics`, `/readyz`,
+    /// the console's API): apart from the pipeline's, so that scrapes can
+    /// never take the connections jobs wait for.
+    pub database_connections: u32,
+    /// How long `/readyz` keeps its answer about the Embedded API (a request
+    /// that can be built and gets an answer) before asking again.
+    pub api_check_interval: Duration,
 }
 
 /// Where the host's users are, for `backfill` and `install-triggers`.

@@ -141,6 +141,11 @@ pub(super) struct RawRateLimit {
 #[derive(Deserialize)]
 pub(super) struct RawHttp {
     pub bind: String,
+    pub header_read_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_connections: u64,
+    pub database_connections: u32,
+    pub api_check_interval_ms: u64,
 }
 
 #[derive(Deserialize)]

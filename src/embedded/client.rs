@@ -51,6 +51,10 @@ pub struct EmbeddedClient {
     /// answer's headers and to each read instead of to the whole answer,
     /// which may be very large.
     timeout: Duration,
+    /// When a call last ended, and whether the API answered it (any answer
+    /// but a 5xx): `/readyz` reads this instead of calling while it is
+    /// recent. Shared by the clones.
+    last_answer: Arc<std::sync::Mutex<Option<(Instant, bool)>>>,
 }
 
 impl std::fmt::Debug for EmbeddedClient {
@@ -91,6 +95,7 @@ impl EmbeddedClient {
             api_key,
             dialect,
             timeout: settings.timeout,
+            last_answer: Arc::default(),
         })
     }
 
@@ -101,6 +106,39 @@ impl EmbeddedClient {
     /// The version this client speaks.
     pub fn version(&self) -> ApiVersion {
         self.dialect.version()
+    }
+
+    /// When a call of this client last ended, and whether the API answered
+    /// it (`false`: it could not be reached, the connection was cut, or it
+    /// answered a 5xx).
+    pub fn last_answer(&self) -> Option<(Instant, bool)> {
+        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Builds, without sending, a request as every call builds it: the base
+    /// URL, the key in its header, the version's headers. The error says
+    /// what cannot be sent, never the key.
+    pub fn check_request(&self) -> Result<(), ApiError> {
+        let request = self.request(&Call::List)?;
+        self.build(request).build().map(|_| ()).map_err(|_| {
+            ApiError::InvalidRequest(
+                "no request can be built with embedded.api_key and embedded.base_url \
+                 (a header cannot carry the key)"
+                    .into(),
+            )
+        })
+    }
+
+    fn note_answer<T>(&self, result: &Result<T, ApiError>) {
+        let answered = match result {
+            Ok(_) => true,
+            // Not sent: says nothing of the API.
+            Err(ApiError::InvalidRequest(_)) => return,
+            Err(ApiError::Unavailable { cause }) => *cause == UnavailableCause::MalformedAnswer,
+            Err(_) => true,
+        };
+        *self.last_answer.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), answered));
     }
 
     /// What the version offers beyond the calls every version has.
@@ -165,6 +203,7 @@ impl EmbeddedClient {
         }
         .await;
         record(&method, template, opened.as_ref().map(|_| ()), started);
+        self.note_answer(&opened);
         Ok(UserStream::new(opened?, self.dialect.clone(), self.timeout))
     }
 
@@ -258,6 +297,7 @@ impl EmbeddedClient {
         let started = Instant::now();
         let result = exchange(builder).await;
         record(&method, template, result.as_ref().map(|_| ()), started);
+        self.note_answer(&result);
         result
     }
 }

@@ -6,6 +6,17 @@
 //! than one page in memory. A custom query is paged the same way on its
 //! `host_user_id` column, as text.
 //!
+//! The host's rows are read as they are, not as they should be (see
+//! `storage::written`): values decoded whatever they hold and bounded in
+//! the SQL, so that a Latin-1 email or a name of megabytes is one row
+//! reported and skipped, never an error that stops the run at the same
+//! page every time. Where a page ends is the last row's id as the database
+//! holds it ([`PageKey`]: on SQLite an integer, text or a BLOB, and text
+//! whose bytes are not UTF-8), bound back in its own kind, so that the next
+//! page starts right after it. Rows without an id are in no page (SQLite
+//! sorts them first, and a first page of them alone ended the run): they
+//! are counted apart ([`HostTable::count_without_id`]) and reported.
+//!
 //! The table, the columns and the closed-account condition come from the
 //! operator's configuration, not from users: identifiers are quoted by
 //! PostgreSQL itself (`regclass`, `quote_ident`), and the condition and the
@@ -16,13 +27,79 @@ use std::future::Future;
 use sqlx::{PgConnection, SqliteConnection};
 
 use crate::config::{SourceTable, SourceTarget};
+use crate::storage::Written;
 
-/// One host user as the source holds it, before any parsing.
+/// One host user as the source holds it, before any parsing: each value
+/// read up to its bound (`storage::written`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct HostRow {
-    pub host_user_id: Option<String>,
-    pub email: Option<String>,
-    pub full_name: Option<String>,
+    pub host_user_id: Option<Written>,
+    pub email: Option<Written>,
+    pub full_name: Option<Written>,
+    /// The row's id as the database holds it: where the next page starts.
+    pub page_key: PageKey,
+}
+
+/// An id as the database holds it, to start the next page after it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PageKey {
+    Integer(i64),
+    Real(f64),
+    /// Text, its bytes as stored (on SQLite they need not be UTF-8).
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl PageKey {
+    /// The key as text: what PostgreSQL's keys are (`id::text`, UTF-8 in a
+    /// database the worker runs on).
+    fn as_text(&self) -> String {
+        match self {
+            Self::Integer(n) => n.to_string(),
+            Self::Real(x) => x.to_string(),
+            Self::Text(bytes) | Self::Blob(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        }
+    }
+}
+
+impl sqlx::Type<sqlx::Sqlite> for PageKey {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <Vec<u8> as sqlx::Type<sqlx::Sqlite>>::type_info()
+    }
+
+    fn compatible(_: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        true
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Sqlite> for PageKey {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        use sqlx::{Decode, TypeInfo, ValueRef};
+        let kind = value.type_info().name().to_owned();
+        Ok(match kind.as_str() {
+            "INTEGER" => Self::Integer(<i64 as Decode<sqlx::Sqlite>>::decode(value)?),
+            "REAL" => Self::Real(<f64 as Decode<sqlx::Sqlite>>::decode(value)?),
+            "TEXT" => Self::Text(<Vec<u8> as Decode<sqlx::Sqlite>>::decode(value)?),
+            _ => Self::Blob(<Vec<u8> as Decode<sqlx::Sqlite>>::decode(value)?),
+        })
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for PageKey {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+/// On PostgreSQL a page key is the id as text (`id::text`).
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for PageKey {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(Self::Text(value.as_bytes()?.to_vec()))
+    }
 }
 
 /// Why the source cannot be read, naming the key to fix.
@@ -53,13 +130,16 @@ pub enum SourceError {
 pub struct HostTable {
     /// The first page: no lower bound.
     first_page: String,
-    /// Every later page: `$1` is the last id of the page before, as text.
+    /// Every later page: `$1` rows from the last id of the page before
+    /// (`$2`, and its kind `$3` on SQLite), that id included.
     next_page: String,
     /// Open accounts, for the progress bar.
     count_open: String,
     /// Closed accounts, skipped (`None` for a query, which returns open
     /// accounts only).
     count_closed: Option<String>,
+    /// Open accounts without an id, in no page.
+    count_without_id: String,
     /// The table and its quoted columns, for the triggers.
     pub table: Option<CheckedTable>,
 }
@@ -169,8 +249,11 @@ impl HostTable {
             closed_condition: config.closed_condition.clone(),
         };
         let (open, name_expr) = (table.open(Dialect::Postgres), table.name(Dialect::Postgres));
+        // Each value up to its bound (`storage::written`).
         let select = format!(
-            "SELECT {id}::text AS host_user_id, {email}::text AS email, {name_expr} AS full_name
+            "SELECT substr({id}::text, 1, 256) AS host_user_id,
+                    substr({email}::text, 1, 1025) AS email,
+                    substr({name_expr}, 1, 1025) AS full_name, {id}::text AS page_key
              FROM {qualified}",
             id = table.id,
             email = table.email,
@@ -194,8 +277,10 @@ impl HostTable {
 
     async fn check_query(conn: &mut PgConnection, query: &str) -> Result<Self, SourceError> {
         let select = format!(
-            "SELECT q.host_user_id::text AS host_user_id, q.email::text AS email,
-                    q.full_name::text AS full_name
+            "SELECT substr(q.host_user_id::text, 1, 256) AS host_user_id,
+                    substr(q.email::text, 1, 1025) AS email,
+                    substr(q.full_name::text, 1, 1025) AS full_name,
+                    q.host_user_id::text AS page_key
              FROM ({query}) AS q"
         );
         let probe = format!("{select} LIMIT 0");
@@ -211,7 +296,13 @@ impl HostTable {
             });
         }
         let key = "q.host_user_id::text COLLATE \"C\"";
-        Ok(Self::of_query(query, &select, key, ("$1", "$2")))
+        Ok(Self::of_query(
+            query,
+            &select,
+            key,
+            ("$1", "$2"),
+            "q.host_user_id",
+        ))
     }
 
     /// The statements of a table source: `select` (its rows' columns)
@@ -224,27 +315,40 @@ impl HostTable {
     ) -> Self {
         let (id, qualified) = (&table.id, &table.qualified);
         Self {
-            first_page: format!("{select} WHERE {open} ORDER BY {id} LIMIT {limit}"),
+            first_page: format!(
+                "{select} WHERE {id} IS NOT NULL AND {open} ORDER BY {id} LIMIT {limit}"
+            ),
             next_page: format!(
-                "{select} WHERE {id} > {after} AND {open} ORDER BY {id} LIMIT {limit}"
+                "{select} WHERE {id} >= {after} AND {open} ORDER BY {id} LIMIT {limit}"
             ),
             count_open: format!("SELECT count(*) FROM {qualified} WHERE {open}"),
             count_closed: table
                 .closed_condition
                 .as_ref()
                 .map(|_| format!("SELECT count(*) FROM {qualified} WHERE NOT ({open})")),
+            count_without_id: format!(
+                "SELECT count(*) FROM {qualified} WHERE {id} IS NULL AND {open}"
+            ),
             table: Some(table),
         }
     }
 
     /// The statements of a query source: `select` over `query`, paged on
-    /// `key`, in a dialect's (limit, lower bound) parameters.
-    fn of_query(query: &str, select: &str, key: &str, (limit, after): (&str, &str)) -> Self {
+    /// `key`, in a dialect's (limit, lower bound) parameters; `id` is the
+    /// query's id column.
+    fn of_query(
+        query: &str,
+        select: &str,
+        key: &str,
+        (limit, after): (&str, &str),
+        id: &str,
+    ) -> Self {
         Self {
-            first_page: format!("{select} ORDER BY {key} LIMIT {limit}"),
-            next_page: format!("{select} WHERE {key} > {after} ORDER BY {key} LIMIT {limit}"),
+            first_page: format!("{select} WHERE {id} IS NOT NULL ORDER BY {key} LIMIT {limit}"),
+            next_page: format!("{select} WHERE {key} >= {after} ORDER BY {key} LIMIT {limit}"),
             count_open: format!("SELECT count(*) FROM ({query}) AS q"),
             count_closed: None,
+            count_without_id: format!("SELECT count(*) FROM ({query}) AS q WHERE {id} IS NULL"),
             table: None,
         }
     }
@@ -296,25 +400,31 @@ impl HostTable {
                     closed_condition: config.closed_condition.clone(),
                 };
                 let (open, name_expr) = (table.open(Dialect::Sqlite), table.name(Dialect::Sqlite));
+                // Each value up to its bound (`storage::written`); the id
+                // as the table holds it too, where the next page starts.
                 let select = format!(
-                    "SELECT CAST({id} AS TEXT) AS host_user_id, CAST({email} AS TEXT) AS email,
-                            {name_expr} AS full_name
+                    "SELECT substr(CAST({id} AS TEXT), 1, 256) AS host_user_id,
+                            substr(CAST({email} AS TEXT), 1, 1025) AS email,
+                            substr({name_expr}, 1, 1025) AS full_name, {id} AS page_key
                      FROM {qualified}",
                     id = table.id,
                     email = table.email,
                 );
-                // The id column's affinity applies to the bound text: ids
-                // compare as the column's type, in the order of its index.
-                Self::of_table(table, &select, &open, ("?1", "?2"))
+                // The last id, bound in its own kind ([`PageKey`]): ids
+                // compare as the column holds them, in the order of its
+                // index.
+                Self::of_table(table, &select, &open, ("?1", SQLITE_AFTER))
             }
             SourceTarget::Query(query) => {
                 let select = format!(
-                    "SELECT CAST(q.host_user_id AS TEXT) AS host_user_id,
-                            CAST(q.email AS TEXT) AS email, CAST(q.full_name AS TEXT) AS full_name
+                    "SELECT substr(CAST(q.host_user_id AS TEXT), 1, 256) AS host_user_id,
+                            substr(CAST(q.email AS TEXT), 1, 1025) AS email,
+                            substr(CAST(q.full_name AS TEXT), 1, 1025) AS full_name,
+                            CAST(q.host_user_id AS TEXT) AS page_key
                      FROM ({query}) AS q"
                 );
                 let key = "CAST(q.host_user_id AS TEXT)";
-                Self::of_query(query, &select, key, ("?1", "?2"))
+                Self::of_query(query, &select, key, ("?1", SQLITE_AFTER), "q.host_user_id")
             }
         };
         // The operator's SQL: see that it runs before anything else does.
@@ -336,12 +446,13 @@ impl HostTable {
         Ok(source)
     }
 
-    /// Up to `limit` host users after `after` (the last id of the page
-    /// before, `None` for the first page), in id order.
+    /// Up to `limit` host users with an id from `after` on (the last id of
+    /// the page before, whose rows come again first; `None` for the first
+    /// page), in id order.
     pub async fn page(
         &self,
         conn: &mut impl SourceConnection,
-        after: Option<&str>,
+        after: Option<&PageKey>,
         limit: u32,
     ) -> sqlx::Result<Vec<HostRow>> {
         let sql = match after {
@@ -354,6 +465,11 @@ impl HostTable {
     /// Open accounts.
     pub async fn count_open(&self, conn: &mut impl SourceConnection) -> sqlx::Result<u64> {
         conn.count(&self.count_open).await
+    }
+
+    /// Open accounts without an id: in no page, each one invalid.
+    pub async fn count_without_id(&self, conn: &mut impl SourceConnection) -> sqlx::Result<u64> {
+        conn.count(&self.count_without_id).await
     }
 
     /// Closed accounts of a table source; `None` for a query.
@@ -377,36 +493,33 @@ impl HostTable {
 /// it runs a [`HostTable`]'s statements, which are written in its dialect.
 pub trait SourceConnection: Send {
     /// The rows of a page statement, `limit` bound first and `after` (when
-    /// there is one) second.
+    /// there is one) after it, as the dialect's statements take it.
     fn rows<'a>(
         &'a mut self,
         sql: &'a str,
         limit: u32,
-        after: Option<&'a str>,
+        after: Option<&'a PageKey>,
     ) -> impl Future<Output = sqlx::Result<Vec<HostRow>>> + Send;
     /// The number a counting statement returns.
     fn count<'a>(&'a mut self, sql: &'a str) -> impl Future<Output = sqlx::Result<u64>> + Send;
 }
 
-impl<C> SourceConnection for C
-where
-    C: sqlx::Connection,
-    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
-    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
-    HostRow: for<'r> sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
-    (i64,): for<'r> sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
-    i64: sqlx::Type<C::Database> + for<'q> sqlx::Encode<'q, C::Database>,
-    for<'q> &'q str: sqlx::Type<C::Database> + sqlx::Encode<'q, C::Database>,
-{
+/// Where SQLite's next page starts: after `?2` in the kind `?3` says. Text
+/// is bound as its bytes and made text again here (its bytes need not be
+/// UTF-8, which a bound text must be); an integer, a real and a BLOB are
+/// bound as themselves.
+const SQLITE_AFTER: &str = "(CASE ?3 WHEN 'text' THEN CAST(?2 AS TEXT) ELSE ?2 END)";
+
+impl SourceConnection for PgConnection {
     async fn rows(
         &mut self,
         sql: &str,
         limit: u32,
-        after: Option<&str>,
+        after: Option<&PageKey>,
     ) -> sqlx::Result<Vec<HostRow>> {
         let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(i64::from(limit));
         match after {
-            Some(after) => query.bind(after),
+            Some(key) => query.bind(key.as_text()),
             None => query,
         }
         .fetch_all(self)
@@ -414,11 +527,45 @@ where
     }
 
     async fn count(&mut self, sql: &str) -> sqlx::Result<u64> {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(self)
-            .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        count(self, sql).await
     }
+}
+
+impl SourceConnection for SqliteConnection {
+    async fn rows(
+        &mut self,
+        sql: &str,
+        limit: u32,
+        after: Option<&PageKey>,
+    ) -> sqlx::Result<Vec<HostRow>> {
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(i64::from(limit));
+        match after {
+            Some(PageKey::Integer(n)) => query.bind(*n).bind("integer"),
+            Some(PageKey::Real(x)) => query.bind(*x).bind("real"),
+            Some(PageKey::Text(bytes)) => query.bind(bytes.clone()).bind("text"),
+            Some(PageKey::Blob(bytes)) => query.bind(bytes.clone()).bind("blob"),
+            None => query,
+        }
+        .fetch_all(self)
+        .await
+    }
+
+    async fn count(&mut self, sql: &str) -> sqlx::Result<u64> {
+        count(self, sql).await
+    }
+}
+
+async fn count<C>(conn: &mut C, sql: &str) -> sqlx::Result<u64>
+where
+    C: sqlx::Connection,
+    for<'c> &'c mut C: sqlx::Executor<'c, Database = C::Database>,
+    <C::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<C::Database>,
+    (i64,): for<'r> sqlx::FromRow<'r, <C::Database as sqlx::Database>::Row>,
+{
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(conn)
+        .await?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// An identifier as SQLite quotes it.

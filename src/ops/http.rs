@@ -1,27 +1,64 @@
 //! `/healthz`, `/readyz` and `/metrics` of `user-sync run`, and the
 //! console's routes when it is on.
+//!
+//! # What a client can hold
+//!
+//! The port is opened for probes and scrapes (`http.bind = 0.0.0.0` in a
+//! cluster), so what any client, or hundreds of them, can hold is bounded:
+//!
+//! - a connection that has not sent a whole request head within
+//!   `http.header_read_timeout_ms` is closed (hyper's own timer: axum's
+//!   `serve` sets none, so the connections are served here, below it);
+//! - a request not answered within `http.request_timeout_ms` is answered
+//!   `503`;
+//! - at most `http.max_connections` connections are served at once, and
+//!   one more is closed as soon as it is accepted;
+//! - the routes that read the database (`/metrics`, `/readyz`, the
+//!   console's API) do so through a pool of their own
+//!   (`http.database_connections`), apart from the pipeline's: scrapes wait
+//!   for each other, never jobs for them.
+//!
+//! The server runs as a part of the process: one that stops for good stops
+//! the process (see `app`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
 
+use crate::config::HttpSettings;
 use crate::queue::JobQueue;
-use crate::ratelimit::ApiGate;
 use crate::storage::Reports;
+
+use super::readiness::ApiCheck;
+
+/// How long connections under way get to finish after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After an error accepting a connection (out of file descriptors), the
+/// accept loop pauses this long rather than spinning.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the endpoints look at.
 #[derive(Clone)]
 pub struct OpsState {
+    /// The ops server's own pool (`http.database_connections`).
     pub store: Arc<dyn Reports>,
     pub queue: Arc<dyn JobQueue>,
-    pub gate: Arc<ApiGate>,
+    /// What `/readyz` says of the Embedded API.
+    pub api: Arc<ApiCheck>,
     /// The operator API and the page, when `[console]` serves them; without
     /// it their paths answer 404.
     pub console: Option<Arc<super::console::Console>>,
@@ -32,6 +69,7 @@ struct Readiness {
     database: bool,
     queue: bool,
     api_key: bool,
+    api: bool,
 }
 
 pub fn router(state: OpsState) -> Router {
@@ -47,45 +85,89 @@ pub fn router(state: OpsState) -> Router {
     }
 }
 
-/// Serves until `shutdown` is cancelled.
-pub async fn serve(
-    bind: SocketAddr,
-    state: OpsState,
-    shutdown: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
+/// Takes `http.bind`; fails naming the key when it cannot.
+pub async fn bind(settings: &HttpSettings) -> anyhow::Result<TcpListener> {
     use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(bind)
+    TcpListener::bind(settings.bind)
         .await
-        .with_context(|| format!("cannot listen on http.bind {bind}"))?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "ops HTTP server stopped");
-        }
-    });
-    Ok(addr)
+        .with_context(|| format!("cannot listen on http.bind {}", settings.bind))
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then lets the
+/// connections under way finish for a few seconds.
+pub async fn serve(
+    listener: TcpListener,
+    state: OpsState,
+    settings: HttpSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = router(state).layer(TimeoutLayer::with_status_code(
+        StatusCode::SERVICE_UNAVAILABLE,
+        settings.request_timeout,
+    ));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout);
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "the ops server could not accept a connection");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::counter!("user_sync_ops_connections_refused_total").increment(1);
+            tracing::debug!(%peer, "ops server at http.max_connections: connection closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let served = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = served.await {
+                // A client that went away, or was too slow with its head.
+                tracing::debug!(%peer, %error, "ops connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("ops connections cut at shutdown");
+    }
+    Ok(())
 }
 
 async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
-    let database = state.store.ping().await.is_ok();
-    let queue = state.queue.ping().await.is_ok();
-    let api_key = !state.gate.auth_paused();
-    let status = if database && queue && api_key {
+    let (database, queue, api) = tokio::join!(
+        state.store.ping(),
+        state.queue.ping(),
+        state.api.readiness()
+    );
+    let (database, queue) = (database.is_ok(), queue.is_ok());
+    let ready = Readiness {
+        database,
+        queue,
+        api_key: api.api_key,
+        api: api.api,
+    };
+    let status = if database && queue && api.api_key && api.api {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(Readiness {
-            database,
-            queue,
-            api_key,
-        }),
-    )
+    (status, axum::Json(ready))
 }
 
 async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {

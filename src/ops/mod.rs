@@ -7,6 +7,7 @@ mod console;
 mod erasures;
 mod http;
 mod metrics;
+mod readiness;
 mod reconcile;
 mod status;
 
@@ -14,8 +15,9 @@ pub use console::Console;
 pub use erasures::{
     EraseEnd, erase, erasures_csv, parse_ids, render_pending, render_records, watch_erasures,
 };
-pub use http::{OpsState, serve};
+pub use http::{OpsState, bind, serve};
 pub use metrics::recorder;
+pub use readiness::{ApiCheck, ApiReadiness};
 pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, Resolve, recheck_conflicts};
 pub use status::{
     ListFormat, describe_done, describe_pause, mask_username, render_conflicts, render_events,

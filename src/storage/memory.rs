@@ -25,9 +25,10 @@ use crate::domain::{
 };
 use crate::storage::Claimed;
 use crate::storage::conflicts::NewConflict;
-use crate::storage::events::{HolderProbe, NextEvent, OutboxEvent};
+use crate::storage::events::{HolderProbe, NextEvent, OutboxEvent, WrittenEvent, host_of_written};
 use crate::storage::sqlite::{UserLockGuard, UserLocks};
 use crate::storage::users::{Claim, HolderClaim, synced_from};
+use crate::storage::written::Written;
 use crate::storage::{
     Ending, Erasure, ErasureStep, ErasureSteps, Holding, Sessions, Snooze, SyncStore, UserSession,
 };
@@ -153,19 +154,35 @@ impl MemoryStore {
         email: Option<&str>,
         full_name: Option<&str>,
     ) -> i64 {
+        let text = |value: Option<&str>| value.map(|v| Written::Text(v.to_owned()));
+        self.insert_written(text(host), text(Some(kind)), text(email), text(full_name))
+    }
+
+    /// Writes an outbox event whose values may be what no text column of
+    /// PostgreSQL holds (a SQLite BLOB, bytes that are not UTF-8); the job
+    /// reads it as a statement of either backend would (see
+    /// `storage::written`). Returns its id.
+    pub(crate) fn insert_written(
+        &self,
+        host: Option<Written>,
+        kind: Option<Written>,
+        email: Option<Written>,
+        full_name: Option<Written>,
+    ) -> i64 {
         let mut state = lock(&self.state);
         let id = state.events.keys().next_back().map_or(1, |last| last + 1);
         let now = Utc::now();
-        let event = OutboxEvent {
+        let event = WrittenEvent {
             id,
-            host_user_id: host.map(str::to_owned),
-            kind: Some(kind.to_owned()),
-            email: email.map(str::to_owned),
-            full_name: full_name.map(str::to_owned),
+            host_user_id: host,
+            kind,
+            email,
+            full_name,
             occurred_at: now,
             attempts: 0,
             available_at: now,
-        };
+        }
+        .into_event();
         let row = EventRow {
             event,
             dispatched_at: None,
@@ -345,13 +362,13 @@ impl SyncStore for MemoryStore {
             .collect())
     }
 
-    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Result<HostUserId, String>>> {
         let state = lock(&self.state);
         Ok(state
             .events
             .get(&id)
             .filter(|e| e.state == PENDING)
-            .map(|e| e.event.host_user_id.clone()))
+            .map(|e| host_of_written(e.event.host_user_id.clone().map(Written::Text))))
     }
 
     async fn mark_invalid<'a>(&'a self, id: i64, reason: &'a str) -> sqlx::Result<()> {

@@ -29,6 +29,7 @@ mod pg;
 mod sqlite;
 mod users;
 mod webhooks;
+mod written;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -55,6 +56,7 @@ pub use erasures::{
 pub use events::{Claimed, HolderProbe, NextEvent, OutboxEvent};
 #[cfg(test)]
 pub(crate) use memory::{EventRow, MemoryStore, UserRow};
+pub use written::{HOST_USER_ID_BOUND, KIND_BOUND, Problem, Unusable, VALUE_BOUND, Written};
 // A job's batched statements on PostgreSQL, each for many users at once:
 // public for the tests that read how they reach their rows.
 pub use pg::{
@@ -116,13 +118,14 @@ pub trait SyncStore: Send + Sync + 'static {
         &'a self,
         hosts: &'a [HostUserId],
     ) -> impl Future<Output = sqlx::Result<Sessions<Self::Session>>> + Send;
-    /// The host user id the outbox row of event `id` holds, as the host
-    /// wrote it (`Some(None)` when it holds none), or `None` when the event
-    /// is not pending. A job only names events: what they are is read here.
+    /// The host user the outbox row of event `id` names, as the host wrote
+    /// it, or why it names no usable one (none, not text, too long...);
+    /// `None` when the event is not pending. A job only names events: what
+    /// they are is read here.
     fn host_of_pending(
         &self,
         id: i64,
-    ) -> impl Future<Output = sqlx::Result<Option<Option<String>>>> + Send;
+    ) -> impl Future<Output = sqlx::Result<Option<Result<HostUserId, String>>>> + Send;
     /// Ends an event that has no valid host user to lock.
     fn mark_invalid<'a>(
         &'a self,
@@ -561,11 +564,29 @@ pub enum Database {
 }
 
 impl Database {
-    /// Connects with at least `min_size` connections.
+    /// Connects with at least `min_size` connections (at most
+    /// `database.max_connections` when that is more).
     pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<Self> {
+        let size = settings.max_connections.max(min_size);
+        Self::connect_apart(settings, size, Duration::from_secs(10)).await
+    }
+
+    /// A pool of at most `size` connections, whose callers wait at most
+    /// `acquire_timeout` for one: the ops server's is one apart, so that
+    /// however many requests it serves, the pipeline's pool is never
+    /// theirs.
+    pub async fn connect_apart(
+        settings: &DatabaseSettings,
+        size: u32,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(match settings.kind()? {
-            DatabaseKind::Postgres => Self::Postgres(pg::connect(settings, min_size).await?),
-            DatabaseKind::Sqlite => Self::Sqlite(sqlite::connect(settings, min_size).await?),
+            DatabaseKind::Postgres => {
+                Self::Postgres(pg::connect(settings, size, acquire_timeout).await?)
+            }
+            DatabaseKind::Sqlite => {
+                Self::Sqlite(sqlite::connect(settings, size, acquire_timeout).await?)
+            }
         })
     }
 

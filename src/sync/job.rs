@@ -147,16 +147,13 @@ async fn host_of<S: SyncStore>(
     let Some(written) = ctx.store.host_of_pending(event.event_id).await? else {
         return Ok(None);
     };
-    // A missing id parses as blank: "host_user_id is missing".
-    match HostUserId::parse(written.as_deref().unwrap_or_default()) {
+    match written {
         Ok(host) => {
             tracing::warn!(event_id = event.event_id, host_user_id = %host, "a job named an event without its host user; the event's row decides");
             Ok(Some(host))
         }
         Err(reason) => {
-            ctx.store
-                .mark_invalid(event.event_id, &reason.to_string())
-                .await?;
+            ctx.store.mark_invalid(event.event_id, &reason).await?;
             outcome::count_invalid_without_host();
             Ok(None)
         }

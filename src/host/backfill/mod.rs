@@ -61,7 +61,7 @@ use crate::config::{DatabaseKind, Settings};
 use crate::domain::Intent;
 use crate::domain::{HostUserId, Profile};
 use crate::embedded::EmbeddedClient;
-use crate::host::table::HostTable;
+use crate::host::table::{HostTable, PageKey};
 use crate::queue::Handler;
 use crate::ratelimit::ApiGate;
 use crate::storage::{BackfillTables, Database, ProcessLock, SyncStore};
@@ -326,24 +326,44 @@ impl<D: BackfillDb> Run<D> {
     }
 
     async fn scan(&mut self, output: &mut Output<'_>) -> anyhow::Result<()> {
-        let mut cursor: Option<String> = None;
+        let without_id = self
+            .source
+            .count_without_id(self.db.conn())
+            .await
+            .context("reading the host's users ([source])")?;
+        self.without_id(without_id);
+        // The next page starts at the last id read (`>=`: rows after it may
+        // share it), skipping the rows of that id already read, so that no
+        // row is skipped unread and a page of one id, however many rows
+        // share it, is never read forever.
+        let mut cursor: Option<PageKey> = None;
+        let mut read_at_cursor: u32 = 0;
+        let mut previous: Option<PageKey> = None;
         loop {
             if self.cancel.is_cancelled() {
                 tracing::warn!("backfill interrupted: stopping after the current page");
                 self.summary.interrupted = true;
                 return Ok(());
             }
-            let rows = self
+            let limit = self.page_size.saturating_add(read_at_cursor);
+            let mut rows = self
                 .source
-                .page(self.db.conn(), cursor.as_deref(), self.page_size)
+                .page(self.db.conn(), cursor.as_ref(), limit)
                 .await
                 .context("reading the host's users ([source])")?;
-            let Some(last) = rows.iter().rev().find_map(|r| r.host_user_id.clone()) else {
-                self.parse(rows);
+            let full = rows.len() == limit as usize;
+            rows.drain(..rows.len().min(read_at_cursor as usize));
+            // Every row of a page has an id, whatever it holds.
+            let Some(last) = rows.last().map(|r| r.page_key.clone()) else {
                 break;
             };
-            let full = rows.len() as u32 == self.page_size;
-            let users = self.parse(rows);
+            let trailing = rows.iter().rev().take_while(|r| r.page_key == last).count();
+            let trailing = u32::try_from(trailing).unwrap_or(u32::MAX);
+            read_at_cursor = match cursor.as_ref() == Some(&last) {
+                true => read_at_cursor.saturating_add(trailing),
+                false => trailing,
+            };
+            let users = self.parse(rows, &mut previous);
             if self.options.dry_run {
                 self.plan_page(users, output).await?;
             } else {

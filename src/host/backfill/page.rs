@@ -13,8 +13,10 @@ use crate::domain::{
     ClaimCheck, ConflictReason, FullName, HostUserId, Profile, UserState, Username,
 };
 use crate::embedded::EmbeddedUser;
-use crate::host::table::HostRow;
-use crate::storage::{BackfillTables, Found, NewConflict, Signup};
+use crate::host::table::{HostRow, PageKey};
+use crate::storage::{
+    BackfillTables, Found, HOST_USER_ID_BOUND, NewConflict, Signup, VALUE_BOUND, Written,
+};
 
 use super::decide::{ConflictFound, Decision, Known, decide};
 use super::report::{ConflictLine, Output};
@@ -26,35 +28,59 @@ use super::{Mode, Run};
 const MAX_BUSY_KEPT: usize = 10_000;
 
 impl<D: super::db::BackfillDb> Run<D> {
-    /// Parses a page; rows the API would refuse are counted and logged.
-    pub(super) fn parse(&mut self, rows: Vec<HostRow>) -> Vec<(HostUserId, Profile)> {
-        let mut users = Vec::with_capacity(rows.len());
+    /// Parses a page; rows the API would refuse, and rows whose values are
+    /// not text or longer than is read (`storage::written`), are counted
+    /// and logged with why.
+    ///
+    /// A host user id the source holds more than once is used at its first
+    /// row only: the others are reported (which of two emails is the user's
+    /// cannot be told). `previous` is the id of the row read last, on this
+    /// page or the one before (rows of one id follow each other).
+    pub(super) fn parse(
+        &mut self,
+        rows: Vec<HostRow>,
+        previous: &mut Option<PageKey>,
+    ) -> Vec<(HostUserId, Profile)> {
+        let mut users: Vec<(HostUserId, Profile)> = Vec::with_capacity(rows.len());
+        let mut hosts = std::collections::HashSet::new();
         for row in rows {
             self.summary.scanned += 1;
-            let host = match HostUserId::parse(row.host_user_id.as_deref().unwrap_or("")) {
-                Ok(host) => host,
-                Err(reason) => {
-                    self.summary.invalid += 1;
-                    tracing::warn!(%reason, "host user skipped: no usable id");
-                    continue;
+            let again = previous.as_ref() == Some(&row.page_key);
+            *previous = Some(row.page_key.clone());
+            let parsed = parse_row(row).and_then(|(host, profile)| {
+                if again || !hosts.insert(host.clone()) {
+                    return Err((Some(host), DUPLICATE.to_owned()));
                 }
-            };
-            let profile =
-                Username::from_email(row.email.as_deref().unwrap_or("")).and_then(|username| {
-                    Ok(Profile {
-                        username,
-                        full_name: FullName::parse_optional(row.full_name.as_deref())?,
-                    })
-                });
-            match profile {
-                Ok(profile) => users.push((host, profile)),
-                Err(reason) => {
+                Ok((host, profile))
+            });
+            match parsed {
+                Ok(user) => users.push(user),
+                Err((host, reason)) => {
                     self.summary.invalid += 1;
-                    tracing::warn!(host_user_id = %host, %reason, "host user skipped: invalid data");
+                    match host {
+                        Some(host) => {
+                            tracing::warn!(host_user_id = %host, %reason, "host user skipped: invalid data");
+                        }
+                        None => tracing::warn!(%reason, "host user skipped: no usable id"),
+                    }
                 }
             }
         }
         users
+    }
+
+    /// Counts the open accounts without an id, which are in no page, as
+    /// scanned and invalid.
+    pub(super) fn without_id(&mut self, count: u64) {
+        if count > 0 {
+            self.summary.scanned += count;
+            self.summary.invalid += count;
+            tracing::warn!(
+                count,
+                reason = "host_user_id is missing",
+                "host users skipped: no id"
+            );
+        }
     }
 
     /// Dry run: decide, count, list conflicts; write nothing but the plan.
@@ -251,6 +277,35 @@ impl<D: super::db::BackfillDb> Run<D> {
     }
 }
 
+/// Why a second row of one host user id is skipped.
+const DUPLICATE: &str = "host_user_id appears more than once in the source: its first row is used";
+
+/// One row's host user and profile, or why not (with its host user when
+/// that much was usable). Never panics, whatever the row holds.
+pub(super) fn parse_row(
+    row: HostRow,
+) -> Result<(HostUserId, Profile), (Option<HostUserId>, String)> {
+    let text =
+        |value, column, bound| Written::text(value, column, bound).map_err(|u| u.to_string());
+    let host = text(row.host_user_id, "host_user_id", HOST_USER_ID_BOUND)
+        .and_then(|h| HostUserId::parse(h.as_deref().unwrap_or("")).map_err(|e| e.to_string()))
+        .map_err(|reason| (None, reason))?;
+    let profile = text(row.email, "email", VALUE_BOUND).and_then(|email| {
+        let username =
+            Username::from_email(email.as_deref().unwrap_or("")).map_err(|e| e.to_string())?;
+        let name = text(row.full_name, "full_name", VALUE_BOUND)?;
+        let full_name = FullName::parse_optional(name.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Profile {
+            username,
+            full_name,
+        })
+    });
+    match profile {
+        Ok(profile) => Ok((host, profile)),
+        Err(reason) => Err((Some(host), reason)),
+    }
+}
+
 /// What to do with each user of a page (what is `known` of each, in
 /// order), a second host user with the same username conflicting with the
 /// first.
@@ -297,6 +352,63 @@ fn within_page<'a>(
         None => {
             first_of.insert(&want.username, host);
             decision
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Properties over any row a host's users table could hold, however
+    //! malformed (the backfill's side of the outbox's properties in
+    //! `sync::job_tests`): a row is a user or a reason, never a panic, and
+    //! the reason never repeats a value. End to end, over real tables and
+    //! the real run, in `tests/hostile.rs`.
+
+    use proptest::prelude::*;
+
+    use super::{PageKey, parse_row};
+    use crate::host::table::HostRow;
+    use crate::storage::{VALUE_BOUND, Written};
+
+    /// A column as a database may hand it over: text of any kind and
+    /// length (emails that look like emails among them), a BLOB, bytes that
+    /// are not UTF-8, or `NULL`.
+    fn written() -> impl Strategy<Value = Option<Written>> {
+        proptest::option::of(prop_oneof![
+            4 => "[ \t]?[a-cA-C]{1,2}@[ab]\\.io[ \t]?".prop_map(Written::Text),
+            4 => any::<String>().prop_map(Written::Text),
+            1 => (0..3 * VALUE_BOUND).prop_map(|n| Written::Text(format!("{}@x.io", "a".repeat(n)))),
+            1 => Just(Written::NotText),
+            1 => Just(Written::NotUtf8),
+        ])
+    }
+
+    proptest! {
+        #[test]
+        fn any_host_row_is_a_user_or_a_reason(
+            host in written(),
+            email in written(),
+            name in written(),
+        ) {
+            let values: Vec<String> = [&host, &email, &name]
+                .into_iter()
+                .filter_map(|v| match v {
+                    Some(Written::Text(t)) if t.trim().chars().count() > 3 => Some(t.trim().to_owned()),
+                    _ => None,
+                })
+                .collect();
+            let row = HostRow {
+                host_user_id: host,
+                email,
+                full_name: name,
+                page_key: PageKey::Integer(1),
+            };
+            if let Err((_, reason)) = parse_row(row) {
+                prop_assert!(!reason.is_empty());
+                for value in &values {
+                    prop_assert!(!reason.contains(value.as_str()), "the reason repeats a value");
+                }
+            }
         }
     }
 }

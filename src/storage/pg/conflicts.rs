@@ -7,7 +7,8 @@ use sqlx::{Connection, FromRow, PgConnection, Row};
 
 use crate::domain::{ConflictRow, EmbeddedUserId, FullName, HostUserId, Resolution};
 use crate::storage::conflicts::{Adopted, Adoption, LatestEvent, NewConflict, Operator};
-use crate::storage::{OutboxEvent, PgStore, Reconcile};
+use crate::storage::events::WrittenEvent;
+use crate::storage::{PgStore, Reconcile};
 
 /// A conflict that stands as it is when met again: one an operator ignored
 /// for this host user and username, or an open `unconfirmed_create` met
@@ -179,7 +180,10 @@ impl Reconcile for PgStore {
     ) -> BoxFuture<'a, sqlx::Result<Option<LatestEvent>>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT id, host_user_id, kind, email, full_name, occurred_at, attempts,
+                // The host's columns up to their bounds (`storage::written`).
+                "SELECT id, substr(host_user_id, 1, 256) AS host_user_id,
+                        substr(kind, 1, 65) AS kind, substr(email, 1, 1025) AS email,
+                        substr(full_name, 1, 1025) AS full_name, occurred_at, attempts,
                         available_at, state, reason
                  FROM user_sync.events WHERE host_user_id = $1 ORDER BY id DESC LIMIT 1",
             )
@@ -188,7 +192,7 @@ impl Reconcile for PgStore {
             .await?;
             row.map(|row| {
                 Ok(LatestEvent {
-                    event: OutboxEvent::from_row(&row)?,
+                    event: WrittenEvent::from_row(&row)?.into_event(),
                     state: row.try_get("state")?,
                     reason: row.try_get("reason")?,
                 })

@@ -16,9 +16,11 @@
 //!   `NOT NULL` column but does not let the planner pick a partial index on
 //!   pending events to find the keys;
 //! - per host user, through a `LATERAL` subquery with a `LIMIT`, which is
-//!   always run once per user and through the index on its key (all of the
-//!   user's events, `events_by_user`: a user has few, and an index of the
-//!   pending ones alone cost two more index entries per event);
+//!   always run once per user and through the index on its key (a hash of
+//!   the host user id over all of the user's events, `events_by_user_hash`:
+//!   a user has few, sorted by id once found; a btree would refuse a long
+//!   id in the host's own insert, and an index of the pending ones alone
+//!   cost two more index entries per event);
 //! - an `EXISTS` that must stay a per-row probe carries `OFFSET 0`, which
 //!   keeps PostgreSQL from turning it into a join over the whole table.
 //!
@@ -35,7 +37,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::domain::{EventState, FullName, HostUserId, Intent, Profile, WebhookKind};
-use crate::storage::events::{Claimed, NextEvent, NextEventRow};
+use crate::storage::events::{Claimed, NextEvent, NextEventRow, claimed_from, host_of_written};
+use crate::storage::written::Written;
 
 /// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay
 /// locked (and skipped by other dispatchers) until the caller commits, which
@@ -45,7 +48,8 @@ pub async fn claim_due(
     tx: &mut Transaction<'_, Postgres>,
     limit: u32,
 ) -> sqlx::Result<Vec<Claimed>> {
-    sqlx::query_as(
+    let rows = sqlx::query_as(
+        // The host id up to its bound (`storage::written`): 256 characters.
         "UPDATE user_sync.events e SET dispatched_at = now()
          FROM (SELECT id FROM user_sync.events
                WHERE state = 'pending' AND dispatched_at IS NULL AND available_at <= now()
@@ -54,14 +58,15 @@ pub async fn claim_due(
                ORDER BY available_at, id LIMIT $1
                FOR UPDATE SKIP LOCKED) due
          WHERE e.id = due.id
-         RETURNING e.id, e.host_user_id",
+         RETURNING e.id, substr(e.host_user_id, 1, 256) AS host_user_id",
     )
     // Joins the batch back to the table: planned for its rows each time
     // (see "Plans that do not depend on statistics" above).
     .persistent(false)
     .bind(i64::from(limit))
     .fetch_all(&mut **tx)
-    .await
+    .await?;
+    Ok(claimed_from(rows))
 }
 
 /// How long until the next snoozed event is due, if any is waiting.
@@ -97,7 +102,10 @@ pub async fn newest_pending_many(
     hosts: &[&str],
 ) -> sqlx::Result<Vec<Option<NextEvent>>> {
     let rows: Vec<NextEventRow> = sqlx::query_as(
-        "SELECT e.id, e.host_user_id, e.kind, e.email, e.full_name, e.occurred_at,
+        // The host's columns up to their bounds (`storage::written`).
+        "SELECT e.id, substr(e.host_user_id, 1, 256) AS host_user_id,
+                substr(e.kind, 1, 65) AS kind, substr(e.email, 1, 1025) AS email,
+                substr(e.full_name, 1, 1025) AS full_name, e.occurred_at,
                 e.attempts, e.available_at,
                 (SELECT count(*) FROM user_sync.events o
                   WHERE o.host_user_id = e.host_user_id AND o.state = 'pending'
@@ -121,7 +129,7 @@ pub async fn newest_pending_many(
              ORDER BY e.id DESC LIMIT 1) e
          LEFT JOIN LATERAL (
              SELECT * FROM user_sync.users u WHERE u.host_user_id = h.host LIMIT 1) u ON true
-         CROSS JOIN LATERAL (SELECT lower(btrim(e.email)) AS username) p",
+         CROSS JOIN LATERAL (SELECT lower(btrim(substr(e.email, 1, 1025))) AS username) p",
     )
     // Per-user probes only: the plan is the same at any size, and reused.
     .bind(hosts)
@@ -130,8 +138,8 @@ pub async fn newest_pending_many(
     let mut by_host: std::collections::HashMap<String, NextEvent> = rows
         .into_iter()
         .filter_map(|row| {
-            let host = row.event.host_user_id.clone()?;
-            Some((host, row.into_next()))
+            let next = row.into_next();
+            Some((next.event.host_user_id.clone()?, next))
         })
         .collect();
     Ok(hosts.iter().map(|host| by_host.remove(*host)).collect())
@@ -304,12 +312,16 @@ pub async fn states(
 
 /// The host user id of pending event `id` as the host wrote it; `None`
 /// when no such event is pending.
-pub async fn host_of_pending(pool: &PgPool, id: i64) -> sqlx::Result<Option<Option<String>>> {
-    sqlx::query_scalar(
-        "SELECT host_user_id FROM user_sync.events
+pub async fn host_of_pending(
+    pool: &PgPool,
+    id: i64,
+) -> sqlx::Result<Option<Result<HostUserId, String>>> {
+    let host: Option<Option<Written>> = sqlx::query_scalar(
+        "SELECT substr(host_user_id, 1, 256) FROM user_sync.events
          WHERE id = $1 AND state IS NOT DISTINCT FROM 'pending'",
     )
     .bind(id)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(host.map(host_of_written))
 }

@@ -3,7 +3,22 @@
 //! The bookkeeping table is `user_sync._sqlx_migrations`, so the host app's
 //! own sqlx migrations (in `public._sqlx_migrations`) are never touched and
 //! never see ours. Safe to run on every deploy: applied migrations are
-//! skipped, and concurrent runs serialise on sqlx's advisory lock.
+//! skipped, and concurrent runs serialise on an advisory lock of our own.
+//!
+//! # Indexes built beside a running deploy
+//!
+//! A migration that builds an index on the outbox does so `CONCURRENTLY`
+//! (0009), which takes no lock that stops the host's inserts but waits for
+//! every transaction of the database that is older than it. A second
+//! `migrate` *waiting* for our lock would be such a transaction, and wait
+//! for us in turn: so the lock is taken by polling `pg_try_advisory_lock`,
+//! which waits outside any statement, and sqlx's own lock (a blocking one,
+//! which the host app's sqlx migrations take too, under the same key) is
+//! not taken. What one migration cannot do, because a statement
+//! `CONCURRENTLY` must be alone in its file, is done here after the
+//! migrations ([`finish_index_swap`]).
+
+use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -11,10 +26,15 @@ use sqlx::migrate::Migrator;
 /// Where the bookkeeping lives.
 pub const MIGRATIONS_TABLE: &str = "user_sync._sqlx_migrations";
 
+/// How often a `migrate` waiting for another one looks again.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
 fn migrator() -> Migrator {
     let mut migrator = sqlx::migrate!("./migrations/postgres");
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
     migrator.create_schema("user_sync");
+    // Our own lock serialises every run (see the module's doc).
+    migrator.set_locking(false);
     migrator
 }
 
@@ -23,16 +43,26 @@ fn migrator() -> Migrator {
 pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
     use anyhow::Context;
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock(hashtext('user_sync.migrate'))")
-        .execute(&mut *conn)
-        .await?;
+    check_encoding(&mut conn).await?;
+    loop {
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('user_sync.migrate'))")
+                .fetch_one(&mut *conn)
+                .await?;
+        if locked {
+            break;
+        }
+        tokio::time::sleep(LOCK_POLL).await;
+    }
     let outcome = async {
+        drop_invalid_index(&mut conn).await?;
         let before = applied(&mut conn).await?;
         migrator()
             .run(&mut *conn)
             .await
             .context("applying the worker's migrations")?;
         let after = applied(&mut conn).await?;
+        finish_index_swap(&mut conn).await?;
         anyhow::Ok(after.saturating_sub(before))
     }
     .await;
@@ -40,6 +70,64 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
         .execute(&mut *conn)
         .await?;
     outcome
+}
+
+/// Refuses a database of encoding SQL_ASCII. It stores any bytes in a text
+/// column unchecked, and the server then checks each value it sends to the
+/// worker (which speaks UTF-8): one host value in another encoding (a
+/// Latin-1 email) fails every statement that reads it, the dispatcher's
+/// claim included, again and again. Every other encoding is checked on
+/// the way in.
+async fn check_encoding(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    let encoding: String = sqlx::query_scalar("SELECT current_setting('server_encoding')")
+        .fetch_one(&mut *conn)
+        .await?;
+    anyhow::ensure!(
+        encoding != "SQL_ASCII",
+        "the database's encoding is SQL_ASCII, which stores text unchecked: one value in \
+         another encoding (a Latin-1 email) would stop the worker's statements for good. \
+         Install the worker in a database of encoding UTF8"
+    );
+    Ok(())
+}
+
+/// An index build `CONCURRENTLY` that was cut short (the process killed, a
+/// deadlock) leaves the index behind, invalid: `IF NOT EXISTS` would then
+/// keep it as it is. Dropped here, its migration builds it again.
+async fn drop_invalid_index(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    let invalid: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_index
+                        WHERE indexrelid = to_regclass('user_sync.events_by_user_hash')
+                          AND NOT indisvalid)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if invalid {
+        sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS user_sync.events_by_user_hash")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Drops the outbox's btree index by host user (0001) once its hash index
+/// (0009) is valid: the btree refuses long host ids, which made the host's
+/// own inserts fail. `CONCURRENTLY`, so that the host's inserts and the
+/// worker's reads never wait for it.
+async fn finish_index_swap(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    let hashed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_index
+                        WHERE indexrelid = to_regclass('user_sync.events_by_user_hash')
+                          AND indisvalid)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if hashed {
+        sqlx::query("DROP INDEX CONCURRENTLY IF EXISTS user_sync.events_by_user")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 async fn applied(conn: &mut sqlx::PgConnection) -> anyhow::Result<usize> {
@@ -57,11 +145,13 @@ async fn applied(conn: &mut sqlx::PgConnection) -> anyhow::Result<usize> {
 }
 
 /// Fails, saying what to run, when the database lacks a migration this
-/// binary needs. `run` never migrates by itself: schema changes are a
-/// deploy step.
+/// binary needs, or is one the worker cannot run on. `run` never migrates
+/// by itself: schema changes are a deploy step.
 pub async fn check_current(pool: &PgPool) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    check_encoding(&mut conn).await?;
     let expected = migrator().iter().count();
-    let applied = applied(&mut *pool.acquire().await?).await?;
+    let applied = applied(&mut conn).await?;
     anyhow::ensure!(
         applied >= expected,
         "the database schema is not up to date ({applied} of {expected} migrations applied): run `user-sync migrate`"

@@ -145,7 +145,7 @@ impl SyncStore for PgStore {
         session::lock_each(&self.pool, hosts)
     }
 
-    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Result<HostUserId, String>>> {
         events::host_of_pending(&self.pool, id).await
     }
 
@@ -159,17 +159,23 @@ impl SyncStore for PgStore {
     }
 }
 
-/// Opens a pool on the configured PostgreSQL database. Statement logging is off: a
-/// logged statement would print bound values, emails among them.
-pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<PgPool> {
+/// Opens a pool of at most `size` connections on the configured PostgreSQL
+/// database, whose callers wait at most `acquire_timeout` for one.
+/// Statement logging is off: a logged statement would print bound values,
+/// emails among them.
+pub(in crate::storage) async fn connect(
+    settings: &DatabaseSettings,
+    size: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<PgPool> {
     use anyhow::Context;
     let options = PgConnectOptions::from_str(settings.url()?.expose_secret())
         .context("database.url is not a valid PostgreSQL URL")?
         .application_name("user-sync")
         .disable_statement_logging();
     let pool = PgPoolOptions::new()
-        .max_connections(settings.max_connections.max(min_size))
-        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(size)
+        .acquire_timeout(acquire_timeout)
         // No ping before each use: a broken connection fails the statement,
         // and every caller already retries (the job, the dispatcher loop).
         .test_before_acquire(false)

@@ -6,10 +6,11 @@ use futures::future::BoxFuture;
 use sqlx::{FromRow, Row, SqliteConnection, SqlitePool};
 
 use crate::domain::{ConflictRow, EmbeddedUserId, FullName, HostUserId, Resolution, WebhookKind};
+use crate::storage::Reconcile;
 use crate::storage::conflicts::{
     Adopted, Adoption, ConflictTold, LatestEvent, NewConflict, Operator,
 };
-use crate::storage::{OutboxEvent, Reconcile};
+use crate::storage::events::WrittenEvent;
 
 use super::{SqliteStore, now_text, text_at, webhooks};
 
@@ -190,7 +191,10 @@ impl Reconcile for SqliteStore {
     ) -> BoxFuture<'a, sqlx::Result<Option<LatestEvent>>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT id, host_user_id, kind, email, full_name, occurred_at, attempts,
+                // The host's columns up to their bounds (`storage::written`).
+                "SELECT id, substr(host_user_id, 1, 256) AS host_user_id,
+                        substr(kind, 1, 65) AS kind, substr(email, 1, 1025) AS email,
+                        substr(full_name, 1, 1025) AS full_name, occurred_at, attempts,
                         available_at, state, reason
                  FROM user_sync_events WHERE host_user_id = ?1 ORDER BY id DESC LIMIT 1",
             )
@@ -199,7 +203,7 @@ impl Reconcile for SqliteStore {
             .await?;
             row.map(|row| {
                 Ok(LatestEvent {
-                    event: OutboxEvent::from_row(&row)?,
+                    event: WrittenEvent::from_row(&row)?.into_event(),
                     state: row.try_get("state")?,
                     reason: row.try_get("reason")?,
                 })

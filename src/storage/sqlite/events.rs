@@ -6,9 +6,11 @@ use std::time::Duration;
 use chrono::Utc;
 use sqlx::SqlitePool;
 
-use crate::domain::{EventState, WebhookKind};
+use crate::domain::{EventState, HostUserId, WebhookKind};
 
 use crate::storage::Claimed;
+use crate::storage::events::{claimed_from, host_of_written};
+use crate::storage::written::Written;
 
 use super::{now_text, parse_at, text_at};
 
@@ -105,20 +107,25 @@ pub(super) async fn mark_applied(
 /// transaction held open across the push would make the queue's writer
 /// wait for it. An abandoned claim hands the events back ([`abandon`]); a
 /// crash before the push leaves them to the sweeper.
+///
+/// The host ids are read up to their bound and decoded whatever the host
+/// wrote (`storage::written`): a BLOB there must not fail the statement
+/// after its update has claimed the whole batch.
 pub(super) async fn claim_due(pool: &SqlitePool, limit: u32) -> sqlx::Result<Vec<Claimed>> {
     let now = now_text();
-    sqlx::query_as(
+    let rows = sqlx::query_as(
         "UPDATE user_sync_events SET dispatched_at = ?1
          WHERE id IN (SELECT id FROM user_sync_events
                       WHERE state = 'pending' AND dispatched_at IS NULL
                         AND available_at <= ?1
                       ORDER BY id LIMIT ?2)
-         RETURNING id, host_user_id",
+         RETURNING id, substr(host_user_id, 1, 256) AS host_user_id",
     )
     .bind(&now)
     .bind(i64::from(limit))
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(claimed_from(rows))
 }
 
 /// Hands claimed events back, to be dispatched at once.
@@ -167,11 +174,13 @@ pub(super) async fn sweep_stale(pool: &SqlitePool, after: Duration) -> sqlx::Res
 pub(super) async fn host_of_pending(
     pool: &SqlitePool,
     id: i64,
-) -> sqlx::Result<Option<Option<String>>> {
-    sqlx::query_scalar(
-        "SELECT host_user_id FROM user_sync_events WHERE id = ?1 AND state = 'pending'",
+) -> sqlx::Result<Option<Result<HostUserId, String>>> {
+    let host: Option<Option<Written>> = sqlx::query_scalar(
+        "SELECT substr(host_user_id, 1, 256) FROM user_sync_events
+         WHERE id = ?1 AND state = 'pending'",
     )
     .bind(id)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(host.map(host_of_written))
 }

@@ -104,11 +104,16 @@ pub fn connect_options(settings: &DatabaseSettings) -> anyhow::Result<SqliteConn
     )
 }
 
-/// Opens a pool on the configured SQLite file.
-pub async fn connect(settings: &DatabaseSettings, min_size: u32) -> anyhow::Result<SqlitePool> {
+/// Opens a pool of at most `size` connections on the configured SQLite
+/// file, whose callers wait at most `acquire_timeout` for one.
+pub(in crate::storage) async fn connect(
+    settings: &DatabaseSettings,
+    size: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<SqlitePool> {
     SqlitePoolOptions::new()
-        .max_connections(settings.max_connections.max(min_size))
-        .acquire_timeout(Duration::from_secs(10))
+        .max_connections(size)
+        .acquire_timeout(acquire_timeout)
         .connect_with(connect_options(settings)?)
         .await
         .context("cannot open the SQLite database (database.url)")
@@ -353,7 +358,7 @@ impl SyncStore for SqliteStore {
             .collect())
     }
 
-    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Option<String>>> {
+    async fn host_of_pending(&self, id: i64) -> sqlx::Result<Option<Result<HostUserId, String>>> {
         events::host_of_pending(&self.pool, id).await
     }
 

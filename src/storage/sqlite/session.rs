@@ -35,7 +35,10 @@ impl SqliteUserSession {
 impl UserSession for SqliteUserSession {
     async fn newest_pending(&mut self) -> sqlx::Result<Option<NextEvent>> {
         let row: Option<NextEventRow> = sqlx::query_as(
-            "SELECT e.id, e.host_user_id, e.kind, e.email, e.full_name, e.occurred_at,
+            // The host's columns up to their bounds (`storage::written`).
+            "SELECT e.id, substr(e.host_user_id, 1, 256) AS host_user_id,
+                    substr(e.kind, 1, 65) AS kind, substr(e.email, 1, 1025) AS email,
+                    substr(e.full_name, 1, 1025) AS full_name, e.occurred_at,
                     e.attempts, e.available_at,
                     (SELECT count(*) FROM user_sync_events o
                       WHERE o.host_user_id = ?1 AND o.state = 'pending' AND o.id < e.id)
