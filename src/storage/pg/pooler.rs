@@ -26,17 +26,24 @@ pub async fn refuse_transaction_pooling(pool: &PgPool) -> anyhow::Result<()> {
         let before = backend_pid(&mut first).await?;
         // Held in a transaction, the second connection keeps its server
         // process while the first asks again.
-        let mut tx = match sqlx::Connection::begin(&mut *second).await {
-            Ok(tx) => tx,
-            // PgBouncer in statement mode refuses transactions outright.
-            Err(sqlx::Error::Database(refused)) => anyhow::bail!(
-                "database.url reaches PostgreSQL through a connection pooler that refuses \
-                 transactions ({}): the worker's per-user locks and LISTEN need a session of \
-                 their own. Point database.url at PostgreSQL itself, or at a pool in session mode",
-                refused.message()
-            ),
-            Err(other) => return Err(other.into()),
+        let began = sqlx::Connection::begin(&mut *second).await;
+        // PgBouncer in statement mode refuses transactions outright.
+        let refused = match &began {
+            Err(sqlx::Error::Database(refused)) => Some(refused.message().to_owned()),
+            _ => None,
         };
+        if let Some(message) = refused {
+            drop(began);
+            // The pooler may drop the connection: closed here, it does not
+            // go back to the pool to be found broken.
+            let _ = second.close().await;
+            anyhow::bail!(
+                "database.url reaches PostgreSQL through a connection pooler that refuses \
+                 transactions ({message}): the worker's per-user locks and LISTEN need a session \
+                 of their own. Point database.url at PostgreSQL itself, or at a pool in session mode"
+            );
+        }
+        let mut tx = began?;
         let other = backend_pid(&mut tx).await?;
         let after = backend_pid(&mut first).await?;
         tx.rollback().await?;
