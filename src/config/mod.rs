@@ -19,6 +19,7 @@
 
 mod checks;
 mod raw;
+mod retention;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use url::Url;
 use crate::domain::ClaimCheck;
 use raw::Raw;
 
+pub use retention::RetentionSettings;
 pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 /// The compiled-in defaults: a binary copied alone still starts.
@@ -83,6 +85,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub console: ConsoleSettings,
     pub gdpr: GdprSettings,
+    pub retention: RetentionSettings,
 }
 
 #[derive(Debug, Clone)]
