@@ -22,9 +22,14 @@
 //! `generate_series` and followed by `VACUUM ANALYZE`, as autovacuum
 //! would leave the table.
 //!
+//! Then a retention pass over a million events finished a month ago
+//! (SQLite: 100,000), while the host inserts an event every 10 ms: its
+//! rate, and the host's inserts' latency meanwhile.
+//!
 //! `READS_BENCH_SIZES` (e.g. `0,1000000`) and `READS_BENCH_SQLITE_SIZES`
 //! (empty: no SQLite run) change the sizes; `READS_BENCH_RUNS` (default 9)
-//! the runs per figure.
+//! the runs per figure; `READS_BENCH_RETENTION` the old events (0: no
+//! retention pass).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -113,7 +118,108 @@ async fn bench(backend: Backend, sizes: &[i64], runs: usize) {
         );
     }
     worker.kill().await;
+    let old = match backend {
+        Backend::Postgres => 1_000_000,
+        Backend::Sqlite => 100_000,
+    };
+    let old = std::env::var("READS_BENCH_RETENTION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(old);
+    if old > 0 {
+        retention(&env, name, old).await;
+    }
     env.finish().await;
+}
+
+/// A retention pass over `old` events finished a month ago (ten for each
+/// of other host users, whose newest event each stays), while the host
+/// inserts an event every 10 ms: how fast the pass deletes, and how long
+/// the host's inserts took meanwhile.
+async fn retention(env: &Env, name: &str, old: i64) {
+    let (with, table, rows) = match env.backend {
+        Backend::Postgres => (
+            String::new(),
+            "user_sync.events",
+            format!("generate_series(1, {old}) g"),
+        ),
+        Backend::Sqlite => (
+            format!(
+                "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {old}) "
+            ),
+            "user_sync_events",
+            "s".to_owned(),
+        ),
+    };
+    let month_ago = (chrono::Utc::now() - chrono::TimeDelta::days(30))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    run_sql(
+        env,
+        &format!(
+            "{with}INSERT INTO {table} (host_user_id, kind, email, state, occurred_at, finished_at)
+             SELECT 'o' || (g % {users}), 'signup', 'o@example.com', 'applied', '{month_ago}',
+                    '{month_ago}'
+             FROM {rows}",
+            users = (old / 10).max(1)
+        ),
+    )
+    .await;
+    // The worker's passes set a floor above those rows: this one starts
+    // from the oldest event, as the daily pass does.
+    run_sql(
+        env,
+        &env.sql(&format!(
+            "UPDATE user_sync.retention SET next_pass_at = '{month_ago}', full_pass_at = NULL"
+        )),
+    )
+    .await;
+    let store: std::sync::Arc<dyn user_sync::storage::Retention> = match &env.db_pool {
+        Database::Postgres(pool) => {
+            std::sync::Arc::new(user_sync::storage::PgStore::new(pool.clone()))
+        }
+        Database::Sqlite(pool) => {
+            std::sync::Arc::new(user_sync::storage::SqliteStore::new(pool.clone()))
+        }
+    };
+    let started = Instant::now();
+    let pass = tokio::spawn(async move {
+        user_sync::ops::run_pass(
+            store.as_ref(),
+            &user_sync::config::RetentionSettings::default(),
+            "bench",
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+    });
+    let insert = env.sql(
+        "INSERT INTO user_sync.events (host_user_id, kind, email) VALUES ('host', 'signup', 'host@example.com')",
+    );
+    let mut waits = Vec::new();
+    while !pass.is_finished() {
+        let at = Instant::now();
+        run_sql(env, &insert).await;
+        waits.push(at.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    let removed = match pass.await.expect("the pass ran").expect("the pass") {
+        user_sync::ops::PassOutcome::Done(removed) => removed.events,
+        other => panic!("the pass did not run to its end: {other:?}"),
+    };
+    waits.sort();
+    let p99 = waits
+        .get(waits.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    println!(
+        "retention   backend={name} old_events={old} removed={removed} seconds={:.1} rows_per_s={:.0} host_inserts={} host_insert_p99_ms={:.1} host_insert_max_ms={:.1}",
+        elapsed.as_secs_f64(),
+        removed as f64 / elapsed.as_secs_f64(),
+        waits.len(),
+        ms(p99),
+        ms(waits.last().copied().unwrap_or_default())
+    );
 }
 
 fn ms(d: Duration) -> f64 {
