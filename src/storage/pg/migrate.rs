@@ -25,9 +25,17 @@ fn migrator() -> Migrator {
 pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
     use anyhow::Context;
     let mut conn = pool.acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock(hashtext('user_sync.migrate'))")
-        .execute(&mut *conn)
-        .await?;
+    // Waited for between statements, not inside one: a statement waiting
+    // for the lock holds a snapshot, which the holder's concurrent index
+    // build waits for in turn (a deadlock).
+    while !sqlx::query_scalar::<_, bool>(
+        "SELECT pg_try_advisory_lock(hashtext('user_sync.migrate'))",
+    )
+    .fetch_one(&mut *conn)
+    .await?
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let outcome = async {
         let before = applied(&mut conn).await?;
         migrator()
