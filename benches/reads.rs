@@ -137,29 +137,36 @@ async fn bench(backend: Backend, sizes: &[i64], runs: usize) {
 /// inserts an event every 10 ms: how fast the pass deletes, and how long
 /// the host's inserts took meanwhile.
 async fn retention(env: &Env, name: &str, old: i64) {
+    let month_ago = (chrono::Utc::now() - chrono::TimeDelta::days(30))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    // Finished a month ago, 64 a millisecond (a job's round ends 64 at once).
     let (with, table, rows) = match env.backend {
         Backend::Postgres => (
             String::new(),
             "user_sync.events",
-            format!("generate_series(1, {old}) g"),
+            format!(
+                "generate_series(1, {old}) g,
+                 LATERAL (SELECT '{month_ago}'::timestamptz
+                                 + (g / 64) * interval '1 millisecond' AS t) x"
+            ),
         ),
         Backend::Sqlite => (
             format!(
                 "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {old}) "
             ),
             "user_sync_events",
-            "s".to_owned(),
+            format!(
+                "(SELECT g, strftime('%Y-%m-%dT%H:%M:%fZ', '{month_ago}',
+                                     printf('+%.3f seconds', (g / 64) / 1000.0)) AS t FROM s)"
+            ),
         ),
     };
-    let month_ago = (chrono::Utc::now() - chrono::TimeDelta::days(30))
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string();
     run_sql(
         env,
         &format!(
             "{with}INSERT INTO {table} (host_user_id, kind, email, state, occurred_at, finished_at)
-             SELECT 'o' || (g % {users}), 'signup', 'o@example.com', 'applied', '{month_ago}',
-                    '{month_ago}'
+             SELECT 'o' || (g % {users}), 'signup', 'o@example.com', 'applied', t, t
              FROM {rows}",
             users = (old / 10).max(1)
         ),

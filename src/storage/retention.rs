@@ -18,16 +18,18 @@ use futures::future::BoxFuture;
 use crate::domain::EventState;
 
 /// The part of a `WHERE` over the outbox row `e` that keeps it: true when
-/// something still needs the event. The same text on both backends (table
+/// something still needs the event (a row goes only where it is false: an
+/// unknown keeps it). The same text on both backends (table
 /// names are PostgreSQL's; SQLite's replace the schema's dot).
 pub(super) const EVENT_STAYS: &str = "(e.host_user_id IS NOT NULL AND (
         -- its user's newest event: latest wins, retries, wake-ups and
         -- erasure requests all start from it
         NOT EXISTS (SELECT 1 FROM user_sync.events n
                     WHERE n.host_user_id = e.host_user_id AND n.id > e.id)
-        -- the last event the worker acted on for its user
-        OR EXISTS (SELECT 1 FROM user_sync.users u
-                   WHERE u.host_user_id = e.host_user_id AND u.last_event_id = e.id)
+        -- the last event the worker acted on for its user (read by key,
+        -- one user at a time: never a scan of every user)
+        OR coalesce((SELECT u.last_event_id FROM user_sync.users u
+                     WHERE u.host_user_id = e.host_user_id), 0) = e.id
         -- the event of an open conflict
         OR EXISTS (SELECT 1 FROM user_sync.conflicts c
                    WHERE c.event_id = e.id AND c.status = 'open')

@@ -126,12 +126,13 @@ async fn build_indexes(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
 /// deploy step.
 pub async fn check_current(pool: &PgPool) -> anyhow::Result<()> {
     let expected = migrator().iter().count();
-    let applied = applied(&mut *pool.acquire().await?).await?;
+    // One connection for every check: a command opens no second one.
+    let mut conn = pool.acquire().await?;
+    let applied = applied(&mut conn).await?;
     anyhow::ensure!(
         applied >= expected,
         "the database schema is not up to date ({applied} of {expected} migrations applied): run `user-sync migrate`"
     );
-    let mut conn = pool.acquire().await?;
     for (name, _) in CONCURRENT_INDEXES {
         anyhow::ensure!(
             index_state(&mut conn, name).await? == Some(true),

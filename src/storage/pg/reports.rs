@@ -261,7 +261,8 @@ impl Operate for PgStore {
             let states: Vec<&str> = EventState::ALL.iter().map(|s| s.as_str()).collect();
             let rows: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
                 "SELECT date_trunc('minute', finished_at), state, count(*)
-                 FROM user_sync.events WHERE state = ANY($2) AND finished_at >= $1
+                 FROM user_sync.events
+                 WHERE state <> 'pending' AND state = ANY($2) AND finished_at >= $1
                  GROUP BY 1, 2 ORDER BY 1, 2",
             )
             .bind(since)

@@ -104,8 +104,10 @@ pub async fn sweep_in(
                 "SELECT id, {at} FROM user_sync.{table}
                  WHERE {at} < $1 AND {at} >= $2 AND ({at} > $2 OR id > $3) {}
                  ORDER BY {at}, id LIMIT $4",
+                // Written out, the index's condition holds for any `$5`,
+                // in a plan made once for every state too.
                 if state.is_some() {
-                    "AND state = $5"
+                    "AND state <> 'pending' AND state = $5"
                 } else {
                     ""
                 }
@@ -176,7 +178,7 @@ async fn delete_among(conn: &mut PgConnection, sweep: Sweep, ids: &[i64]) -> sql
     let (table, condition) = match sweep {
         Sweep::Events { .. } => (
             "events",
-            format!("e.state = $2 AND e.finished_at < $3 AND NOT {EVENT_STAYS}"),
+            format!("e.state = $2 AND e.finished_at < $3 AND {EVENT_STAYS} IS FALSE"),
         ),
         Sweep::Conflicts { .. } => (
             "conflicts",

@@ -180,7 +180,7 @@ async fn delete_among(
         Sweep::Events { .. } => (
             "events",
             format!(
-                "e.state = ?2 AND e.finished_at < ?3 AND NOT {}",
+                "e.state = ?2 AND e.finished_at < ?3 AND {} IS FALSE",
                 EVENT_STAYS.replace("user_sync.", "user_sync_")
             ),
         ),
