@@ -2,9 +2,9 @@
 //!
 //! A process runs the dispatcher, the sweeper, sync jobs (at most
 //! `worker.concurrency` API calls in flight among them), the auth probe,
-//! the deliverer of webhooks (when `webhooks.url` is set) and the ops HTTP
-//! server (on a database pool of its own), until its shutdown token is
-//! cancelled (SIGTERM or
+//! the deliverer of webhooks (when `webhooks.url` is set), retention's
+//! passes and the ops HTTP server (on a database pool of its own), until its
+//! shutdown token is cancelled (SIGTERM or
 //! Ctrl-C from the command line). Shutdown stops taking work first, then
 //! gives the running jobs `worker.shutdown_timeout` to finish. Any number of
 //! processes may share one PostgreSQL database and one Redis; on SQLite
@@ -26,7 +26,8 @@ use crate::outbox::{self, Dispatcher};
 use crate::queue::{self, RedisQueue, SqliteQueue, WorkerQueue};
 use crate::ratelimit::{self, ApiGate, SharedLimit};
 use crate::storage::{
-    Database, Deliveries, ErasureRequests, PgStore, ProcessLock, SqliteStore, Store, SyncStore,
+    Database, Deliveries, ErasureRequests, PgStore, ProcessLock, Retention, SqliteStore, Store,
+    SyncStore,
 };
 use crate::sync::SyncContext;
 use crate::webhooks::Deliverer;
@@ -220,7 +221,7 @@ impl Parts<'_> {
     /// of the process reaches it through one trait object.
     async fn start<S, Q>(&mut self, store: S, queue: Q, gate: ApiGate) -> anyhow::Result<SocketAddr>
     where
-        S: SyncStore + Store + Deliveries + ErasureRequests,
+        S: SyncStore + Store + Deliveries + ErasureRequests + Retention,
         Q: WorkerQueue,
     {
         let settings = self.settings;
@@ -246,6 +247,15 @@ impl Parts<'_> {
                 settings.gdpr,
                 shutdown.clone(),
             )),
+        );
+        self.spawn_part(
+            "retention",
+            ops::run_retention(
+                store.clone(),
+                settings.retention,
+                self.name.clone(),
+                shutdown.clone(),
+            ),
         );
         let store: Arc<dyn Store> = store;
         let job_queue = queue::shared(queue.clone());

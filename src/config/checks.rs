@@ -210,6 +210,7 @@ impl Settings {
                 token: header_safe("console.token", raw.console.token.and_then(non_empty))?,
             },
             gdpr: check_gdpr(&raw.gdpr)?,
+            retention: super::retention::check(&raw.retention)?,
         })
     }
 }

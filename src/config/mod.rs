@@ -20,6 +20,7 @@
 mod api_version;
 mod checks;
 mod raw;
+mod retention;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ use crate::domain::ClaimCheck;
 use raw::Raw;
 
 pub use api_version::ApiVersion;
+pub use retention::RetentionSettings;
 pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 /// The compiled-in defaults: a binary copied alone still starts.
@@ -82,6 +84,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub console: ConsoleSettings,
     pub gdpr: GdprSettings,
+    pub retention: RetentionSettings,
 }
 
 #[derive(Debug, Clone)]

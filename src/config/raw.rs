@@ -34,6 +34,28 @@ pub(super) struct Raw {
     pub console: RawConsole,
     #[serde(default)]
     pub gdpr: RawGdpr,
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+pub(super) struct RawRetention {
+    pub events_days: u32,
+    pub conflicts_days: u32,
+    pub erasures_days: u32,
+    pub interval_ms: u64,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        Self {
+            events_days: 7,
+            conflicts_days: 90,
+            erasures_days: 0,
+            interval_ms: 3_600_000,
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -15,7 +15,7 @@ pub use profile::{Desired, Profile, Synced};
 pub use provenance::{ClaimCheck, Intent, Provenance};
 pub use report::{
     ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, FinishedInMinute, MappingRow,
-    Pause, RetryTarget, Status, UserRecord,
+    Pause, Retained, RetryTarget, Status, UserRecord,
 };
 pub use state::{
     ConflictReason, ErasureOutcome, EventKind, EventState, LogsSkipped, RESOLVED_BY_WORKER,

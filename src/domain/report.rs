@@ -27,6 +27,23 @@ pub struct Status {
     pub outbox_lag_seconds: f64,
     /// Set while an operator has paused the deployment.
     pub paused: Option<Pause>,
+    /// What retention has removed (see `[retention]`).
+    pub retention: Retained,
+}
+
+/// What retention has removed since the deployment began keeping count,
+/// and when it last worked: rows deleted, never their content.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow, PartialEq)]
+pub struct Retained {
+    pub events: i64,
+    pub conflicts: i64,
+    pub erasures: i64,
+    /// Webhook deliveries, delivered or abandoned.
+    pub webhooks: i64,
+    /// When a pass last removed anything.
+    pub last_removed_at: Option<DateTime<Utc>>,
+    /// When the last pass ended.
+    pub last_pass_at: Option<DateTime<Utc>>,
 }
 
 /// An operator's pause of the deployment: since when, by whom, why.

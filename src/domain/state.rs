@@ -51,6 +51,15 @@ pub enum EventState {
 }
 
 impl EventState {
+    /// Every state an event can end in.
+    pub const ALL: [Self; 5] = [
+        Self::Applied,
+        Self::Superseded,
+        Self::Conflict,
+        Self::Failed,
+        Self::Invalid,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Applied => "applied",

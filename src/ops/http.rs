@@ -181,6 +181,21 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
         metrics::gauge!("user_sync_pending_erasures").set(status.pending_erasures as f64);
         metrics::gauge!("user_sync_erasure_oldest_pending_seconds")
             .set(status.oldest_pending_erasure_seconds);
+        // What retention removed across the deployment (the process's own
+        // share is user_sync_retention_removed_total).
+        let removed = &status.retention;
+        for (table, count) in [
+            ("events", removed.events),
+            ("conflicts", removed.conflicts),
+            ("erasures", removed.erasures),
+            ("webhooks", removed.webhooks),
+        ] {
+            metrics::gauge!("user_sync_retention_removed_rows", "table" => table).set(count as f64);
+        }
+        if let Some(at) = removed.last_pass_at {
+            metrics::gauge!("user_sync_retention_last_pass_timestamp_seconds")
+                .set(at.timestamp() as f64);
+        }
     }
     if let Ok(depth) = state.queue.depth().await {
         metrics::gauge!("user_sync_queue_depth").set(depth as f64);

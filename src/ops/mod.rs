@@ -1,6 +1,7 @@
 //! Operating the worker: the HTTP endpoints of `user-sync run` (`/healthz`,
 //! `/readyz`, `/metrics`), the operator API and its console (`console`),
-//! Prometheus metrics, and the `status`/`conflicts` reports. Each in a private file; what `app` and `cli` use is re-exported
+//! Prometheus metrics, the `status`/`conflicts` reports, and retention's
+//! passes (`retention`). Each in a private file; what `app` and `cli` use is re-exported
 //! here.
 
 mod console;
@@ -9,6 +10,7 @@ mod http;
 mod metrics;
 mod readiness;
 mod reconcile;
+mod retention;
 mod status;
 
 pub use console::Console;
@@ -19,6 +21,7 @@ pub use http::{OpsState, bind, serve};
 pub use metrics::recorder;
 pub use readiness::{ApiCheck, ApiReadiness};
 pub use reconcile::{Action, Done, FullNameFix, Reconciler, Refused, Resolve, recheck_conflicts};
+pub use retention::{PassOutcome, Removed, run_pass, run_retention};
 pub use status::{
     ListFormat, describe_done, describe_pause, mask_username, render_conflicts, render_events,
     render_user, status_table, user_json,

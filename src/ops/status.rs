@@ -22,6 +22,12 @@ pub fn status_table(status: &Status) -> String {
             format!("{:.0}s", status.oldest_pending_erasure_seconds),
         ),
         ("outbox lag", format!("{:.1}s", status.outbox_lag_seconds)),
+        ("events removed", status.retention.events.to_string()),
+        ("conflicts removed", status.retention.conflicts.to_string()),
+        ("erasures removed", status.retention.erasures.to_string()),
+        ("webhooks removed", status.retention.webhooks.to_string()),
+        ("last removal", when(status.retention.last_removed_at)),
+        ("last retention pass", when(status.retention.last_pass_at)),
         (
             "paused",
             status
@@ -33,6 +39,14 @@ pub fn status_table(status: &Status) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:<20} {v:>12}\n"))
         .collect()
+}
+
+/// A time to the second, or `never`.
+fn when(at: Option<DateTime<Utc>>) -> String {
+    at.map_or_else(
+        || "never".into(),
+        |at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }
 
 /// The output formats of the listings (`conflicts`, `events`).

@@ -26,6 +26,7 @@ mod events;
 #[cfg(test)]
 mod memory;
 mod pg;
+mod retention;
 mod sqlite;
 mod users;
 mod webhooks;
@@ -61,7 +62,9 @@ pub use written::{HOST_USER_ID_BOUND, KIND_BOUND, Problem, Unusable, VALUE_BOUND
 // public for the tests that read how they reach their rows.
 pub use pg::{
     PgStore, claim_each_for_create, finish_many, holders_of, mark_synced, newest_pending_many,
+    sweep_retention_in,
 };
+pub use retention::{Cursor, Pass, PassEnd, Retention, Sweep, Swept};
 pub use sqlite::{ProcessLock, SqliteBackfill, SqliteStore, json_list};
 pub(crate) use users::intent_of;
 pub use users::{Claim, ClaimIntent, Found, HolderClaim, NewClaim, SyncedUser, Unconfirmed};

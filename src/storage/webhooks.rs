@@ -106,13 +106,6 @@ pub trait Deliveries: Send + Sync {
         &'a self,
         failed: FailedAttempt<'a>,
     ) -> BoxFuture<'a, sqlx::Result<bool>>;
-    /// Deletes deliveries delivered more than `delivered` ago and those
-    /// abandoned more than `abandoned` ago; returns how many.
-    fn prune_deliveries(
-        &self,
-        delivered: Duration,
-        abandoned: Duration,
-    ) -> BoxFuture<'_, sqlx::Result<u64>>;
     /// The age of the oldest delivery still to be tried, if any.
     fn oldest_undelivered(&self) -> BoxFuture<'_, sqlx::Result<Option<Duration>>>;
     /// Every delivery not delivered, oldest first.

@@ -3,7 +3,7 @@
 //! one attempt.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -30,12 +30,6 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 /// How long attempts under way may finish after shutdown; one cut short is
 /// sent again when its lease runs out.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// How often delivered and abandoned rows are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-/// Delivered webhooks are kept this long (to answer "was it sent?").
-const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Abandoned webhooks are kept this long, for `--redeliver`.
-const KEEP_ABANDONED: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How one attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,9 +75,8 @@ impl Deliverer {
     }
 
     /// Delivers due webhooks until `shutdown`; keeps the metric of the
-    /// oldest undelivered one and prunes old rows now and then.
+    /// oldest undelivered one (retention deletes the old rows).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut next_prune = Instant::now();
         let mut failures = 0u32;
         loop {
             let round = self.deliver_due();
@@ -110,18 +103,6 @@ impl Deliverer {
                 }
             };
             self.measure().await;
-            if Instant::now() >= next_prune {
-                next_prune = Instant::now() + PRUNE_EVERY;
-                match self
-                    .deliveries
-                    .prune_deliveries(KEEP_DELIVERED, KEEP_ABANDONED)
-                    .await
-                {
-                    Ok(0) => {}
-                    Ok(count) => tracing::info!(count, "old webhook deliveries pruned"),
-                    Err(error) => tracing::warn!(%error, "pruning webhook deliveries failed"),
-                }
-            }
             // A full batch means more may be due: no wait.
             if !full {
                 tokio::select! {

@@ -262,6 +262,11 @@ async function showOverview() {
   number('m-rate', rate.share, status.rate_limit.api_key_refused);
   $('m-rate-detail').textContent = rate.detail;
   number('m-synced', status.synced_users);
+  const removed = status.retention;
+  number('m-retention', removed.events);
+  $('m-retention-detail').textContent = 'events; ' + removed.conflicts + ' conflicts, ' +
+    removed.erasures + ' erasures, ' + removed.webhooks + ' webhooks; last pass ' +
+    (removed.last_pass_at ? when(removed.last_pass_at) : 'never');
   showPause(status.paused);
   drawChart(activity.minutes);
 }

@@ -16,7 +16,9 @@
 //! which the host app's sqlx migrations take too, under the same key) is
 //! not taken. What one migration cannot do, because a statement
 //! `CONCURRENTLY` must be alone in its file, is done here after the
-//! migrations ([`finish_index_swap`]).
+//! migrations ([`finish_index_swap`]). Indexes of large tables that no
+//! migration creates are built after the migrations, concurrently too (see
+//! [`CONCURRENT_INDEXES`]).
 
 use std::time::Duration;
 
@@ -61,6 +63,7 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
             .run(&mut *conn)
             .await
             .context("applying the worker's migrations")?;
+        build_indexes(&mut conn).await?;
         let after = applied(&mut conn).await?;
         finish_index_swap(&mut conn).await?;
         anyhow::Ok(after.saturating_sub(before))
@@ -144,9 +147,64 @@ async fn applied(conn: &mut sqlx::PgConnection) -> anyhow::Result<usize> {
     Ok(usize::try_from(count).unwrap_or(0))
 }
 
+/// Indexes of tables that grow large, built after the migrations with
+/// `CREATE INDEX CONCURRENTLY`: inside a migration's transaction the build
+/// would stop the host's inserts into the outbox for as long as it reads
+/// the whole table (seconds per million rows). (name, definition.)
+const CONCURRENT_INDEXES: &[(&str, &str)] = &[(
+    // The finished events by state and end: the counts of `status` and
+    // `/metrics` read only the failed, invalid and conflict entries, the
+    // console's activity only the last minutes', retention only the old
+    // ones (see 0010_retention.sql). An event adds one entry when it
+    // finishes; a pending one none.
+    "events_finished",
+    "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_finished
+         ON user_sync.events (state, finished_at) WHERE state <> 'pending'",
+)];
+
+/// Whether index `name` of schema `user_sync` exists, and if so whether it
+/// is valid (a concurrent build that failed leaves an invalid one).
+async fn index_state(conn: &mut sqlx::PgConnection, name: &str) -> sqlx::Result<Option<bool>> {
+    sqlx::query_scalar(
+        "SELECT i.indisvalid FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'user_sync' AND c.relname = $1",
+    )
+    .bind(name)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Builds each of [`CONCURRENT_INDEXES`] that is missing, or invalid (left
+/// by a build that was cut short: it is dropped and built again).
+async fn build_indexes(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    use anyhow::Context;
+    for (name, definition) in CONCURRENT_INDEXES {
+        match index_state(conn, name).await? {
+            Some(true) => continue,
+            Some(false) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP INDEX CONCURRENTLY IF EXISTS user_sync.{name}"
+                )))
+                .execute(&mut *conn)
+                .await?;
+            }
+            None => {}
+        }
+        tracing::info!(index = name, "building an index of the worker's tables");
+        sqlx::raw_sql(*definition)
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("building index user_sync.{name}"))?;
+    }
+    Ok(())
+}
+
 /// Fails, saying what to run, when the database lacks a migration this
-/// binary needs, or is one the worker cannot run on. `run` never migrates
-/// by itself: schema changes are a deploy step.
+/// binary needs, or one of the indexes `migrate` builds after them, or is
+/// one the worker cannot run on. `run` never migrates by itself: schema
+/// changes are a deploy step.
 pub async fn check_current(pool: &PgPool) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     check_encoding(&mut conn).await?;
@@ -156,5 +214,12 @@ pub async fn check_current(pool: &PgPool) -> anyhow::Result<()> {
         applied >= expected,
         "the database schema is not up to date ({applied} of {expected} migrations applied): run `user-sync migrate`"
     );
+    for (name, _) in CONCURRENT_INDEXES {
+        anyhow::ensure!(
+            index_state(&mut conn, name).await? == Some(true),
+            "the database schema is not up to date (index user_sync.{name} is missing or \
+             was never finished): run `user-sync migrate`"
+        );
+    }
     Ok(())
 }

@@ -16,6 +16,7 @@ mod migrate;
 mod nodelay;
 mod pooler;
 mod reports;
+mod retention;
 mod session;
 mod users;
 mod webhooks;
@@ -23,6 +24,7 @@ mod webhooks;
 pub use events::{finish_many, newest_pending_many};
 pub(super) use migrate::{check_current, run as migrate};
 pub use pooler::refuse_transaction_pooling;
+pub use retention::sweep_in as sweep_retention_in;
 pub use users::{claim_each_for_create, holders_of, mark_synced};
 
 use std::str::FromStr;

@@ -4,9 +4,10 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::domain::{
-    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, FinishedInMinute, Pause,
-    RetryTarget, Status, UserRecord,
+    ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, EventState, FinishedInMinute,
+    Pause, RetryTarget, Status, UserRecord,
 };
+use crate::storage::retention::RETAINED;
 use crate::storage::{Operate, PgStore, Reports, ping};
 
 impl Reports for PgStore {
@@ -14,16 +15,28 @@ impl Reports for PgStore {
         Box::pin(ping(self.pool()))
     }
 
-    /// The counts behind `user-sync status`.
+    /// The counts behind `user-sync status`. Each reads live rows only,
+    /// through a partial index, whatever the history: the pending events
+    /// through the two indexes the dispatcher and the sweeper read, the
+    /// failed, invalid and conflict ones through `events_finished` (the
+    /// applied and superseded bulk of it is never read), open conflicts
+    /// through `conflicts_recheck_due`, open closures through
+    /// `events_open_closures`.
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
         Box::pin(async move {
             let row: (i64, i64, i64, i64, f64) = sqlx::query_as(
-                "SELECT count(*) FILTER (WHERE state = 'pending'),
-                        count(*) FILTER (WHERE state = 'failed'),
-                        count(*) FILTER (WHERE state = 'invalid'),
-                        count(*) FILTER (WHERE state = 'conflict'),
-                        COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE state = 'pending')), 0)::float8
-                 FROM user_sync.events",
+                "SELECT (SELECT count(*) FROM user_sync.events
+                          WHERE state = 'pending' AND dispatched_at IS NULL)
+                        + (SELECT count(*) FROM user_sync.events
+                            WHERE state = 'pending' AND dispatched_at IS NOT NULL),
+                        (SELECT count(*) FROM user_sync.events WHERE state = 'failed'),
+                        (SELECT count(*) FROM user_sync.events WHERE state = 'invalid'),
+                        (SELECT count(*) FROM user_sync.events WHERE state = 'conflict'),
+                        COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
+                            (SELECT min(occurred_at) FROM user_sync.events
+                              WHERE state = 'pending' AND dispatched_at IS NULL),
+                            (SELECT min(occurred_at) FROM user_sync.events
+                              WHERE state = 'pending' AND dispatched_at IS NOT NULL))), 0)::float8",
             )
             .fetch_one(self.pool())
             .await?;
@@ -37,6 +50,10 @@ impl Reports for PgStore {
                 .await?;
             let (pending_erasures, oldest_pending_erasure_seconds) =
                 super::super::erasures::pending_summary(self).await?;
+            let retention = sqlx::query_as(RETAINED)
+                .fetch_optional(self.pool())
+                .await?
+                .unwrap_or_default();
             Ok(Status {
                 pending_events: row.0,
                 failed_events: row.1,
@@ -49,6 +66,7 @@ impl Reports for PgStore {
                 pending_erasures,
                 oldest_pending_erasure_seconds,
                 paused: self.pause_state().await?,
+                retention,
             })
         })
     }
@@ -126,11 +144,12 @@ impl Operate for PgStore {
         Box::pin(async move {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {} FROM user_sync.events
-                 WHERE ($1::text IS NULL OR state = $1)
+                 WHERE {}
                    AND ($2::text IS NULL OR host_user_id = $2)
                    AND ($3::timestamptz IS NULL OR occurred_at >= $3)
                  ORDER BY id DESC LIMIT $4",
-                EventRow::COLUMNS
+                EventRow::COLUMNS,
+                state_condition(filter)
             )))
             .bind(filter.state.as_deref())
             .bind(filter.host_user_id.as_deref())
@@ -237,12 +256,17 @@ impl Operate for PgStore {
         since: DateTime<Utc>,
     ) -> BoxFuture<'_, sqlx::Result<Vec<FinishedInMinute>>> {
         Box::pin(async move {
+            // The minutes' entries of `events_finished`, state by state:
+            // the rest of the history is never read.
+            let states: Vec<&str> = EventState::ALL.iter().map(|s| s.as_str()).collect();
             let rows: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
                 "SELECT date_trunc('minute', finished_at), state, count(*)
-                 FROM user_sync.events WHERE finished_at >= $1
+                 FROM user_sync.events
+                 WHERE state <> 'pending' AND state = ANY($2) AND finished_at >= $1
                  GROUP BY 1, 2 ORDER BY 1, 2",
             )
             .bind(since)
+            .bind(&states)
             .fetch_all(self.pool())
             .await?;
             Ok(rows
@@ -254,5 +278,15 @@ impl Operate for PgStore {
                 })
                 .collect())
         })
+    }
+}
+
+/// The condition on `$1`, the state asked for: a finished state reads the
+/// entries of that state in `events_finished` (whose condition, written
+/// out, lets the planner use it whatever `$1` is), not the whole history.
+fn state_condition(filter: &EventFilter) -> &'static str {
+    match filter.state.as_deref() {
+        None | Some("pending") => "($1::text IS NULL OR state = $1)",
+        Some(_) => "state = $1 AND state <> 'pending'",
     }
 }

@@ -166,25 +166,6 @@ impl Deliveries for PgStore {
         })
     }
 
-    fn prune_deliveries(
-        &self,
-        delivered: Duration,
-        abandoned: Duration,
-    ) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(async move {
-            let result = sqlx::query(
-                "DELETE FROM user_sync.webhook_deliveries
-                 WHERE delivered_at < now() - make_interval(secs => $1)
-                    OR abandoned_at < now() - make_interval(secs => $2)",
-            )
-            .bind(delivered.as_secs_f64())
-            .bind(abandoned.as_secs_f64())
-            .execute(&self.pool)
-            .await?;
-            Ok(result.rows_affected())
-        })
-    }
-
     fn oldest_undelivered(&self) -> BoxFuture<'_, sqlx::Result<Option<Duration>>> {
         Box::pin(async move {
             // The first entry of the index of undelivered rows by creation.

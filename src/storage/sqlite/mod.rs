@@ -18,6 +18,7 @@ mod conflicts;
 mod erasures;
 mod events;
 mod reports;
+mod retention;
 mod session;
 mod users;
 mod webhooks;

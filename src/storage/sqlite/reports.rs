@@ -9,6 +9,7 @@ use crate::domain::{
     ConflictRow, ConflictStatus, ErasureRow, EventFilter, EventRow, FinishedInMinute, Pause,
     RetryTarget, Status, UserRecord,
 };
+use crate::storage::retention::RETAINED;
 use crate::storage::{Operate, Reports, SqliteStore, ping};
 
 use super::parse_at;
@@ -18,19 +19,26 @@ impl Reports for SqliteStore {
         Box::pin(ping(self.pool()))
     }
 
-    /// The counts behind `user-sync status`.
+    /// The counts behind `user-sync status`, each through a partial index
+    /// of live rows (see the PostgreSQL side): the pending events through
+    /// `user_sync_events_pending_by_user`, the failed, invalid and conflict
+    /// ones through `user_sync_events_finished` (whose condition each
+    /// query repeats, so that SQLite may use it).
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
         Box::pin(async move {
             let row = sqlx::query(
-                "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
-                        count(*) FILTER (WHERE state = 'failed') AS failed,
-                        count(*) FILTER (WHERE state = 'invalid') AS invalid,
-                        count(*) FILTER (WHERE state = 'conflict') AS conflict,
-                        min(occurred_at) FILTER (WHERE state = 'pending') AS oldest,
+                "SELECT (SELECT count(*) FROM user_sync_events WHERE state = 'pending') AS pending,
+                        (SELECT count(*) FROM user_sync_events
+                          WHERE state <> 'pending' AND state = 'failed') AS failed,
+                        (SELECT count(*) FROM user_sync_events
+                          WHERE state <> 'pending' AND state = 'invalid') AS invalid,
+                        (SELECT count(*) FROM user_sync_events
+                          WHERE state <> 'pending' AND state = 'conflict') AS conflict,
+                        (SELECT min(occurred_at) FROM user_sync_events
+                          WHERE state = 'pending') AS oldest,
                         (SELECT count(*) FROM user_sync_users WHERE state = 'synced') AS synced,
                         (SELECT count(*) FROM user_sync_conflicts WHERE status = 'open') AS open,
-                        (SELECT count(*) FROM user_sync_erasures) AS erasures
-                 FROM user_sync_events",
+                        (SELECT count(*) FROM user_sync_erasures) AS erasures",
             )
             .fetch_one(self.pool())
             .await?;
@@ -54,6 +62,12 @@ impl Reports for SqliteStore {
                 pending_erasures,
                 oldest_pending_erasure_seconds,
                 paused: self.pause_state().await?,
+                retention: sqlx::query_as(sqlx::AssertSqlSafe(
+                    RETAINED.replace("user_sync.", "user_sync_"),
+                ))
+                .fetch_optional(self.pool())
+                .await?
+                .unwrap_or_default(),
             })
         })
     }
@@ -139,11 +153,16 @@ impl Operate for SqliteStore {
         Box::pin(async move {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {} FROM user_sync_events
-                 WHERE (?1 IS NULL OR state = ?1)
+                 WHERE {}
                    AND (?2 IS NULL OR host_user_id = ?2)
                    AND (?3 IS NULL OR occurred_at >= ?3)
                  ORDER BY id DESC LIMIT ?4",
-                EventRow::COLUMNS
+                EventRow::COLUMNS,
+                match filter.state.as_deref() {
+                    None | Some("pending") => "(?1 IS NULL OR state = ?1)",
+                    // The finished states' index (see `status`).
+                    Some(_) => "state <> 'pending' AND state = ?1",
+                }
             )))
             .bind(filter.state.as_deref())
             .bind(filter.host_user_id.as_deref())
@@ -245,7 +264,10 @@ impl Operate for SqliteStore {
             // 16 characters are the minute, and text order is time order.
             let rows: Vec<(String, String, i64)> = sqlx::query_as(
                 "SELECT substr(finished_at, 1, 16), state, count(*)
-                 FROM user_sync_events WHERE finished_at >= ?1
+                 FROM user_sync_events
+                 WHERE state <> 'pending'
+                   AND state IN ('applied', 'superseded', 'conflict', 'failed', 'invalid')
+                   AND finished_at >= ?1
                  GROUP BY 1, 2 ORDER BY 1, 2",
             )
             .bind(super::text_at(since))

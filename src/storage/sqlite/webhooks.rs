@@ -194,24 +194,6 @@ impl Deliveries for SqliteStore {
         })
     }
 
-    fn prune_deliveries(
-        &self,
-        delivered: Duration,
-        abandoned: Duration,
-    ) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(async move {
-            let result = sqlx::query(
-                "DELETE FROM user_sync_webhook_deliveries
-                 WHERE delivered_at < ?1 OR abandoned_at < ?2",
-            )
-            .bind(ago(delivered))
-            .bind(ago(abandoned))
-            .execute(&self.pool)
-            .await?;
-            Ok(result.rows_affected())
-        })
-    }
-
     fn oldest_undelivered(&self) -> BoxFuture<'_, sqlx::Result<Option<Duration>>> {
         Box::pin(async move {
             let oldest: Option<String> = sqlx::query_scalar(
