@@ -37,6 +37,7 @@ fn each_created_once(env: &Env, users: usize) {
 on_each_backend!(
     events_marked_dispatched_with_no_job_go_again_within_seconds,
     an_event_fails_after_exactly_max_attempts_and_keeps_its_intent,
+    a_create_refused_with_no_holder_fails_at_once_and_frees_its_username,
 );
 
 /// What a crash between the dispatcher's claim and its push leaves behind
@@ -657,5 +658,93 @@ async fn a_401_between_a_lookup_and_its_create_pauses_and_creates_once() {
     assert_eq!(env.event_state(id).await.0, "applied");
     each_created_once(&env, 1);
     run.stop().await;
+    env.finish().await;
+}
+
+/// A create the API refuses as taken when nobody holds the username (a
+/// lookup finds no one): a definite refusal, so the event ends `failed`
+/// after that one attempt (no retry can change the answer), and its claim
+/// is released: another host user with that email is created once the API
+/// takes creates again.
+async fn a_create_refused_with_no_holder_fails_at_once_and_frees_its_username(backend: Backend) {
+    use user_sync_sandbox::{FaultUpdate, routes};
+    let env = Env::start_on(backend, SandboxOptions::default()).await;
+    env.sandbox.update_faults(FaultUpdate {
+        refuse_creates: Some(true),
+        ..FaultUpdate::default()
+    });
+    let run = Running::with(&env, &[("USER_SYNC__WORKER__MAX_ATTEMPTS", "3")]).await;
+    let id = env.signup("first", "refused@example.com", None).await;
+    eventually(SETUP, "the event fails", || async {
+        env.event_state(id).await.0 == "failed"
+    })
+    .await;
+    let attempts = env
+        .scalar(&format!(
+            "SELECT CAST(attempts AS BIGINT) FROM user_sync.events WHERE id = {id}"
+        ))
+        .await;
+    assert_eq!(attempts, 1, "a definite refusal is not tried again");
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.route_total(routes::CREATE), 1);
+    assert_eq!(
+        stats.count(routes::GET, 404),
+        1,
+        "its holder was looked for"
+    );
+    // A row holds its username only while `creating` or `synced`.
+    assert_eq!(
+        env.pairs("SELECT state, NULL FROM user_sync.users WHERE host_user_id = 'first'")
+            .await,
+        vec![(Some("failed".into()), None)],
+        "the claim is released"
+    );
+
+    env.sandbox.update_faults(FaultUpdate {
+        refuse_creates: Some(false),
+        ..FaultUpdate::default()
+    });
+    let other = env.signup("second", "refused@example.com", None).await;
+    env.settle(SETUP).await;
+    assert_eq!(env.event_state(other).await.0, "applied");
+    assert!(env.embedded_id("second").await.is_some());
+    each_created_once(&env, 1);
+    run.stop().await;
+    env.finish().await;
+}
+
+/// Answers slower than the tests' 2 s timeout but within the default 10 s:
+/// on the default timeout they are answers, not lost ones (no lookup, no
+/// unconfirmed create).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_within_the_default_timeout_are_not_taken_for_lost() {
+    use user_sync_sandbox::routes;
+    let env = Env::start(common::latency(3000)).await;
+    let mut vars = env.vars_on_default_timings();
+    vars.remove("USER_SYNC__EMBEDDED__TIMEOUT_MS");
+    let settings =
+        user_sync::config::Settings::load_from(&common::config_dir(), &vars).expect("settings");
+    assert_eq!(settings.embedded.timeout, Duration::from_secs(10));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let worker = user_sync::app::Worker::start(&settings, shutdown.clone())
+        .await
+        .expect("worker starts");
+    for i in 0..4 {
+        env.signup(&format!("s{i}"), &format!("slow{i}@example.com"), None)
+            .await;
+    }
+    env.settle(SETUP).await;
+    each_created_once(&env, 4);
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.route_total(routes::GET), 0, "no answer was lost");
+    let unconfirmed = env
+        .scalar("SELECT count(*) FROM user_sync.users WHERE state <> 'synced'")
+        .await;
+    assert_eq!(unconfirmed, 0);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), worker.stopped())
+        .await
+        .expect("the worker stops")
+        .expect("no part stopped on its own");
     env.finish().await;
 }

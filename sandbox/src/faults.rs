@@ -31,6 +31,8 @@ pub(crate) struct Faults {
     pub(crate) throttled_until: Option<Instant>,
     /// Accepted requests left before the key is revoked.
     pub(crate) revoke_key_after: Option<u64>,
+    /// Every create is refused as taken, though no user holds its username.
+    pub(crate) refuse_creates: bool,
 }
 
 impl Faults {
@@ -46,6 +48,7 @@ impl Faults {
             refuse_rename: options.refuse_rename,
             throttled_until: None,
             revoke_key_after: None,
+            refuse_creates: false,
         })
     }
 
@@ -73,6 +76,9 @@ impl Faults {
         }
         if let Some(refuse) = update.refuse_rename {
             next.refuse_rename = refuse;
+        }
+        if let Some(refuse) = update.refuse_creates {
+            next.refuse_creates = refuse;
         }
         if let Some(requests) = update.revoke_key_after {
             next.revoke_key_after = Some(requests);

@@ -122,6 +122,11 @@ pub struct FaultUpdate {
     /// to land a revocation between two calls; `api_key` restores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_key_after: Option<u64>,
+    /// Refuses every create as if its username were taken, though nobody
+    /// holds it (a lookup finds no one): an API that refuses for a reason
+    /// it does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refuse_creates: Option<bool>,
 }
 
 impl fmt::Debug for FaultUpdate {
@@ -137,6 +142,7 @@ impl fmt::Debug for FaultUpdate {
             .field("refuse_rename", &self.refuse_rename)
             .field("throttle_secs", &self.throttle_secs)
             .field("revoke_key_after", &self.revoke_key_after)
+            .field("refuse_creates", &self.refuse_creates)
             .finish()
     }
 }

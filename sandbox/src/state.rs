@@ -238,6 +238,10 @@ impl SandboxState {
         username: &str,
         full_name: Option<String>,
     ) -> Result<String, Taken> {
+        if self.faults.refuse_creates {
+            *self.refused_creates.entry(username.to_owned()).or_default() += 1;
+            return Err(Taken);
+        }
         if self.users.id_of(username).is_some() {
             self.stats.duplicate_attempts += 1;
             *self.refused_creates.entry(username.to_owned()).or_default() += 1;

@@ -80,6 +80,7 @@ const BASE_FAILURES: FaultUpdate = FaultUpdate {
     refuse_rename: None,
     throttle_secs: None,
     revoke_key_after: None,
+    refuse_creates: None,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
