@@ -18,8 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionSettings;
 use crate::domain::EventState;
-use crate::retry::Backoff;
-use crate::storage::{Cursor, PassEnd, Retention, Sweep, is_schema_missing};
+use crate::storage::{Cursor, PassEnd, Retention, Sweep, pause_after_failure};
 
 /// Rows looked at per batch.
 pub const BATCH: u32 = 500;
@@ -74,15 +73,9 @@ pub async fn run_retention(
         }
         match run_pass(store.as_ref(), &settings, &holder, &shutdown).await {
             Ok(_) => failures = 0,
-            Err(error) if is_schema_missing(&error) => {
-                return Err(error.context(
-                    "the worker's tables are gone from the database: run `user-sync migrate`",
-                ));
-            }
             Err(error) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(error = %format!("{error:#}"), "a retention pass failed; it is tried again");
-                if Backoff::RESTART.pause(failures, &shutdown).await {
+                let what = "a retention pass failed; it is tried again";
+                if pause_after_failure(error, &mut failures, &shutdown, what).await? {
                     return Ok(());
                 }
             }

@@ -15,8 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::DispatcherSettings;
 use crate::queue::{JobEvent, JobQueue, SyncJob};
 use crate::ratelimit::ApiGate;
-use crate::retry::Backoff;
-use crate::storage::{Outbox, is_schema_missing};
+use crate::storage::{Outbox, pause_after_failure};
 
 /// How often a paused dispatcher looks whether the pause is over.
 const PAUSED_POLL: Duration = Duration::from_millis(100);
@@ -107,15 +106,9 @@ impl Dispatcher {
                     continue;
                 }
                 Ok(_) => failures = 0,
-                Err(error) if is_schema_missing(&error) => {
-                    return Err(error.context(
-                        "the worker's tables are gone from the database: run `user-sync migrate`",
-                    ));
-                }
                 Err(error) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %format!("{error:#}"), "dispatch failed; retrying");
-                    if Backoff::RESTART.pause(failures, &shutdown).await {
+                    let what = "dispatch failed; retrying";
+                    if pause_after_failure(error, &mut failures, &shutdown, what).await? {
                         return Ok(());
                     }
                     continue;

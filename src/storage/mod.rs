@@ -703,6 +703,28 @@ pub fn is_schema_missing(error: &anyhow::Error) -> bool {
     })
 }
 
+/// What a long-running part does after a round failed with `error`: the
+/// worker's tables gone stop it for good (`Err`, saying to migrate); any
+/// other error is logged as `what` and waited out with the restart backoff,
+/// longer after each of `failures` in a row. `Ok(true)` when the shutdown
+/// came during the wait.
+pub async fn pause_after_failure(
+    error: anyhow::Error,
+    failures: &mut u32,
+    shutdown: &tokio_util::sync::CancellationToken,
+    what: &'static str,
+) -> anyhow::Result<bool> {
+    if is_schema_missing(&error) {
+        return Err(error
+            .context("the worker's tables are gone from the database: run `user-sync migrate`"));
+    }
+    *failures = failures.saturating_add(1);
+    tracing::warn!(error = %format!("{error:#}"), "{what}");
+    Ok(crate::retry::Backoff::RESTART
+        .pause(*failures, shutdown)
+        .await)
+}
+
 /// Whether `error` is a unique-constraint violation.
 pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
