@@ -13,6 +13,13 @@
 //!   baseline of earlier figures;
 //! - `throughput`: signups committed to the outbox in one statement until
 //!   every user is created and mapped, with the API calls per signup;
+//! - `dbcost`: what the same run cost the PostgreSQL server, per signup:
+//!   the CPU time of every server process (backends, the background
+//!   writers, autovacuum, the children that exited during the run), the
+//!   WAL bytes (`pg_current_wal_lsn()` before and after), its records and
+//!   full-page images (`pg_stat_wal`), and how much of the WAL the host's
+//!   own insert wrote. A checkpoint before the run makes the full-page
+//!   images the same from run to run;
 //! - `ratio`: `throughput` against the median of three `baseline` runs, two
 //!   before the pipeline's run and one after it; `ratio2` the same against
 //!   `baseline2`;
@@ -72,9 +79,19 @@ async fn main() {
     );
 
     let (mut worker, ops) = spawn_worker(&env).await;
-    let (throughput, calls) = pipeline_throughput(&env, events).await;
+    let (throughput, calls, cost) = pipeline_throughput(&env, events).await;
     println!(
         "throughput  outbox commit -> created and mapped: events={events} calls_per_signup={calls:.2} rate={throughput:.0}"
+    );
+    println!(
+        "dbcost      PostgreSQL server per signup, whole run: events={events} cpu_us={:.1} wal_bytes={:.0} wal_records={:.2} wal_fpi={:.3} host_insert_wal_bytes={:.0} wal={}..{}",
+        cost.cpu_us,
+        cost.wal_bytes,
+        cost.wal_records,
+        cost.wal_fpi,
+        cost.host_insert_wal_bytes,
+        cost.wal_range.0,
+        cost.wal_range.1
     );
 
     runs.push(bare_loop(&env, 4 * events, events, false).await);
@@ -244,12 +261,118 @@ async fn pending(env: &Env) -> i64 {
         .expect("count pending events")
 }
 
+/// What the PostgreSQL server has spent so far: CPU ticks of all its
+/// processes, the WAL position, and its WAL records and full-page images.
+struct ServerSpent {
+    ticks: u64,
+    lsn: f64,
+    /// The WAL position as PostgreSQL writes it, for `pg_waldump`.
+    at: String,
+    records: f64,
+    fpi: f64,
+}
+
+/// Per signup: the server's CPU, its WAL and the host insert's share.
+struct DbCost {
+    cpu_us: f64,
+    wal_bytes: f64,
+    wal_records: f64,
+    wal_fpi: f64,
+    host_insert_wal_bytes: f64,
+    /// The run's WAL, from and to, for `pg_waldump --start … --end …`.
+    wal_range: (String, String),
+}
+
+async fn wal_lsn(env: &Env) -> f64 {
+    sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8")
+        .fetch_one(env.pg())
+        .await
+        .expect("the WAL position")
+}
+
+async fn server_spent(env: &Env) -> ServerSpent {
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(env.pg())
+        .await
+        .expect("a backend's pid");
+    let (records, fpi): (f64, f64) =
+        sqlx::query_as("SELECT wal_records::float8, wal_fpi::float8 FROM pg_stat_wal")
+            .fetch_one(env.pg())
+            .await
+            .expect("pg_stat_wal");
+    let at: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(env.pg())
+        .await
+        .expect("the WAL position");
+    ServerSpent {
+        ticks: server_ticks(pid as u32),
+        lsn: wal_lsn(env).await,
+        at,
+        records,
+        fpi,
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name.
+fn proc_stat(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // State is the first field and not a number: stand a zero in for it.
+    Some(
+        rest.split_whitespace()
+            .map(|field| field.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU ticks of the whole server that `backend` belongs to: the postmaster
+/// (with the children it has reaped) and every live child.
+fn server_ticks(backend: u32) -> u64 {
+    // After the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14).
+    let postmaster = proc_stat(backend).expect("the backend's /proc entry")[1];
+    let own = proc_stat(postmaster as u32).expect("the postmaster's /proc entry");
+    let mut ticks = own[11] + own[12] + own[13] + own[14];
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(stat) = proc_stat(pid).filter(|s| s.len() > 12 && s[1] == postmaster) {
+            ticks += stat[11] + stat[12];
+        }
+    }
+    ticks
+}
+
+/// Clock ticks per second of `/proc`'s CPU times.
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
 /// Commits `count` signups at once and waits until all are applied;
-/// returns events per second from the commit, and API calls per event.
-async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64) {
+/// returns events per second from the commit, API calls per event and what
+/// the run cost the database server.
+async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64, DbCost) {
     let before = applied(env).await;
     let stats = env.sandbox.stats();
     let (creates, requests) = (stats.creates, stats.total_requests);
+    // The first change of each page after a checkpoint writes the whole
+    // page: one now, so that no run has one in its middle and each starts
+    // alike. Then the statistics of that settle (flushed once a second).
+    sqlx::query("CHECKPOINT")
+        .execute(env.pg())
+        .await
+        .expect("a checkpoint");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spent = server_spent(env).await;
     let started = Instant::now();
     sqlx::query(
         "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
@@ -260,6 +383,7 @@ async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64) {
     .execute(env.pg())
     .await
     .expect("insert signups");
+    let inserted_lsn = wal_lsn(env).await;
     // The sandbox counts the creates in this process: waiting on it costs
     // the database nothing; then the last mappings land.
     while env.sandbox.stats().creates < creates + count as u64 {
@@ -281,7 +405,19 @@ async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64) {
     let stats = env.sandbox.stats();
     assert_eq!(stats.duplicate_attempts, 0, "a duplicate create");
     let calls = (stats.total_requests - requests) as f64 / count as f64;
-    (rate, calls)
+    // Every backend flushes its WAL statistics within a second of idling.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let end = server_spent(env).await;
+    let n = count as f64;
+    let cost = DbCost {
+        cpu_us: (end.ticks - spent.ticks) as f64 / ticks_per_second() * 1e6 / n,
+        wal_bytes: (end.lsn - spent.lsn) / n,
+        wal_records: (end.records - spent.records) / n,
+        wal_fpi: (end.fpi - spent.fpi) / n,
+        host_insert_wal_bytes: (inserted_lsn - spent.lsn) / n,
+        wal_range: (spent.at, end.at),
+    };
+    (rate, calls, cost)
 }
 
 /// Commits `per_second` signups a second for `duration`; returns p50, p99
