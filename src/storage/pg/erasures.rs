@@ -28,8 +28,10 @@ pub async fn steps(
         "DELETE FROM user_sync.erasure_steps s
          WHERE s.host_user_id = $1
            AND LEAST(s.logs_sent_at, s.logs_deleted_at, s.user_sent_at)
-               < (SELECT e.occurred_at FROM user_sync.events e
-                  WHERE e.host_user_id = $1 AND e.state = 'pending'
+               < (SELECT e.occurred_at
+                  FROM (SELECT id, state, occurred_at FROM user_sync.events
+                        WHERE host_user_id = $1 OFFSET 0) e
+                  WHERE e.state = 'pending'
                   ORDER BY e.id DESC LIMIT 1)",
     )
     .bind(host.as_str())
@@ -124,7 +126,10 @@ pub async fn erase(
         "UPDATE user_sync.events
          SET email = NULL, full_name = NULL,
              reason = CASE WHEN reason IS NULL THEN NULL ELSE 'cleared on erasure' END
-         WHERE host_user_id = $1 AND id <= $2
+         WHERE id = ANY(ARRAY(
+                 SELECT o.id FROM (SELECT id FROM user_sync.events
+                                   WHERE host_user_id = $1 OFFSET 0) o
+                 WHERE o.id <= $2))
            AND (email IS NOT NULL OR full_name IS NOT NULL OR reason IS NOT NULL)",
     )
     .bind(host.as_str())
@@ -213,9 +218,9 @@ const PENDING: &str = "SELECT e.host_user_id, e.id AS event_id, e.state,
      LEFT JOIN user_sync.erasure_steps s ON s.host_user_id = e.host_user_id
      WHERE e.kind = 'account_closure' AND e.state IN ('pending', 'failed')
        AND e.host_user_id IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM user_sync.events n
-                       WHERE n.host_user_id = e.host_user_id AND n.id > e.id
-                         AND n.state <> 'invalid')";
+       AND NOT EXISTS (SELECT 1 FROM (SELECT id, state FROM user_sync.events
+                                      WHERE host_user_id = e.host_user_id OFFSET 0) n
+                       WHERE n.id > e.id AND n.state <> 'invalid')";
 
 impl ErasureRequests for super::PgStore {
     fn request_erasures<'a>(

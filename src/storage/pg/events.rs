@@ -22,7 +22,15 @@
 //!   id in the host's own insert, and an index of the pending ones alone
 //!   cost two more index entries per event);
 //! - an `EXISTS` that must stay a per-row probe carries `OFFSET 0`, which
-//!   keeps PostgreSQL from turning it into a join over the whole table.
+//!   keeps PostgreSQL from turning it into a join over the whole table;
+//! - a condition on the id beside the host user's (its events before or
+//!   after one) is applied to the user's events once found, above an
+//!   `OFFSET 0`: written beside the host user's, it lets the planner read
+//!   the primary key's range of every id below (a bitmap of half the
+//!   table, per user) or walk the primary key backwards for `ORDER BY id
+//!   DESC LIMIT 1`, plans it picks as soon as the table's pages outgrow its
+//!   estimate of their rows (seen when the outbox's pages were given room
+//!   for updates: a job's read went from under 1 ms to 200 ms).
 //!
 //! A statement whose shape alone fixes its plan is prepared once per
 //! connection and its plan reused: planning was a fifth of the database's
@@ -107,9 +115,9 @@ pub async fn newest_pending_many(
                 substr(e.kind, 1, 65) AS kind, substr(e.email, 1, 1025) AS email,
                 substr(e.full_name, 1, 1025) AS full_name, e.occurred_at,
                 e.attempts, e.available_at,
-                (SELECT count(*) FROM user_sync.events o
-                  WHERE o.host_user_id = e.host_user_id AND o.state = 'pending'
-                    AND o.id < e.id) AS older_pending,
+                (SELECT count(*) FROM (SELECT o.id, o.state FROM user_sync.events o
+                                       WHERE o.host_user_id = e.host_user_id OFFSET 0) o
+                  WHERE o.state = 'pending' AND o.id < e.id) AS older_pending,
                 u.last_event_id AS last_acted_on,
                 COALESCE((SELECT l.state IN ('pending', 'superseded') FROM user_sync.events l
                           WHERE l.id = u.last_event_id), false) AS last_acted_unfinished,
@@ -124,8 +132,9 @@ pub async fn newest_pending_many(
                   LIMIT 1) AS probe_holder
          FROM unnest($1::text[]) AS h(host)
          CROSS JOIN LATERAL (
-             SELECT * FROM user_sync.events e
-             WHERE e.host_user_id = h.host AND e.state = 'pending'
+             SELECT * FROM (SELECT * FROM user_sync.events e
+                            WHERE e.host_user_id = h.host OFFSET 0) e
+             WHERE e.state = 'pending'
              ORDER BY e.id DESC LIMIT 1) e
          LEFT JOIN LATERAL (
              SELECT * FROM user_sync.users u WHERE u.host_user_id = h.host LIMIT 1) u ON true
@@ -223,8 +232,15 @@ pub async fn supersede_older(
 ) -> sqlx::Result<u64> {
     let result = sqlx::query(
         "UPDATE user_sync.events SET state = 'superseded', finished_at = now()
-         WHERE host_user_id = $1 AND state = 'pending' AND id < $2",
+         WHERE id = ANY(ARRAY(
+                 SELECT o.id FROM (SELECT id, state FROM user_sync.events
+                                   WHERE host_user_id = $1 OFFSET 0) o
+                 WHERE o.state = 'pending' AND o.id < $2))
+           AND state IS NOT DISTINCT FROM 'pending'",
     )
+    // The user's events through the index of its key, then by key: the
+    // plan is the same at any size (see "Plans that do not depend on
+    // statistics" above).
     .bind(host.as_str())
     .bind(newest)
     .execute(conn)

@@ -176,8 +176,10 @@ impl Operate for PgStore {
                  WHERE e.host_user_id IS NOT NULL
                    AND ($1::text IS NULL OR e.state = $1)
                    AND ($2::text[] IS NULL OR e.host_user_id = ANY($2))
-                   AND NOT EXISTS (SELECT 1 FROM user_sync.events n
-                                   WHERE n.host_user_id = e.host_user_id AND n.id > e.id)",
+                   AND NOT EXISTS (SELECT 1 FROM (SELECT id FROM user_sync.events
+                                                  WHERE host_user_id = e.host_user_id
+                                                  OFFSET 0) n
+                                   WHERE n.id > e.id)",
             )
             .bind(state)
             .bind(hosts)
