@@ -1512,3 +1512,102 @@ async fn claims_of_one_username_in_one_job_leave_the_server_log_clean() {
     assert!(!log.contains("shared.claim"), "{log}");
     env.finish().await;
 }
+
+/// The dispatch claim on PostgreSQL: one claim at a time (another made
+/// meanwhile claims nothing, and nothing is ever claimed twice), and an
+/// event a job ends while a claim waits for its row is left out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dispatcher_claims_at_a_time_and_leaves_events_ended_meanwhile() {
+    use user_sync::storage::{Outbox, PgStore};
+    let db = common::TestDb::create().await;
+    let pool = db.migrated_pool().await;
+    let store = PgStore::new(pool.clone());
+    let insert = |host: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+                 VALUES ($1, 'signup', $1 || '@example.com', NULL) RETURNING id",
+            )
+            .bind(host)
+            .fetch_one(&pool)
+            .await
+            .expect("insert an event")
+        }
+    };
+    for host in ["a0", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9"] {
+        insert(host).await;
+    }
+    let first = store.claim_due(4).await.expect("claim");
+    let second = store.claim_due(100).await.expect("claim");
+    assert_eq!(first.events().len(), 4, "the first claim takes its batch");
+    assert!(
+        second.events().is_empty(),
+        "a claim made while another is open claims nothing: {:?}",
+        second.events().iter().map(|c| c.id).collect::<Vec<_>>()
+    );
+    second.confirm().await.expect("confirm");
+    let taken: Vec<i64> = first.events().iter().map(|c| c.id).collect();
+    first.confirm().await.expect("confirm");
+    let rest = store.claim_due(100).await.expect("claim");
+    let rest_ids: Vec<i64> = rest.events().iter().map(|c| c.id).collect();
+    rest.confirm().await.expect("confirm");
+    assert_eq!(rest_ids.len(), 6, "the rest, once the first claim ended");
+    assert!(
+        rest_ids.iter().all(|id| !taken.contains(id)),
+        "no event claimed twice: {taken:?} then {rest_ids:?}"
+    );
+
+    // An older event of a user is superseded by a job while a claim waits
+    // for its row: once the job commits, the claim leaves it out.
+    let older = insert("b").await;
+    let newer = insert("b").await;
+    let mut job = pool.begin().await.expect("a job's transaction");
+    sqlx::query(
+        "UPDATE user_sync.events SET state = 'superseded', finished_at = now() WHERE id = $1",
+    )
+    .bind(older)
+    .execute(&mut *job)
+    .await
+    .expect("supersede");
+    let claiming = {
+        let store = PgStore::new(pool.clone());
+        tokio::spawn(async move {
+            let claim = store.claim_due(100).await.expect("claim");
+            let ids: Vec<i64> = claim.events().iter().map(|c| c.id).collect();
+            claim.confirm().await.expect("confirm");
+            ids
+        })
+    };
+    // The claim is waiting for the row the job holds.
+    common::eventually(Duration::from_secs(10), "the claim waits for the row", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE user_sync.events e SET dispatched_at%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0)
+                > 0
+        }
+    })
+    .await;
+    job.commit().await.expect("the job commits");
+    let claimed = claiming.await.expect("the claim ends");
+    assert_eq!(claimed, vec![newer], "only the event still pending");
+    let (state, dispatched): (String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT state, dispatched_at FROM user_sync.events WHERE id = $1")
+            .bind(older)
+            .fetch_one(&pool)
+            .await
+            .expect("the older event");
+    assert_eq!(state, "superseded");
+    assert!(
+        dispatched.is_none(),
+        "an ended event is not marked dispatched"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}

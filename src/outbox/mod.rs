@@ -1,6 +1,7 @@
 //! The outbox feed: the dispatcher ([`Dispatcher`]) moves due events of
 //! `user_sync.events` into the queue (LISTEN/NOTIFY wake-up and a slow poll
-//! on PostgreSQL, `FOR UPDATE SKIP LOCKED` batches; a short poll on SQLite),
+//! on PostgreSQL, batches claimed by one process at a time; a short poll on
+//! SQLite),
 //! and the sweeper ([`run_sweeper`]) dispatches again the events whose job was
 //! lost. Each in a private file, re-exported here.
 

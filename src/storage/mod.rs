@@ -73,7 +73,8 @@ pub use webhooks::{Deliveries, Delivery, FailedAttempt, WaitingDelivery};
 /// What the dispatcher and the sweeper do to the outbox.
 pub trait Outbox: Send + Sync {
     /// Claims up to `limit` events due for dispatch, oldest due first.
-    /// Several dispatchers never claim one event at once. The claim holds
+    /// Several dispatchers never claim one event at once (on PostgreSQL one
+    /// claims at a time, and a claim made meanwhile is empty). The claim holds
     /// until [`ClaimedBatch::confirm`] (the queue took the events) or
     /// [`ClaimedBatch::abandon`]; a claim dropped, or lost in a crash, before
     /// either leaves its events to dispatch again.

@@ -49,9 +49,19 @@ use crate::storage::events::{Claimed, NextEvent, NextEventRow, claimed_from, hos
 use crate::storage::written::Written;
 
 /// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay
-/// locked (and skipped by other dispatchers) until the caller commits, which
-/// it does only once the jobs are in the queue. A crash before the commit
-/// leaves the events to dispatch again; nothing is lost.
+/// locked (updated, uncommitted) until the caller commits, which it does
+/// only once the jobs are in the queue. A crash before the commit leaves
+/// the events to dispatch again; nothing is lost.
+///
+/// One process of the deployment claims at a time: the first to take the
+/// dispatch lock (a transaction-scoped advisory lock) claims, and another
+/// that finds it taken claims nothing this round (it claims again at its
+/// next wake-up, which every commit of the host's sends to every process).
+/// Claiming under that lock instead of locking each row `FOR UPDATE SKIP
+/// LOCKED` writes no lock record per event to the WAL: the update itself
+/// is the claim. A row a job changes meanwhile (an older event superseded)
+/// is checked again after that job commits, and left alone if it is no
+/// longer pending and undispatched.
 pub async fn claim_due(
     tx: &mut Transaction<'_, Postgres>,
     limit: u32,
@@ -61,11 +71,13 @@ pub async fn claim_due(
         "UPDATE user_sync.events e SET dispatched_at = now()
          FROM (SELECT id FROM user_sync.events
                WHERE state = 'pending' AND dispatched_at IS NULL AND available_at <= now()
+                 -- Taken once per statement (an initplan), not per row.
+                 AND (SELECT pg_try_advisory_xact_lock(hashtext('user_sync.dispatch'), 0))
                -- The index's order: the batch is its first rows, not a
                -- sort of every due event.
-               ORDER BY available_at, id LIMIT $1
-               FOR UPDATE SKIP LOCKED) due
-         WHERE e.id = due.id
+               ORDER BY available_at, id LIMIT $1) due
+         WHERE e.id = due.id AND e.state IS NOT DISTINCT FROM 'pending'
+           AND e.dispatched_at IS NULL
          RETURNING e.id, substr(e.host_user_id, 1, 256) AS host_user_id",
     )
     // Joins the batch back to the table: planned for its rows each time

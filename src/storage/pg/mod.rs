@@ -1,5 +1,6 @@
-//! The pipeline's storage on PostgreSQL: the outbox rows are claimed with
-//! `FOR UPDATE SKIP LOCKED`, the dispatcher is woken by `NOTIFY`, and the
+//! The pipeline's storage on PostgreSQL: the outbox rows are claimed by one
+//! process at a time under an advisory lock, the dispatcher is woken by
+//! `NOTIFY`, and the
 //! per-user lock is a session-level advisory lock, so any number of
 //! processes may share the database. A job's users share one connection,
 //! and their statements go in batches ([`session`]).
@@ -72,10 +73,10 @@ impl PgStore {
 impl Outbox for PgStore {
     fn claim_due(&self, limit: u32) -> BoxFuture<'_, sqlx::Result<Box<dyn ClaimedBatch>>> {
         Box::pin(async move {
-            // The claimed rows stay locked (and skipped by other
-            // dispatchers) until the commit, which comes only once the jobs
-            // are in the queue; abandoned or dropped, the transaction rolls
-            // back and nothing is marked. The marks commit as an outcome
+            // The claimed rows stay locked (and the dispatch lock held, so
+            // that other dispatchers claim nothing) until the commit, which
+            // comes only once the jobs are in the queue; abandoned or
+            // dropped, the transaction rolls back and nothing is marked. The marks commit as an outcome
             // does, without waiting for the disk: marks lost in a crash of
             // the database server only dispatch their events once more.
             let mut tx = self.pool.begin_with(session::OUTCOME).await?;
