@@ -197,9 +197,8 @@ pub async fn finish_many(
     } else {
         FINISH
     })
-    // Planned for these rows each time: a plan cached while the table was
-    // small would read all of it once it has grown.
-    .persistent(false)
+    // The events are reached by key (`= ANY` of the batch's ids): the plan
+    // is the same at any size, and reused.
     .bind(&ids)
     .bind(&states)
     .bind(&reasons);
@@ -216,7 +215,7 @@ pub async fn finish_many(
 const FINISH: &str =
     "UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now()
      FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
-     WHERE e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'";
+     WHERE e.id = ANY($1::bigint[]) AND e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'";
 
 /// [`FINISH`], and a webhook of type `$4` for each event it ends `failed`:
 /// ids, its kind and its attempts. The attempt that failed for good counts
@@ -226,7 +225,8 @@ const FINISH_WRITING_FAILURES: &str = "WITH ended AS (
          UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now(),
              attempts = e.attempts + CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END
          FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
-         WHERE e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'
+         WHERE e.id = ANY($1::bigint[]) AND e.id = t.id
+           AND e.state IS NOT DISTINCT FROM 'pending'
          RETURNING e.id, e.host_user_id, e.kind, e.attempts, e.state)
      INSERT INTO user_sync.webhook_deliveries (type, payload)
      SELECT $4, user_sync.webhook_body($4, jsonb_build_object(
