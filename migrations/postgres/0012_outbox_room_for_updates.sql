@@ -1,0 +1,15 @@
+-- Room on each page of the outbox for the versions of its rows that the
+-- worker writes: an event's row is written again when it is dispatched and
+-- when it ends. PostgreSQL puts the new version on the row's own page when
+-- the page has room, and otherwise on another page, which costs one more
+-- WAL record (a lock of the old version, so that the move is safe in a
+-- crash) and a larger one (a version on the same page is logged as the
+-- bytes that changed only). The host's inserts now leave half of each page
+-- free, and the versions of a page's events go there. Measured with the
+-- pipeline bench (`dbcost`, 30,000 signups): 238 fewer WAL bytes per
+-- signup, of 2,000, for up to twice the pages a new event takes.
+--
+-- Only pages written from now on have the room; the rows already there are
+-- untouched. Setting it takes a lock that does not stop the host's inserts
+-- nor a worker of the older version, which reads and writes as before.
+ALTER TABLE user_sync.events SET (fillfactor = 50);
