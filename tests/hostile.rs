@@ -1101,3 +1101,98 @@ async fn readyz_says_when_no_request_can_be_built_or_sent_and_rarely_asks() {
     run.stop().await;
     env.finish().await;
 }
+
+/// Migration 0012 (room on the outbox's pages) beside a host transaction
+/// that stays open and a claim of a worker of the older version (rows
+/// locked `FOR UPDATE`): it neither waits for them nor stops them, and
+/// pages written afterwards keep their room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_gets_room_beside_the_hosts_inserts_and_an_older_workers_claim() {
+    let db = common::TestDb::create().await;
+    let pool = db.migrated_pool().await;
+    // The outbox as 0011 left it, with events in it.
+    for sql in [
+        "ALTER TABLE user_sync.events RESET (fillfactor)",
+        "DELETE FROM user_sync._sqlx_migrations WHERE version = 12",
+        "INSERT INTO user_sync.events (host_user_id, kind, email)
+         SELECT 'h' || i, 'signup', 'u' || i || '@example.com'
+         FROM generate_series(1, 20000) AS i",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect(sql);
+    }
+    let insert = "INSERT INTO user_sync.events (host_user_id, kind) VALUES ($1, 'signup')";
+    let mut host = pool.begin().await.expect("the host's transaction");
+    sqlx::query(insert)
+        .bind("open")
+        .execute(&mut *host)
+        .await
+        .expect("an insert");
+    let mut older = pool.begin().await.expect("an older worker's claim");
+    let claimed: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM user_sync.events WHERE state = 'pending' AND dispatched_at IS NULL
+         ORDER BY available_at, id LIMIT 500 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut *older)
+    .await
+    .expect("the older claim");
+    assert_eq!(claimed.len(), 500);
+
+    let applied = tokio::time::timeout(
+        Duration::from_secs(20),
+        Database::Postgres(db.pool().await).migrate(),
+    )
+    .await
+    .expect("the migration waits for neither transaction")
+    .expect("the migration");
+    assert_eq!(applied, 1, "0012 ran");
+    // Both go on and end as they would have.
+    sqlx::query(insert)
+        .bind("during")
+        .execute(&mut *host)
+        .await
+        .expect("the host inserts again");
+    host.commit().await.expect("the host commits");
+    sqlx::query("UPDATE user_sync.events SET dispatched_at = now() WHERE id = ANY($1::bigint[])")
+        .bind(&claimed)
+        .execute(&mut *older)
+        .await
+        .expect("the older worker marks its claim");
+    older.commit().await.expect("the older worker commits");
+
+    let options: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT reloptions::text[] FROM pg_class WHERE oid = 'user_sync.events'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the outbox's options");
+    assert_eq!(options, Some(vec!["fillfactor=50".to_owned()]));
+    // A page the host fills from now on keeps half its room: 20,000 more
+    // events take about twice the pages the first 20,000 did.
+    let pages = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT pg_relation_size('user_sync.events') / current_setting('block_size')::int8",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("the outbox's pages")
+    };
+    let before = pages().await;
+    sqlx::query(
+        "INSERT INTO user_sync.events (host_user_id, kind, email)
+         SELECT 'n' || i, 'signup', 'u' || i || '@example.com'
+         FROM generate_series(1, 20000) AS i",
+    )
+    .execute(&pool)
+    .await
+    .expect("more events");
+    let added = pages().await - before;
+    assert!(
+        added as f64 > 1.6 * before as f64,
+        "{added} pages for 20,000 events after, {before} for the first 20,000 (and 500 versions)"
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
