@@ -182,14 +182,34 @@ impl WorkingTables for PgConnection {
         }
         let usernames: Vec<&str> = planned.iter().map(|p| p.0).collect();
         let hosts: Vec<&str> = planned.iter().map(|p| p.1).collect();
-        sqlx::query(
+        // A username planned twice is a host user planned twice (another
+        // one would have met the plan as a conflict), which the scan never
+        // does: a plain insert first, as for the snapshot, and `ON CONFLICT`
+        // only for a page the unique index refused.
+        let plain = sqlx::query(
             "INSERT INTO pg_temp.backfill_planned (username, host_user_id)
-             SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (username) DO NOTHING",
+             SELECT * FROM unnest($1::text[], $2::text[])",
         )
         .bind(&usernames)
         .bind(&hosts)
-        .execute(self)
-        .await?;
+        .execute(&mut *self)
+        .await;
+        match plain {
+            Err(e) if crate::storage::is_unique_violation(&e) => {
+                sqlx::query(
+                    "INSERT INTO pg_temp.backfill_planned (username, host_user_id)
+                     SELECT * FROM unnest($1::text[], $2::text[])
+                     ON CONFLICT (username) DO NOTHING",
+                )
+                .bind(&usernames)
+                .bind(&hosts)
+                .execute(self)
+                .await?;
+            }
+            other => {
+                other?;
+            }
+        }
         Ok(())
     }
 
@@ -559,5 +579,82 @@ pub(super) mod on_sqlite {
             .await?;
             Ok(rows.into_iter().map(LookupRow::into_known).collect())
         }
+    }
+}
+
+#[cfg(test)]
+mod pg_tests {
+    //! The PostgreSQL working tables' inserts, on a session of the test
+    //! database: temporary tables only, so nothing outlives the test.
+
+    use sqlx::{Connection, PgConnection};
+
+    use super::WorkingTables;
+    use crate::domain::{EmbeddedUserId, Username};
+    use crate::embedded::EmbeddedUser;
+
+    async fn session() -> PgConnection {
+        let url = std::env::var("USER_SYNC_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut conn = PgConnection::connect(&url).await.expect("PostgreSQL");
+        WorkingTables::prepare(&mut conn)
+            .await
+            .expect("working tables");
+        conn
+    }
+
+    fn user(id: &str, username: &str) -> EmbeddedUser {
+        EmbeddedUser {
+            user_id: EmbeddedUserId::parse(id).expect("an id"),
+            username: Username::from_api(username),
+            full_name: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_username_keeps_its_first_user_in_any_chunk() {
+        let mut conn = session().await;
+        let first = [user("a1", "ada@x.io"), user("b1", "bob@x.io")];
+        assert_eq!(conn.insert_snapshot(&first).await.expect("insert"), 2);
+        // A repeat of an earlier chunk's username, and one within the chunk.
+        let again = [
+            user("a2", "ada@x.io"),
+            user("c1", "cy@x.io"),
+            user("c2", "cy@x.io"),
+        ];
+        assert_eq!(conn.insert_snapshot(&again).await.expect("insert"), 1);
+        let found = conn
+            .find(&["ada@x.io", "bob@x.io", "cy@x.io"])
+            .await
+            .expect("find");
+        let id = |u: &str| found[&Username::from_api(u)].user_id.as_str().to_owned();
+        assert_eq!(
+            (id("ada@x.io"), id("bob@x.io"), id("cy@x.io")),
+            ("a1".into(), "b1".into(), "c1".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_username_planned_again_keeps_its_first_host_user() {
+        let mut conn = session().await;
+        conn.plan_creates(&[("ada@x.io", "h1")])
+            .await
+            .expect("plan");
+        conn.plan_creates(&[("bob@x.io", "h2"), ("ada@x.io", "h3")])
+            .await
+            .expect("plan again");
+        let planned: Vec<(String, String)> = sqlx::query_as(
+            "SELECT username, host_user_id FROM pg_temp.backfill_planned ORDER BY username",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("planned");
+        assert_eq!(
+            planned,
+            [
+                ("ada@x.io".to_owned(), "h1".to_owned()),
+                ("bob@x.io".to_owned(), "h2".to_owned())
+            ]
+        );
     }
 }
