@@ -6,7 +6,9 @@
 //!
 //! The page lookup reads `user_sync.users` and the outbox beside them in one
 //! statement per page: a read model of the backfill, kept here with the
-//! temporary tables it joins.
+//! temporary tables it joins. On PostgreSQL a third one, `backfill_mapped`,
+//! holds which host user each Embedded user is mapped to (see
+//! [`note_mappings`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -80,11 +82,13 @@ impl WorkingTables for PgConnection {
     async fn prepare(&mut self) -> sqlx::Result<()> {
         for statement in [
             "CREATE TEMP TABLE IF NOT EXISTS backfill_embedded
-                 (username text PRIMARY KEY, user_id text NOT NULL, full_name text,
-                  mapped_to text)",
+                 (username text PRIMARY KEY, user_id text NOT NULL, full_name text)",
             "CREATE TEMP TABLE IF NOT EXISTS backfill_planned
                  (username text PRIMARY KEY, host_user_id text NOT NULL)",
-            "TRUNCATE pg_temp.backfill_embedded, pg_temp.backfill_planned",
+            "CREATE TEMP TABLE IF NOT EXISTS backfill_mapped
+                 (user_id text NOT NULL, host_user_id text NOT NULL)",
+            "TRUNCATE pg_temp.backfill_embedded, pg_temp.backfill_planned,
+                 pg_temp.backfill_mapped",
         ] {
             sqlx::query(statement).execute(&mut *self).await?;
         }
@@ -92,9 +96,12 @@ impl WorkingTables for PgConnection {
     }
 
     async fn discard(&mut self) -> sqlx::Result<()> {
-        sqlx::query("DROP TABLE IF EXISTS pg_temp.backfill_embedded, pg_temp.backfill_planned")
-            .execute(self)
-            .await?;
+        sqlx::query(
+            "DROP TABLE IF EXISTS pg_temp.backfill_embedded, pg_temp.backfill_planned,
+                 pg_temp.backfill_mapped",
+        )
+        .execute(self)
+        .await?;
         Ok(())
     }
 
@@ -116,17 +123,35 @@ impl WorkingTables for PgConnection {
             .map(|u| u.full_name.as_ref().map(FullName::as_str))
             .collect();
         // Usernames are unique in any letter case; a repeat would be the API's
-        // own inconsistency, and the first one is kept.
-        let result = sqlx::query(
+        // own inconsistency, and the first one is kept. A plain insert first:
+        // `ON CONFLICT` makes every row a speculative insertion, which costs
+        // the load about twice as much, for a repeat that a consistent API
+        // never sends. A chunk with one fails whole (nothing of it is
+        // written) and is written again with `ON CONFLICT DO NOTHING`.
+        let plain = sqlx::query(
             "INSERT INTO pg_temp.backfill_embedded (username, user_id, full_name)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
-             ON CONFLICT (username) DO NOTHING",
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
         )
         .bind(&usernames)
         .bind(&ids)
         .bind(&names)
-        .execute(self)
-        .await?;
+        .execute(&mut *self)
+        .await;
+        let result = match plain {
+            Err(e) if crate::storage::is_unique_violation(&e) => {
+                sqlx::query(
+                    "INSERT INTO pg_temp.backfill_embedded (username, user_id, full_name)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+                     ON CONFLICT (username) DO NOTHING",
+                )
+                .bind(&usernames)
+                .bind(&ids)
+                .bind(&names)
+                .execute(self)
+                .await?
+            }
+            other => other?,
+        };
         Ok(result.rows_affected())
     }
 
@@ -157,14 +182,34 @@ impl WorkingTables for PgConnection {
         }
         let usernames: Vec<&str> = planned.iter().map(|p| p.0).collect();
         let hosts: Vec<&str> = planned.iter().map(|p| p.1).collect();
-        sqlx::query(
+        // A username planned twice is a host user planned twice (another
+        // one would have met the plan as a conflict), which the scan never
+        // does: a plain insert first, as for the snapshot, and `ON CONFLICT`
+        // only for a page the unique index refused.
+        let plain = sqlx::query(
             "INSERT INTO pg_temp.backfill_planned (username, host_user_id)
-             SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (username) DO NOTHING",
+             SELECT * FROM unnest($1::text[], $2::text[])",
         )
         .bind(&usernames)
         .bind(&hosts)
-        .execute(self)
-        .await?;
+        .execute(&mut *self)
+        .await;
+        match plain {
+            Err(e) if crate::storage::is_unique_violation(&e) => {
+                sqlx::query(
+                    "INSERT INTO pg_temp.backfill_planned (username, host_user_id)
+                     SELECT * FROM unnest($1::text[], $2::text[])
+                     ON CONFLICT (username) DO NOTHING",
+                )
+                .bind(&usernames)
+                .bind(&hosts)
+                .execute(self)
+                .await?;
+            }
+            other => {
+                other?;
+            }
+        }
         Ok(())
     }
 
@@ -175,9 +220,9 @@ impl WorkingTables for PgConnection {
             "SELECT u.state, u.updated_at AS claimed_at,
                     u.username_seen_free AS claim_seen_free, h.host_user_id AS holder,
                     s.user_id AS s_user_id, s.username AS s_username, s.full_name AS s_full_name,
-                    CASE WHEN s.mapped_to <> n.host THEN s.mapped_to END AS s_mapped_to,
+                    sm.host_user_id AS s_mapped_to,
                     c.user_id AS c_user_id, c.username AS c_username, c.full_name AS c_full_name,
-                    CASE WHEN c.mapped_to <> n.host THEN c.mapped_to END AS c_mapped_to,
+                    cm.host_user_id AS c_mapped_to,
                     p.host_user_id AS planned_by,
                     EXISTS (SELECT 1 FROM user_sync.events e
                             WHERE e.host_user_id = n.host AND e.state = 'pending'
@@ -186,6 +231,10 @@ impl WorkingTables for PgConnection {
              LEFT JOIN user_sync.users u ON u.host_user_id = n.host
              -- A synced or erased user is decided by its state alone: the
              -- lookups below are skipped for it (each is gated on `open`).
+             -- Each lookup has a LIMIT (a no-op: none finds more than one
+             -- row) so that PostgreSQL keeps it a subquery and its gate a
+             -- test made before the probe; pulled up into the join, the gate
+             -- was tested after probing the index for every user.
              CROSS JOIN LATERAL (
                  SELECT u.state IS NULL OR u.state NOT IN ('synced', 'erased') AS open) g
              LEFT JOIN LATERAL (
@@ -194,16 +243,28 @@ impl WorkingTables for PgConnection {
                    AND o.host_user_id <> n.host
                  LIMIT 1) h ON true
              LEFT JOIN LATERAL (
-                 SELECT s.user_id, s.username, s.full_name, s.mapped_to
+                 SELECT s.user_id, s.username, s.full_name
                  FROM pg_temp.backfill_embedded s
-                 WHERE g.open AND s.username = n.username) s ON true
+                 WHERE g.open AND s.username = n.username
+                 LIMIT 1) s ON true
              LEFT JOIN LATERAL (
-                 SELECT c.user_id, c.username, c.full_name, c.mapped_to
+                 SELECT m.host_user_id FROM pg_temp.backfill_mapped m
+                 WHERE g.open AND m.user_id = s.user_id AND m.host_user_id <> n.host
+                 LIMIT 1) sm ON true
+             LEFT JOIN LATERAL (
+                 SELECT c.user_id, c.username, c.full_name
                  FROM pg_temp.backfill_embedded c
-                 WHERE u.state = 'creating' AND c.username = u.username) c ON true
+                 WHERE u.state = 'creating' AND c.username = u.username
+                 LIMIT 1) c ON true
+             LEFT JOIN LATERAL (
+                 SELECT m.host_user_id FROM pg_temp.backfill_mapped m
+                 WHERE u.state = 'creating' AND m.user_id = c.user_id
+                   AND m.host_user_id <> n.host
+                 LIMIT 1) cm ON true
              LEFT JOIN LATERAL (
                  SELECT p.host_user_id FROM pg_temp.backfill_planned p
-                 WHERE g.open AND p.username = n.username AND p.host_user_id <> n.host) p ON true
+                 WHERE g.open AND p.username = n.username AND p.host_user_id <> n.host
+                 LIMIT 1) p ON true
              ORDER BY n.ord",
         )
         .bind(&hosts)
@@ -214,25 +275,41 @@ impl WorkingTables for PgConnection {
     }
 }
 
-/// Notes on each Embedded user of the snapshot the host user it is mapped
-/// to, if any, in one pass over `user_sync.users`, which has no index on
-/// `embedded_user_id` (so that a claim turning into a synced user is a HOT
-/// update). A mapping the run makes itself, or the live worker makes
-/// meanwhile, has the Embedded user's username, and the lookup finds it
-/// by username.
+/// Notes which host user each Embedded user is mapped to, as the snapshot
+/// is taken, in `backfill_mapped`: one pass over `user_sync.users`, which
+/// has no index on `embedded_user_id` (so that a claim turning into a
+/// synced user is a HOT update), and an index built once over the copy, for
+/// the lookup to probe per open host user (an Embedded user mapped to
+/// another host user than the one asking, as on SQLite). A mapping the run
+/// makes itself, or the live worker makes meanwhile, has the Embedded
+/// user's username, and the lookup finds it by username.
+///
+/// The copy is written without its index, which is then built in one sort:
+/// far cheaper than an index entry per row, or than noting the mapping on
+/// every row of the snapshot (an update rewrites each row and its index
+/// entry, and leaves the old versions for every later probe to step over).
 async fn note_mappings(conn: &mut PgConnection) -> sqlx::Result<()> {
-    // Statistics first: the join is then planned as the hash join over
-    // both tables that it must be, never a scan of users per snapshot row.
-    sqlx::query("ANALYZE pg_temp.backfill_embedded")
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "UPDATE pg_temp.backfill_embedded s SET mapped_to = m.host_user_id
-         FROM user_sync.users m
-         WHERE m.embedded_user_id IS NOT NULL AND m.embedded_user_id = s.user_id",
-    )
-    .execute(conn)
-    .await?;
+    // The index of an earlier snapshot of this run (batch mode takes a
+    // second one), dropped by name only when it is there: `IF EXISTS`
+    // would log a notice on every first load.
+    let indexed: bool =
+        sqlx::query_scalar("SELECT to_regclass('pg_temp.backfill_mapped_user_id') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await?;
+    if indexed {
+        sqlx::query("DROP INDEX pg_temp.backfill_mapped_user_id")
+            .execute(&mut *conn)
+            .await?;
+    }
+    for statement in [
+        "TRUNCATE pg_temp.backfill_mapped",
+        "INSERT INTO pg_temp.backfill_mapped (user_id, host_user_id)
+         SELECT embedded_user_id, host_user_id FROM user_sync.users
+         WHERE embedded_user_id IS NOT NULL",
+        "CREATE INDEX backfill_mapped_user_id ON pg_temp.backfill_mapped (user_id)",
+    ] {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
@@ -502,5 +579,82 @@ pub(super) mod on_sqlite {
             .await?;
             Ok(rows.into_iter().map(LookupRow::into_known).collect())
         }
+    }
+}
+
+#[cfg(test)]
+mod pg_tests {
+    //! The PostgreSQL working tables' inserts, on a session of the test
+    //! database: temporary tables only, so nothing outlives the test.
+
+    use sqlx::{Connection, PgConnection};
+
+    use super::WorkingTables;
+    use crate::domain::{EmbeddedUserId, Username};
+    use crate::embedded::EmbeddedUser;
+
+    async fn session() -> PgConnection {
+        let url = std::env::var("USER_SYNC_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut conn = PgConnection::connect(&url).await.expect("PostgreSQL");
+        WorkingTables::prepare(&mut conn)
+            .await
+            .expect("working tables");
+        conn
+    }
+
+    fn user(id: &str, username: &str) -> EmbeddedUser {
+        EmbeddedUser {
+            user_id: EmbeddedUserId::parse(id).expect("an id"),
+            username: Username::from_api(username),
+            full_name: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_username_keeps_its_first_user_in_any_chunk() {
+        let mut conn = session().await;
+        let first = [user("a1", "ada@x.io"), user("b1", "bob@x.io")];
+        assert_eq!(conn.insert_snapshot(&first).await.expect("insert"), 2);
+        // A repeat of an earlier chunk's username, and one within the chunk.
+        let again = [
+            user("a2", "ada@x.io"),
+            user("c1", "cy@x.io"),
+            user("c2", "cy@x.io"),
+        ];
+        assert_eq!(conn.insert_snapshot(&again).await.expect("insert"), 1);
+        let found = conn
+            .find(&["ada@x.io", "bob@x.io", "cy@x.io"])
+            .await
+            .expect("find");
+        let id = |u: &str| found[&Username::from_api(u)].user_id.as_str().to_owned();
+        assert_eq!(
+            (id("ada@x.io"), id("bob@x.io"), id("cy@x.io")),
+            ("a1".into(), "b1".into(), "c1".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_username_planned_again_keeps_its_first_host_user() {
+        let mut conn = session().await;
+        conn.plan_creates(&[("ada@x.io", "h1")])
+            .await
+            .expect("plan");
+        conn.plan_creates(&[("bob@x.io", "h2"), ("ada@x.io", "h3")])
+            .await
+            .expect("plan again");
+        let planned: Vec<(String, String)> = sqlx::query_as(
+            "SELECT username, host_user_id FROM pg_temp.backfill_planned ORDER BY username",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("planned");
+        assert_eq!(
+            planned,
+            [
+                ("ada@x.io".to_owned(), "h1".to_owned()),
+                ("bob@x.io".to_owned(), "h2".to_owned())
+            ]
+        );
     }
 }
