@@ -116,6 +116,12 @@ impl WorkingTables for PgConnection {
         if users.is_empty() {
             return Ok(0);
         }
+        // The first of each username in the chunk (see below).
+        let mut seen = std::collections::HashSet::new();
+        let users: Vec<&EmbeddedUser> = users
+            .iter()
+            .filter(|u| seen.insert(u.username.as_str()))
+            .collect();
         let usernames: Vec<&str> = users.iter().map(|u| u.username.as_str()).collect();
         let ids: Vec<&str> = users.iter().map(|u| u.user_id.as_str()).collect();
         let names: Vec<Option<&str>> = users
@@ -123,21 +129,19 @@ impl WorkingTables for PgConnection {
             .map(|u| u.full_name.as_ref().map(FullName::as_str))
             .collect();
         // Usernames are unique in any letter case; a repeat would be the API's
-        // own inconsistency, and the first one is kept. Not `ON CONFLICT`,
+        // own inconsistency, and the first one is kept: the chunk's repeats
+        // are dropped above, an earlier chunk's by the check. Not `ON CONFLICT`,
         // which makes every row a speculative insertion (about twice the
         // cost of the load) for a repeat a consistent API never sends; nor
         // a plain insert retried when refused, since PostgreSQL would print
-        // the repeated username in its server log. The first of each
-        // username in the chunk, and only where no earlier chunk had it:
-        // the table is the session's own, so nothing else writes it
-        // between the check and the insert.
+        // the repeated username in its server log. The table is the
+        // session's own, so nothing else writes it between the check and
+        // the insert.
         let result = sqlx::query(
             "INSERT INTO pg_temp.backfill_embedded (username, user_id, full_name)
-             SELECT DISTINCT ON (t.u) t.u, t.i, t.n
-             FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(u, i, n, o)
+             SELECT t.u, t.i, t.n FROM unnest($1::text[], $2::text[], $3::text[]) AS t(u, i, n)
              WHERE NOT EXISTS (
-                 SELECT 1 FROM pg_temp.backfill_embedded s WHERE s.username = t.u OFFSET 0)
-             ORDER BY t.u, t.o",
+                 SELECT 1 FROM pg_temp.backfill_embedded s WHERE s.username = t.u OFFSET 0)",
         )
         .bind(&usernames)
         .bind(&ids)
@@ -172,6 +176,8 @@ impl WorkingTables for PgConnection {
         if planned.is_empty() {
             return Ok(());
         }
+        let mut seen = std::collections::HashSet::new();
+        let planned: Vec<&(&str, &str)> = planned.iter().filter(|p| seen.insert(p.0)).collect();
         let usernames: Vec<&str> = planned.iter().map(|p| p.0).collect();
         let hosts: Vec<&str> = planned.iter().map(|p| p.1).collect();
         // A username planned twice is a host user planned twice (another
@@ -179,11 +185,9 @@ impl WorkingTables for PgConnection {
         // does; the first is kept, checked as for the snapshot above.
         sqlx::query(
             "INSERT INTO pg_temp.backfill_planned (username, host_user_id)
-             SELECT DISTINCT ON (t.u) t.u, t.h
-             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(u, h, o)
+             SELECT t.u, t.h FROM unnest($1::text[], $2::text[]) AS t(u, h)
              WHERE NOT EXISTS (
-                 SELECT 1 FROM pg_temp.backfill_planned p WHERE p.username = t.u OFFSET 0)
-             ORDER BY t.u, t.o",
+                 SELECT 1 FROM pg_temp.backfill_planned p WHERE p.username = t.u OFFSET 0)",
         )
         .bind(&usernames)
         .bind(&hosts)
