@@ -34,10 +34,12 @@
 //!
 //! A statement whose shape alone fixes its plan is prepared once per
 //! connection and its plan reused: planning was a fifth of the database's
-//! time in the pipeline bench. One that joins a batch to a table leaves the
-//! join method to the planner, so it is planned for its rows each time
-//! (`.persistent(false)`): a plan made while the table was nearly empty
-//! would otherwise read all of it once it has grown.
+//! time in the pipeline bench. One that joins a batch to a table reaches the
+//! table's rows through `= ANY` of the batch's keys, and is reused too (the
+//! ends of events, `users::mark_synced`); one that cannot leaves the join
+//! method to the planner, so it is planned for its rows each time
+//! (`.persistent(false)`, the dispatcher's claim): a plan made while the
+//! table was nearly empty would otherwise read all of it once it has grown.
 
 use std::time::Duration;
 

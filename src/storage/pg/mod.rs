@@ -1,8 +1,7 @@
 //! The pipeline's storage on PostgreSQL: the outbox rows are claimed by one
 //! process at a time under an advisory lock, the dispatcher is woken by
-//! `NOTIFY`, and the
-//! per-user lock is a session-level advisory lock, so any number of
-//! processes may share the database. A job's users share one connection,
+//! `NOTIFY`, and the per-user lock is a session-level advisory lock, so any
+//! number of processes may share the database. A job's users share one connection,
 //! and their statements go in batches ([`session`]).
 //!
 //! One file per table, as on SQLite: [`events`], [`users`], [`conflicts`],
@@ -76,9 +75,10 @@ impl Outbox for PgStore {
             // The claimed rows stay locked (and the dispatch lock held, so
             // that other dispatchers claim nothing) until the commit, which
             // comes only once the jobs are in the queue; abandoned or
-            // dropped, the transaction rolls back and nothing is marked. The marks commit as an outcome
-            // does, without waiting for the disk: marks lost in a crash of
-            // the database server only dispatch their events once more.
+            // dropped, the transaction rolls back and nothing is marked.
+            // The marks commit as an outcome does, without waiting for the
+            // disk: marks lost in a crash of the database server only
+            // dispatch their events once more.
             let mut tx = self.pool.begin_with(session::OUTCOME).await?;
             let events = events::claim_due(&mut tx, limit).await?;
             Ok(Box::new(PgClaim { tx, events }) as Box<dyn ClaimedBatch>)

@@ -133,12 +133,13 @@ pub async fn claim_each_for_create(
 /// users the worker has acted on before are updated, the others inserted;
 /// returns the host users claimed.
 ///
-/// Two statements where one upsert (`INSERT … ON CONFLICT DO UPDATE`)
-/// would do: an upsert writes a speculative insertion and its confirmation
-/// for a new row, and a lock of the row before updating an old one, each a
-/// WAL record of its own. The host users are locked by the caller, so no
-/// row of theirs appears between the two (one that did would fail the
-/// statement on the primary key, and the caller claim one by one).
+/// An update and an insert where one upsert (`INSERT … ON CONFLICT DO
+/// UPDATE`) would do: an upsert writes a speculative insertion and its
+/// confirmation for a new row, and a lock of the row before updating an old
+/// one, each a WAL record of its own. The host users are locked by the
+/// caller, so no row of theirs appears between the two (one that did would
+/// fail the statement on the primary key, and the caller would claim one
+/// by one).
 /// `OFFSET 0` keeps each check a probe of its index per intent, and `=
 /// ANY($1)` the update's reach of the users its key (see `events`, "Plans
 /// that do not depend on statistics"): the plan is the same at any size,
