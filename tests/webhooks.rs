@@ -333,7 +333,12 @@ async fn an_erasure_and_a_failed_event_reach_the_host_signed_without_personal_da
         })
     );
 
-    // The ids on the wire are the rows' ids, and the rows are delivered.
+    // The ids on the wire are the rows' ids, and the rows are delivered
+    // (marked once the receiver's answer is back, just after it got them).
+    common::eventually(Duration::from_secs(10), "both marked delivered", || async {
+        count_deliveries(&env, "delivered_at IS NOT NULL").await == 2
+    })
+    .await;
     let rows = deliveries(&env).await;
     assert_eq!(rows.len(), 2);
     for (webhook_id, _, attempts, delivered, abandoned) in &rows {
