@@ -1196,3 +1196,117 @@ async fn the_outbox_gets_room_beside_the_hosts_inserts_and_an_older_workers_clai
     pool.close().await;
     db.drop_db().await;
 }
+
+/// Migration 0013 (the dispatcher's snapshot instead of a mark on each
+/// event) on an outbox an older worker left: events it never dispatched,
+/// one it dispatched whose job is gone, one snoozed, a thousand finished;
+/// beside a host transaction that holds the outbox. The migration waits for
+/// that transaction (its lock times out and it tries again) without holding
+/// the host's other inserts up for long; afterwards one worker carries out
+/// every pending event, each user created once, and the dispatch marks'
+/// indexes are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatch_moves_to_snapshots_on_an_older_outbox_beside_a_host_transaction() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let pool = env.pg().clone();
+    // The outbox as 0012 left it, with an older worker's events in it.
+    for sql in [
+        "DROP TABLE user_sync.dispatch",
+        "DROP INDEX user_sync.events_pending",
+        "DROP INDEX user_sync.events_redispatch",
+        "ALTER TABLE user_sync.events DROP COLUMN txid, DROP COLUMN redispatch",
+        "CREATE INDEX events_to_dispatch ON user_sync.events (available_at, id)
+             WHERE state = 'pending' AND dispatched_at IS NULL",
+        "CREATE INDEX events_in_flight ON user_sync.events (dispatched_at)
+             WHERE state = 'pending' AND dispatched_at IS NOT NULL",
+        "DELETE FROM user_sync._sqlx_migrations WHERE version = 13",
+        "INSERT INTO user_sync.events (host_user_id, kind, email, state, finished_at)
+         SELECT 'old' || i, 'signup', 'old' || i || '@example.com', 'applied', now()
+         FROM generate_series(1, 1000) AS i",
+        "INSERT INTO user_sync.events (host_user_id, kind, email)
+         VALUES ('new1', 'signup', 'new1@example.com'), ('new2', 'signup', 'new2@example.com')",
+        "INSERT INTO user_sync.events (host_user_id, kind, email, dispatched_at)
+         VALUES ('flight', 'signup', 'flight@example.com', now() - interval '1 hour')",
+        "INSERT INTO user_sync.events (host_user_id, kind, email, available_at)
+         VALUES ('snoozed', 'signup', 'snoozed@example.com', now() + interval '3 seconds')",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect(sql);
+    }
+    let insert = "INSERT INTO user_sync.events (host_user_id, kind, email)
+                  VALUES ($1, 'signup', $1 || '@example.com')";
+    let mut host = pool.begin().await.expect("the host's transaction");
+    sqlx::query(insert)
+        .bind("held")
+        .execute(&mut *host)
+        .await
+        .expect("an insert");
+
+    let database = Database::Postgres(pool.clone());
+    let migrating = database.migrate();
+    tokio::pin!(migrating);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut migrating)
+            .await
+            .is_err(),
+        "the migration waits for the host"
+    );
+    // Another host transaction is held up by the waiting migration for
+    // its lock timeout at most.
+    let other = tokio::time::timeout(
+        Duration::from_secs(6),
+        sqlx::query(insert).bind("other").execute(&pool),
+    );
+    tokio::select! {
+        inserted = other => {
+            inserted.expect("the host's other inserts go on").expect("an insert");
+        }
+        migrated = &mut migrating => panic!("migrated while the host held the outbox: {migrated:?}"),
+    }
+    host.commit().await.expect("the host commits");
+    let applied = tokio::time::timeout(Duration::from_secs(60), &mut migrating)
+        .await
+        .expect("the migration ends once the host committed")
+        .expect("the migration");
+    assert_eq!(applied, 1, "0013 ran");
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes
+         WHERE schemaname = 'user_sync' AND tablename = 'events' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the outbox's indexes");
+    assert!(
+        indexes.contains(&"events_pending".to_owned())
+            && !indexes.contains(&"events_to_dispatch".to_owned())
+            && !indexes.contains(&"events_in_flight".to_owned()),
+        "{indexes:?}"
+    );
+
+    let run = Running::start(&env).await;
+    let pending = "SELECT count(*) FROM user_sync.events WHERE state = 'pending'";
+    common::eventually(
+        Duration::from_secs(60),
+        "every event carried out",
+        || async { env.scalar(pending).await == 0 },
+    )
+    .await;
+    let hosts = ["new1", "new2", "flight", "snoozed", "held", "other"];
+    for host in hosts {
+        assert_eq!(
+            env.scalar(&format!(
+                "SELECT count(*) FROM user_sync.users WHERE host_user_id = '{host}' AND state = 'synced'"
+            ))
+            .await,
+            1,
+            "{host}"
+        );
+    }
+    let stats = env.sandbox.stats();
+    assert_eq!(stats.creates, hosts.len() as u64, "each user created once");
+    assert_eq!(env.sandbox.users().len(), hosts.len());
+    run.stop().await;
+    env.finish().await;
+}

@@ -1378,12 +1378,18 @@ async fn a_job_pushed_without_a_host_user_cannot_end_a_closure(backend: Backend)
 
     // A closure the dispatcher leaves alone (as if its job were in flight),
     // then a forged job naming it with no host user.
-    let closure = env.closure("u1").await;
-    env.execute(
-        "UPDATE user_sync.events SET dispatched_at = occurred_at WHERE id = $1",
-        closure,
-    )
-    .await;
+    let closure = match backend {
+        Backend::Postgres => common::dispatched_without_jobs(env.pg(), env.closure("u1")).await,
+        Backend::Sqlite => {
+            let closure = env.closure("u1").await;
+            env.execute(
+                "UPDATE user_sync.events SET dispatched_at = occurred_at WHERE id = $1",
+                closure,
+            )
+            .await;
+            closure
+        }
+    };
     let forged = vec![SyncJob {
         events: vec![JobEvent {
             event_id: closure,
@@ -1514,8 +1520,10 @@ async fn claims_of_one_username_in_one_job_leave_the_server_log_clean() {
 }
 
 /// The dispatch claim on PostgreSQL: one claim at a time (another made
-/// meanwhile claims nothing, and nothing is ever claimed twice), and an
-/// event a job ends while a claim waits for its row is left out of it.
+/// meanwhile claims nothing, and nothing is ever claimed twice); a tick
+/// larger than a batch is drained over several claims; an event ended
+/// before a claim is left out of it, and a claim never waits for a job's
+/// lock on an event; an abandoned claim hands its events back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dispatcher_claims_at_a_time_and_leaves_events_ended_meanwhile() {
     use user_sync::storage::{Outbox, PgStore};
@@ -1558,56 +1566,79 @@ async fn one_dispatcher_claims_at_a_time_and_leaves_events_ended_meanwhile() {
         "no event claimed twice: {taken:?} then {rest_ids:?}"
     );
 
-    // An older event of a user is superseded by a job while a claim waits
-    // for its row: once the job commits, the claim leaves it out.
-    let older = insert("b").await;
-    let newer = insert("b").await;
+    // A host transaction that commits after later ones were claimed: its
+    // event is claimed by the first claim that sees it, once.
+    let mut late = pool.begin().await.expect("a host transaction");
+    let late_id: i64 = sqlx::query_scalar(
+        "INSERT INTO user_sync.events (host_user_id, kind, email)
+         VALUES ('late', 'signup', 'late@example.com') RETURNING id",
+    )
+    .fetch_one(&mut *late)
+    .await
+    .expect("insert");
+    let after = insert("after").await;
+    let claim = store.claim_due(100).await.expect("claim");
+    assert_eq!(
+        claim.events().iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![after]
+    );
+    claim.confirm().await.expect("confirm");
+    late.commit().await.expect("the late commit");
+    let claim = store.claim_due(100).await.expect("claim");
+    assert_eq!(
+        claim.events().iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![late_id]
+    );
+    claim.confirm().await.expect("confirm");
+    assert!(late_id < after);
+
+    // An event ended before the claim is left out; one a job holds (its
+    // end not committed) does not make the claim wait.
+    let ended = insert("b").await;
+    sqlx::query(
+        "UPDATE user_sync.events SET state = 'superseded', finished_at = now() WHERE id = $1",
+    )
+    .bind(ended)
+    .execute(&pool)
+    .await
+    .expect("supersede");
+    let held = insert("c").await;
+    let newer = insert("c").await;
     let mut job = pool.begin().await.expect("a job's transaction");
     sqlx::query(
         "UPDATE user_sync.events SET state = 'superseded', finished_at = now() WHERE id = $1",
     )
-    .bind(older)
+    .bind(held)
     .execute(&mut *job)
     .await
     .expect("supersede");
-    let claiming = {
-        let store = PgStore::new(pool.clone());
-        tokio::spawn(async move {
-            let claim = store.claim_due(100).await.expect("claim");
-            let ids: Vec<i64> = claim.events().iter().map(|c| c.id).collect();
-            claim.confirm().await.expect("confirm");
-            ids
-        })
-    };
-    // The claim is waiting for the row the job holds.
-    common::eventually(Duration::from_secs(10), "the claim waits for the row", || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE user_sync.events e SET dispatched_at%'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap_or(0)
-                > 0
-        }
-    })
-    .await;
+    let claim = tokio::time::timeout(Duration::from_secs(5), store.claim_due(100))
+        .await
+        .expect("the claim does not wait for the job")
+        .expect("claim");
+    let ids: Vec<i64> = claim.events().iter().map(|c| c.id).collect();
+    claim.confirm().await.expect("confirm");
     job.commit().await.expect("the job commits");
-    let claimed = claiming.await.expect("the claim ends");
-    assert_eq!(claimed, vec![newer], "only the event still pending");
-    let (state, dispatched): (String, Option<chrono::DateTime<chrono::Utc>>) =
-        sqlx::query_as("SELECT state, dispatched_at FROM user_sync.events WHERE id = $1")
-            .bind(older)
-            .fetch_one(&pool)
-            .await
-            .expect("the older event");
-    assert_eq!(state, "superseded");
-    assert!(
-        dispatched.is_none(),
-        "an ended event is not marked dispatched"
+    assert!(!ids.contains(&ended), "an ended event is left out: {ids:?}");
+    assert!(ids.contains(&newer), "{ids:?}");
+
+    // Abandoned, a claim hands its events back: the next one takes them.
+    let back = insert("d").await;
+    let claim = store.claim_due(100).await.expect("claim");
+    assert_eq!(
+        claim.events().iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![back]
     );
+    claim.abandon().await.expect("abandon");
+    let claim = store.claim_due(100).await.expect("claim");
+    assert_eq!(
+        claim.events().iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![back]
+    );
+    claim.confirm().await.expect("confirm");
+    let claim = store.claim_due(100).await.expect("claim");
+    assert!(claim.events().is_empty(), "nothing twice once confirmed");
+    claim.confirm().await.expect("confirm");
     pool.close().await;
     db.drop_db().await;
 }

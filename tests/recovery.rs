@@ -40,9 +40,9 @@ on_each_backend!(
     a_create_refused_with_no_holder_fails_at_once_and_frees_its_username,
 );
 
-/// What a crash between the dispatcher's claim and its push leaves behind
-/// (on SQLite the claim commits before the push): pending events marked
-/// dispatched whose job is nowhere. The worker runs the whole time, so
+/// What a push the queue lost, or a crash between the dispatcher's claim
+/// and its push on SQLite (where the claim commits first), leaves behind:
+/// pending events dispatched whose job is nowhere. The worker runs the whole time, so
 /// neither a start nor a lost Redis explains them: the sweeper's look at an
 /// empty queue does.
 async fn events_marked_dispatched_with_no_job_go_again_within_seconds(backend: Backend) {
@@ -56,14 +56,18 @@ async fn events_marked_dispatched_with_no_job_go_again_within_seconds(backend: B
         let host = format!("u{i}");
         let email = format!("u{i}@example.com");
         let id: i64 = match &env.db_pool {
+            // The dispatcher moves past the events without a push.
             Database::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "INSERT INTO user_sync.events (host_user_id, kind, email, dispatched_at)
-                 VALUES ($1, 'signup', $2, now()) RETURNING id",
+                common::dispatched_without_jobs(
+                    pool,
+                    sqlx::query_scalar(
+                        "INSERT INTO user_sync.events (host_user_id, kind, email)
+                         VALUES ($1, 'signup', $2) RETURNING id",
+                    )
+                    .bind(&host)
+                    .bind(&email)
+                    .fetch_one(pool),
                 )
-                .bind(&host)
-                .bind(&email)
-                .fetch_one(pool)
                 .await
             }
             // The worker's own spelling of a time on SQLite.

@@ -655,6 +655,30 @@ pub fn new_user(email: &str, name: Option<&str>) -> NewUser {
     }
 }
 
+/// Runs `write`, which commits outbox events, while holding the
+/// PostgreSQL dispatch lock, then moves the dispatcher past them: they
+/// count as dispatched and no job carries them, as if the queue had lost
+/// their push. Meant for a worker at rest (events committed and not yet
+/// dispatched by then count as dispatched too).
+pub async fn dispatched_without_jobs<T>(pool: &PgPool, write: impl Future<Output = T>) -> T {
+    let mut hold = pool.begin().await.expect("a transaction");
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('user_sync.dispatch'), 0)")
+        .execute(&mut *hold)
+        .await
+        .expect("hold the dispatch lock");
+    let written = write.await;
+    // A statement of its own: its snapshot sees what `write` committed.
+    sqlx::query(
+        "UPDATE user_sync.dispatch SET snapshot = pg_current_snapshot(), draining = NULL,
+             after_txid = NULL, after_id = NULL",
+    )
+    .execute(&mut *hold)
+    .await
+    .expect("move the dispatcher on");
+    hold.commit().await.expect("commit");
+    written
+}
+
 /// Polls `condition` every 100 ms until it holds or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
 where

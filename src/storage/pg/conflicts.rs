@@ -91,8 +91,8 @@ pub async fn record_event_of(
     sqlx::query(
         "WITH e AS (
              INSERT INTO user_sync.events
-                 (host_user_id, kind, email, full_name, state, dispatched_at, reason, finished_at)
-             VALUES ($1, 'signup', $2, $3, 'conflict', now(), $4, now())
+                 (host_user_id, kind, email, full_name, state, reason, finished_at)
+             VALUES ($1, 'signup', $2, $3, 'conflict', $4, now())
              RETURNING id)
          UPDATE user_sync.conflicts c SET event_id = e.id FROM e
          WHERE c.host_user_id = $1 AND c.username = $2 AND c.status = 'open'
@@ -227,7 +227,11 @@ impl Reconcile for PgStore {
         &'a self,
         id: i64,
         operator: Operator<'a>,
-        dispatch: bool,
+        // The event goes to the dispatcher either way: it is written under
+        // this transaction's id, as a new one would be. A caller that runs
+        // its job itself races the workers' job for the user, harmlessly:
+        // the second finds the event done.
+        _dispatch: bool,
     ) -> BoxFuture<'a, sqlx::Result<Option<i64>>> {
         Box::pin(async move {
             let mut tx = self.pool().begin().await?;
@@ -247,13 +251,11 @@ impl Reconcile for PgStore {
             let event: Option<i64> = sqlx::query_scalar(
                 "UPDATE user_sync.events e
                  SET state = 'pending', available_at = now(), attempts = 0, reason = NULL,
-                     finished_at = NULL,
-                     dispatched_at = CASE WHEN $2 THEN NULL ELSE now() END
+                     finished_at = NULL, txid = pg_current_xact_id(), redispatch = false
                  WHERE e.id = (SELECT max(n.id) FROM user_sync.events n WHERE n.host_user_id = $1)
                  RETURNING e.id",
             )
             .bind(&host)
-            .bind(dispatch)
             .fetch_optional(&mut *tx)
             .await?;
             if event.is_some() {

@@ -38,8 +38,10 @@
 //! table's rows through `= ANY` of the batch's keys, and is reused too (the
 //! ends of events, `users::mark_synced`); one that cannot leaves the join
 //! method to the planner, so it is planned for its rows each time
-//! (`.persistent(false)`, the dispatcher's claim): a plan made while the
-//! table was nearly empty would otherwise read all of it once it has grown.
+//! (`.persistent(false)`, retention's batches): a plan made while the table
+//! was nearly empty would otherwise read all of it once it has grown. The
+//! dispatcher's claim reads `events_pending` in its order up to a `LIMIT`,
+//! a plan the same at any size, and is reused.
 
 use std::time::Duration;
 
@@ -50,67 +52,163 @@ use crate::domain::{EventState, FullName, HostUserId, Intent, Profile, WebhookKi
 use crate::storage::events::{Claimed, NextEvent, NextEventRow, claimed_from, host_of_written};
 use crate::storage::written::Written;
 
-/// Claims up to `limit` events due for dispatch, inside `tx`: the rows stay
-/// locked (updated, uncommitted) until the caller commits, which it does
-/// only once the jobs are in the queue. A crash before the commit leaves
-/// the events to dispatch again; nothing is lost.
+/// Claims up to `limit` events due for dispatch, inside `tx`, without
+/// writing to a new event's row: the claim is the dispatcher's own row
+/// (`user_sync.dispatch`), which moves on in `tx` and commits only once the
+/// jobs are in the queue. A crash before the commit leaves the events to
+/// dispatch again; nothing is lost.
+///
+/// # What is due
+///
+/// - The events marked to dispatch again (snoozed, swept, an older row's)
+///   whose time has come: the claim takes the mark off.
+/// - The events of every transaction that committed since the last claim:
+///   those whose `txid` is not visible in the snapshot the dispatcher kept
+///   and is visible in this claim's own (the method of PgQ). A host
+///   transaction that commits late, after later ones were dispatched, was
+///   in progress in the kept snapshot, so its events are taken by the
+///   first claim that sees them: none is passed over, none taken twice.
+///   A tick with more events than a batch holds is drained over several
+///   claims, in `(txid, id)` order, from where the last one stopped.
 ///
 /// One process of the deployment claims at a time: the first to take the
-/// dispatch lock (a transaction-scoped advisory lock) claims, and another
-/// that finds it taken claims nothing this round (it claims again at its
-/// next wake-up, which every commit of the host's sends to every process).
-/// Claiming under that lock instead of locking each row `FOR UPDATE SKIP
-/// LOCKED` writes no lock record per event to the WAL: the update itself
-/// is the claim. A row a job changes meanwhile (an older event superseded)
-/// is checked again after that job commits, and left alone if it is no
-/// longer pending and undispatched.
+/// dispatch lock claims, and another that finds it taken claims
+/// nothing this round (it claims again at its next wake-up, which every
+/// commit of the host's sends to every process). An event that ended
+/// meanwhile (superseded by a job of its user) is left out, or, if it ends
+/// while this claim reads, dispatched once more, which is harmless: its
+/// job finds nothing pending.
 pub async fn claim_due(
     tx: &mut Transaction<'_, Postgres>,
     limit: u32,
 ) -> sqlx::Result<Vec<Claimed>> {
-    let rows = sqlx::query_as(
+    // A transaction-scoped advisory lock, which writes nothing (a row lock
+    // would log a record each claim, an idle worker's included); the key
+    // an older version's dispatcher takes, so the two never claim at once.
+    let locked: bool = sqlx::query_scalar(DISPATCH_LOCK)
+        .fetch_one(&mut **tx)
+        .await?;
+    if !locked {
+        return Ok(Vec::new());
+    }
+    let again: Vec<(i64, Option<Written>, bool)> = sqlx::query_as(
         // The host id up to its bound (`storage::written`): 256 characters.
-        "UPDATE user_sync.events e SET dispatched_at = now()
-         FROM (SELECT id FROM user_sync.events
-               WHERE state = 'pending' AND dispatched_at IS NULL AND available_at <= now()
-                 -- Taken once per statement (an initplan), not per row.
-                 AND (SELECT pg_try_advisory_xact_lock(hashtext('user_sync.dispatch'), 0))
-               -- The index's order: the batch is its first rows, not a
-               -- sort of every due event.
-               ORDER BY available_at, id LIMIT $1) due
-         WHERE e.id = due.id AND e.state IS NOT DISTINCT FROM 'pending'
-           AND e.dispatched_at IS NULL
-         RETURNING e.id, substr(e.host_user_id, 1, 256) AS host_user_id",
+        // A row written without a `txid` (by an older version) gets this
+        // transaction's: it is an event like any other from now on.
+        "UPDATE user_sync.events e
+         SET redispatch = false, txid = COALESCE(e.txid, pg_current_xact_id())
+         WHERE e.id = ANY(ARRAY(SELECT id FROM user_sync.events
+                                WHERE redispatch AND available_at <= now()
+                                ORDER BY available_at LIMIT $1))
+           AND e.redispatch
+         RETURNING e.id, substr(e.host_user_id, 1, 256), e.state = 'pending'",
     )
-    // Joins the batch back to the table: planned for its rows each time
-    // (see "Plans that do not depend on statistics" above).
-    .persistent(false)
     .bind(i64::from(limit))
     .fetch_all(&mut **tx)
     .await?;
+    let room = i64::from(limit).saturating_sub(i64::try_from(again.len()).unwrap_or(i64::MAX));
+    let fresh: Vec<(i64, Option<Written>)> = if room > 0 {
+        sqlx::query_as(CLAIM_FRESH)
+            .bind(room)
+            .fetch_all(&mut **tx)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let mut rows: Vec<(i64, Option<Written>)> = again
+        .into_iter()
+        .filter(|(_, _, pending)| *pending)
+        .map(|(id, host, _)| (id, host))
+        .collect();
+    rows.extend(fresh);
     Ok(claimed_from(rows))
 }
 
-/// How long until the next snoozed event is due, if any is waiting.
+/// Takes the dispatch lock if it is free.
+const DISPATCH_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtext('user_sync.dispatch'), 0)";
+
+/// The pending events of the transactions that committed since the
+/// dispatcher's kept snapshot, up to `$1`, and the dispatcher's row moved
+/// past them: to this statement's snapshot when the tick is done, to the
+/// last event taken while it drains.
+///
+/// Through `events_pending`, in its order, in two parts: the transactions
+/// the kept snapshot saw in progress (a probe each), then every one from
+/// its end on. A host transaction that stays open for long is one probe,
+/// not a scan of every event written since it began.
+const CLAIM_FRESH: &str = "WITH d AS (
+         SELECT snapshot AS prev, COALESCE(draining, pg_current_snapshot()) AS cur,
+                COALESCE(after_txid, '0'::xid8) AS after_txid, COALESCE(after_id, 0) AS after_id,
+                draining IS NOT NULL AS draining
+         FROM user_sync.dispatch),
+     taken AS (
+         SELECT e.id, e.txid, e.host_user_id, e.state
+         FROM d CROSS JOIN LATERAL (
+             (SELECT id, txid, host_user_id, state FROM user_sync.events
+              WHERE txid = ANY(ARRAY(SELECT pg_snapshot_xip(d.prev)))
+                AND state = 'pending' AND (txid, id) > (d.after_txid, d.after_id)
+                AND pg_visible_in_snapshot(txid, d.cur)
+              ORDER BY txid, id LIMIT $1)
+             UNION ALL
+             (SELECT id, txid, host_user_id, state FROM user_sync.events
+              WHERE txid >= pg_snapshot_xmax(d.prev) AND txid < pg_snapshot_xmax(d.cur)
+                AND state = 'pending' AND (txid, id) > (d.after_txid, d.after_id)
+                AND pg_visible_in_snapshot(txid, d.cur)
+              ORDER BY txid, id LIMIT $1)
+             ORDER BY txid, id LIMIT $1) e),
+     last AS (
+         SELECT count(*) AS n, max(txid) AS txid,
+                max(id) FILTER (WHERE txid = (SELECT max(txid) FROM taken)) AS id
+         FROM taken),
+     moved AS (
+         UPDATE user_sync.dispatch SET
+             snapshot = CASE WHEN last.n < $1 THEN d.cur ELSE d.prev END,
+             draining = CASE WHEN last.n < $1 THEN NULL ELSE d.cur END,
+             after_txid = CASE WHEN last.n < $1 THEN NULL ELSE last.txid END,
+             after_id = CASE WHEN last.n < $1 THEN NULL ELSE last.id END
+         FROM d, last
+         -- Nothing taken and nothing drained: the kept snapshot still
+         -- says what was dispatched, and the row is left as it is (an
+         -- idle worker writes nothing).
+         WHERE last.n > 0 OR d.draining)
+     SELECT id, substr(host_user_id, 1, 256) FROM taken
+     WHERE state = 'pending'";
+
+/// How long until the next event marked to dispatch again is due, if any.
 pub async fn next_due_in(pool: &PgPool) -> sqlx::Result<Option<Duration>> {
     let seconds: Option<f64> = sqlx::query_scalar(
         "SELECT EXTRACT(EPOCH FROM (min(available_at) - now()))::float8
-         FROM user_sync.events WHERE state = 'pending' AND dispatched_at IS NULL",
+         FROM user_sync.events WHERE redispatch",
     )
     .fetch_one(pool)
     .await?;
     Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
-/// Events dispatched more than `after` ago and still pending go back to be
-/// dispatched: their job was lost (Redis flushed or restarted, a worker
-/// killed). Returns how many.
-pub async fn sweep_stale(pool: &PgPool, after: Duration) -> sqlx::Result<u64> {
+/// The dispatcher's kept snapshot, as text (`xmin:xmax:xip,...`): every
+/// event of a transaction visible in it has been dispatched.
+pub async fn dispatched_snapshot(pool: &PgPool) -> sqlx::Result<String> {
+    sqlx::query_scalar("SELECT snapshot::text FROM user_sync.dispatch")
+        .fetch_one(pool)
+        .await
+}
+
+/// Events dispatched before `dispatched` (a snapshot the dispatcher kept,
+/// as [`dispatched_snapshot`] read it) and waiting on their job since
+/// before `after` ago, still pending: their job was lost (Redis flushed
+/// or restarted, a worker killed). They are marked to dispatch again, at
+/// once. Returns how many. An event's wait starts when it was dispatched
+/// for the first time, or when it was last due again (`available_at`,
+/// which a snooze and a sweep move): both must be old enough. Through
+/// `events_pending`: the pending events only, whatever the history.
+pub async fn sweep_stale(pool: &PgPool, dispatched: &str, after: Duration) -> sqlx::Result<u64> {
     let result = sqlx::query(
-        "UPDATE user_sync.events SET dispatched_at = NULL
-         WHERE state = 'pending' AND dispatched_at IS NOT NULL
-           AND dispatched_at < now() - make_interval(secs => $1)",
+        "UPDATE user_sync.events SET redispatch = true, available_at = now()
+         WHERE state = 'pending' AND NOT redispatch
+           AND available_at < now() - make_interval(secs => $2)
+           AND txid IS NOT NULL AND pg_visible_in_snapshot(txid, $1::text::pg_snapshot)",
     )
+    .bind(dispatched)
     .bind(after.as_secs_f64())
     .execute(pool)
     .await?;
@@ -213,9 +311,12 @@ pub async fn finish_many(
     Ok(())
 }
 
-/// Ends the events of `$1` in the states `$2` with the reasons `$3`.
+/// Ends the events of `$1` in the states `$2` with the reasons `$3`. An
+/// ended event leaves the marks to dispatch again (`redispatch = false`
+/// rewrites no index entry of an event that had none).
 const FINISH: &str =
-    "UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now()
+    "UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now(),
+         redispatch = false
      FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
      WHERE e.id = ANY($1::bigint[]) AND e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'";
 
@@ -225,7 +326,7 @@ const FINISH: &str =
 /// out: an API's refusal may quote a name.
 const FINISH_WRITING_FAILURES: &str = "WITH ended AS (
          UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now(),
-             attempts = e.attempts + CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END
+             redispatch = false, attempts = e.attempts + CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END
          FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
          WHERE e.id = ANY($1::bigint[]) AND e.id = t.id
            AND e.state IS NOT DISTINCT FROM 'pending'
@@ -245,7 +346,7 @@ pub async fn supersede_older(
     newest: i64,
 ) -> sqlx::Result<u64> {
     let result = sqlx::query(
-        "UPDATE user_sync.events SET state = 'superseded', finished_at = now()
+        "UPDATE user_sync.events SET state = 'superseded', finished_at = now(), redispatch = false
          WHERE id = ANY(ARRAY(
                  SELECT o.id FROM (SELECT id, state FROM user_sync.events
                                    WHERE host_user_id = $1 OFFSET 0) o
@@ -273,7 +374,7 @@ pub async fn snooze(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE user_sync.events
-         SET dispatched_at = NULL,
+         SET redispatch = true,
              available_at = now() + make_interval(secs => $2),
              attempts = attempts + $3,
              reason = COALESCE($4, reason)
@@ -294,9 +395,12 @@ pub async fn mark_invalid(pool: &PgPool, id: i64, reason: &str) -> sqlx::Result<
     finish(&mut conn, id, EventState::Invalid, Some(reason)).await
 }
 
-/// Writes one `signup` event per user to create, as the host app would,
-/// but already marked dispatched (the backfill's `--mode single` runs
-/// their jobs itself). Returns (event id, host user).
+/// Writes one `signup` event per user to create, as the host app would
+/// (the backfill's `--mode single` runs their jobs itself). A worker that
+/// runs meanwhile dispatches them too, as it does every event: whichever
+/// job takes the user first carries the event out, the other finds it
+/// done; and one the backfill leaves pending (stopped mid-way) is the
+/// sweeper's like any other. Returns (event id, host user).
 pub async fn record_signups(
     conn: &mut PgConnection,
     creates: &[(&HostUserId, &Profile, Option<Intent>)],
@@ -311,8 +415,8 @@ pub async fn record_signups(
         .map(|c| c.1.full_name.as_ref().map(FullName::as_str))
         .collect();
     let rows: Vec<(i64, String)> = sqlx::query_as(
-        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name, dispatched_at)
-         SELECT h, 'signup', e, n, now() FROM unnest($1::text[], $2::text[], $3::text[])
+        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+         SELECT h, 'signup', e, n FROM unnest($1::text[], $2::text[], $3::text[])
              AS t(h, e, n)
          RETURNING id, host_user_id",
     )

@@ -43,7 +43,6 @@ fn migrator() -> Migrator {
 /// Applies every migration not applied yet; returns how many ran (this
 /// call, not a concurrent one: the count is taken under our own lock).
 pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
-    use anyhow::Context;
     let mut conn = pool.acquire().await?;
     check_encoding(&mut conn).await?;
     loop {
@@ -59,10 +58,7 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
     let outcome = async {
         drop_invalid_index(&mut conn).await?;
         let before = applied(&mut conn).await?;
-        migrator()
-            .run(&mut *conn)
-            .await
-            .context("applying the worker's migrations")?;
+        apply(&mut conn).await?;
         build_indexes(&mut conn).await?;
         let after = applied(&mut conn).await?;
         finish_index_swap(&mut conn).await?;
@@ -73,6 +69,47 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
         .execute(&mut *conn)
         .await?;
     outcome
+}
+
+/// How many times a migration that could not take its lock in time
+/// (`lock_timeout`, set by a migration that needs the outbox's exclusive
+/// lock, 0013) is tried again, and how long apart.
+const LOCK_TRIES: u32 = 30;
+const LOCK_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the migrator. A migration that waited its `lock_timeout` for a
+/// host transaction holding the outbox rolled back whole; it is tried
+/// again a moment later, so that the host's inserts queue behind it for
+/// two seconds at most, never for as long as a host transaction lasts.
+async fn apply(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut tries = 0;
+    loop {
+        match migrator().run(&mut *conn).await {
+            Ok(()) => return Ok(()),
+            Err(error) if lock_timed_out(&error) && tries + 1 < LOCK_TRIES => {
+                tries += 1;
+                tracing::warn!(
+                    tries,
+                    "a migration could not lock the outbox while a host transaction held it; trying again"
+                );
+                tokio::time::sleep(LOCK_RETRY).await;
+            }
+            Err(error) => return Err(error).context("applying the worker's migrations"),
+        }
+    }
+}
+
+/// Whether a migration failed on its `lock_timeout` (SQLSTATE 55P03).
+fn lock_timed_out(error: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    let (MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _)) = error else {
+        return false;
+    };
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55P03")
 }
 
 /// Refuses a database of encoding SQL_ASCII. It stores any bytes in a text
@@ -115,9 +152,26 @@ async fn drop_invalid_index(conn: &mut sqlx::PgConnection) -> anyhow::Result<()>
 
 /// Drops the outbox's btree index by host user (0001) once its hash index
 /// (0009) is valid: the btree refuses long host ids, which made the host's
-/// own inserts fail. `CONCURRENTLY`, so that the host's inserts and the
-/// worker's reads never wait for it.
+/// own inserts fail. Drops the indexes of the dispatch marks (0001) once
+/// the dispatcher's own ones (0013, [`CONCURRENT_INDEXES`]) are valid: a
+/// new event entered one at the host's insert, and an event's end could
+/// not be HOT while they stood. `CONCURRENTLY`, so that the host's inserts
+/// and the worker's reads never wait for it. A worker of the older version
+/// still running meanwhile claims through a scan of the outbox until it
+/// stops: slower, never wrong (an event it dispatches too is dispatched
+/// twice, which is harmless).
 async fn finish_index_swap(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
+    if index_state(conn, "events_pending").await? == Some(true)
+        && index_state(conn, "events_redispatch").await? == Some(true)
+    {
+        for name in ["events_to_dispatch", "events_in_flight"] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS user_sync.{name}"
+            )))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
     let hashed: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_index
                         WHERE indexrelid = to_regclass('user_sync.events_by_user_hash')
@@ -151,16 +205,35 @@ async fn applied(conn: &mut sqlx::PgConnection) -> anyhow::Result<usize> {
 /// `CREATE INDEX CONCURRENTLY`: inside a migration's transaction the build
 /// would stop the host's inserts into the outbox for as long as it reads
 /// the whole table (seconds per million rows). (name, definition.)
-const CONCURRENT_INDEXES: &[(&str, &str)] = &[(
-    // The finished events by state and end: the counts of `status` and
-    // `/metrics` read only the failed, invalid and conflict entries, the
-    // console's activity only the last minutes', retention only the old
-    // ones (see 0010_retention.sql). An event adds one entry when it
-    // finishes; a pending one none.
-    "events_finished",
-    "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_finished
+const CONCURRENT_INDEXES: &[(&str, &str)] = &[
+    (
+        // The pending events by the transaction that wrote them, in the
+        // order the dispatcher takes them (0013): what the dispatcher, the
+        // sweeper and `status` read. `txid IS NOT NULL` in the predicate
+        // keeps it out of the plans of queries that do not name `txid`:
+        // an older worker's by-user reads (`state = 'pending'` beside the
+        // host user) stay on the hash index by user.
+        "events_pending",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_pending
+             ON user_sync.events (txid, id) WHERE state = 'pending' AND txid IS NOT NULL",
+    ),
+    (
+        // The events marked to dispatch again, by when (0013).
+        "events_redispatch",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_redispatch
+             ON user_sync.events (available_at) WHERE redispatch",
+    ),
+    (
+        // The finished events by state and end: the counts of `status` and
+        // `/metrics` read only the failed, invalid and conflict entries, the
+        // console's activity only the last minutes', retention only the old
+        // ones (see 0010_retention.sql). An event adds one entry when it
+        // finishes; a pending one none.
+        "events_finished",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_finished
          ON user_sync.events (state, finished_at) WHERE state <> 'pending'",
-)];
+    ),
+];
 
 /// Whether index `name` of schema `user_sync` exists, and if so whether it
 /// is valid (a concurrent build that failed leaves an invalid one).

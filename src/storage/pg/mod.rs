@@ -1,5 +1,7 @@
-//! The pipeline's storage on PostgreSQL: the outbox rows are claimed by one
-//! process at a time under an advisory lock, the dispatcher is woken by
+//! The pipeline's storage on PostgreSQL: the outbox is dispatched by one
+//! process at a time, which moves the dispatcher's own row on past the
+//! transactions it took the events of ([`events::claim_due`]), never
+//! writing to a new event's row; the dispatcher is woken by
 //! `NOTIFY`, and the per-user lock is a session-level advisory lock, so any
 //! number of processes may share the database. A job's users share one connection,
 //! and their statements go in batches ([`session`]).
@@ -27,8 +29,10 @@ pub use pooler::refuse_transaction_pooling;
 pub use retention::sweep_in as sweep_retention_in;
 pub use users::{claim_each_for_create, holders_of, mark_synced};
 
+use std::collections::VecDeque;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use secrecy::ExposeSecret;
@@ -48,11 +52,43 @@ pub const CHANNEL: &str = "user_sync_events";
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The dispatcher's kept snapshots this process's sweeps have read, and
+    /// when: an event visible in one read `after` ago was dispatched at
+    /// least that long ago (see [`Outbox::sweep_stale`]).
+    dispatched: Arc<Mutex<VecDeque<(Instant, String)>>>,
 }
+
+/// How many of the dispatcher's snapshots a process keeps for its sweeps:
+/// one a sweep, every `sweeper.interval` (5 s), over more than an hour.
+const KEPT_SNAPSHOTS: usize = 1024;
 
 impl PgStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            dispatched: Arc::default(),
+        }
+    }
+
+    /// Remembers `snapshot`, read now, and returns the newest one this
+    /// process read at least `after` ago. `None` when it has none that old
+    /// (it started less than `after` ago).
+    fn dispatched_before(&self, snapshot: String, after: Duration) -> Option<String> {
+        let now = Instant::now();
+        let mut kept = self
+            .dispatched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.back().is_none_or(|(_, last)| *last != snapshot) {
+            kept.push_back((now, snapshot));
+        }
+        while kept.len() > KEPT_SNAPSHOTS {
+            kept.pop_front();
+        }
+        kept.iter()
+            .rev()
+            .find(|(read, _)| now.saturating_duration_since(*read) >= after)
+            .map(|(_, snapshot)| snapshot.clone())
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -72,13 +108,14 @@ impl PgStore {
 impl Outbox for PgStore {
     fn claim_due(&self, limit: u32) -> BoxFuture<'_, sqlx::Result<Box<dyn ClaimedBatch>>> {
         Box::pin(async move {
-            // The claimed rows stay locked (and the dispatch lock held, so
-            // that other dispatchers claim nothing) until the commit, which
-            // comes only once the jobs are in the queue; abandoned or
-            // dropped, the transaction rolls back and nothing is marked.
-            // The marks commit as an outcome does, without waiting for the
-            // disk: marks lost in a crash of the database server only
-            // dispatch their events once more.
+            // The dispatch lock stays held (so that other dispatchers claim
+            // nothing) and the dispatcher's row moved on, uncommitted,
+            // until the commit,
+            // which comes only once the jobs are in the queue; abandoned or
+            // dropped, the transaction rolls back and nothing has moved.
+            // It commits as an outcome does, without waiting for the disk:
+            // a move lost in a crash of the database server only
+            // dispatches its events once more.
             let mut tx = self.pool.begin_with(session::OUTCOME).await?;
             let events = events::claim_due(&mut tx, limit).await?;
             Ok(Box::new(PgClaim { tx, events }) as Box<dyn ClaimedBatch>)
@@ -90,7 +127,16 @@ impl Outbox for PgStore {
     }
 
     fn sweep_stale(&self, after: Duration) -> BoxFuture<'_, sqlx::Result<u64>> {
-        Box::pin(events::sweep_stale(&self.pool, after))
+        Box::pin(async move {
+            let now = events::dispatched_snapshot(&self.pool).await?;
+            // A process younger than `after` knows no snapshot that old:
+            // the dispatcher's present one stands in, and an event's own
+            // `available_at` (its insert, or when it was last due) says
+            // how long it has waited. It may send again an event that was
+            // dispatched late (after a pause, say): harmless.
+            let then = self.dispatched_before(now.clone(), after).unwrap_or(now);
+            events::sweep_stale(&self.pool, &then, after).await
+        })
     }
 
     fn wake_ups(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn WakeUps>>> {

@@ -17,7 +17,7 @@ impl Reports for PgStore {
 
     /// The counts behind `user-sync status`. Each reads live rows only,
     /// through a partial index, whatever the history: the pending events
-    /// through the two indexes the dispatcher and the sweeper read, the
+    /// through the one the dispatcher and the sweeper read, the
     /// failed, invalid and conflict ones through `events_finished` (the
     /// applied and superseded bulk of it is never read), open conflicts
     /// through `conflicts_recheck_due`, open closures through
@@ -26,17 +26,13 @@ impl Reports for PgStore {
         Box::pin(async move {
             let row: (i64, i64, i64, i64, f64) = sqlx::query_as(
                 "SELECT (SELECT count(*) FROM user_sync.events
-                          WHERE state = 'pending' AND dispatched_at IS NULL)
-                        + (SELECT count(*) FROM user_sync.events
-                            WHERE state = 'pending' AND dispatched_at IS NOT NULL),
+                         WHERE state = 'pending' AND txid IS NOT NULL),
                         (SELECT count(*) FROM user_sync.events WHERE state = 'failed'),
                         (SELECT count(*) FROM user_sync.events WHERE state = 'invalid'),
                         (SELECT count(*) FROM user_sync.events WHERE state = 'conflict'),
-                        COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
-                            (SELECT min(occurred_at) FROM user_sync.events
-                              WHERE state = 'pending' AND dispatched_at IS NULL),
-                            (SELECT min(occurred_at) FROM user_sync.events
-                              WHERE state = 'pending' AND dispatched_at IS NOT NULL))), 0)::float8",
+                        COALESCE(EXTRACT(EPOCH FROM now() - (
+                            SELECT min(occurred_at) FROM user_sync.events
+                            WHERE state = 'pending' AND txid IS NOT NULL)), 0)::float8",
             )
             .fetch_one(self.pool())
             .await?;
@@ -171,8 +167,8 @@ impl Operate for PgStore {
             // state asked for (or of the users named).
             let retried = sqlx::query(
                 "UPDATE user_sync.events e
-                 SET state = 'pending', available_at = now(), dispatched_at = NULL,
-                     attempts = 0, reason = NULL, finished_at = NULL
+                 SET state = 'pending', available_at = now(), attempts = 0, reason = NULL,
+                     finished_at = NULL, txid = pg_current_xact_id(), redispatch = false
                  WHERE e.host_user_id IS NOT NULL
                    AND ($1::text IS NULL OR e.state = $1)
                    AND ($2::text[] IS NULL OR e.host_user_id = ANY($2))

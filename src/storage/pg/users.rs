@@ -237,7 +237,7 @@ pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx:
              UNION ALL SELECT host_user_id, username FROM inserted),
          applied AS (
              UPDATE user_sync.events e
-             SET state = 'applied', reason = NULL, finished_at = now()
+             SET state = 'applied', reason = NULL, finished_at = now(), redispatch = false
              FROM t
              WHERE e.id = ANY($6::bigint[]) AND e.id = t.a
                AND e.state IS NOT DISTINCT FROM 'pending'),"#,
