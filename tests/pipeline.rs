@@ -1622,6 +1622,35 @@ async fn one_dispatcher_claims_at_a_time_and_leaves_events_ended_meanwhile() {
     assert!(!ids.contains(&ended), "an ended event is left out: {ids:?}");
     assert!(ids.contains(&newer), "{ids:?}");
 
+    // A claim that stops at its limit says more may be due, also when it
+    // holds fewer events: here it passed over an ended event still marked
+    // to dispatch again (as an older version's end leaves it).
+    let gone = insert("e0").await;
+    sqlx::query(
+        "UPDATE user_sync.events SET state = 'superseded', redispatch = true,
+             available_at = now() - interval '1 second'
+         WHERE id = $1",
+    )
+    .bind(gone)
+    .execute(&pool)
+    .await
+    .expect("supersede");
+    let kept = insert("e1").await;
+    let claim = store.claim_due(1).await.expect("claim");
+    assert!(claim.events().is_empty(), "{:?}", claim.events());
+    assert!(claim.stopped_at_limit(), "the claim stopped at its limit");
+    claim.confirm().await.expect("confirm");
+    let claim = store.claim_due(1).await.expect("claim");
+    assert_eq!(
+        claim.events().iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![kept]
+    );
+    assert!(claim.stopped_at_limit(), "one of one: more may be due");
+    claim.confirm().await.expect("confirm");
+    let claim = store.claim_due(1).await.expect("claim");
+    assert!(claim.events().is_empty() && !claim.stopped_at_limit());
+    claim.confirm().await.expect("confirm");
+
     // Abandoned, a claim hands its events back: the next one takes them.
     let back = insert("d").await;
     let claim = store.claim_due(100).await.expect("claim");

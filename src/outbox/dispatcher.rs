@@ -57,11 +57,18 @@ impl Dispatcher {
 
     /// Dispatches one batch; returns how many events went to the queue.
     pub async fn dispatch_once(&self) -> anyhow::Result<usize> {
+        Ok(self.dispatch_round().await?.0)
+    }
+
+    /// Dispatches one batch; returns how many events went to the queue,
+    /// and whether more may be due at once (the claim was full).
+    async fn dispatch_round(&self) -> anyhow::Result<(usize, bool)> {
         let claim = self.outbox.claim_due(self.settings.batch_size).await?;
         let count = claim.events().len();
+        let more = count == self.settings.batch_size as usize || claim.stopped_at_limit();
         if count == 0 {
             claim.confirm().await?;
-            return Ok(0);
+            return Ok((0, more));
         }
         let events = claim
             .events()
@@ -81,7 +88,7 @@ impl Dispatcher {
         }
         claim.confirm().await?;
         metrics::counter!("user_sync_events_dispatched_total").increment(count as u64);
-        Ok(count)
+        Ok((count, more))
     }
 
     /// Dispatches until `shutdown`: at once on a wake-up from the store
@@ -100,8 +107,8 @@ impl Dispatcher {
                     () = tokio::time::sleep(PAUSED_POLL) => continue,
                 }
             }
-            match self.dispatch_once().await {
-                Ok(n) if n == self.settings.batch_size as usize => {
+            match self.dispatch_round().await {
+                Ok((_, true)) => {
                     failures = 0;
                     continue;
                 }

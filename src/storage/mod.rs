@@ -92,6 +92,11 @@ pub trait Outbox: Send + Sync {
 pub trait ClaimedBatch: Send {
     /// The claimed events, in claim order.
     fn events(&self) -> &[Claimed];
+    /// Whether the claim stopped at its limit, so that more may be due at
+    /// once, though it holds fewer events (it passed over ended ones).
+    fn stopped_at_limit(&self) -> bool {
+        false
+    }
     /// The queue took the events: they count as dispatched.
     fn confirm(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>>;
     /// The queue did not take them: they go back to be dispatched at once.

@@ -78,10 +78,13 @@ use crate::storage::written::Written;
 /// meanwhile (superseded by a job of its user) is left out, or, if it ends
 /// while this claim reads, dispatched once more, which is harmless: its
 /// job finds nothing pending.
+///
+/// Returns the events to push, and whether the claim stopped at `limit`
+/// (more may be due at once: an ended event it passed over counts).
 pub async fn claim_due(
     tx: &mut Transaction<'_, Postgres>,
     limit: u32,
-) -> sqlx::Result<Vec<Claimed>> {
+) -> sqlx::Result<(Vec<Claimed>, bool)> {
     // A transaction-scoped advisory lock, which writes nothing (a row lock
     // would log a record each claim, an idle worker's included); the key
     // an older version's dispatcher takes, so the two never claim at once.
@@ -89,7 +92,7 @@ pub async fn claim_due(
         .fetch_one(&mut **tx)
         .await?;
     if !locked {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     }
     let again: Vec<(i64, Option<Written>, bool)> = sqlx::query_as(
         // The host id up to its bound (`storage::written`): 256 characters.
@@ -107,7 +110,7 @@ pub async fn claim_due(
     .fetch_all(&mut **tx)
     .await?;
     let room = i64::from(limit).saturating_sub(i64::try_from(again.len()).unwrap_or(i64::MAX));
-    let fresh: Vec<(i64, Option<Written>)> = if room > 0 {
+    let fresh: Vec<(i64, Option<Written>, bool)> = if room > 0 {
         sqlx::query_as(CLAIM_FRESH)
             .bind(room)
             .fetch_all(&mut **tx)
@@ -115,13 +118,14 @@ pub async fn claim_due(
     } else {
         Vec::new()
     };
-    let mut rows: Vec<(i64, Option<Written>)> = again
+    let full = room <= 0 || i64::try_from(fresh.len()).is_ok_and(|n| n >= room);
+    let rows: Vec<(i64, Option<Written>)> = again
         .into_iter()
+        .chain(fresh)
         .filter(|(_, _, pending)| *pending)
         .map(|(id, host, _)| (id, host))
         .collect();
-    rows.extend(fresh);
-    Ok(claimed_from(rows))
+    Ok((claimed_from(rows), full))
 }
 
 /// Takes the dispatch lock if it is free.
@@ -171,8 +175,7 @@ const CLAIM_FRESH: &str = "WITH d AS (
          -- says what was dispatched, and the row is left as it is (an
          -- idle worker writes nothing).
          WHERE last.n > 0 OR d.draining)
-     SELECT id, substr(host_user_id, 1, 256) FROM taken
-     WHERE state = 'pending'";
+     SELECT id, substr(host_user_id, 1, 256), state = 'pending' FROM taken";
 
 /// How long until the next event marked to dispatch again is due, if any.
 pub async fn next_due_in(pool: &PgPool) -> sqlx::Result<Option<Duration>> {

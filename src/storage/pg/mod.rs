@@ -117,8 +117,8 @@ impl Outbox for PgStore {
             // a move lost in a crash of the database server only
             // dispatches its events once more.
             let mut tx = self.pool.begin_with(session::OUTCOME).await?;
-            let events = events::claim_due(&mut tx, limit).await?;
-            Ok(Box::new(PgClaim { tx, events }) as Box<dyn ClaimedBatch>)
+            let (events, full) = events::claim_due(&mut tx, limit).await?;
+            Ok(Box::new(PgClaim { tx, events, full }) as Box<dyn ClaimedBatch>)
         })
     }
 
@@ -153,11 +153,16 @@ impl Outbox for PgStore {
 struct PgClaim {
     tx: Transaction<'static, Postgres>,
     events: Vec<Claimed>,
+    full: bool,
 }
 
 impl ClaimedBatch for PgClaim {
     fn events(&self) -> &[Claimed] {
         &self.events
+    }
+
+    fn stopped_at_limit(&self) -> bool {
+        self.full
     }
 
     fn confirm(self: Box<Self>) -> BoxFuture<'static, sqlx::Result<()>> {
