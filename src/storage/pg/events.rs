@@ -146,15 +146,15 @@ const CLAIM_FRESH: &str = "WITH d AS (
                 draining IS NOT NULL AS draining
          FROM user_sync.dispatch),
      taken AS (
-         SELECT e.id, e.txid, e.host_user_id, e.state
+         SELECT e.id, e.txid, e.host_user_id
          FROM d CROSS JOIN LATERAL (
-             (SELECT id, txid, host_user_id, state FROM user_sync.events
+             (SELECT id, txid, host_user_id FROM user_sync.events
               WHERE txid = ANY(ARRAY(SELECT pg_snapshot_xip(d.prev)))
                 AND state = 'pending' AND (txid, id) > (d.after_txid, d.after_id)
                 AND pg_visible_in_snapshot(txid, d.cur)
               ORDER BY txid, id LIMIT $1)
              UNION ALL
-             (SELECT id, txid, host_user_id, state FROM user_sync.events
+             (SELECT id, txid, host_user_id FROM user_sync.events
               WHERE txid >= pg_snapshot_xmax(d.prev) AND txid < pg_snapshot_xmax(d.cur)
                 AND state = 'pending' AND (txid, id) > (d.after_txid, d.after_id)
                 AND pg_visible_in_snapshot(txid, d.cur)
@@ -175,7 +175,8 @@ const CLAIM_FRESH: &str = "WITH d AS (
          -- says what was dispatched, and the row is left as it is (an
          -- idle worker writes nothing).
          WHERE last.n > 0 OR d.draining)
-     SELECT id, substr(host_user_id, 1, 256), state = 'pending' FROM taken";
+     -- Pending, as both parts read them: the flag the marked events carry.
+     SELECT id, substr(host_user_id, 1, 256), true FROM taken";
 
 /// How long until the next event marked to dispatch again is due, if any.
 pub async fn next_due_in(pool: &PgPool) -> sqlx::Result<Option<Duration>> {

@@ -109,12 +109,11 @@ impl Outbox for PgStore {
     fn claim_due(&self, limit: u32) -> BoxFuture<'_, sqlx::Result<Box<dyn ClaimedBatch>>> {
         Box::pin(async move {
             // The dispatch lock stays held (so that other dispatchers claim
-            // nothing) and the dispatcher's row moved on, uncommitted,
-            // until the commit,
-            // which comes only once the jobs are in the queue; abandoned or
-            // dropped, the transaction rolls back and nothing has moved.
-            // It commits as an outcome does, without waiting for the disk:
-            // a move lost in a crash of the database server only
+            // nothing) and the dispatcher's row moved on, uncommitted, until
+            // the commit, which comes only once the jobs are in the queue;
+            // abandoned or dropped, the transaction rolls back and nothing
+            // has moved. It commits as an outcome does, without waiting for
+            // the disk: a move lost in a crash of the database server only
             // dispatches its events once more.
             let mut tx = self.pool.begin_with(session::OUTCOME).await?;
             let (events, full) = events::claim_due(&mut tx, limit).await?;
