@@ -162,11 +162,20 @@ async fn retention(env: &Env, name: &str, old: i64) {
             ),
         ),
     };
+    // On PostgreSQL, where retention walks the outbox by id, they come
+    // before the history by id as well, as rows written a month ago do:
+    // below every id the host's inserts were given (`OVERRIDING SYSTEM
+    // VALUE`, negative ids).
+    let (id_column, overriding, id) = match env.backend {
+        Backend::Postgres => ("id, ", "OVERRIDING SYSTEM VALUE ", "-g, "),
+        Backend::Sqlite => ("", "", ""),
+    };
     run_sql(
         env,
         &format!(
-            "{with}INSERT INTO {table} (host_user_id, kind, email, state, occurred_at, finished_at)
-             SELECT 'o' || (g % {users}), 'signup', 'o@example.com', 'applied', t, t
+            "{with}INSERT INTO {table}
+                 ({id_column}host_user_id, kind, email, state, occurred_at, finished_at)
+             {overriding}SELECT {id}'o' || (g % {users}), 'signup', 'o@example.com', 'applied', t, t
              FROM {rows}",
             users = (old / 10).max(1)
         ),
@@ -278,11 +287,14 @@ async fn seed_live_rows(env: &Env) {
             "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
              SELECT 'p' || g, 'signup', 'p' || g || '@example.com', 'Pending ' || g
              FROM generate_series(1, 1000) g",
+            // The finished live rows as a worker leaves them: of
+            // transactions the sweeper walked past, their ends counted.
             "INSERT INTO user_sync.events
-                 (host_user_id, kind, email, state, reason, dispatched_at, finished_at, attempts)
+                 (host_user_id, kind, email, state, reason, dispatched_at, finished_at, attempts,
+                  txid)
              SELECT 'x' || g, 'signup', 'x' || g || '@example.com',
                     (ARRAY['failed', 'invalid', 'conflict'])[g % 3 + 1], 'bench',
-                    now() - interval '1 day', now() - interval '1 day', 1
+                    now() - interval '1 day', now() - interval '1 day', 1, '3'::xid8
              FROM generate_series(1, 300) g",
             "INSERT INTO user_sync.conflicts (host_user_id, username, reason, holder_host_user_id)
              SELECT 'x' || g, 'x' || g || '@example.com', 'taken_by_host_user', 'u' || g
@@ -290,11 +302,15 @@ async fn seed_live_rows(env: &Env) {
             "INSERT INTO user_sync.events (host_user_id, kind)
              SELECT 'c' || g, 'account_closure' FROM generate_series(1, 10) g",
             "INSERT INTO user_sync.events
-                 (host_user_id, kind, email, state, dispatched_at, finished_at, occurred_at)
+                 (host_user_id, kind, email, state, dispatched_at, finished_at, occurred_at, txid)
              SELECT 'r' || g, 'signup', 'r' || g || '@example.com', 'applied',
                     now() - make_interval(secs => g * 3.6), now() - make_interval(secs => g * 3.6),
-                    now() - make_interval(secs => g * 3.6)
+                    now() - make_interval(secs => g * 3.6), '3'::xid8
              FROM generate_series(1, 1000) g",
+            "INSERT INTO user_sync.finished_counts (minute, state, events, compacted)
+             SELECT date_trunc('minute', now() - make_interval(secs => g * 3.6)), 'applied',
+                    count(*), true
+             FROM generate_series(1, 1000) g GROUP BY 1",
             "UPDATE user_sync.pause SET paused_at = now(), paused_by = 'bench', reason = 'reads bench'",
         ]
     } else {
@@ -372,14 +388,21 @@ async fn grow_history(env: &Env, from: i64, to: i64) {
                     .to_owned(),
             ),
         };
+        // On PostgreSQL the history is of transactions long past, as a
+        // worker leaves it: dispatched, ended and walked past by the
+        // sweeper (`txid` older than any snapshot it kept).
+        let (txid_column, txid) = match env.backend {
+            Backend::Postgres => (", txid", ", '3'::xid8"),
+            Backend::Sqlite => ("", ""),
+        };
         let sql = format!(
             "{with}INSERT INTO {table}
                  (host_user_id, kind, email, full_name, state, occurred_at, available_at,
-                  dispatched_at, finished_at)
+                  dispatched_at, finished_at{txid_column})
              SELECT 'h' || (g % 100000), CASE WHEN g % 4 = 0 THEN 'signup' ELSE 'profile_change' END,
                     'h' || (g % 100000) || '@example.com', 'History ' || g,
                     CASE WHEN g % 10 = 0 THEN 'superseded' ELSE 'applied' END,
-                    t, t, t, t
+                    t, t, t, t{txid}
              FROM {rows}"
         );
         run_sql(env, &sql).await;

@@ -91,7 +91,13 @@ impl Worker {
             Database::Postgres(pool) => {
                 let redis = RedisQueue::connect(&settings.redis).await?;
                 let gate = parts.gate_beside_redis(&redis).await?;
-                parts.start(PgStore::new(pool), redis, gate).await?
+                parts
+                    .start(
+                        PgStore::new(pool).with_lease(settings.sweeper.redispatch_after),
+                        redis,
+                        gate,
+                    )
+                    .await?
             }
             Database::Sqlite(pool) => {
                 anyhow::ensure!(

@@ -160,21 +160,28 @@ async fn says(browser: &Client, css: &str, words: &str) {
 }
 
 /// An hour of outbox history, written as the worker leaves finished
-/// events, so that the chart has every minute to draw: synthetic, for the
-/// overview's screenshot, and never failed (the failed list stays the
-/// test's own).
+/// events (of transactions its sweeper walked past, a reason where they
+/// did not apply, their ends counted per minute), so that the chart has
+/// every minute to draw: synthetic, for the overview's screenshot, and
+/// never failed (the failed list stays the test's own).
 async fn an_hour_of_history(env: &Env) {
     env.execute(
-        "INSERT INTO user_sync.events (host_user_id, kind, state, occurred_at, dispatched_at, finished_at)
-         SELECT 'history-' || m || '-' || k, 'signup',
-                CASE WHEN k = 1 AND m % 9 = 0 THEN 'invalid'
-                     WHEN k = 2 AND m % 7 = 3 THEN 'conflict'
-                     WHEN k % 6 = 0 THEN 'superseded'
-                     ELSE 'applied' END,
-                now() - make_interval(mins => m), now() - make_interval(mins => m),
-                now() - make_interval(mins => m)
-         FROM generate_series(1, 59) AS m,
-              LATERAL generate_series(1, 4 + (m * 7) % 13 + (m % 20) / 2) AS k",
+        "WITH history AS (
+             INSERT INTO user_sync.events
+                 (host_user_id, kind, state, reason, occurred_at, dispatched_at, finished_at, txid)
+             SELECT 'history-' || m || '-' || k, 'signup', s.state,
+                    CASE WHEN s.state IN ('invalid', 'conflict') THEN 'synthetic' END,
+                    now() - make_interval(mins => m), now() - make_interval(mins => m),
+                    now() - make_interval(mins => m), '3'::xid8
+             FROM generate_series(1, 59) AS m,
+                  LATERAL generate_series(1, 4 + (m * 7) % 13 + (m % 20) / 2) AS k,
+                  LATERAL (SELECT CASE WHEN k = 1 AND m % 9 = 0 THEN 'invalid'
+                                       WHEN k = 2 AND m % 7 = 3 THEN 'conflict'
+                                       WHEN k % 6 = 0 THEN 'superseded'
+                                       ELSE 'applied' END AS state) s
+             RETURNING state, finished_at)
+         INSERT INTO user_sync.finished_counts (minute, state, events)
+         SELECT date_trunc('minute', finished_at), state, count(*) FROM history GROUP BY 1, 2",
         0,
     )
     .await;

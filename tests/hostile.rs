@@ -1197,6 +1197,148 @@ async fn the_outbox_gets_room_beside_the_hosts_inserts_and_an_older_workers_clai
     db.drop_db().await;
 }
 
+/// The names of the outbox's indexes.
+async fn outbox_indexes(pool: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes
+         WHERE schemaname = 'user_sync' AND tablename = 'events' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("the outbox's indexes")
+}
+
+/// Migration 0014 (an event's end HOT, the sweeper walking the dispatched
+/// events) on an outbox a worker of 0013 left: an event it dispatched whose
+/// job is gone, one not dispatched yet, one snoozed, a failure recorded
+/// without a reason. The older dispatcher's table is gone and its claim of
+/// marked events refused (an older worker still running stops
+/// dispatching), the event in flight is marked to dispatch at once, the
+/// failure gets its state for a reason, the indexes naming the state are
+/// dropped; then one worker carries out every pending event, each user
+/// created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_takes_over_the_events_an_older_dispatcher_sent() {
+    let env = Env::start(SandboxOptions::default()).await;
+    let pool = env.pg().clone();
+    // The outbox as 0013 left it.
+    for sql in [
+        "ALTER TABLE user_sync.dispatcher RENAME TO dispatch",
+        "ALTER TABLE user_sync.dispatch DROP COLUMN swept, DROP COLUMN sweeping,
+             DROP COLUMN swept_txid, DROP COLUMN swept_id",
+        "DROP TABLE user_sync.finished_counts",
+        "ALTER TABLE user_sync.retention DROP COLUMN events_floor_id,
+             DROP COLUMN events_reached_id",
+        "DROP TRIGGER events_keep_marks ON user_sync.events",
+        "DROP INDEX user_sync.events_by_txid",
+        "DROP INDEX user_sync.events_with_reason",
+        "DROP INDEX user_sync.events_closures",
+        "CREATE INDEX events_pending ON user_sync.events (txid, id)
+             WHERE state = 'pending' AND txid IS NOT NULL",
+        "CREATE INDEX events_finished ON user_sync.events (state, finished_at)
+             WHERE state <> 'pending'",
+        "CREATE INDEX events_open_closures ON user_sync.events (occurred_at)
+             WHERE kind = 'account_closure' AND state IN ('pending', 'failed')",
+        "DELETE FROM user_sync._sqlx_migrations WHERE version = 14",
+        "INSERT INTO user_sync.events (host_user_id, kind, email)
+         VALUES ('flight', 'signup', 'flight@example.com')",
+        "INSERT INTO user_sync.events (host_user_id, kind, email, state, finished_at)
+         VALUES ('broken', 'signup', 'broken@example.com', 'failed', now())",
+        // The older dispatcher took them.
+        "UPDATE user_sync.dispatch SET snapshot = pg_current_snapshot()",
+        "INSERT INTO user_sync.events (host_user_id, kind, email)
+         VALUES ('fresh', 'signup', 'fresh@example.com')",
+        "INSERT INTO user_sync.events (host_user_id, kind, email, redispatch, available_at)
+         VALUES ('snoozed', 'signup', 'snoozed@example.com', true, now() + interval '2 seconds')",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect(sql);
+    }
+    let applied = Database::Postgres(pool.clone())
+        .migrate()
+        .await
+        .expect("the migration");
+    assert_eq!(applied, 1, "0014 ran");
+    let older = sqlx::query("UPDATE user_sync.dispatch SET snapshot = pg_current_snapshot()")
+        .execute(&pool)
+        .await;
+    assert!(
+        older.is_err(),
+        "an older dispatcher's claim fails: {older:?}"
+    );
+    // An older dispatcher's claim of the marked events takes their marks
+    // off, and is refused (it would leave them behind the sweeper).
+    let unmarked = sqlx::query(
+        "UPDATE user_sync.events SET redispatch = false
+         WHERE redispatch AND host_user_id = 'snoozed'",
+    )
+    .execute(&pool)
+    .await;
+    assert!(
+        matches!(&unmarked, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23514")),
+        "{unmarked:?}"
+    );
+    let flight: (bool, bool, bool) = sqlx::query_as(
+        "SELECT redispatch, dispatched_at IS NULL, available_at <= now()
+         FROM user_sync.events WHERE host_user_id = 'flight'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("the event in flight");
+    assert_eq!(flight, (true, true, true), "marked, due at once");
+    assert_eq!(
+        env.scalar("SELECT count(*) FROM user_sync.events WHERE redispatch")
+            .await,
+        2,
+        "the fresh event is the dispatcher's, not marked"
+    );
+    assert_eq!(
+        env.scalar(
+            "SELECT count(*) FROM user_sync.events
+             WHERE host_user_id = 'broken' AND reason = 'failed'"
+        )
+        .await,
+        1
+    );
+    let indexes = outbox_indexes(&pool).await;
+    assert!(
+        ["events_by_txid", "events_with_reason", "events_closures"]
+            .iter()
+            .all(|built| indexes.contains(&(*built).to_owned()))
+            && ["events_pending", "events_finished", "events_open_closures"]
+                .iter()
+                .all(|gone| !indexes.contains(&(*gone).to_owned())),
+        "{indexes:?}"
+    );
+
+    let run = Running::start(&env).await;
+    common::eventually(
+        Duration::from_secs(60),
+        "every event carried out",
+        || async {
+            env.scalar("SELECT count(*) FROM user_sync.events WHERE state = 'pending'")
+                .await
+                == 0
+        },
+    )
+    .await;
+    for host in ["flight", "fresh", "snoozed"] {
+        assert_eq!(
+            env.scalar(&format!(
+                "SELECT count(*) FROM user_sync.users WHERE host_user_id = '{host}' AND state = 'synced'"
+            ))
+            .await,
+            1,
+            "{host}"
+        );
+    }
+    assert_eq!(env.sandbox.stats().creates, 3, "each user created once");
+    run.stop().await;
+    env.finish().await;
+}
+
 /// Migration 0013 (the dispatcher's snapshot instead of a mark on each
 /// event) on an outbox an older worker left: events it never dispatched,
 /// one it dispatched whose job is gone, one snoozed, a thousand finished;
@@ -1211,15 +1353,23 @@ async fn the_dispatch_moves_to_snapshots_on_an_older_outbox_beside_a_host_transa
     let pool = env.pg().clone();
     // The outbox as 0012 left it, with an older worker's events in it.
     for sql in [
-        "DROP TABLE user_sync.dispatch",
-        "DROP INDEX user_sync.events_pending",
-        "DROP INDEX user_sync.events_redispatch",
+        "DROP TABLE user_sync.dispatcher",
+        "DROP TABLE user_sync.finished_counts",
+        "ALTER TABLE user_sync.retention DROP COLUMN events_floor_id,
+             DROP COLUMN events_reached_id",
+        "DROP TRIGGER events_keep_marks ON user_sync.events",
+        "DROP INDEX user_sync.events_with_reason",
+        "DROP INDEX user_sync.events_closures",
         "ALTER TABLE user_sync.events DROP COLUMN txid, DROP COLUMN redispatch",
         "CREATE INDEX events_to_dispatch ON user_sync.events (available_at, id)
              WHERE state = 'pending' AND dispatched_at IS NULL",
         "CREATE INDEX events_in_flight ON user_sync.events (dispatched_at)
              WHERE state = 'pending' AND dispatched_at IS NOT NULL",
-        "DELETE FROM user_sync._sqlx_migrations WHERE version = 13",
+        "CREATE INDEX events_finished ON user_sync.events (state, finished_at)
+             WHERE state <> 'pending'",
+        "CREATE INDEX events_open_closures ON user_sync.events (occurred_at)
+             WHERE kind = 'account_closure' AND state IN ('pending', 'failed')",
+        "DELETE FROM user_sync._sqlx_migrations WHERE version >= 13",
         "INSERT INTO user_sync.events (host_user_id, kind, email, state, finished_at)
          SELECT 'old' || i, 'signup', 'old' || i || '@example.com', 'applied', now()
          FROM generate_series(1, 1000) AS i",
@@ -1270,18 +1420,18 @@ async fn the_dispatch_moves_to_snapshots_on_an_older_outbox_beside_a_host_transa
         .await
         .expect("the migration ends once the host committed")
         .expect("the migration");
-    assert_eq!(applied, 1, "0013 ran");
-    let indexes: Vec<String> = sqlx::query_scalar(
-        "SELECT indexname::text FROM pg_indexes
-         WHERE schemaname = 'user_sync' AND tablename = 'events' ORDER BY 1",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("the outbox's indexes");
+    assert_eq!(applied, 2, "0013 and 0014 ran");
+    let indexes = outbox_indexes(&pool).await;
     assert!(
-        indexes.contains(&"events_pending".to_owned())
-            && !indexes.contains(&"events_to_dispatch".to_owned())
-            && !indexes.contains(&"events_in_flight".to_owned()),
+        indexes.contains(&"events_by_txid".to_owned())
+            && [
+                "events_to_dispatch",
+                "events_in_flight",
+                "events_pending",
+                "events_finished"
+            ]
+            .iter()
+            .all(|gone| !indexes.contains(&(*gone).to_owned())),
         "{indexes:?}"
     );
 

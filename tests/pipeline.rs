@@ -1357,6 +1357,184 @@ async fn a_claim_becomes_a_synced_user_without_new_index_entries() {
     db.drop_db().await;
 }
 
+/// An event's end changes no indexed column (0014): PostgreSQL rewrites
+/// the row on its page and writes no index entry (a HOT update), for an
+/// event that applied or was superseded, ended alone or by the sync's own
+/// statement. One that fails gains a reason, which `events_with_reason`
+/// holds, and is not HOT: the rare path. Counted with the transaction's own
+/// statistics; the ends are counted per minute in the same statements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_end_writes_no_index_entry() {
+    use user_sync::domain::EventState;
+    use user_sync::storage::finish_many;
+
+    let db = common::TestDb::create().await;
+    let pool = db.migrated_pool().await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO user_sync.events (host_user_id, kind, email)
+         SELECT 'h' || g, 'signup', 'h' || g || '@example.com' FROM generate_series(1, 24) g
+         RETURNING id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    let mut conn = pool.acquire().await.expect("a connection");
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+    let ends: Vec<(i64, EventState, Option<&str>)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match i {
+            0..16 => (*id, EventState::Applied, None),
+            16..20 => (*id, EventState::Superseded, None),
+            _ => (*id, EventState::Failed, Some("refused")),
+        })
+        .collect();
+    finish_many(&mut tx, &ends[..20]).await.expect("ends");
+    let hot = "SELECT pg_stat_get_xact_tuples_updated('user_sync.events'::regclass),
+                      pg_stat_get_xact_tuples_hot_updated('user_sync.events'::regclass)";
+    let counts: (i64, i64) = sqlx::query_as(hot)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("statistics");
+    assert_eq!(counts, (20, 20), "(updated, HOT-updated) events");
+    finish_many(&mut tx, &ends[20..]).await.expect("failures");
+    let counts: (i64, i64) = sqlx::query_as(hot)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("statistics");
+    assert_eq!(counts, (24, 20), "a failure is not HOT");
+    let counted: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT state, sum(events)::bigint FROM user_sync.finished_counts GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .expect("counts");
+    assert_eq!(
+        counted,
+        [("applied", 16), ("failed", 4), ("superseded", 4)].map(|(s, n)| (s.to_owned(), n))
+    );
+    tx.commit().await.expect("commit");
+    drop(conn);
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// The sweeper walks the events the dispatcher took once, in its order:
+/// it passes those that ended, stops at the first one still in flight and
+/// not yet lost, and marks the lost ones; an event dispatched again keeps
+/// its mark and a lease until it ends, and comes due again when the queue
+/// lost its jobs. Every pending event is counted by `status` all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_walks_each_dispatched_event_once_and_finds_the_lost_ones() {
+    use user_sync::domain::EventState;
+    use user_sync::storage::{Outbox, PgStore, Reports, finish_many};
+
+    let db = common::TestDb::create().await;
+    let pool = db.migrated_pool().await;
+    let store = PgStore::new(pool.clone()).with_lease(Duration::from_secs(300));
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO user_sync.events (host_user_id, kind, email)
+         SELECT 'h' || g, 'signup', 'h' || g || '@example.com' FROM generate_series(1, 10) g
+         RETURNING id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    let claim = store.claim_due(100).await.expect("claim");
+    assert_eq!(claim.events().len(), 10);
+    claim.confirm().await.expect("confirm");
+    let end = |which: &[usize]| {
+        let ends: Vec<(i64, EventState, Option<&str>)> = which
+            .iter()
+            .map(|i| (ids[*i], EventState::Applied, None))
+            .collect();
+        let pool = pool.clone();
+        async move {
+            let mut conn = pool.acquire().await.expect("a connection");
+            finish_many(&mut conn, &ends).await.expect("ends");
+        }
+    };
+    let place = || async {
+        sqlx::query_as::<_, (Option<i64>, bool)>(
+            "SELECT swept_id, sweeping IS NULL FROM user_sync.dispatcher",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("the sweeper's place")
+    };
+    let pending = || async { store.status().await.expect("status").pending_events };
+    let long = Duration::from_secs(300);
+    end(&[0, 1, 2, 4]).await;
+    assert_eq!(pending().await, 6);
+    // Nothing in flight for long: the walk passes the ended ones and stops
+    // at the first in flight.
+    assert_eq!(store.sweep_stale(long).await.expect("sweep"), 0);
+    assert_eq!(place().await, (Some(ids[2]), false));
+    assert_eq!(pending().await, 6);
+    end(&[3]).await;
+    assert_eq!(store.sweep_stale(long).await.expect("sweep"), 0);
+    assert_eq!(place().await, (Some(ids[4]), false), "past 3 and 4, at 5");
+    // 5 and 6 waited on their job for an hour: lost, marked, and the walk
+    // stops at 7.
+    sqlx::query(
+        "UPDATE user_sync.events SET available_at = now() - interval '1 hour' WHERE id = ANY($1)",
+    )
+    .bind(&ids[5..7])
+    .execute(&pool)
+    .await
+    .expect("aged");
+    assert_eq!(store.sweep_stale(long).await.expect("sweep"), 2);
+    assert_eq!(place().await, (Some(ids[6]), false));
+    assert_eq!(pending().await, 5);
+    let again = store.claim_due(100).await.expect("claim");
+    let again_ids: Vec<i64> = again.events().iter().map(|c| c.id).collect();
+    again.confirm().await.expect("confirm");
+    assert_eq!(again_ids, ids[5..7]);
+    let leased: Vec<(bool, bool, bool)> = sqlx::query_as(
+        "SELECT redispatch, available_at > now() + interval '4 minutes', dispatched_at IS NOT NULL
+         FROM user_sync.events WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids[5..7])
+    .fetch_all(&pool)
+    .await
+    .expect("leases");
+    assert_eq!(leased, vec![(true, true, true); 2], "marked, with a lease");
+    let nothing = store.claim_due(100).await.expect("claim");
+    assert!(nothing.events().is_empty(), "a lease is not due");
+    nothing.confirm().await.expect("confirm");
+    // The queue lost its jobs: every event in flight is due at once, the
+    // leased ones and those the walk had not reached.
+    assert_eq!(store.sweep_stale(Duration::ZERO).await.expect("sweep"), 5);
+    assert_eq!(place().await, (None, true), "the walk is past the tick");
+    let all = store.claim_due(100).await.expect("claim");
+    let mut all_ids: Vec<i64> = all.events().iter().map(|c| c.id).collect();
+    all.confirm().await.expect("confirm");
+    all_ids.sort_unstable();
+    assert_eq!(all_ids, ids[5..]);
+    assert_eq!(pending().await, 5);
+    end(&[5, 6, 7, 8, 9]).await;
+    assert_eq!(pending().await, 0);
+    let marks: i64 = sqlx::query_scalar("SELECT count(*) FROM user_sync.events WHERE redispatch")
+        .fetch_one(&pool)
+        .await
+        .expect("marks");
+    assert_eq!(marks, 0, "an end takes the mark off");
+    // An idle sweep writes nothing: the dispatcher's row stays as it is.
+    assert_eq!(store.sweep_stale(long).await.expect("sweep"), 0);
+    let xmin_before: String = sqlx::query_scalar("SELECT xmin::text FROM user_sync.dispatcher")
+        .fetch_one(&pool)
+        .await
+        .expect("the row's version");
+    assert_eq!(store.sweep_stale(long).await.expect("sweep"), 0);
+    let xmin_after: String = sqlx::query_scalar("SELECT xmin::text FROM user_sync.dispatcher")
+        .fetch_one(&pool)
+        .await
+        .expect("the row's version");
+    assert_eq!(xmin_before, xmin_after, "an idle walk rewrites nothing");
+    pool.close().await;
+    db.drop_db().await;
+}
+
 /// Anyone who can push to the queue (another deployment on the same Redis)
 /// can push `{"event_id": N, "host_user_id": null}`. The job is only a hint:
 /// the event's own row decides, so a pending closure is still carried out,

@@ -669,7 +669,7 @@ pub async fn dispatched_without_jobs<T>(pool: &PgPool, write: impl Future<Output
     let written = write.await;
     // A statement of its own: its snapshot sees what `write` committed.
     sqlx::query(
-        "UPDATE user_sync.dispatch SET snapshot = pg_current_snapshot(), draining = NULL,
+        "UPDATE user_sync.dispatcher SET snapshot = pg_current_snapshot(), draining = NULL,
              after_txid = NULL, after_id = NULL",
     )
     .execute(&mut *hold)

@@ -93,7 +93,10 @@ pub async fn record_event_of(
              INSERT INTO user_sync.events
                  (host_user_id, kind, email, full_name, state, reason, finished_at)
              VALUES ($1, 'signup', $2, $3, 'conflict', $4, now())
-             RETURNING id)
+             RETURNING id, state),
+         counted AS (
+             INSERT INTO user_sync.finished_counts (minute, state, events)
+             SELECT date_trunc('minute', now()), state, 1 FROM e)
          UPDATE user_sync.conflicts c SET event_id = e.id FROM e
          WHERE c.host_user_id = $1 AND c.username = $2 AND c.status = 'open'
            AND c.event_id IS NULL",
@@ -248,13 +251,24 @@ impl Reconcile for PgStore {
             let Some(host) = host else {
                 return Ok(None);
             };
-            let event: Option<i64> = sqlx::query_scalar(
-                "UPDATE user_sync.events e
-                 SET state = 'pending', available_at = now(), attempts = 0, reason = NULL,
-                     finished_at = NULL, txid = pg_current_xact_id(), redispatch = false
-                 WHERE e.id = (SELECT max(n.id) FROM user_sync.events n WHERE n.host_user_id = $1)
-                 RETURNING e.id",
-            )
+            let event: Option<i64> = sqlx::query_scalar(concat!(
+                "WITH was AS (
+                     SELECT e.id, e.state AS was_state, e.finished_at AS was_finished
+                     FROM user_sync.events e
+                     WHERE e.id = (SELECT max(n.id) FROM user_sync.events n
+                                   WHERE n.host_user_id = $1)
+                     FOR UPDATE),
+                 retried AS (
+                     UPDATE user_sync.events e
+                     SET state = 'pending', available_at = now(), attempts = 0, reason = NULL,
+                         finished_at = NULL, txid = pg_current_xact_id(), redispatch = false
+                     FROM was WHERE e.id = was.id
+                     RETURNING e.id, was.was_state, was.was_finished),
+                 ",
+                super::events::uncount_ends!("retried"),
+                "
+                 SELECT id FROM retried"
+            ))
             .bind(&host)
             .fetch_optional(&mut *tx)
             .await?;

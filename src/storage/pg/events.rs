@@ -40,8 +40,23 @@
 //! method to the planner, so it is planned for its rows each time
 //! (`.persistent(false)`, retention's batches): a plan made while the table
 //! was nearly empty would otherwise read all of it once it has grown. The
-//! dispatcher's claim reads `events_pending` in its order up to a `LIMIT`,
-//! a plan the same at any size, and is reused.
+//! dispatcher's claim and the sweeper's walk read `events_by_txid` in its
+//! order up to a `LIMIT`, a plan the same at any size, and are reused
+//! (with bitmap scans off, which a plan made for any snapshot would pick:
+//! see [`CLAIM`]); `status` reads the range after the sweeper's place, of
+//! any size, so it is planned for its bounds each time.
+//!
+//! # No index names what an end changes
+//!
+//! An event's end sets `state`, `finished_at`, `reason` (`attempts` when it
+//! failed), and takes a mark off (`redispatch`, already off on an event
+//! dispatched once). None is in an index of the outbox (`reason` is in
+//! `events_with_reason`'s condition: an applied event has none), so the end
+//! rewrites the row on its page and writes no index entry (a HOT update;
+//! the fill factor of 0012 leaves the room). A statement here that wants
+//! the events in some state reaches them otherwise: by `txid` and the
+//! sweeper's place (pending), by their reason (failed, invalid, conflict),
+//! by kind (closures), by user or by key.
 
 use std::time::Duration;
 
@@ -52,16 +67,96 @@ use crate::domain::{EventState, FullName, HostUserId, Intent, Profile, WebhookKi
 use crate::storage::events::{Claimed, NextEvent, NextEventRow, claimed_from, host_of_written};
 use crate::storage::written::Written;
 
+/// The reason an ending row `$t` (with `state` and `reason`) records: its
+/// own, and for a failed, invalid or conflict event at least its state
+/// (`events_with_reason` finds those by their reason).
+macro_rules! reason_of {
+    ($t:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $t,
+            ".state IN ('failed', 'invalid', 'conflict') THEN COALESCE(",
+            $t,
+            ".reason, ",
+            $t,
+            ".state) ELSE ",
+            $t,
+            ".reason END"
+        )
+    };
+}
+
+/// A `WITH` item that adds the events the data-modifying `WITH` item `$cte`
+/// returned (their `state`) to the ends per minute, one row per state for
+/// the statement: no row is shared with another job's statement, so none
+/// waits for another's lock. The sweeper folds them together
+/// ([`compact_finished_counts`]).
+macro_rules! count_ends {
+    ($cte:literal) => {
+        concat!(
+            "counted AS (
+         INSERT INTO user_sync.finished_counts (minute, state, events)
+         SELECT date_trunc('minute', now()), state, count(*) FROM ",
+            $cte,
+            " GROUP BY state)"
+        )
+    };
+}
+pub(super) use count_ends;
+
+/// A `WITH` item that takes back, from the ends per minute, the ends the
+/// data-modifying `WITH` item `$cte` undid: the events it made pending
+/// again (a retry), returned with the state and end they had
+/// (`was_state`, `was_finished`). An event counts once, as it ended last.
+macro_rules! uncount_ends {
+    ($cte:literal) => {
+        concat!(
+            "uncounted AS (
+         INSERT INTO user_sync.finished_counts (minute, state, events)
+         SELECT date_trunc('minute', was_finished), was_state, -count(*) FROM ",
+            $cte,
+            " WHERE was_state <> 'pending' AND was_finished IS NOT NULL GROUP BY 1, 2)"
+        )
+    };
+}
+pub(super) use uncount_ends;
+
+/// When event row `$e` was or is due: its `available_at`, but for an event
+/// dispatched again and in flight (marked, with the time it was dispatched),
+/// whose `available_at` is the end of its lease ([`claim_due`]): due then.
+macro_rules! due_of {
+    ($e:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $e,
+            ".redispatch AND ",
+            $e,
+            ".dispatched_at IS NOT NULL THEN LEAST(",
+            $e,
+            ".available_at, ",
+            $e,
+            ".dispatched_at) ELSE ",
+            $e,
+            ".available_at END"
+        )
+    };
+}
+pub(super) use due_of;
+
 /// Claims up to `limit` events due for dispatch, inside `tx`, without
 /// writing to a new event's row: the claim is the dispatcher's own row
-/// (`user_sync.dispatch`), which moves on in `tx` and commits only once the
+/// (`user_sync.dispatcher`), which moves on in `tx` and commits only once the
 /// jobs are in the queue. A crash before the commit leaves the events to
 /// dispatch again; nothing is lost.
 ///
 /// # What is due
 ///
 /// - The events marked to dispatch again (snoozed, swept, an older row's)
-///   whose time has come: the claim takes the mark off.
+///   whose time has come. The mark stays until the event ends, and
+///   `available_at` moves `lease` on: the time by which its job must have
+///   ended it, after which it is due again (the sweeper brings that time
+///   forward when the queue lost its jobs). The sweeper never looks at a
+///   marked event, so this is what finds its job lost.
 /// - The events of every transaction that committed since the last claim:
 ///   those whose `txid` is not visible in the snapshot the dispatcher kept
 ///   and is visible in this claim's own (the method of PgQ). A host
@@ -84,6 +179,7 @@ use crate::storage::written::Written;
 pub async fn claim_due(
     tx: &mut Transaction<'_, Postgres>,
     limit: u32,
+    lease: Duration,
 ) -> sqlx::Result<(Vec<Claimed>, bool)> {
     // A transaction-scoped advisory lock, which writes nothing (a row lock
     // would log a record each claim, an idle worker's included); the key
@@ -96,10 +192,13 @@ pub async fn claim_due(
     }
     let again: Vec<(i64, Option<Written>, bool)> = sqlx::query_as(
         // The host id up to its bound (`storage::written`): 256 characters.
-        // A row written without a `txid` (by an older version) gets this
-        // transaction's: it is an event like any other from now on.
+        // A pending event keeps its mark, and is due again when its lease
+        // runs out; one that ended meanwhile loses it. A row written
+        // without a `txid` (by an older version) gets this transaction's.
         "UPDATE user_sync.events e
-         SET redispatch = false, txid = COALESCE(e.txid, pg_current_xact_id())
+         SET redispatch = e.state IS NOT DISTINCT FROM 'pending',
+             available_at = now() + make_interval(secs => $2), dispatched_at = now(),
+             txid = COALESCE(e.txid, pg_current_xact_id())
          WHERE e.id = ANY(ARRAY(SELECT id FROM user_sync.events
                                 WHERE redispatch AND available_at <= now()
                                 ORDER BY available_at LIMIT $1))
@@ -107,6 +206,7 @@ pub async fn claim_due(
          RETURNING e.id, substr(e.host_user_id, 1, 256), e.state = 'pending'",
     )
     .bind(i64::from(limit))
+    .bind(lease.as_secs_f64())
     .fetch_all(&mut **tx)
     .await?;
     let room = i64::from(limit).saturating_sub(i64::try_from(again.len()).unwrap_or(i64::MAX));
@@ -128,6 +228,17 @@ pub async fn claim_due(
     Ok((claimed_from(rows), full))
 }
 
+/// Opens the claim's transaction: it commits as an outcome does, without
+/// waiting for the disk (a move lost in a crash of the database server only
+/// dispatches its events once more), and reads the events through their
+/// indexes, in their order. A plan made once for any snapshot guesses a
+/// tick holds a row or two, and would rather fetch the whole tick through
+/// a bitmap and sort it, for each batch of a burst (seen: 21,500 rows read
+/// to take 64), or read a small outbox whole, and keep that plan as it
+/// grows.
+pub(super) const CLAIM: &str = "BEGIN; SET LOCAL synchronous_commit = off;
+     SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off";
+
 /// Takes the dispatch lock if it is free.
 const DISPATCH_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtext('user_sync.dispatch'), 0)";
 
@@ -136,7 +247,7 @@ const DISPATCH_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtext('user_syn
 /// past them: to this statement's snapshot when the tick is done, to the
 /// last event taken while it drains.
 ///
-/// Through `events_pending`, in its order, in two parts: the transactions
+/// Through `events_by_txid`, in its order, in two parts: the transactions
 /// the kept snapshot saw in progress (a probe each), then every one from
 /// its end on. A host transaction that stays open for long is one probe,
 /// not a scan of every event written since it began.
@@ -144,7 +255,7 @@ const CLAIM_FRESH: &str = "WITH d AS (
          SELECT snapshot AS prev, COALESCE(draining, pg_current_snapshot()) AS cur,
                 COALESCE(after_txid, '0'::xid8) AS after_txid, COALESCE(after_id, 0) AS after_id,
                 draining IS NOT NULL AS draining
-         FROM user_sync.dispatch),
+         FROM user_sync.dispatcher),
      taken AS (
          SELECT e.id, e.txid, e.host_user_id
          FROM d CROSS JOIN LATERAL (
@@ -165,7 +276,7 @@ const CLAIM_FRESH: &str = "WITH d AS (
                 max(id) FILTER (WHERE txid = (SELECT max(txid) FROM taken)) AS id
          FROM taken),
      moved AS (
-         UPDATE user_sync.dispatch SET
+         UPDATE user_sync.dispatcher SET
              snapshot = CASE WHEN last.n < $1 THEN d.cur ELSE d.prev END,
              draining = CASE WHEN last.n < $1 THEN NULL ELSE d.cur END,
              after_txid = CASE WHEN last.n < $1 THEN NULL ELSE last.txid END,
@@ -192,31 +303,161 @@ pub async fn next_due_in(pool: &PgPool) -> sqlx::Result<Option<Duration>> {
 /// The dispatcher's kept snapshot, as text (`xmin:xmax:xip,...`): every
 /// event of a transaction visible in it has been dispatched.
 pub async fn dispatched_snapshot(pool: &PgPool) -> sqlx::Result<String> {
-    sqlx::query_scalar("SELECT snapshot::text FROM user_sync.dispatch")
+    sqlx::query_scalar("SELECT snapshot::text FROM user_sync.dispatcher")
         .fetch_one(pool)
         .await
 }
 
-/// Events dispatched before `dispatched` (a snapshot the dispatcher kept,
-/// as [`dispatched_snapshot`] read it) and waiting on their job since
-/// before `after` ago, still pending: their job was lost (Redis flushed
-/// or restarted, a worker killed). They are marked to dispatch again, at
-/// once. Returns how many. An event's wait starts when it was dispatched
-/// for the first time, or when it was last due again (`available_at`,
-/// which a snooze and a sweep move): both must be old enough. Through
-/// `events_pending`: the pending events only, whatever the history.
+/// Finds the events whose job was lost, dispatched before `dispatched` (a
+/// snapshot the dispatcher kept, as [`dispatched_snapshot`] read it) and
+/// waiting on their job since before `after` ago, still pending, and
+/// marks them to dispatch again, at once. Returns how many.
+///
+/// Two kinds of events are in flight. Those dispatched again carry their
+/// mark until they end, and a lease ([`claim_due`]): a lease older than
+/// `after` comes due now. The others are dispatched once, by their
+/// transaction: the sweeper walks them in the dispatcher's order
+/// ([`WALK`]), from where it stopped, passing those that ended or were
+/// marked, marking those lost, and stopping at the first one still in
+/// flight and not yet lost: every event is looked at once or a few
+/// times, never the whole history, and no index of pending events is
+/// needed.
 pub async fn sweep_stale(pool: &PgPool, dispatched: &str, after: Duration) -> sqlx::Result<u64> {
-    let result = sqlx::query(
-        "UPDATE user_sync.events SET redispatch = true, available_at = now()
-         WHERE state = 'pending' AND NOT redispatch
-           AND available_at < now() - make_interval(secs => $2)
-           AND txid IS NOT NULL AND pg_visible_in_snapshot(txid, $1::text::pg_snapshot)",
+    let mut conn = pool.acquire().await?;
+    let leased = sqlx::query(
+        "UPDATE user_sync.events SET available_at = now()
+         WHERE redispatch AND available_at > now()
+           AND dispatched_at < now() - make_interval(secs => $1)
+           AND state IS NOT DISTINCT FROM 'pending'",
     )
-    .bind(dispatched)
     .bind(after.as_secs_f64())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    let mut lost = 0;
+    for _ in 0..WALKS_PER_SWEEP {
+        let mut tx = sqlx::Connection::begin_with(&mut *conn, WALK_BEGIN).await?;
+        sqlx::query(SWEEP_LOCK).execute(&mut *tx).await?;
+        let (marked, more): (i64, bool) = sqlx::query_as(WALK)
+            .bind(WALK_BATCH)
+            .bind(dispatched)
+            .bind(after.as_secs_f64())
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        lost += u64::try_from(marked).unwrap_or(0);
+        if !more {
+            break;
+        }
+    }
+    Ok(leased + lost)
+}
+
+/// Events one walk looks at, at most.
+const WALK_BATCH: i64 = 5_000;
+
+/// Walks one sweep goes on for while each finds the next batch as far as
+/// its end (a burst was dispatched since the last sweep; the queue lost
+/// the jobs of every event in flight): five million events.
+const WALKS_PER_SWEEP: usize = 1_000;
+
+/// Opens a walk's transaction: the events by `txid` in the index's order,
+/// as the claim reads them ([`CLAIM`]).
+const WALK_BEGIN: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off";
+
+/// Taken by the one process of the deployment that walks at a time; one
+/// that finds it taken waits (a walk takes milliseconds), then walks from
+/// where the other stopped: a process that learned the queue lost its jobs
+/// must mark every event in flight, whoever walked last.
+const SWEEP_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('user_sync.dispatch'), 1)";
+
+/// One walk of the sweeper (see [`sweep_stale`]): up to `$1` events of
+/// the tick after `swept` (the dispatcher's snapshot then: its events are
+/// all dispatched), in `(txid, id)` order from where the last walk
+/// stopped. Lost: pending, unmarked, its transaction visible in `$2` (a
+/// snapshot the dispatcher kept at least `$3` seconds ago) and due since
+/// before then. Each lost one is marked; the walk's place moves up to the
+/// first event still in flight (pending, unmarked, not lost), or past the
+/// tick when it has none. Returns how many it marked, and whether the
+/// next walk may go on at once: nothing in flight stopped this one, and it
+/// stopped at `$1`, or finished a tick it had kept from an earlier walk
+/// (the dispatcher has moved on since: a sweep after the queue lost its
+/// jobs must reach every event dispatched before it looked).
+const WALK: &str = "WITH d AS (
+         SELECT swept AS prev, COALESCE(sweeping, snapshot) AS cur,
+                COALESCE(swept_txid, '0'::xid8) AS after_txid, COALESCE(swept_id, 0) AS after_id,
+                sweeping IS NOT NULL AS fixed
+         FROM user_sync.dispatcher),
+     walked AS (
+         SELECT e.id, e.txid, e.pending AND NOT e.marked AS in_flight,
+                e.pending AND NOT e.marked AND e.lost AS lost
+         FROM d CROSS JOIN LATERAL (
+             (SELECT id, txid, state = 'pending' AS pending, redispatch AS marked,
+                     pg_visible_in_snapshot(txid, $2::text::pg_snapshot)
+                       AND available_at < now() - make_interval(secs => $3) AS lost
+              FROM user_sync.events
+              WHERE txid = ANY(ARRAY(SELECT pg_snapshot_xip(d.prev)))
+                AND (txid, id) > (d.after_txid, d.after_id)
+                AND pg_visible_in_snapshot(txid, d.cur)
+              ORDER BY txid, id LIMIT $1)
+             UNION ALL
+             (SELECT id, txid, state = 'pending', redispatch,
+                     pg_visible_in_snapshot(txid, $2::text::pg_snapshot)
+                       AND available_at < now() - make_interval(secs => $3)
+              FROM user_sync.events
+              WHERE txid >= pg_snapshot_xmax(d.prev) AND txid < pg_snapshot_xmax(d.cur)
+                AND (txid, id) > (d.after_txid, d.after_id)
+                AND pg_visible_in_snapshot(txid, d.cur)
+              ORDER BY txid, id LIMIT $1)
+             ORDER BY txid, id LIMIT $1) e),
+     waiting AS (
+         SELECT txid, id FROM walked WHERE in_flight AND NOT lost ORDER BY txid, id LIMIT 1),
+     passed AS (
+         SELECT w.txid, w.id FROM walked w
+         WHERE NOT EXISTS (SELECT 1 FROM waiting b WHERE (w.txid, w.id) >= (b.txid, b.id))),
+     last AS (
+         SELECT (SELECT count(*) FROM walked) AS walked,
+                EXISTS (SELECT 1 FROM waiting) AS waiting,
+                max(txid) AS txid,
+                max(id) FILTER (WHERE txid = (SELECT max(txid) FROM passed)) AS id
+         FROM passed),
+     marked AS (
+         UPDATE user_sync.events e SET redispatch = true, available_at = now(), dispatched_at = NULL
+         WHERE e.id = ANY(ARRAY(SELECT id FROM walked WHERE lost))
+           AND e.state IS NOT DISTINCT FROM 'pending' AND NOT e.redispatch
+         RETURNING 1),
+     moved AS (
+         UPDATE user_sync.dispatcher SET
+             swept = CASE WHEN done THEN d.cur ELSE d.prev END,
+             sweeping = CASE WHEN done THEN NULL ELSE d.cur END,
+             swept_txid = CASE WHEN done THEN NULL ELSE COALESCE(last.txid, d.after_txid) END,
+             swept_id = CASE WHEN done THEN NULL ELSE COALESCE(last.id, d.after_id) END
+         FROM d, last, LATERAL (SELECT NOT last.waiting AND last.walked < $1 AS done) t
+         -- A tick with nothing in it is passed without a write when the
+         -- dispatcher has not moved (an idle worker writes nothing).
+         WHERE last.walked > 0 OR d.cur::text <> d.prev::text)
+     SELECT (SELECT count(*) FROM marked),
+            (SELECT NOT last.waiting AND (last.walked >= $1 OR d.fixed) FROM last, d)";
+
+/// Folds the rows each ending statement added to `finished_counts` into
+/// one per minute and state, and drops the minutes older than the console
+/// shows (a day). Two processes folding at once fold different rows.
+pub async fn compact_finished_counts(pool: &PgPool) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH raw AS (
+             DELETE FROM user_sync.finished_counts WHERE NOT compacted
+             RETURNING minute, state, events)
+         INSERT INTO user_sync.finished_counts (minute, state, events, compacted)
+         SELECT minute, state, sum(events)::bigint, true FROM raw GROUP BY 1, 2
+         ON CONFLICT (minute, state) WHERE compacted
+         DO UPDATE SET events = finished_counts.events + excluded.events",
+    )
     .execute(pool)
     .await?;
-    Ok(result.rows_affected())
+    sqlx::query("DELETE FROM user_sync.finished_counts WHERE minute < now() - interval '25 hours'")
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// [`NextEvent`] of each of `hosts` (in their order), read in one round
@@ -225,12 +466,14 @@ pub async fn newest_pending_many(
     conn: &mut PgConnection,
     hosts: &[&str],
 ) -> sqlx::Result<Vec<Option<NextEvent>>> {
-    let rows: Vec<NextEventRow> = sqlx::query_as(
+    let rows: Vec<NextEventRow> = sqlx::query_as(concat!(
         // The host's columns up to their bounds (`storage::written`).
         "SELECT e.id, substr(e.host_user_id, 1, 256) AS host_user_id,
                 substr(e.kind, 1, 65) AS kind, substr(e.email, 1, 1025) AS email,
                 substr(e.full_name, 1, 1025) AS full_name, e.occurred_at,
-                e.attempts, e.available_at,
+                e.attempts, ",
+        due_of!("e"),
+        " AS available_at,
                 (SELECT count(*) FROM (SELECT o.id, o.state FROM user_sync.events o
                                        WHERE o.host_user_id = e.host_user_id OFFSET 0) o
                   WHERE o.state = 'pending' AND o.id < e.id) AS older_pending,
@@ -254,8 +497,8 @@ pub async fn newest_pending_many(
              ORDER BY e.id DESC LIMIT 1) e
          LEFT JOIN LATERAL (
              SELECT * FROM user_sync.users u WHERE u.host_user_id = h.host LIMIT 1) u ON true
-         CROSS JOIN LATERAL (SELECT lower(btrim(substr(e.email, 1, 1025))) AS username) p",
-    )
+         CROSS JOIN LATERAL (SELECT lower(btrim(substr(e.email, 1, 1025))) AS username) p"
+    ))
     // Per-user probes only: the plan is the same at any size, and reused.
     .bind(hosts)
     .fetch_all(conn)
@@ -315,33 +558,51 @@ pub async fn finish_many(
     Ok(())
 }
 
-/// Ends the events of `$1` in the states `$2` with the reasons `$3`. An
-/// ended event leaves the marks to dispatch again (`redispatch = false`
-/// rewrites no index entry of an event that had none).
-const FINISH: &str =
-    "UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now(),
-         redispatch = false
-     FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
-     WHERE e.id = ANY($1::bigint[]) AND e.id = t.id AND e.state IS NOT DISTINCT FROM 'pending'";
+/// Ends the events of `$1` in the states `$2` with the reasons `$3`, and
+/// counts them. An ended event leaves the marks to dispatch again
+/// (`redispatch = false` changes nothing on an event that had none: the
+/// update of an unmarked event that applied changes no indexed column,
+/// and is HOT).
+const FINISH: &str = concat!(
+    "WITH ended AS (
+         UPDATE user_sync.events e SET state = t.state, reason = ",
+    reason_of!("t"),
+    ", finished_at = now(), redispatch = false
+         FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
+         WHERE e.id = ANY($1::bigint[]) AND e.id = t.id
+           AND e.state IS NOT DISTINCT FROM 'pending'
+         RETURNING e.state),
+     ",
+    count_ends!("ended"),
+    "
+     SELECT count(*) FROM ended"
+);
 
 /// [`FINISH`], and a webhook of type `$4` for each event it ends `failed`:
 /// ids, its kind and its attempts. The attempt that failed for good counts
 /// among an event's attempts. The reason stays
 /// out: an API's refusal may quote a name.
-const FINISH_WRITING_FAILURES: &str = "WITH ended AS (
-         UPDATE user_sync.events e SET state = t.state, reason = t.reason, finished_at = now(),
+const FINISH_WRITING_FAILURES: &str = concat!(
+    "WITH ended AS (
+         UPDATE user_sync.events e SET state = t.state, reason = ",
+    reason_of!("t"),
+    ", finished_at = now(),
              redispatch = false, attempts = e.attempts + CASE WHEN t.state = 'failed' THEN 1 ELSE 0 END
          FROM unnest($1::bigint[], $2::text[], $3::text[]) AS t(id, state, reason)
          WHERE e.id = ANY($1::bigint[]) AND e.id = t.id
            AND e.state IS NOT DISTINCT FROM 'pending'
-         RETURNING e.id, e.host_user_id, e.kind, e.attempts, e.state)
+         RETURNING e.id, e.host_user_id, e.kind, e.attempts, e.state),
+     ",
+    count_ends!("ended"),
+    "
      INSERT INTO user_sync.webhook_deliveries (type, payload)
      SELECT $4, user_sync.webhook_body($4, jsonb_build_object(
                 'event_id', id, 'host_user_id', host_user_id, 'kind', kind,
                 'attempts', attempts))
      FROM ended
      WHERE state = 'failed'
-       AND EXISTS (SELECT 1 FROM user_sync.webhook_subscriptions WHERE type = $4)";
+       AND EXISTS (SELECT 1 FROM user_sync.webhook_subscriptions WHERE type = $4)"
+);
 
 /// Ends every pending event of `host` older than `newest`: latest wins.
 pub async fn supersede_older(
@@ -349,22 +610,29 @@ pub async fn supersede_older(
     host: &HostUserId,
     newest: i64,
 ) -> sqlx::Result<u64> {
-    let result = sqlx::query(
-        "UPDATE user_sync.events SET state = 'superseded', finished_at = now(), redispatch = false
-         WHERE id = ANY(ARRAY(
-                 SELECT o.id FROM (SELECT id, state FROM user_sync.events
-                                   WHERE host_user_id = $1 OFFSET 0) o
-                 WHERE o.state = 'pending' AND o.id < $2))
-           AND state IS NOT DISTINCT FROM 'pending'",
-    )
+    let ended: i64 = sqlx::query_scalar(concat!(
+        "WITH ended AS (
+             UPDATE user_sync.events
+             SET state = 'superseded', finished_at = now(), redispatch = false
+             WHERE id = ANY(ARRAY(
+                     SELECT o.id FROM (SELECT id, state FROM user_sync.events
+                                       WHERE host_user_id = $1 OFFSET 0) o
+                     WHERE o.state = 'pending' AND o.id < $2))
+               AND state IS NOT DISTINCT FROM 'pending'
+             RETURNING state),
+         ",
+        count_ends!("ended"),
+        "
+         SELECT count(*) FROM ended"
+    ))
     // The user's events through the index of its key, then by key: the
     // plan is the same at any size (see "Plans that do not depend on
     // statistics" above).
     .bind(host.as_str())
     .bind(newest)
-    .execute(conn)
+    .fetch_one(conn)
     .await?;
-    Ok(result.rows_affected())
+    Ok(u64::try_from(ended).unwrap_or(0))
 }
 
 /// Puts an event back to be dispatched after `delay`. `failed` counts it as
@@ -378,7 +646,7 @@ pub async fn snooze(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE user_sync.events
-         SET redispatch = true,
+         SET redispatch = true, dispatched_at = NULL,
              available_at = now() + make_interval(secs => $2),
              attempts = attempts + $3,
              reason = COALESCE($4, reason)

@@ -58,6 +58,13 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<usize> {
     let outcome = async {
         drop_invalid_index(&mut conn).await?;
         let before = applied(&mut conn).await?;
+        // The indexes a migration's code needs are built before it when
+        // their columns are there already (an upgrade from 0013 on): the
+        // older workers go on dispatching while they build, and the
+        // workers of this version start as soon as the migrations ran.
+        if has_txid(&mut conn).await? {
+            build_indexes(&mut conn).await?;
+        }
         apply(&mut conn).await?;
         build_indexes(&mut conn).await?;
         let after = applied(&mut conn).await?;
@@ -100,7 +107,21 @@ async fn apply(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
     }
 }
 
-/// Whether a migration failed on its `lock_timeout` (SQLSTATE 55P03).
+/// Whether the outbox has its `txid` column (0013), which
+/// [`CONCURRENT_INDEXES`] index.
+async fn has_txid(conn: &mut sqlx::PgConnection) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                        WHERE attrelid = to_regclass('user_sync.events')
+                          AND attname = 'txid' AND NOT attisdropped)",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Whether a migration failed on its `lock_timeout` (SQLSTATE 55P03), or
+/// was chosen to end a deadlock with a worker's statement (40P01: 0014
+/// marks the events in flight while an older worker ends some of them).
 fn lock_timed_out(error: &sqlx::migrate::MigrateError) -> bool {
     use sqlx::migrate::MigrateError;
     let (MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _)) = error else {
@@ -109,7 +130,7 @@ fn lock_timed_out(error: &sqlx::migrate::MigrateError) -> bool {
     error
         .as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| code == "55P03")
+        .is_some_and(|code| code == "55P03" || code == "40P01")
 }
 
 /// Refuses a database of encoding SQL_ASCII. It stores any bytes in a text
@@ -152,19 +173,18 @@ async fn drop_invalid_index(conn: &mut sqlx::PgConnection) -> anyhow::Result<()>
 
 /// Drops the outbox's btree index by host user (0001) once its hash index
 /// (0009) is valid: the btree refuses long host ids, which made the host's
-/// own inserts fail. Drops the indexes of the dispatch marks (0001) once
-/// the dispatcher's own ones (0013, [`CONCURRENT_INDEXES`]) are valid: a
-/// new event entered one at the host's insert, and an event's end could
-/// not be HOT while they stood. `CONCURRENTLY`, so that the host's inserts
-/// and the worker's reads never wait for it. A worker of the older version
-/// still running meanwhile claims through a scan of the outbox until it
-/// stops: slower, never wrong (an event it dispatches too is dispatched
-/// twice, which is harmless).
+/// own inserts fail. Drops [`REPLACED_INDEXES`] once every one of
+/// [`CONCURRENT_INDEXES`] is valid: while they stood, a new event entered
+/// more indexes at the host's insert, and no end of an event was HOT.
+/// `CONCURRENTLY`, so that the host's inserts and the worker's reads never
+/// wait for it.
 async fn finish_index_swap(conn: &mut sqlx::PgConnection) -> anyhow::Result<()> {
-    if index_state(conn, "events_pending").await? == Some(true)
-        && index_state(conn, "events_redispatch").await? == Some(true)
-    {
-        for name in ["events_to_dispatch", "events_in_flight"] {
+    let mut all_valid = true;
+    for (name, _) in CONCURRENT_INDEXES {
+        all_valid &= index_state(conn, name).await? == Some(true);
+    }
+    if all_valid {
+        for name in REPLACED_INDEXES {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "DROP INDEX CONCURRENTLY IF EXISTS user_sync.{name}"
             )))
@@ -207,32 +227,49 @@ async fn applied(conn: &mut sqlx::PgConnection) -> anyhow::Result<usize> {
 /// the whole table (seconds per million rows). (name, definition.)
 const CONCURRENT_INDEXES: &[(&str, &str)] = &[
     (
-        // The pending events by the transaction that wrote them, in the
-        // order the dispatcher takes them (0013): what the dispatcher, the
-        // sweeper and `status` read. `txid IS NOT NULL` in the predicate
-        // keeps it out of the plans of queries that do not name `txid`:
-        // an older worker's by-user reads (`state = 'pending'` beside the
-        // host user) stay on the hash index by user.
-        "events_pending",
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_pending
-             ON user_sync.events (txid, id) WHERE state = 'pending' AND txid IS NOT NULL",
+        // Every event by the transaction that wrote it, in the order the
+        // dispatcher takes them (0014): what the dispatcher, the sweeper
+        // and `status` read. Not partial on the state, so that an event's
+        // end changes no indexed column (a HOT update); `txid IS NOT NULL`
+        // keeps it out of the plans of queries that do not name `txid`.
+        "events_by_txid",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_by_txid
+             ON user_sync.events (txid, id) WHERE txid IS NOT NULL",
     ),
     (
-        // The events marked to dispatch again, by when (0013).
+        // The events marked to dispatch again, by when (0013): due again,
+        // or in flight until then (0014).
         "events_redispatch",
         "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_redispatch
              ON user_sync.events (available_at) WHERE redispatch",
     ),
     (
-        // The finished events by state and end: the counts of `status` and
-        // `/metrics` read only the failed, invalid and conflict entries, the
-        // console's activity only the last minutes', retention only the old
-        // ones (see 0010_retention.sql). An event adds one entry when it
-        // finishes; a pending one none.
-        "events_finished",
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_finished
-         ON user_sync.events (state, finished_at) WHERE state <> 'pending'",
+        // The events that carry a reason (0014): every failed, invalid and
+        // conflict one, for `status`, `/metrics`, `events --state` and
+        // `retry`; an applied one has none, so its end adds no entry.
+        "events_with_reason",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_with_reason
+             ON user_sync.events (id) WHERE reason IS NOT NULL",
     ),
+    (
+        // The closures (0014), for `erasures --pending`, `status` and the
+        // deadline watch, which read the open ones on the row.
+        "events_closures",
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS events_closures
+             ON user_sync.events (occurred_at) WHERE kind = 'account_closure'",
+    ),
+];
+
+/// Indexes of earlier versions that name a column an event's end changes,
+/// dropped once [`CONCURRENT_INDEXES`] are all valid (0014): while one
+/// stands, no end is HOT. An older worker still running meanwhile reads
+/// through a scan where it read them: slower, never wrong.
+const REPLACED_INDEXES: &[&str] = &[
+    "events_to_dispatch",
+    "events_in_flight",
+    "events_pending",
+    "events_finished",
+    "events_open_closures",
 ];
 
 /// Whether index `name` of schema `user_sync` exists, and if so whether it

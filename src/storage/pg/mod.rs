@@ -56,7 +56,14 @@ pub struct PgStore {
     /// when: an event visible in one read `after` ago was dispatched at
     /// least that long ago (see [`Outbox::sweep_stale`]).
     dispatched: Arc<Mutex<VecDeque<(Instant, String)>>>,
+    /// How long an event dispatched again may wait on its job before it is
+    /// due once more (see [`events::claim_due`]).
+    lease: Duration,
 }
+
+/// The lease of an event dispatched again, unless set: the default of
+/// `sweeper.redispatch_after`.
+const DEFAULT_LEASE: Duration = Duration::from_secs(300);
 
 /// How many of the dispatcher's snapshots a process keeps for its sweeps:
 /// one a sweep, every `sweeper.interval` (5 s), over more than an hour.
@@ -67,7 +74,16 @@ impl PgStore {
         Self {
             pool,
             dispatched: Arc::default(),
+            lease: DEFAULT_LEASE,
         }
+    }
+
+    /// Gives an event dispatched again `lease` to end before it is due once
+    /// more: `sweeper.redispatch_after`, the wait after which the sweeper
+    /// calls any other job lost.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// Remembers `snapshot`, read now, and returns the newest one this
@@ -115,8 +131,8 @@ impl Outbox for PgStore {
             // has moved. It commits as an outcome does, without waiting for
             // the disk: a move lost in a crash of the database server only
             // dispatches its events once more.
-            let mut tx = self.pool.begin_with(session::OUTCOME).await?;
-            let (events, full) = events::claim_due(&mut tx, limit).await?;
+            let mut tx = self.pool.begin_with(events::CLAIM).await?;
+            let (events, full) = events::claim_due(&mut tx, limit, self.lease).await?;
             Ok(Box::new(PgClaim { tx, events, full }) as Box<dyn ClaimedBatch>)
         })
     }
@@ -132,9 +148,16 @@ impl Outbox for PgStore {
             // the dispatcher's present one stands in, and an event's own
             // `available_at` (its insert, or when it was last due) says
             // how long it has waited. It may send again an event that was
-            // dispatched late (after a pause, say): harmless.
+            // dispatched late (after a pause, say): harmless. The counts
+            // of ends are folded on the same beat.
             let then = self.dispatched_before(now.clone(), after).unwrap_or(now);
-            events::sweep_stale(&self.pool, &then, after).await
+            let lost = events::sweep_stale(&self.pool, &then, after).await?;
+            // The events are marked already: a fold that fails is tried
+            // again at the next sweep, and does not make this one fail.
+            if let Err(error) = events::compact_finished_counts(&self.pool).await {
+                tracing::warn!(%error, "folding the counts of ended events failed; the next sweep tries again");
+            }
+            Ok(lost)
         })
     }
 
@@ -234,6 +257,16 @@ pub(in crate::storage) async fn connect(
         .test_before_acquire(false)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
+                // No JIT compilation: every statement of the worker reads a
+                // few rows by key, yet one whose estimate is off (a table
+                // never analyzed yet, a plan made for any parameter) was
+                // compiled on each run, half a second each time (seen on
+                // the dispatcher's claim during a burst). Set once per
+                // connection, for its session.
+                // A simple query: nothing prepared, so that a pooler in
+                // transaction mode is refused by `refuse_transaction_pooling`
+                // with its own message, not by a clash of statement names.
+                sqlx::raw_sql("SET jit = off").execute(&mut *conn).await?;
                 nodelay::after_connect(conn).await;
                 Ok(())
             })

@@ -10,30 +10,63 @@ use crate::domain::{
 use crate::storage::retention::RETAINED;
 use crate::storage::{Operate, PgStore, Reports, ping};
 
+/// The pending events (their `id` and `occurred_at`): those marked to
+/// dispatch again, and those after the sweeper's place (every event before
+/// it ended or was marked), whose transaction is one the place saw in
+/// progress (`$xip`, text of `xid8`s) or began after it (`$xmax`), as
+/// [`swept_place`] read them.
+macro_rules! pending_set {
+    ($xmax:literal, $xip:literal) => {
+        concat!(
+            "SELECT id, occurred_at FROM user_sync.events
+             WHERE redispatch AND state = 'pending'
+             UNION ALL
+             SELECT id, occurred_at FROM user_sync.events
+             WHERE txid = ANY(",
+            $xip,
+            "::text[]::xid8[]) AND state = 'pending' AND NOT redispatch
+             UNION ALL
+             SELECT id, occurred_at FROM user_sync.events
+             WHERE txid >= ",
+            $xmax,
+            "::text::xid8 AND state = 'pending' AND NOT redispatch"
+        )
+    };
+}
+
 impl Reports for PgStore {
     fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>> {
         Box::pin(ping(self.pool()))
     }
 
     /// The counts behind `user-sync status`. Each reads live rows only,
-    /// through a partial index, whatever the history: the pending events
-    /// through the one the dispatcher and the sweeper read, the
-    /// failed, invalid and conflict ones through `events_finished` (the
-    /// applied and superseded bulk of it is never read), open conflicts
-    /// through `conflicts_recheck_due`, open closures through
-    /// `events_open_closures`.
+    /// whatever the history: the pending events are those marked to
+    /// dispatch again and those after the sweeper's place (every one
+    /// before it ended or was marked), through `events_redispatch` and
+    /// `events_by_txid`; the failed, invalid and conflict ones through
+    /// `events_with_reason` (they all carry a reason; the applied and
+    /// superseded bulk of the history none); open conflicts through
+    /// `conflicts_recheck_due`, open closures through `events_closures`.
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
         Box::pin(async move {
-            let row: (i64, i64, i64, i64, f64) = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM user_sync.events
-                         WHERE state = 'pending' AND txid IS NOT NULL),
-                        (SELECT count(*) FROM user_sync.events WHERE state = 'failed'),
-                        (SELECT count(*) FROM user_sync.events WHERE state = 'invalid'),
-                        (SELECT count(*) FROM user_sync.events WHERE state = 'conflict'),
-                        COALESCE(EXTRACT(EPOCH FROM now() - (
-                            SELECT min(occurred_at) FROM user_sync.events
-                            WHERE state = 'pending' AND txid IS NOT NULL)), 0)::float8",
-            )
+            let (xmax, xip) = swept_place(self.pool()).await?;
+            let row: (i64, i64, i64, i64, f64) = sqlx::query_as(concat!(
+                "WITH open AS (",
+                pending_set!("$1", "$2"),
+                ")
+                 SELECT (SELECT count(*) FROM open),
+                        (SELECT count(*) FROM user_sync.events
+                         WHERE reason IS NOT NULL AND state = 'failed'),
+                        (SELECT count(*) FROM user_sync.events
+                         WHERE reason IS NOT NULL AND state = 'invalid'),
+                        (SELECT count(*) FROM user_sync.events
+                         WHERE reason IS NOT NULL AND state = 'conflict'),
+                        COALESCE(EXTRACT(EPOCH FROM now() - (SELECT min(occurred_at) FROM open)),
+                                 0)::float8"
+            ))
+            .bind(&xmax)
+            .bind(&xip)
+            .persistent(false)
             .fetch_one(self.pool())
             .await?;
             let (synced_users, open_conflicts, completed_erasures): (i64, i64, i64) =
@@ -138,6 +171,30 @@ impl Operate for PgStore {
 
     fn events<'a>(&'a self, filter: &'a EventFilter) -> BoxFuture<'a, sqlx::Result<Vec<EventRow>>> {
         Box::pin(async move {
+            if filter.state.as_deref() == Some("pending") {
+                // The pending ones are read where they are (see
+                // `status`), planned for the sweeper's place each time.
+                let (xmax, xip) = swept_place(self.pool()).await?;
+                return sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {} FROM user_sync.events
+                     WHERE id = ANY(ARRAY(SELECT id FROM ({}) p))
+                       AND state = $1
+                       AND ($2::text IS NULL OR host_user_id = $2)
+                       AND ($3::timestamptz IS NULL OR occurred_at >= $3)
+                     ORDER BY id DESC LIMIT $4",
+                    EventRow::COLUMNS,
+                    pending_set!("$5", "$6")
+                )))
+                .bind(filter.state.as_deref())
+                .bind(filter.host_user_id.as_deref())
+                .bind(filter.since)
+                .bind(filter.limit)
+                .bind(&xmax)
+                .bind(&xip)
+                .persistent(false)
+                .fetch_all(self.pool())
+                .await;
+            }
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {} FROM user_sync.events
                  WHERE {}
@@ -145,7 +202,7 @@ impl Operate for PgStore {
                    AND ($3::timestamptz IS NULL OR occurred_at >= $3)
                  ORDER BY id DESC LIMIT $4",
                 EventRow::COLUMNS,
-                state_condition(filter)
+                state_condition(filter.state.as_deref(), "")
             )))
             .bind(filter.state.as_deref())
             .bind(filter.host_user_id.as_deref())
@@ -165,23 +222,34 @@ impl Operate for PgStore {
             let mut tx = self.pool().begin().await?;
             // The newest event of each user, found from the events in the
             // state asked for (or of the users named).
-            let retried = sqlx::query(
-                "UPDATE user_sync.events e
-                 SET state = 'pending', available_at = now(), attempts = 0, reason = NULL,
-                     finished_at = NULL, txid = pg_current_xact_id(), redispatch = false
-                 WHERE e.host_user_id IS NOT NULL
-                   AND ($1::text IS NULL OR e.state = $1)
-                   AND ($2::text[] IS NULL OR e.host_user_id = ANY($2))
-                   AND NOT EXISTS (SELECT 1 FROM (SELECT id FROM user_sync.events
-                                                  WHERE host_user_id = e.host_user_id
-                                                  OFFSET 0) n
-                                   WHERE n.id > e.id)",
-            )
+            let retried: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "WITH was AS (
+                     SELECT e.id, e.state AS was_state, e.finished_at AS was_finished
+                     FROM user_sync.events e
+                     WHERE e.host_user_id IS NOT NULL
+                       AND {}
+                       AND ($2::text[] IS NULL OR e.host_user_id = ANY($2))
+                       AND NOT EXISTS (SELECT 1 FROM (SELECT id FROM user_sync.events
+                                                      WHERE host_user_id = e.host_user_id
+                                                      OFFSET 0) n
+                                       WHERE n.id > e.id)
+                     FOR UPDATE OF e),
+                 retried AS (
+                     UPDATE user_sync.events e
+                     SET state = 'pending', available_at = now(), attempts = 0, reason = NULL,
+                         finished_at = NULL, txid = pg_current_xact_id(), redispatch = false
+                     FROM was WHERE e.id = was.id
+                     RETURNING was.was_state, was.was_finished),
+                 {}
+                 SELECT count(*) FROM retried",
+                state_condition(state, "e."),
+                super::events::uncount_ends!("retried")
+            )))
             .bind(state)
             .bind(hosts)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .fetch_one(&mut *tx)
+            .await?;
+            let retried = u64::try_from(retried).unwrap_or(0);
             if retried > 0 {
                 sqlx::query("SELECT pg_notify($1, '')")
                     .bind(super::CHANNEL)
@@ -254,13 +322,14 @@ impl Operate for PgStore {
         since: DateTime<Utc>,
     ) -> BoxFuture<'_, sqlx::Result<Vec<FinishedInMinute>>> {
         Box::pin(async move {
-            // The minutes' entries of `events_finished`, state by state:
-            // the rest of the history is never read.
+            // The ends as they were counted (`finished_counts`): the
+            // outbox's history is never read.
             let states: Vec<&str> = EventState::ALL.iter().map(|s| s.as_str()).collect();
             let rows: Vec<(DateTime<Utc>, String, i64)> = sqlx::query_as(
-                "SELECT date_trunc('minute', finished_at), state, count(*)
-                 FROM user_sync.events
-                 WHERE state <> 'pending' AND state = ANY($2) AND finished_at >= $1
+                // Never below none: an end made by a worker of before
+                // 0014 was not counted, and its retry takes one back.
+                "SELECT minute, state, GREATEST(sum(events), 0)::bigint FROM user_sync.finished_counts
+                 WHERE minute >= $1 AND state = ANY($2)
                  GROUP BY 1, 2 ORDER BY 1, 2",
             )
             .bind(since)
@@ -279,12 +348,35 @@ impl Operate for PgStore {
     }
 }
 
-/// The condition on `$1`, the state asked for: a finished state reads the
-/// entries of that state in `events_finished` (whose condition, written
-/// out, lets the planner use it whatever `$1` is), not the whole history.
-fn state_condition(filter: &EventFilter) -> &'static str {
-    match filter.state.as_deref() {
-        None | Some("pending") => "($1::text IS NULL OR state = $1)",
-        Some(_) => "state = $1 AND state <> 'pending'",
+/// The sweeper's place, as values (its `xmax`, and the transactions it saw
+/// in progress): bound so, the range after it is planned for its size. A
+/// plan made for any place would have to guess it, and could read the
+/// whole outbox.
+async fn swept_place(pool: &sqlx::PgPool) -> sqlx::Result<(String, Vec<String>)> {
+    sqlx::query_as(
+        "SELECT pg_snapshot_xmax(swept)::text, ARRAY(SELECT pg_snapshot_xip(swept)::text)
+         FROM user_sync.dispatcher",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// The condition on `$1`, the state asked for: a failed, invalid or
+/// conflict one reads the events that carry a reason
+/// (`events_with_reason`, whose condition, written out, lets the planner
+/// use it whatever `$1` is), not the whole history; the others walk the
+/// outbox from its newest event.
+fn state_condition(state: Option<&str>, row: &str) -> String {
+    match state {
+        None => format!("($1::text IS NULL OR {row}state = $1)"),
+        Some(state) if carries_reason(state) => {
+            format!("{row}reason IS NOT NULL AND {row}state = $1")
+        }
+        Some(_) => format!("{row}state = $1"),
     }
+}
+
+/// Whether every event in `state` carries a reason (0014).
+fn carries_reason(state: &str) -> bool {
+    matches!(state, "failed" | "invalid" | "conflict")
 }

@@ -28,7 +28,8 @@ impl Retention for PgStore {
             let claimed: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "UPDATE user_sync.retention
-                     SET leased_by = $1, leased_until = now() + make_interval(secs => $2)
+                     SET leased_by = $1, leased_until = now() + make_interval(secs => $2),
+                         events_reached_id = NULL
                      WHERE id AND next_pass_at <= now()
                        AND (leased_until IS NULL OR leased_until < now())
                      RETURNING now(),
@@ -66,6 +67,9 @@ impl Retention for PgStore {
                  SET leased_by = NULL, leased_until = NULL, last_pass_at = now(),
                      next_pass_at = now() + make_interval(secs => $2),
                      events_floor = coalesce($3, events_floor),
+                     events_floor_id = CASE WHEN $3::timestamptz IS NULL THEN events_floor_id
+                                            ELSE coalesce(events_reached_id, events_floor_id) END,
+                     events_reached_id = NULL,
                      full_pass_at = coalesce($4, full_pass_at)
                  WHERE id AND leased_by = $1",
             )
@@ -93,33 +97,48 @@ pub async fn sweep_in(
     let limit = i64::from(limit);
     // The rows looked at, in the table's order, with their place in it.
     let batch: Vec<(i64, Option<DateTime<Utc>>)> = match sweep {
-        Sweep::Events { before, .. } | Sweep::Erasures { before } => {
-            // In the order of the index of their time (`events_finished`,
-            // `erasures_by_completion`), from the cursor on.
-            let (table, at, state) = match sweep {
-                Sweep::Events { state, .. } => ("events", "finished_at", Some(state)),
-                _ => ("erasures", "completed_at", None),
-            };
-            let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT id, {at} FROM user_sync.{table}
-                 WHERE {at} < $1 AND {at} >= $2 AND ({at} > $2 OR id > $3) {}
-                 ORDER BY {at}, id LIMIT $4",
-                // Written out, the index's condition holds for any `$5`,
-                // in a plan made once for every state too.
-                if state.is_some() {
-                    "AND state <> 'pending' AND state = $5"
-                } else {
-                    ""
-                }
-            )))
+        Sweep::Events { before, .. } => {
+            // By id, from the cursor on (the first batch of a pass from the
+            // floor starts at the floor's id): no index of the outbox names
+            // `state` or `finished_at` (an event's end is a HOT update).
+            // Those that occurred before `before` are looked at; the first
+            // batch that reaches a younger one is the sweep's last, since
+            // an event finishes after it occurred. The cursor keeps its
+            // `at`, which says whether the pass started from the floor.
+            sqlx::query_as(
+                "WITH b AS (
+                     SELECT id, occurred_at FROM user_sync.events
+                     WHERE id > CASE WHEN $2 <> 0 THEN $2
+                                     WHEN $3 THEN (SELECT COALESCE(events_floor_id, $5)
+                                                   FROM user_sync.retention)
+                                     ELSE $5 END
+                     ORDER BY id LIMIT $4)
+                 SELECT id, NULL::timestamptz FROM b
+                 WHERE id < COALESCE((SELECT min(id) FROM b WHERE occurred_at >= $1),
+                                     9223372036854775807)
+                 ORDER BY id",
+            )
+            .bind(before)
+            .bind(after.id)
+            .bind(after.id == 0 && after.at != DateTime::UNIX_EPOCH)
+            .bind(limit)
+            .bind(i64::MIN)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        Sweep::Erasures { before } => {
+            // In the order of the index of their time
+            // (`erasures_by_completion`), from the cursor on.
+            sqlx::query_as(
+                "SELECT id, completed_at FROM user_sync.erasures
+                 WHERE completed_at < $1 AND completed_at >= $2
+                   AND (completed_at > $2 OR id > $3)
+                 ORDER BY completed_at, id LIMIT $4",
+            )
             .bind(before)
             .bind(after.at)
             .bind(after.id)
-            .bind(limit);
-            match state {
-                Some(state) => query.bind(state.as_str()),
-                None => query,
-            }
+            .bind(limit)
             .fetch_all(&mut *conn)
             .await?
         }
@@ -143,6 +162,16 @@ pub async fn sweep_in(
         at: at.unwrap_or(after.at),
         id: *id,
     });
+    // Where the events' sweep got to: the next pass from the floor starts
+    // at the lowest place any state's sweep of this pass ended.
+    let reached = match sweep {
+        Sweep::Events { .. }
+            if batch.len() < usize::try_from(limit).unwrap_or(usize::MAX) && next.id != 0 =>
+        {
+            Some(next.id)
+        }
+        _ => None,
+    };
     let removed = if ids.is_empty() {
         0
     } else {
@@ -152,6 +181,8 @@ pub async fn sweep_in(
         "UPDATE user_sync.retention
          SET {counter} = {counter} + $1,
              last_removed_at = CASE WHEN $1 > 0 THEN now() ELSE last_removed_at END,
+             events_reached_id = CASE WHEN $4::bigint IS NULL THEN events_reached_id
+                                      ELSE LEAST(events_reached_id, $4) END,
              leased_until = CASE WHEN leased_by = $2
                                  THEN now() + make_interval(secs => $3) ELSE leased_until END
          WHERE id
@@ -161,6 +192,7 @@ pub async fn sweep_in(
     .bind(i64::try_from(removed).unwrap_or(i64::MAX))
     .bind(holder)
     .bind(lease.as_secs_f64())
+    .bind(reached)
     .fetch_optional(&mut *conn)
     .await?
     .unwrap_or(false);

@@ -240,7 +240,11 @@ pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx:
              SET state = 'applied', reason = NULL, finished_at = now(), redispatch = false
              FROM t
              WHERE e.id = ANY($6::bigint[]) AND e.id = t.a
-               AND e.state IS NOT DISTINCT FROM 'pending'),"#,
+               AND e.state IS NOT DISTINCT FROM 'pending'
+             RETURNING e.state),
+         "#,
+        super::events::count_ends!("applied"),
+        ",",
         super::conflicts::resolve_synced!()
     ))
     // Each table is reached by its key (`= ANY` of the batch's keys), so
@@ -264,13 +268,15 @@ pub async fn holder_claim(
     holder: &HostUserId,
     username: &Username,
 ) -> sqlx::Result<HolderClaim> {
-    let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+    let row: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(concat!(
         "SELECT u.state,
-                (SELECT min(e.available_at) FROM user_sync.events e
+                (SELECT min(",
+        super::events::due_of!("e"),
+        ") FROM user_sync.events e
                   WHERE e.host_user_id = u.host_user_id AND e.state = 'pending') AS due
          FROM user_sync.users u
-         WHERE u.host_user_id = $1 AND u.username = $2 AND u.state IN ('creating', 'synced')",
-    )
+         WHERE u.host_user_id = $1 AND u.username = $2 AND u.state IN ('creating', 'synced')"
+    ))
     .bind(holder.as_str())
     .bind(username.as_str())
     .fetch_optional(conn)
