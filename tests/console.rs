@@ -229,12 +229,7 @@ async fn events_users_and_retries_through_the_api(backend: Backend) {
     let listed = api.get("/api/v1/events?state=failed").await;
     assert_eq!(listed.status, 200, "{listed}");
     let rows = listed.json();
-    let hosts: Vec<&str> = rows
-        .as_array()
-        .expect("an array")
-        .iter()
-        .filter_map(|r| r["host_user_id"].as_str())
-        .collect();
+    let hosts = common::host_user_ids(&rows);
     assert_eq!(hosts, ["f2", "f1"], "newest first: {rows}");
     assert!(rows[0]["reason"].is_string(), "a failure says why: {rows}");
     for text in ["first@example.com", "second@example.com", "First", "email"] {

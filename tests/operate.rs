@@ -100,12 +100,7 @@ async fn failed_events_are_listed_looked_up_and_sent_again(backend: Backend) {
     .await;
     assert!(listed.status.success(), "{listed}");
     let rows: serde_json::Value = serde_json::from_str(&listed.stdout).expect("JSON");
-    let hosts: Vec<&str> = rows
-        .as_array()
-        .expect("an array")
-        .iter()
-        .filter_map(|r| r["host_user_id"].as_str())
-        .collect();
+    let hosts = common::host_user_ids(&rows);
     assert_eq!(hosts, ["f2", "f1"], "newest first: {rows}");
     assert!(rows[0]["reason"].is_string(), "a failure says why: {rows}");
     for text in ["first@example.com", "second@example.com", "First"] {
@@ -146,6 +141,19 @@ async fn failed_events_are_listed_looked_up_and_sent_again(backend: Backend) {
     let retried = run_once(&env.vars(), &["retry", "--failed"]).await;
     assert!(retried.status.success(), "{retried}");
     assert_eq!(retried.stdout.trim(), "2 events back to pending");
+    let pending = run_once(
+        &env.vars(),
+        &["events", "--state", "pending", "--format", "json"],
+    )
+    .await;
+    assert!(pending.status.success(), "{pending}");
+    let rows: serde_json::Value = serde_json::from_str(&pending.stdout).expect("JSON");
+    let hosts = common::host_user_ids(&rows);
+    assert_eq!(
+        hosts,
+        ["f2", "f1"],
+        "the retried ones, newest first: {rows}"
+    );
     let run = Running::with(&env, &attempts).await;
     env.settle(SETTLE).await;
     for event in failing {

@@ -655,6 +655,16 @@ pub fn new_user(email: &str, name: Option<&str>) -> NewUser {
     }
 }
 
+/// The `host_user_id` of each row of a JSON list of events (the CLI's
+/// `--format json`, the console's API), in the order listed.
+pub fn host_user_ids(rows: &serde_json::Value) -> Vec<&str> {
+    rows.as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|r| r["host_user_id"].as_str())
+        .collect()
+}
+
 /// Runs `write`, which commits outbox events, while holding the
 /// PostgreSQL dispatch lock, then moves the dispatcher past them: they
 /// count as dispatched and no job carries them, as if the queue had lost

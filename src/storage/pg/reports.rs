@@ -13,26 +13,31 @@ use crate::storage::{Operate, PgStore, Reports, ping};
 /// The pending events (their `id` and `occurred_at`): those marked to
 /// dispatch again, and those after the sweeper's place (every event before
 /// it ended or was marked), whose transaction is one the place saw in
-/// progress (`$xip`, text of `xid8`s) or began after it (`$xmax`), as
-/// [`swept_place`] read them.
+/// progress or began after it. Read in a transaction opened with
+/// [`BY_INDEX`]: a plan made once for any place must not guess the range
+/// after it large and read the whole outbox.
 macro_rules! pending_set {
-    ($xmax:literal, $xip:literal) => {
-        concat!(
-            "SELECT id, occurred_at FROM user_sync.events
-             WHERE redispatch AND state = 'pending'
+    () => {
+        "SELECT id, occurred_at FROM user_sync.events
+         WHERE redispatch AND state = 'pending'
+         UNION ALL
+         SELECT e.id, e.occurred_at FROM user_sync.dispatcher d CROSS JOIN LATERAL (
+             SELECT id, occurred_at FROM user_sync.events
+             WHERE txid = ANY(ARRAY(SELECT pg_snapshot_xip(d.swept)))
+               AND state = 'pending' AND NOT redispatch
              UNION ALL
              SELECT id, occurred_at FROM user_sync.events
-             WHERE txid = ANY(",
-            $xip,
-            "::text[]::xid8[]) AND state = 'pending' AND NOT redispatch
-             UNION ALL
-             SELECT id, occurred_at FROM user_sync.events
-             WHERE txid >= ",
-            $xmax,
-            "::text::xid8 AND state = 'pending' AND NOT redispatch"
-        )
+             WHERE txid >= pg_snapshot_xmax(d.swept) AND state = 'pending' AND NOT redispatch) e"
     };
 }
+
+/// Opens a read of [`pending_set!`]: through the indexes, whatever the plan
+/// guesses of the sizes, and without a parallel worker (the plan made once
+/// for any place guesses the probes of the transactions it saw in progress
+/// a large read, and would start one, a millisecond or more, to read
+/// nothing).
+const BY_INDEX: &str = "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off;
+     SET LOCAL max_parallel_workers_per_gather = 0";
 
 impl Reports for PgStore {
     fn ping(&self) -> BoxFuture<'_, sqlx::Result<()>> {
@@ -49,10 +54,10 @@ impl Reports for PgStore {
     /// `conflicts_recheck_due`, open closures through `events_closures`.
     fn status(&self) -> BoxFuture<'_, sqlx::Result<Status>> {
         Box::pin(async move {
-            let (xmax, xip) = swept_place(self.pool()).await?;
+            let mut tx = self.pool().begin_with(BY_INDEX).await?;
             let row: (i64, i64, i64, i64, f64) = sqlx::query_as(concat!(
                 "WITH open AS (",
-                pending_set!("$1", "$2"),
+                pending_set!(),
                 ")
                  SELECT (SELECT count(*) FROM open),
                         (SELECT count(*) FROM user_sync.events
@@ -64,11 +69,9 @@ impl Reports for PgStore {
                         COALESCE(EXTRACT(EPOCH FROM now() - (SELECT min(occurred_at) FROM open)),
                                  0)::float8"
             ))
-            .bind(&xmax)
-            .bind(&xip)
-            .persistent(false)
-            .fetch_one(self.pool())
+            .fetch_one(&mut *tx)
             .await?;
+            tx.commit().await?;
             let (synced_users, open_conflicts, completed_erasures): (i64, i64, i64) =
                 sqlx::query_as(
                     "SELECT (SELECT count(*) FROM user_sync.users WHERE state = 'synced'),
@@ -172,10 +175,9 @@ impl Operate for PgStore {
     fn events<'a>(&'a self, filter: &'a EventFilter) -> BoxFuture<'a, sqlx::Result<Vec<EventRow>>> {
         Box::pin(async move {
             if filter.state.as_deref() == Some("pending") {
-                // The pending ones are read where they are (see
-                // `status`), planned for the sweeper's place each time.
-                let (xmax, xip) = swept_place(self.pool()).await?;
-                return sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                // The pending ones are read where they are (see `status`).
+                let mut tx = self.pool().begin_with(BY_INDEX).await?;
+                let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT {} FROM user_sync.events
                      WHERE id = ANY(ARRAY(SELECT id FROM ({}) p))
                        AND state = $1
@@ -183,17 +185,16 @@ impl Operate for PgStore {
                        AND ($3::timestamptz IS NULL OR occurred_at >= $3)
                      ORDER BY id DESC LIMIT $4",
                     EventRow::COLUMNS,
-                    pending_set!("$5", "$6")
+                    pending_set!()
                 )))
                 .bind(filter.state.as_deref())
                 .bind(filter.host_user_id.as_deref())
                 .bind(filter.since)
                 .bind(filter.limit)
-                .bind(&xmax)
-                .bind(&xip)
-                .persistent(false)
-                .fetch_all(self.pool())
-                .await;
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                return Ok(rows);
             }
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {} FROM user_sync.events
@@ -346,19 +347,6 @@ impl Operate for PgStore {
                 .collect())
         })
     }
-}
-
-/// The sweeper's place, as values (its `xmax`, and the transactions it saw
-/// in progress): bound so, the range after it is planned for its size. A
-/// plan made for any place would have to guess it, and could read the
-/// whole outbox.
-async fn swept_place(pool: &sqlx::PgPool) -> sqlx::Result<(String, Vec<String>)> {
-    sqlx::query_as(
-        "SELECT pg_snapshot_xmax(swept)::text, ARRAY(SELECT pg_snapshot_xip(swept)::text)
-         FROM user_sync.dispatcher",
-    )
-    .fetch_one(pool)
-    .await
 }
 
 /// The condition on `$1`, the state asked for: a failed, invalid or
