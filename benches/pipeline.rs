@@ -20,6 +20,11 @@
 //!   full-page images (`pg_stat_wal`), and how much of the WAL the host's
 //!   own insert wrote. A checkpoint before the run makes the full-page
 //!   images the same from run to run;
+//! - `statement`: when the server preloads `pg_stat_statements`, the
+//!   statements that took most of the run's execution time, per signup
+//!   (time waiting for a core included: execution time, not CPU), with
+//!   their calls and WAL records; without it, one line saying how to get
+//!   them;
 //! - `ratio`: `throughput` against the median of three `baseline` runs, two
 //!   before the pipeline's run and one after it; `ratio2` the same against
 //!   `baseline2`;
@@ -93,6 +98,22 @@ async fn main() {
         cost.wal_range.0,
         cost.wal_range.1
     );
+    match &cost.statements {
+        Some(statements) => {
+            for st in statements {
+                println!(
+                    "statement   per signup: exec_us={:.1} calls={} wal_records={:.2} query={:?}",
+                    st.exec_us / events as f64,
+                    st.calls,
+                    st.wal_records / events as f64,
+                    st.query
+                );
+            }
+        }
+        None => println!(
+            "statement   not counted: preload pg_stat_statements (shared_preload_libraries) to see each statement's share"
+        ),
+    }
 
     runs.push(bare_loop(&env, 4 * events, events, false).await);
     runs2.push(bare_loop(&env, 5 * events, events, true).await);
@@ -281,6 +302,63 @@ struct DbCost {
     host_insert_wal_bytes: f64,
     /// The run's WAL, from and to, for `pg_waldump --start … --end …`.
     wal_range: (String, String),
+    /// The run's costliest statements, if the server counts them.
+    statements: Option<Vec<StatementCost>>,
+}
+
+/// One statement's share of a run, from `pg_stat_statements`.
+struct StatementCost {
+    calls: i64,
+    exec_us: f64,
+    wal_records: f64,
+    query: String,
+}
+
+/// Whether the server counts statements (`pg_stat_statements` in
+/// `shared_preload_libraries`); if so, the bench's database gets the view
+/// and the counts start from zero.
+async fn statements_reset(env: &Env) -> bool {
+    let loaded: bool = sqlx::query_scalar(
+        "SELECT current_setting('shared_preload_libraries') LIKE '%pg_stat_statements%'",
+    )
+    .fetch_one(env.pg())
+    .await
+    .expect("shared_preload_libraries");
+    if loaded {
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(env.pg())
+            .await
+            .expect("pg_stat_statements");
+        sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(env.pg())
+            .await
+            .expect("pg_stat_statements_reset");
+    }
+    loaded
+}
+
+/// The bench database's eight statements that took the most execution
+/// time since [`statements_reset`]: their text is the parameterised one,
+/// with no value in it.
+async fn statements_spent(env: &Env) -> Vec<StatementCost> {
+    let rows: Vec<(i64, f64, f64, String)> = sqlx::query_as(
+        "SELECT calls, total_exec_time * 1000, wal_records::float8,
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+         FROM pg_stat_statements
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+         ORDER BY total_exec_time DESC LIMIT 8",
+    )
+    .fetch_all(env.pg())
+    .await
+    .expect("pg_stat_statements");
+    rows.into_iter()
+        .map(|(calls, exec_us, wal_records, query)| StatementCost {
+            calls,
+            exec_us,
+            wal_records,
+            query,
+        })
+        .collect()
 }
 
 async fn wal_lsn(env: &Env) -> f64 {
@@ -372,6 +450,7 @@ async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64, DbCost) {
         .await
         .expect("a checkpoint");
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let counted = statements_reset(env).await;
     let spent = server_spent(env).await;
     let started = Instant::now();
     sqlx::query(
@@ -416,6 +495,11 @@ async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64, DbCost) {
         wal_fpi: (end.fpi - spent.fpi) / n,
         host_insert_wal_bytes: (inserted_lsn - spent.lsn) / n,
         wal_range: (spent.at, end.at),
+        statements: if counted {
+            Some(statements_spent(env).await)
+        } else {
+            None
+        },
     };
     (rate, calls, cost)
 }
