@@ -235,12 +235,12 @@ pub async fn mark_synced(conn: &mut PgConnection, users: &[SyncedUser]) -> sqlx:
          synced AS (
              SELECT host_user_id, username FROM updated
              UNION ALL SELECT host_user_id, username FROM inserted),
+         -- The events by key alone: joined to `t`, the plan made once
+         -- (guessing ten rows) compared every event with every row of it.
          applied AS (
              UPDATE user_sync.events e
              SET state = 'applied', reason = NULL, finished_at = now(), redispatch = false
-             FROM t
-             WHERE e.id = ANY($6::bigint[]) AND e.id = t.a
-               AND e.state IS NOT DISTINCT FROM 'pending'
+             WHERE e.id = ANY($6::bigint[]) AND e.state IS NOT DISTINCT FROM 'pending'
              RETURNING e.state),
          "#,
         super::events::count_ends!("applied"),
