@@ -1172,6 +1172,63 @@ async fn a_jobs_statements_read_by_key_after_a_burst_the_statistics_missed() {
     db.drop_db().await;
 }
 
+/// A job's read of a user's newest pending event counts the user's other
+/// pending events (all older), and nothing that ended: the job supersedes
+/// them only when there are some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_pending_event_is_read_with_how_many_older_ones_are_pending() {
+    use user_sync::storage::newest_pending_many;
+
+    let db = common::TestDb::create().await;
+    let pool = db.migrated_pool().await;
+    for sql in [
+        "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
+         VALUES ('a', 'signup', 'a@example.com', NULL),
+                ('a', 'profile_change', 'a1@example.com', NULL),
+                ('b', 'signup', 'b@example.com', NULL),
+                ('a', 'profile_change', 'a2@example.com', NULL),
+                ('a', 'profile_change', 'a3@example.com', NULL),
+                ('c', 'signup', 'c@example.com', NULL)",
+        "UPDATE user_sync.events SET state = 'failed', reason = 'refused'
+         WHERE email = 'a1@example.com'",
+        "UPDATE user_sync.events SET state = 'applied' WHERE host_user_id = 'c'",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect(sql);
+    }
+    let id = |email: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM user_sync.events WHERE email = $1")
+                .bind(email)
+                .fetch_one(&pool)
+                .await
+                .expect("an event")
+        }
+    };
+    let mut conn = pool.acquire().await.expect("a connection");
+    let next = newest_pending_many(&mut conn, &["a", "b", "c"])
+        .await
+        .expect("newest pending");
+    let seen: Vec<Option<(i64, i64)>> = next
+        .iter()
+        .map(|n| n.as_ref().map(|n| (n.event.id, n.older_pending)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            Some((id("a3@example.com").await, 2)),
+            Some((id("b@example.com").await, 0)),
+            None
+        ]
+    );
+    drop(conn);
+    pool.close().await;
+    db.drop_db().await;
+}
+
 /// Rows and index entries read in the current transaction, over every table
 /// and index of the worker's schema.
 async fn rows_read(conn: &mut sqlx::PgConnection) -> i64 {
