@@ -527,12 +527,9 @@ pub async fn finish(
     state: EventState,
     reason: Option<&str>,
 ) -> sqlx::Result<()> {
-    // In the caller's transaction, as the sync's ends (`OUTCOME_BY_KEY`):
-    // a plan of `FINISH` made while the outbox was small would read it
+    // A plan of `FINISH` made while the outbox was small would read it
     // whole at every end after.
-    sqlx::raw_sql("SET LOCAL enable_seqscan = off")
-        .execute(&mut *conn)
-        .await?;
+    super::by_key_from_here(conn).await?;
     finish_many(conn, &[(id, state, reason)]).await
 }
 

@@ -48,6 +48,17 @@ use super::{Claimed, ClaimedBatch, Outbox, SyncStore, WakeUps};
 /// The channel the outbox trigger notifies.
 pub const CHANNEL: &str = "user_sync_events";
 
+/// Turns sequential scans off for the rest of the caller's transaction, as
+/// `session::OUTCOME_BY_KEY` does, for a statement that reaches its rows by
+/// key in a transaction opened elsewhere (the username claim, which may run
+/// as a savepoint of the caller's; an erasure's end).
+async fn by_key_from_here(tx: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::raw_sql("SET LOCAL enable_seqscan = off")
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 /// The worker's tables in a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PgStore {

@@ -113,11 +113,11 @@ const GATHER: Duration = Duration::from_millis(5);
 pub(super) const OUTCOME: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 /// [`OUTCOME`] for the statements that reach the users and the events by
-/// `= ANY` of the batch's keys (the sync, the ends): without sequential
-/// scans. Their plan is made once per connection; made while a table is
-/// small (a new deployment, a bench's first seconds), it would read the
-/// table whole and keep doing so as it grows (seen: 19 ms a claim at
-/// 30,000 users, against 1 ms by key).
+/// the batch's keys (the sync, the ends): without sequential scans. Their
+/// plan is made once per connection; made while a table is small (a new
+/// deployment, a bench's first seconds), it would read the table whole and
+/// keep doing so as it grows (seen: 19 ms a claim at 30,000 users, against
+/// 1 ms by key).
 pub(super) const OUTCOME_BY_KEY: &str =
     "BEGIN; SET LOCAL synchronous_commit = off; SET LOCAL enable_seqscan = off";
 

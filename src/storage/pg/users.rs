@@ -77,14 +77,10 @@ pub async fn claim_each_for_create(
     // each other on a lock of the username, taken in username order, so
     // that the second's check sees the first's claim. The unique index
     // still settles what the lock cannot see (a rename to the name).
-    // By key only, as the sync (`OUTCOME_BY_KEY`): a plan of `CLAIM` made
-    // while the users were few would read them all at every claim after.
-    // A statement of its own, so that a caller's transaction may hold this
-    // one as a savepoint.
+    // By key only: a plan of `CLAIM` made while the users were few would
+    // read them all at every claim after.
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    sqlx::raw_sql("SET LOCAL enable_seqscan = off")
-        .execute(&mut *tx)
-        .await?;
+    super::by_key_from_here(&mut tx).await?;
     sqlx::query(
         "SELECT pg_advisory_xact_lock(hashtext('user_sync.username'), hashtext(u))
          FROM (SELECT DISTINCT u FROM unnest($1::text[]) AS t(u) ORDER BY u) s",
