@@ -633,7 +633,29 @@ async fn sqlite_keeps_no_erased_value_in_free_pages_or_the_wal() {
     };
     assert!(holds(EMAIL), "the check sees the email while it is stored");
 
-    env.closure("u1").await;
+    // A reader's snapshot from before the closure keeps the WAL from being
+    // truncated: the erasure is recorded, but not shown done until it is.
+    let user_sync::storage::Database::Sqlite(pool) = &env.db_pool else {
+        panic!("a SQLite test on PostgreSQL")
+    };
+    let mut reader = pool.begin().await.expect("a reader");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM user_sync_users")
+        .fetch_one(&mut *reader)
+        .await
+        .expect("the reader's snapshot");
+    assert_eq!(users, 1);
+    let closure = env.closure("u1").await;
+    eventually(SETTLE, "the erasure recorded", || async {
+        env.scalar("SELECT count(*) FROM user_sync.erasures").await == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.event_state(closure).await.0, "pending");
+    assert!(
+        holds(EMAIL),
+        "the old pages are in the WAL until it is truncated"
+    );
+    reader.rollback().await.expect("the reader ends");
     env.settle(SETTLE).await;
     assert_eq!(proof(&env, "u1").await.0, "deleted");
     for value in [EMAIL, NAME] {

@@ -89,9 +89,10 @@ pub(super) async fn record_step(
     Ok(())
 }
 
-/// Completes a closure in one transaction: scrubs the user's email and
-/// name from every table, records the erasure (and, when the deployment
-/// sends them, an `erasure.completed` webhook), ends the event.
+/// Completes a closure: in one transaction, scrubs the user's email and
+/// name from every table and records the erasure (and, when the deployment
+/// sends them, an `erasure.completed` webhook); then truncates the
+/// write-ahead log and ends the event.
 pub(super) async fn erase(
     pool: &SqlitePool,
     host: &HostUserId,
@@ -177,19 +178,29 @@ pub(super) async fn erase(
         );
         super::webhooks::enqueue(&mut tx, WebhookKind::ErasureCompleted, &data).await?;
     }
-    super::events::mark_applied(&mut tx, closure_event_id, &now).await?;
     tx.commit().await?;
     // The write-ahead log still holds the pages as they were before, emails
     // and all, until it is checkpointed and truncated. Erasures are rare:
-    // each truncates it. A reader holding an old snapshot can make the
-    // checkpoint stop short (it then reports busy, not an error); the next
-    // erasure, or SQLite's own checkpoints, finish the job.
-    if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-        .execute(pool)
+    // each truncates it, and only then ends its event, so that an erasure
+    // shown done has left nothing there, and one cut short by a crash is
+    // done again, truncation included. A reader holding an old snapshot
+    // past the busy timeout makes the checkpoint stop short (it reports
+    // busy, not an error); the next erasure finishes the job.
+    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(pool)
         .await
     {
-        tracing::warn!(%error, "the WAL was not truncated after an erasure");
+        Ok((0, _, _)) => {}
+        Ok((_, log, checkpointed)) => tracing::warn!(
+            frames = log,
+            checkpointed,
+            "the WAL was not truncated after an erasure: a reader held an old snapshot"
+        ),
+        Err(error) => tracing::warn!(%error, "the WAL was not truncated after an erasure"),
     }
+    let mut tx = pool.begin().await?;
+    super::events::mark_applied(&mut tx, closure_event_id, &now).await?;
+    tx.commit().await?;
     Ok(())
 }
 
