@@ -746,7 +746,11 @@ async fn an_idle_worker_is_quiet() {
     )
     .await;
     // Every worker query reads the outbox; count the reads of its table.
-    // Backends publish their statistics up to ~10 s late, so measure long.
+    // Backends publish their statistics up to 10 s late (an idle backend's
+    // flush interval), so measure long, and only once what the start read
+    // (the index builds of `migrate` scan the table) has been published:
+    // counted in the window, it made an idle worker at 0.6 reads a second
+    // look like one at 1.
     let reads = |pool: sqlx::PgPool| async move {
         let n: i64 = sqlx::query_scalar(
             "SELECT (seq_scan + COALESCE(idx_scan, 0))::int8 FROM pg_stat_user_tables
@@ -757,7 +761,7 @@ async fn an_idle_worker_is_quiet() {
         .expect("table statistics");
         n
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(11)).await;
     let before = reads(env.pg().clone()).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     let after = reads(env.pg().clone()).await;
