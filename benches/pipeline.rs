@@ -20,6 +20,12 @@
 //!   full-page images (`pg_stat_wal`), and how much of the WAL the host's
 //!   own insert wrote. A checkpoint before the run makes the full-page
 //!   images the same from run to run;
+//! - `cpu`: the CPU time of every party to the same run, per signup: the
+//!   worker process, this process (the sandbox, and the host's insert),
+//!   Redis (when it runs on this machine) and the PostgreSQL server, against
+//!   this process's per create in the `baseline` runs (the bare loop and the
+//!   sandbox): on a machine whose cores are all busy, `ratio` is about the
+//!   second over the sum of the first;
 //! - `statement`: when the server preloads `pg_stat_statements`, the
 //!   statements that took most of the run's execution time, per signup
 //!   (time waiting for a core included: execution time, not CPU), with
@@ -69,10 +75,16 @@ async fn main() {
     // The loop is short and the machine shared: the median of three runs,
     // two before the pipeline's run and one after it, so that the machine
     // slowing down or speeding up during the bench moves both sides.
-    let (mut runs, mut runs2) = (Vec::new(), Vec::new());
+    let (mut runs, mut runs2, mut baseline_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..2 {
-        runs.push(bare_loop(&env, (2 * run) * events, events, false).await);
-        runs2.push(bare_loop(&env, (2 * run + 1) * events, events, true).await);
+        let (rate, cpu) = bare_loop(&env, (2 * run) * events, events, false).await;
+        runs.push(rate);
+        baseline_cpu.push(cpu);
+        runs2.push(
+            bare_loop(&env, (2 * run + 1) * events, events, true)
+                .await
+                .0,
+        );
     }
     println!(
         "baseline    bare reqwest create, concurrency {CONCURRENCY}, before the pipeline: events={events} runs={:.0}/{:.0}",
@@ -84,7 +96,7 @@ async fn main() {
     );
 
     let (mut worker, ops) = spawn_worker(&env).await;
-    let (throughput, calls, cost) = pipeline_throughput(&env, events).await;
+    let (throughput, calls, cost) = pipeline_throughput(&env, events, &worker).await;
     println!(
         "throughput  outbox commit -> created and mapped: events={events} calls_per_signup={calls:.2} rate={throughput:.0}"
     );
@@ -115,8 +127,22 @@ async fn main() {
         ),
     }
 
-    runs.push(bare_loop(&env, 4 * events, events, false).await);
-    runs2.push(bare_loop(&env, 5 * events, events, true).await);
+    let (rate, cpu) = bare_loop(&env, 4 * events, events, false).await;
+    runs.push(rate);
+    baseline_cpu.push(cpu);
+    runs2.push(bare_loop(&env, 5 * events, events, true).await.0);
+    baseline_cpu.sort_by(f64::total_cmp);
+    let parties = cost.worker_us + cost.bench_us + cost.redis_us.unwrap_or(0.0) + cost.cpu_us;
+    println!(
+        "cpu         per signup, whole run: worker_us={:.1} sandbox_and_bench_us={:.1} redis_us={} postgres_us={:.1} sum_us={parties:.1}; per baseline create (median of 3): bare_loop_and_sandbox_us={:.1} ratio={:.2}",
+        cost.worker_us,
+        cost.bench_us,
+        cost.redis_us
+            .map_or_else(|| "not-local".to_owned(), |us| format!("{us:.1}")),
+        cost.cpu_us,
+        baseline_cpu[1],
+        baseline_cpu[1] / parties
+    );
     for (name, base, runs) in [
         ("ratio ", "baseline", &mut runs),
         ("ratio2", "baseline2", &mut runs2),
@@ -157,8 +183,11 @@ async fn main() {
 /// Signs `count` users up with plain reqwest calls, `CONCURRENCY` at a
 /// time: each created, after a lookup of its username (not found) when
 /// `lookup`. Returns signups per second.
-async fn bare_loop(env: &Env, first: usize, count: usize, lookup: bool) -> f64 {
+/// Runs the bare loop; returns its calls per second and this process's CPU
+/// per create, in microseconds.
+async fn bare_loop(env: &Env, first: usize, count: usize, lookup: bool) -> (f64, f64) {
     let client = reqwest::Client::new();
+    let ticks = own_ticks();
     let url = format!("{}users/", env.sandbox.base_url());
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -204,7 +233,8 @@ async fn bare_loop(env: &Env, first: usize, count: usize, lookup: bool) -> f64 {
     for task in tasks {
         task.await.expect("a baseline task");
     }
-    count as f64 / started.elapsed().as_secs_f64()
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    (rate, micros(own_ticks() - ticks) / count as f64)
 }
 
 async fn spawn_worker(env: &Env) -> (Child, String) {
@@ -296,6 +326,10 @@ struct ServerSpent {
 /// Per signup: the server's CPU, its WAL and the host insert's share.
 struct DbCost {
     cpu_us: f64,
+    /// The CPU of the worker process, of this one, and of Redis if local.
+    worker_us: f64,
+    bench_us: f64,
+    redis_us: Option<f64>,
     wal_bytes: f64,
     wal_records: f64,
     wal_fpi: f64,
@@ -425,6 +459,35 @@ fn server_ticks(backend: u32) -> u64 {
     ticks
 }
 
+/// User and system CPU ticks of process `pid`, all its threads.
+fn process_ticks(pid: u32) -> Option<u64> {
+    proc_stat(pid)
+        .filter(|stat| stat.len() > 12)
+        .map(|stat| stat[11] + stat[12])
+}
+
+/// [`process_ticks`] of this process.
+fn own_ticks() -> u64 {
+    process_ticks(std::process::id()).expect("this process's /proc entry")
+}
+
+/// The pid of a Redis server running on this machine, if there is one.
+fn redis_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (name.trim() == "redis-server").then_some(pid)
+        })
+}
+
+/// `ticks` of CPU time in microseconds.
+fn micros(ticks: u64) -> f64 {
+    ticks as f64 / ticks_per_second() * 1e6
+}
+
 /// Clock ticks per second of `/proc`'s CPU times.
 fn ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
@@ -438,7 +501,9 @@ fn ticks_per_second() -> f64 {
 /// Commits `count` signups at once and waits until all are applied;
 /// returns events per second from the commit, API calls per event and what
 /// the run cost the database server.
-async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64, DbCost) {
+async fn pipeline_throughput(env: &Env, count: usize, worker: &Child) -> (f64, f64, DbCost) {
+    let worker_pid = worker.id().expect("the worker runs");
+    let redis_pid = redis_pid();
     let before = applied(env).await;
     let stats = env.sandbox.stats();
     let (creates, requests) = (stats.creates, stats.total_requests);
@@ -452,6 +517,11 @@ async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64, DbCost) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let counted = statements_reset(env).await;
     let spent = server_spent(env).await;
+    let others = (
+        process_ticks(worker_pid),
+        own_ticks(),
+        redis_pid.and_then(process_ticks),
+    );
     let started = Instant::now();
     sqlx::query(
         "INSERT INTO user_sync.events (host_user_id, kind, email, full_name)
@@ -488,8 +558,16 @@ async fn pipeline_throughput(env: &Env, count: usize) -> (f64, f64, DbCost) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let end = server_spent(env).await;
     let n = count as f64;
+    let since = |before: Option<u64>, now: Option<u64>| {
+        before
+            .zip(now)
+            .map(|(before, now)| micros(now.saturating_sub(before)) / n)
+    };
     let cost = DbCost {
-        cpu_us: (end.ticks - spent.ticks) as f64 / ticks_per_second() * 1e6 / n,
+        cpu_us: micros(end.ticks - spent.ticks) / n,
+        worker_us: since(others.0, process_ticks(worker_pid)).unwrap_or(f64::NAN),
+        bench_us: micros(own_ticks() - others.1) / n,
+        redis_us: since(others.2, redis_pid.and_then(process_ticks)),
         wal_bytes: (end.lsn - spent.lsn) / n,
         wal_records: (end.records - spent.records) / n,
         wal_fpi: (end.fpi - spent.fpi) / n,
