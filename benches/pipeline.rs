@@ -182,9 +182,8 @@ async fn main() {
 
 /// Signs `count` users up with plain reqwest calls, `CONCURRENCY` at a
 /// time: each created, after a lookup of its username (not found) when
-/// `lookup`. Returns signups per second.
-/// Runs the bare loop; returns its calls per second and this process's CPU
-/// per create, in microseconds.
+/// `lookup`. Returns signups per second, and this process's CPU (the loop
+/// and the sandbox) per signup, in microseconds.
 async fn bare_loop(env: &Env, first: usize, count: usize, lookup: bool) -> (f64, f64) {
     let client = reqwest::Client::new();
     let ticks = own_ticks();
@@ -488,14 +487,17 @@ fn micros(ticks: u64) -> f64 {
     ticks as f64 / ticks_per_second() * 1e6
 }
 
-/// Clock ticks per second of `/proc`'s CPU times.
+/// Clock ticks per second of `/proc`'s CPU times, asked of `getconf` once.
 fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Commits `count` signups at once and waits until all are applied;
